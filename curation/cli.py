@@ -1,0 +1,201 @@
+"""``curate``: build, audit, inspect and verify VLM training data."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curation.errors import CurationError
+
+app = typer.Typer(
+    name="curate",
+    help="Build, audit and verify vision-language training data as deterministic webdataset shards.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class AuditFormat(StrEnum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+@app.command()
+def build(
+    recipe: Annotated[str, typer.Argument(help="Recipe file (.yaml) or built-in recipe name (see `curate recipes`).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory [default: ./out/<recipe name>].")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes over input partitions.")] = 1,
+    limit: Annotated[int | None, typer.Option(min=0, help="Read at most N input rows in total (a prefix).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe field: dotted.path=value (repeatable).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a build of a different recipe in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or audit table.")] = False,
+) -> None:
+    """Build a dataset from a recipe. Rerunning resumes an interrupted build (finished partitions are kept)."""
+    from curation.audit import audit, render_table
+    from curation.recipe import load_recipe
+    from curation.runner import build as run_build
+
+    spec = load_recipe(recipe, set_ or [])
+    out = out or Path("out") / spec.name
+    result = run_build(spec, out, workers=workers, limit=limit, overwrite=overwrite, progress=not quiet)
+    m = result.manifest
+    if result.state == "complete":
+        err_console.print(f"{out}: already built from this recipe ({m.totals['samples']:,} samples); nothing to do")
+    else:
+        note = (
+            f", resumed ({result.partitions_skipped}/{result.partitions} partitions were done)"
+            if result.state == "resumed"
+            else ""
+        )
+        err_console.print(
+            f"built {m.totals['samples']:,} samples in {m.totals['shards']} shards into {out} "
+            f"in {result.seconds:.1f}s{note}"
+        )
+    if not quiet:
+        render_table(audit(out), console)
+
+
+@app.command("audit")
+def audit_cmd(
+    directory: Annotated[Path, typer.Argument(help="A built dataset directory.")],
+    format: Annotated[AuditFormat, typer.Option("--format", "-f", help="table, json or markdown.")] = AuditFormat.table,
+) -> None:
+    """Per-source samples, images, QA pairs, tokens and share of answer tokens, and drops by step and reason."""
+    from curation.audit import audit, render_json, render_markdown, render_table
+
+    report = _manifest_call(audit, directory)
+    if format is AuditFormat.json:
+        sys.stdout.write(render_json(report))
+    elif format is AuditFormat.markdown:
+        sys.stdout.write(render_markdown(report))
+    else:
+        render_table(report, console)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    directory: Annotated[Path, typer.Argument(help="A built dataset directory.")],
+    n: Annotated[int, typer.Option("-n", min=1, help="How many samples to show.")] = 3,
+    rejects: Annotated[bool, typer.Option(help="Show rejected samples with their reasons instead.")] = False,
+) -> None:
+    """Show a few samples, readable: images (format and size), texts, meta."""
+    from curation.inspect import inspect
+
+    _manifest_call(lambda d: inspect(d, n=n, rejects=rejects, console=console), directory)
+
+
+@app.command()
+def verify(directory: Annotated[Path, typer.Argument(help="A built dataset directory.")]) -> None:
+    """Re-check shard hashes, sizes, sample counts, keys, the wids index and the accounting."""
+    from shards import verify_dataset
+
+    started = time.perf_counter()
+    report = verify_dataset(directory)
+    if report.ok:
+        console.print(
+            f"OK: {report.shards_checked} shards, {report.samples_checked:,} samples verified "
+            f"in {time.perf_counter() - started:.1f}s"
+        )
+        return
+    for p in report.problems:
+        err_console.print(f"[red]problem:[/red] {p}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in recipes (usable by name in `curate build`)."""
+    from curation.recipe import builtin_recipes
+
+    t = Table("name", "description")
+    for name, desc in builtin_recipes().items():
+        t.add_row(name, desc)
+    console.print(t)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Export the recipe JSON Schema (for editor completion and validation)."""
+    from curation.recipe import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2) + "\n"
+    if out:
+        out.write_text(text)
+        err_console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory for the generated inputs and the dataset.")
+    ] = Path("demo-out"),
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
+) -> None:
+    """Generate small inputs (Pillow drawings, captions, conversations), build them, print the audit."""
+    from curation.audit import audit, render_table
+    from curation.demo import make_demo_inputs
+    from curation.recipe import load_recipe
+    from curation.runner import build as run_build
+
+    started = time.perf_counter()
+    inputs = out / "inputs"
+    if not (inputs / "conversations.parquet").is_file():
+        make_demo_inputs(inputs)
+    spec = load_recipe(
+        "demo",
+        [
+            f"sources.captions.path={inputs / 'captions.jsonl'}",
+            f"sources.captions.image_root={inputs / 'images'}",
+            f"sources.conversations.path={inputs / 'conversations.parquet'}",
+        ],
+    )
+    dataset = out / "dataset"
+    result = run_build(spec, dataset, workers=workers, overwrite=True, progress=True)
+    render_table(audit(dataset), console)
+    console.print(
+        f"dataset: {dataset}  ({result.manifest.totals['shards']} shards, {time.perf_counter() - started:.1f}s in all)"
+    )
+    console.print(f"next: curate inspect {dataset}   curate inspect {dataset} --rejects   curate verify {dataset}")
+
+
+def _manifest_call(fn, directory: Path):
+    try:
+        return fn(directory)
+    except FileNotFoundError as exc:
+        raise CurationError(str(exc)) from None
+
+
+def main() -> None:
+    try:
+        app()
+    except CurationError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

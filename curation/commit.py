@@ -1,0 +1,149 @@
+"""Commit staged partitions into the final ``NAME-000000.tar`` series, in dataset order.
+
+Idempotent: a final shard whose ``.tar`` exists is done (the tar is renamed into place last). Staged
+shards without global drops are renamed (no copy); shards with global drops are rewritten without them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from curation.partition import partition_dir, read_partition_stats
+from curation.rejects import RejectsWriter
+from curation.sample import Drop
+from shards.atomic import HashingWriter, tmp_path
+from shards.codec import decode_sample
+from shards.manifest import ShardInfo
+from shards.reader import iter_members
+from shards.writer import FIXED_MTIME, write_shard_metadata
+
+GlobalDrops = dict[tuple[int, int], dict[str, tuple[str, str]]]  # (gid, shard) -> {key: (source, step)}
+
+
+def _done(out: Path, stem: str) -> ShardInfo | None:
+    if not (out / f"{stem}.tar").exists():
+        return None
+    stats = json.loads((out / f"{stem}.stats.json").read_text())
+    return ShardInfo(
+        name=f"{stem}.tar",
+        sidecar=f"{stem}.parquet",
+        stats=f"{stem}.stats.json",
+        sha256=stats["sha256"],
+        samples=stats["samples"],
+        bytes=stats["bytes"],
+    )
+
+
+def commit_shards(work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops) -> list[ShardInfo]:
+    final: list[ShardInfo] = []
+    index = 0
+    for gid in gids:
+        pdir = partition_dir(work, gid)
+        for staged in read_partition_stats(work, gid)["shards"]:
+            number = int(staged["name"].split(".")[0])
+            dropped = drops.get((gid, number), {})
+            if dropped and len(dropped) >= staged["samples"]:
+                continue
+            stem = f"{prefix}-{index:06d}"
+            index += 1
+            info = _done(out, stem)
+            if info is None:
+                rows = pq.read_table(pdir / staged["sidecar"]).to_pylist()
+                staged_stats = json.loads((pdir / staged["stats"]).read_text())
+                extra = {"reencoded_images": staged_stats.get("reencoded_images", 0)}
+                if not dropped:
+                    for r in rows:
+                        r["shard"] = f"{stem}.tar"
+                    info = write_shard_metadata(
+                        out, stem, rows=rows, sha256=staged["sha256"], size=staged["bytes"], extra_stats=extra
+                    )
+                    os.replace(pdir / staged["name"], out / info.name)
+                else:
+                    info = _rewrite_without(pdir / staged["name"], out, stem, rows, set(dropped), extra)
+            final.append(info)
+    return final
+
+
+def _rewrite_without(src: Path, out: Path, stem: str, rows: list[dict], dropped: set[str], extra: dict) -> ShardInfo:
+    tmp = tmp_path(out / f"{stem}.tar")
+    with open(tmp, "wb") as f:
+        hashing = HashingWriter(f)
+        tar = wds.TarWriter(hashing, encoder=False, mtime=FIXED_MTIME, compress=False)
+        for key, members in iter_members(src):
+            if key not in dropped:
+                tar.write({"__key__": key, **members})
+        tar.close()
+        f.flush()
+        os.fsync(f.fileno())
+    kept = [r for r in rows if r["key"] not in dropped]
+    for i, r in enumerate(kept):
+        r["shard"], r["index"] = f"{stem}.tar", i
+    info = write_shard_metadata(
+        out, stem, rows=kept, sha256=hashing.sha256.hexdigest(), size=hashing.size, extra_stats=extra
+    )
+    os.replace(tmp, out / info.name)
+    return info
+
+
+def commit_rejects(work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops) -> list[ShardInfo]:
+    """Partition rejects (renamed), then rejects of global steps (rewritten, deterministic)."""
+    rdir = out / "rejects"
+    rdir.mkdir(parents=True, exist_ok=True)
+    infos: list[ShardInfo] = []
+    index = 0
+    for gid in gids:
+        pdir = partition_dir(work, gid) / "rejects"
+        for staged in read_partition_stats(work, gid)["rejects"]:
+            stem = f"{prefix}-rejects-{index:06d}"
+            index += 1
+            for suffix, name in (
+                (".parquet", staged["sidecar"]),
+                (".stats.json", staged["stats"]),
+                (".tar", staged["name"]),
+            ):
+                if (pdir / name).exists():
+                    os.replace(pdir / name, rdir / f"{stem}{suffix}")
+            infos.append(
+                ShardInfo(
+                    name=f"rejects/{stem}.tar",
+                    sidecar=f"rejects/{stem}.parquet",
+                    stats=f"rejects/{stem}.stats.json",
+                    sha256=staged["sha256"],
+                    samples=staged["samples"],
+                    bytes=staged["bytes"],
+                )
+            )
+    if drops:
+        for stale in rdir.glob(f"{prefix}-rejects-*"):
+            if int(stale.name[len(prefix) + 9 : len(prefix) + 15]) >= index:
+                stale.unlink()
+        writer = RejectsWriter(rdir, prefix, start_index=index)
+        for gid in gids:
+            pdir = partition_dir(work, gid)
+            for staged in read_partition_stats(work, gid)["shards"]:
+                dropped = drops.get((gid, int(staged["name"].split(".")[0])), {})
+                if not dropped:
+                    continue
+                for key, members in iter_members(pdir / staged["name"]):
+                    if key in dropped:
+                        source, step = dropped[key]
+                        record = decode_sample(key, members)
+                        writer.add(
+                            step, Drop("duplicate_image", source, f"{pdir.name}/{staged['name']}", key, "", record)
+                        )
+        for s in writer.close():
+            infos.append(
+                s.model_copy(
+                    update={
+                        "name": f"rejects/{s.name}",
+                        "sidecar": f"rejects/{s.sidecar}",
+                        "stats": f"rejects/{s.stats}",
+                    }
+                )
+            )
+    return infos

@@ -1,0 +1,147 @@
+"""Process one partition: read -> probe -> record steps -> staged shards, with exact accounting.
+
+Output goes to ``_work/pNNNNN.tmp/`` and is renamed to ``_work/pNNNNN/`` when complete, so a killed
+worker leaves nothing that a rerun would mistake for finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from curation.accounting import Accounting
+from curation.readers import Partition, make_reader
+from curation.recipe import BuildRecipe
+from curation.rejects import RejectsWriter
+from curation.sample import Drop, Sample
+from curation.steps import build_steps
+from shards import ShardWriter
+from shards.atomic import atomic_write_json
+from shards.imageinfo import ImageProbeError, probe_image
+from shards.tokens import count_tokens
+from shards.writer import DuplicateKeyError
+
+ProgressFn = Callable[[int, int], None]  # (samples read, samples dropped) since the last call
+
+
+def partition_dir(work: Path, gid: int) -> Path:
+    return work / f"p{gid:05d}"
+
+
+def step_names(recipe: BuildRecipe) -> tuple[list[str], list[str]]:
+    """(record-level accounting steps in order, global steps in order)."""
+    from curation.recipe import GLOBAL_STEPS
+    from curation.steps import step_label
+
+    record = ["read", "probe"]
+    glob = []
+    for i, s in enumerate(recipe.steps):
+        (glob if s.step in GLOBAL_STEPS else record).append(step_label(recipe.steps, i))
+    return [*record, "write"], glob
+
+
+def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) -> dict[str, Any]:
+    recipe = BuildRecipe.model_validate(task["recipe"])
+    part = Partition(**task["partition"])
+    gid: int = task["gid"]
+    work = Path(task["work"])
+    final = partition_dir(work, gid)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    source = next(s for s in recipe.sources if s.name == part.source)
+    reader = make_reader(source)
+    steps = build_steps(recipe.steps)
+    names, _ = step_names(recipe)
+    acc = Accounting(names)
+    out = recipe.output
+    writer = ShardWriter(
+        tmp,
+        lambda i: f"{i:06d}",
+        max_samples=out.max_samples_per_shard,
+        max_bytes=out.max_bytes_per_shard,
+        pair_image_ext=out.pair_image_format,
+        token_counter=count_tokens,
+    )
+    rejects = RejectsWriter(tmp / "rejects", "p", max_samples=out.max_samples_per_shard) if out.rejects else None
+    started = time.perf_counter()
+    pending_in = pending_drop = 0
+
+    def dropped(step: str, drop: Drop) -> None:
+        nonlocal pending_drop
+        acc.drop(step, drop.source, drop.reason)
+        pending_drop += 1
+        if rejects is not None:
+            rejects.add(step, drop)
+
+    for item in reader.read(part):
+        name = part.source
+        acc.inp("read", name)
+        pending_in += 1
+        if progress is not None and pending_in >= 256:
+            progress(pending_in, pending_drop)
+            pending_in = pending_drop = 0
+        if isinstance(item, Drop):
+            dropped("read", item)
+            continue
+        acc.out("read", name)
+        _run_record(item, name, steps, acc, writer, out.kind, dropped)
+    writer.close()
+    reject_shards = rejects.close() if rejects is not None else []
+    if progress is not None and (pending_in or pending_drop):
+        progress(pending_in, pending_drop)
+    problems = acc.check()
+    if problems:  # a bug, not bad data: stop loudly
+        raise RuntimeError(f"accounting broken in partition {gid}: {problems[:3]}")
+    stats = {
+        "gid": gid,
+        "partition": part.to_dict(),
+        "accounting": acc.to_dict(),
+        "shards": [s.model_dump() for s in writer.shards],
+        "rejects": [s.model_dump() for s in reject_shards],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    atomic_write_json(tmp / "stats.json", stats)
+    os.replace(tmp, final)
+    return {"gid": gid, "seconds": stats["seconds"]}
+
+
+def _run_record(sample: Sample, source: str, steps, acc: Accounting, writer: ShardWriter, kind: str, dropped) -> None:
+    acc.inp("probe", source)
+    try:
+        sample.infos = [probe_image(b) for b in sample.record.image_list()]
+    except ImageProbeError as exc:
+        dropped("probe", Drop(exc.reason, source, sample.origin, sample.record.key, str(exc), sample.record))
+        return
+    acc.out("probe", source)
+    for label, step in steps:
+        acc.inp(label, source)
+        result = step(sample)
+        if isinstance(result, str):
+            dropped(label, Drop(result, source, sample.origin, sample.record.key, "", sample.record))
+            return
+        sample = result
+        acc.out(label, source)
+    acc.inp("write", source)
+    record = sample.record
+    if record.kind != kind:
+        dropped("write", Drop("wrong_kind", source, sample.origin, record.key, f"{record.kind} != {kind}", record))
+        return
+    try:
+        writer.write(record, sample.infos, sample.origin)
+    except DuplicateKeyError as exc:
+        dropped("write", Drop("duplicate_key", source, sample.origin, record.key, str(exc), record))
+        return
+    except (OSError, ValueError, SyntaxError) as exc:  # pair re-encoding of an image that only looked fine
+        dropped("write", Drop("image_corrupt", source, sample.origin, record.key, str(exc), record))
+        return
+    acc.out("write", source)
+
+
+def read_partition_stats(work: Path, gid: int) -> dict[str, Any]:
+    return json.loads((partition_dir(work, gid) / "stats.json").read_text())

@@ -1,0 +1,145 @@
+"""The reader contract and the helpers readers share."""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from curation.errors import CurationError
+from curation.sample import Drop, Sample
+from schemas import RecordError, parse_record
+
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A unit of work: ``rows`` input rows of one source, described by a JSON-able ``spec``."""
+
+    source: str
+    index: int
+    rows: int
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "index": self.index, "rows": self.rows, "spec": self.spec}
+
+
+class Reader(Protocol):
+    def plan(self) -> list[Partition]: ...
+
+    def read(self, partition: Partition) -> Iterator[Sample | Drop]: ...
+
+    def record_kind(self) -> str: ...
+
+
+def expand_inputs(path: str, suffixes: tuple[str, ...], source: str) -> list[Path]:
+    """Files named by a file path, a directory (recursively) or a glob; sorted; loud when empty."""
+    p = Path(path)
+    if any(ch in path for ch in "*?["):
+        files = [Path(f) for f in glob.glob(path, recursive=True)]
+    elif p.is_dir():
+        files = [f for f in p.rglob("*") if f.is_file()]
+    elif p.is_file():
+        return [p]
+    else:
+        raise CurationError(f"sources.{source}.path: no such file or directory: {path}")
+    files = sorted(f for f in files if f.name.endswith(suffixes) and not f.name.startswith("."))
+    if not files:
+        raise CurationError(f"sources.{source}.path: no {'/'.join(suffixes)} files under {path}")
+    return files
+
+
+def sanitize_key(value: Any) -> str:
+    key = _KEY_BAD.sub("_", str(value))[:200]
+    return key or "_"
+
+
+def load_image_file(ref: str, image_root: str | None) -> bytes:
+    """Read an image file named in the input; raises FileNotFoundError / IsADirectoryError."""
+    path = Path(ref)
+    if not path.is_absolute() and image_root:
+        path = Path(image_root) / path
+    return path.read_bytes()
+
+
+def as_image_bytes(value: Any, image_root: str | None) -> bytes:
+    """Image bytes from raw bytes, a path string, or an HF Image struct ``{bytes, path}``."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        if value.get("path"):
+            return load_image_file(value["path"], image_root)
+        raise ValueError("image struct has neither bytes nor path")
+    if isinstance(value, str):
+        return load_image_file(value, image_root)
+    raise TypeError(f"expected image bytes or a path, got {type(value).__name__}")
+
+
+def build_record(
+    kind: str,
+    row: dict[str, Any],
+    *,
+    source: str,
+    origin: str,
+    default_key: str,
+    fields: dict[str, str],
+    image_root: str | None,
+    keep_extra: bool,
+) -> Sample | Drop:
+    """Map an input row to a record of ``kind`` (``pair`` or ``sft``); every failure is a Drop."""
+    names = {"key": "key", "image": "image", "caption": "caption", "images": "images", "turns": "turns"}
+    names.update(fields)
+    used = set()
+
+    def take(field_name: str) -> Any:
+        col = names[field_name]
+        used.add(col)
+        return row.get(col)
+
+    raw_key = take("key")
+    key = sanitize_key(raw_key) if raw_key not in (None, "") else default_key
+    try:
+        if kind == "pair":
+            image_ref = take("image")
+            if image_ref is None:
+                return Drop("missing_field:image", source, origin, key, f"no {names['image']!r} field")
+            data: dict[str, Any] = {"image": as_image_bytes(image_ref, image_root), "caption": take("caption")}
+        else:
+            refs = take("images")
+            refs = [] if refs is None else (refs if isinstance(refs, list) else [refs])
+            data = {"images": [as_image_bytes(r, image_root) for r in refs], "turns": _turns(take("turns"))}
+    except FileNotFoundError as exc:
+        return Drop("missing_image_file", source, origin, key, str(exc))
+    except (IsADirectoryError, PermissionError) as exc:
+        return Drop("unreadable_image_file", source, origin, key, str(exc))
+    except (TypeError, ValueError) as exc:
+        return Drop("invalid_image_field", source, origin, key, str(exc))
+    meta = {k: v for k, v in row.items() if k not in used} if keep_extra else {}
+    try:
+        record = parse_record(kind, {"key": key, "source": source, "meta": meta, **data})
+    except RecordError as exc:
+        return Drop(exc.drop_reason, source, origin, key, str(exc))
+    return Sample(record, origin)
+
+
+def _turns(value: Any) -> Any:
+    """Keep the conversation fields of each turn (Cauldron turns also carry a per-turn ``source``)."""
+    if isinstance(value, list):
+        return [{"user": t.get("user"), "assistant": t.get("assistant")} if isinstance(t, dict) else t for t in value]
+    return value
+
+
+def make_reader(source: Any) -> Reader:
+    from curation.readers.jsonl import JsonlReader
+    from curation.readers.parquet import ParquetReader
+    from curation.readers.shards import ShardsReader
+
+    readers = {"jsonl": JsonlReader, "parquet": ParquetReader, "shards": ShardsReader}
+    return readers[source.reader](source)

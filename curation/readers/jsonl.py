@@ -1,0 +1,64 @@
+"""JSON lines + an image folder. One JSON object per line; blank lines are skipped (not counted)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from curation.readers.base import Partition, build_record, expand_inputs, sanitize_key
+from curation.sample import Drop, Sample
+
+
+class JsonlReader:
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def record_kind(self) -> str:
+        return self.source.record
+
+    def plan(self) -> list[Partition]:
+        parts: list[Partition] = []
+        size = self.source.partition_size
+        for file_index, path in enumerate(expand_inputs(self.source.path, (".jsonl", ".json"), self.source.name)):
+            with open(path, "rb") as f:
+                n = sum(1 for line in f if line.strip())
+            for start in range(0, n, size):
+                spec = {"file": str(path), "file_index": file_index, "start": start, "stop": min(n, start + size)}
+                parts.append(Partition(self.source.name, len(parts), spec["stop"] - start, spec))
+        return parts
+
+    def read(self, partition: Partition) -> Iterator[Sample | Drop]:
+        spec = partition.spec
+        src = self.source
+        stem = sanitize_key(Path(spec["file"]).stem)
+        ordinal = -1
+        with open(spec["file"], "rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                ordinal += 1
+                if ordinal < spec["start"]:
+                    continue
+                if ordinal >= spec["stop"]:
+                    break
+                origin = f"{spec['file']}:{ordinal + 1}"
+                default_key = f"{stem}-{spec['file_index']:04d}-{ordinal:09d}"
+                try:
+                    row = json.loads(line)
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    yield Drop("invalid_json", src.name, origin, default_key, str(exc))
+                    continue
+                if not isinstance(row, dict):
+                    yield Drop("invalid_json", src.name, origin, default_key, "line is not a JSON object")
+                    continue
+                yield build_record(
+                    src.record,
+                    row,
+                    source=src.name,
+                    origin=origin,
+                    default_key=default_key,
+                    fields=src.fields,
+                    image_root=src.image_root,
+                    keep_extra=src.keep_extra,
+                )

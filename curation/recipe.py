@@ -1,0 +1,369 @@
+"""Recipes are data: YAML validated by pydantic models, never evaluated.
+
+A build recipe declares ``sources`` -> ``steps`` -> ``output``. Errors name the field path, the bad value
+and, for misspelled keys or names, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from curation.errors import RecipeError
+from schemas import KINDS
+
+RecordKind = Literal["pair", "interleaved", "pdf", "sft"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- sources -------------------------------------------------------------------------------------
+class SourceBase(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Source name, used in accounting.")]
+    limit: int | None = Field(None, ge=0, description="Read at most this many input rows of this source.")
+    partition_size: int = Field(10_000, ge=1, description="Input rows per partition (the unit of work/resume).")
+
+
+class JsonlSource(SourceBase):
+    reader: Literal["jsonl"]
+    path: str = Field(description="A .jsonl file, a directory of them, or a glob.")
+    record: Literal["pair", "sft"] = "pair"
+    image_root: str | None = Field(None, description="Directory that relative image paths start from.")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Record field -> input field, e.g. {caption: text, image: file_name, key: id}.",
+    )
+    keep_extra: bool = Field(True, description="Keep unmapped input fields in the record's meta.")
+
+
+class ParquetSource(SourceBase):
+    reader: Literal["parquet"]
+    path: str = Field(description="A .parquet file, a directory of them, or a glob.")
+    record: Literal["pair", "sft"] = "pair"
+    image_root: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    keep_extra: bool = True
+
+
+class ShardsSource(SourceBase):
+    reader: Literal["shards"]
+    path: str = Field(description="A dataset directory built by this toolkit.")
+
+
+Source = Annotated[JsonlSource | ParquetSource | ShardsSource, Field(discriminator="reader")]
+
+
+# ---- steps ---------------------------------------------------------------------------------------
+class StepBase(_Strict):
+    name: str | None = Field(None, description="Label in the accounting (defaults to the step type).")
+
+
+class TextLengthStep(StepBase):
+    step: Literal["text_length"]
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    min_words: int = Field(0, ge=0)
+    max_words: int | None = Field(None, ge=1)
+    field: Literal["all", "caption", "answers", "questions"] = Field(
+        "all", description="Which text: all of it, the caption (pair), or the answers/questions (sft)."
+    )
+
+
+class ImageDecodeStep(StepBase):
+    step: Literal["image_decode"]
+
+
+class ImageSizeStep(StepBase):
+    step: Literal["image_size"]
+    min_side: int = Field(1, ge=1)
+    max_side: int | None = Field(None, ge=1)
+    max_aspect_ratio: float | None = Field(None, ge=1.0)
+
+
+class PairToSftStep(StepBase):
+    step: Literal["pair_to_sft"]
+    prompt: str = Field("Describe the image.", description="The user turn; the caption becomes the answer.")
+
+
+class ExactImageDedupStep(StepBase):
+    step: Literal["exact_image_dedup"]
+
+
+Step = Annotated[
+    TextLengthStep | ImageDecodeStep | ImageSizeStep | PairToSftStep | ExactImageDedupStep,
+    Field(discriminator="step"),
+]
+GLOBAL_STEPS = {"exact_image_dedup"}
+
+
+# ---- output and the recipe ----------------------------------------------------------------------
+class Output(_Strict):
+    kind: RecordKind = Field(description="Record kind of every sample in the dataset.")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$", description="Shard prefix (recipe name).")
+    max_samples_per_shard: int = Field(10_000, ge=1)
+    max_bytes_per_shard: int = Field(1 << 30, ge=1024)
+    pair_image_format: Literal["jpg", "png", "webp"] = Field(
+        "jpg", description="Pair images are stored as KEY.<format>; other formats are re-encoded."
+    )
+    rejects: bool = Field(False, description="Also write dropped samples (with reasons) to rejects/ shards.")
+
+
+class Tokenizer(_Strict):
+    type: Literal["regex"] = Field("regex", description="regex: words and punctuation (fast default).")
+
+
+class BuildRecipe(_Strict):
+    kind: Literal["build"] = "build"
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    description: str = ""
+    seed: int = 0
+    sources: Annotated[list[Source], Field(min_length=1)]
+    steps: list[Step] = Field(default_factory=list)
+    output: Output
+    tokenizer: Tokenizer = Field(default_factory=Tokenizer)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, sources: list[Any]) -> list[Any]:
+        names = [s.name for s in sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dup)}")
+        return sources
+
+    @model_validator(mode="after")
+    def _global_steps_last(self) -> BuildRecipe:
+        seen_global = None
+        for i, step in enumerate(self.steps):
+            if step.step in GLOBAL_STEPS:
+                seen_global = i
+            elif seen_global is not None:
+                raise ValueError(
+                    f"steps.{i} ({step.step}) comes after the global step steps.{seen_global} "
+                    f"({self.steps[seen_global].step}); global steps run over the whole dataset and must come last"
+                )
+        return self
+
+    def shard_prefix(self) -> str:
+        return self.output.name or self.name
+
+
+RECIPE_KINDS = {"build": BuildRecipe}
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+PATH_KEYS = ("path", "image_root")
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Built-in recipe name -> its description."""
+    out = {}
+    for entry in sorted(resources.files("recipes").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            data = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")]] = str(data.get("description", "")).strip()
+    return out
+
+
+def _read_recipe_text(ref: str) -> tuple[str, Path | None]:
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {ref}")
+        return path.read_text(), path.resolve().parent
+    names = builtin_recipes()
+    if ref not in names:
+        hint = difflib.get_close_matches(ref, names, n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else f"; built-in recipes: {', '.join(names)}"
+        raise RecipeError(f"no recipe file or built-in recipe named {ref!r}{extra}")
+    return (resources.files("recipes") / f"{ref}.yaml").read_text(), None
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for src in data.get("sources") or []:
+        if isinstance(src, dict):
+            for key in PATH_KEYS:
+                value = src.get(key)
+                if isinstance(value, str) and value and not Path(value).is_absolute():
+                    src[key] = str((base / value).resolve())
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``dotted.path=value`` (value parsed as YAML). List items can be named by index or by their
+    ``name`` field: ``sources.captions.path=...``."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected dotted.path=value")
+    dotted, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {dotted}: cannot parse value {raw!r}: {exc}") from None
+    parts = dotted.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            idx = _list_index(node, part, where)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                if parts[-1] in PATH_KEYS and isinstance(value, str) and value and not Path(value).is_absolute():
+                    value = str(Path(value).resolve())  # --set paths are relative to the working directory
+                node[part] = value
+            else:
+                if part not in node or node[part] is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise RecipeError(f"--set {dotted}: {'.'.join(parts[:depth])} is a value, not a section")
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(items) <= idx < len(items):
+            raise RecipeError(f"--set {where}: index {idx} out of range (the list has {len(items)} items)")
+        return idx
+    names = [it.get("name") if isinstance(it, dict) else None for it in items]
+    if part in names:
+        return names.index(part)
+    hint = difflib.get_close_matches(part, [n for n in names if n], n=1)
+    extra = f"; did you mean {hint[0]!r}?" if hint else f"; names here: {[n for n in names if n]}"
+    raise RecipeError(f"--set {where}: no item named {part!r}{extra}")
+
+
+def _format_error(exc: ValidationError, data: dict[str, Any], model: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors()[:5]:
+        loc = [p for p in err["loc"]]
+        path = ".".join(str(p) for p in loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent_model = _model_at(model, data, loc[:-1])
+            valid = sorted(parent_model.model_fields) if parent_model else []
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            msg = f"unknown key {loc[-1]!r}" + (
+                f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(valid)}"
+            )
+        elif err["type"] == "union_tag_invalid":
+            expected = err.get("ctx", {}).get("expected_tags", "")
+            tags = [t.strip(" '") for t in str(expected).split(",")]
+            hint = difflib.get_close_matches(str(err.get("ctx", {}).get("tag", "")), tags, n=1)
+            msg = f"unknown type {err['ctx'].get('tag')!r}" + (
+                f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {expected}"
+            )
+        elif err["type"] == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            tags = [t.strip(" '") for t in str(expected).replace(" or ", ",").split(",")]
+            hint = difflib.get_close_matches(str(err.get("input")), tags, n=1)
+            msg = f"got {err.get('input')!r}, expected {expected}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        elif "input" in err and not isinstance(err["input"], dict | list):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"{path or '<recipe>'}: {msg}")
+    more = len(exc.errors()) - 5
+    if more > 0:
+        lines.append(f"... and {more} more")
+    return "; ".join(lines)
+
+
+def _model_at(model: type[BaseModel], data: Any, loc: list[Any]) -> type[BaseModel] | None:
+    """The pydantic model that validates ``data`` at ``loc`` (for suggesting valid keys)."""
+    from typing import get_args, get_origin
+
+    current: Any = model
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                # discriminated union member name, e.g. 'jsonl' in sources.0.jsonl.pathh
+                continue
+            node = node.get(part) if isinstance(node, dict) else None
+            current = field.annotation
+        current = _pick_member(current, node, get_args, get_origin)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _pick_member(annotation: Any, node: Any, get_args: Any, get_origin: Any) -> Any:
+    """Unwrap Annotated / list / union to the model that validates ``node``."""
+    while True:
+        args = get_args(annotation)
+        if not args:
+            return annotation
+        origin = get_origin(annotation)
+        if origin is list:
+            annotation = args[0]
+            continue
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if models:
+            for m in models:
+                disc = next((f for f in ("reader", "step") if f in m.model_fields), None)
+                if disc and isinstance(node, dict):
+                    allowed = get_args(m.model_fields[disc].annotation)
+                    if node.get(disc) in allowed:
+                        return m
+            return models[0] if len(models) == 1 else annotation
+        annotation = args[0]
+
+
+def load_recipe(ref: str, overrides: list[str] | None = None) -> BuildRecipe:
+    """Load a recipe by path or built-in name, apply ``--set`` overrides, validate."""
+    text, base = _read_recipe_text(ref)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{ref}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{ref}: a recipe is a YAML mapping, got {type(data).__name__}")
+    if base is not None:
+        _resolve_paths(data, base)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return validate_recipe(data, ref)
+
+
+def validate_recipe(data: dict[str, Any], ref: str = "recipe") -> BuildRecipe:
+    kind = data.get("kind", "build")
+    if kind not in RECIPE_KINDS:
+        hint = difflib.get_close_matches(str(kind), RECIPE_KINDS, n=1)
+        raise RecipeError(
+            f"{ref}: kind: unknown recipe kind {kind!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(RECIPE_KINDS)}")
+        )
+    model = RECIPE_KINDS[kind]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(f"{ref}: {_format_error(exc, data, model)}") from None
+
+
+def recipe_hash(recipe: BuildRecipe) -> str:
+    """Identity of what a build produces: the resolved recipe, canonical JSON, sha256."""
+    text = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    schema = BuildRecipe.model_json_schema()
+    schema["$id"] = "vlm-curation/recipe.schema.json"
+    schema["title"] = "vlm-curation build recipe"
+    return schema
+
+
+assert set(KINDS) == {"pair", "interleaved", "pdf", "sft"}

@@ -1,0 +1,114 @@
+"""Rejects shards: dropped samples with their step and reason, for inspection (``output.rejects``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import webdataset as wds
+
+from curation.sample import Drop
+from schemas import PairRecord
+from shards.atomic import HashingWriter, canonical_json, tmp_path
+from shards.codec import encode_record
+from shards.imageinfo import sniff_format
+from shards.manifest import ShardInfo
+from shards.writer import FIXED_MTIME, PARQUET_OPTIONS
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("sample_key", pa.string()),
+        ("source", pa.string()),
+        ("step", pa.string()),
+        ("reason", pa.string()),
+        ("origin", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+
+class RejectsWriter:
+    def __init__(self, directory: Path, prefix: str, *, max_samples: int = 10_000, start_index: int = 0) -> None:
+        self.directory = Path(directory)
+        self.prefix = prefix
+        self.max_samples = max_samples
+        self.index = start_index
+        self.shards: list[ShardInfo] = []
+        self._rows: list[dict] = []
+        self._tar = None
+        self._count = 0
+
+    def add(self, step: str, drop: Drop) -> None:
+        if self._tar is None:
+            self._open()
+        self._count += 1
+        key = f"{self._count:09d}_{(drop.key or 'none')[:180]}"
+        members: dict[str, bytes] = {}
+        if drop.record is not None:
+            ext = "jpg"
+            if isinstance(drop.record, PairRecord):
+                ext = sniff_format(drop.record.image) or "bin"
+            members = encode_record(drop.record, ext)
+        if drop.raw is not None:
+            members["raw.json"] = canonical_json(drop.raw).encode()
+        row = {
+            "key": key,
+            "sample_key": drop.key,
+            "source": drop.source,
+            "step": step,
+            "reason": drop.reason,
+            "origin": drop.origin,
+            "detail": drop.detail[:2000],
+        }
+        members["reject.json"] = canonical_json(row).encode()
+        self._tar.write({"__key__": key, **members})
+        self._rows.append(row)
+        if len(self._rows) >= self.max_samples:
+            self._close_shard()
+
+    def close(self) -> list[ShardInfo]:
+        if self._tar is not None:
+            self._close_shard()
+        return self.shards
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._stem = f"{self.prefix}-rejects-{self.index:06d}"
+        self.index += 1
+        self._tmp = tmp_path(self.directory / f"{self._stem}.tar")
+        self._file = open(self._tmp, "wb")  # noqa: SIM115
+        self._hashing = HashingWriter(self._file)
+        self._tar = wds.TarWriter(self._hashing, encoder=False, mtime=FIXED_MTIME, compress=False)
+
+    def _close_shard(self) -> None:
+        import pyarrow.parquet as pq
+
+        from shards.atomic import atomic_write_json
+
+        self._tar.close()
+        self._file.close()
+        sidecar = self.directory / f"{self._stem}.parquet"
+        tmp = tmp_path(sidecar)
+        pq.write_table(pa.Table.from_pylist(self._rows, schema=REJECTS_SCHEMA), tmp, **PARQUET_OPTIONS)
+        os.replace(tmp, sidecar)
+        stats = {
+            "shard": f"{self._stem}.tar",
+            "samples": len(self._rows),
+            "bytes": self._hashing.size,
+            "sha256": self._hashing.sha256.hexdigest(),
+        }
+        atomic_write_json(self.directory / f"{self._stem}.stats.json", stats)
+        os.replace(self._tmp, self.directory / f"{self._stem}.tar")
+        self.shards.append(
+            ShardInfo(
+                name=f"{self._stem}.tar",
+                sidecar=sidecar.name,
+                stats=f"{self._stem}.stats.json",
+                sha256=stats["sha256"],
+                samples=len(self._rows),
+                bytes=self._hashing.size,
+            )
+        )
+        self._rows, self._tar = [], None

@@ -1,0 +1,35 @@
+"""Arrow schema of the per-shard parquet sidecar: one row per sample, read by the audit (DuckDB)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SIDECAR_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False),
+        pa.field("index", pa.int32(), nullable=False, metadata={"doc": "position of the sample in its shard"}),
+        pa.field("n_images", pa.int32(), nullable=False),
+        pa.field("widths", pa.list_(pa.int32())),
+        pa.field("heights", pa.list_(pa.int32())),
+        pa.field("image_sha256", pa.list_(pa.string())),
+        pa.field("image_formats", pa.list_(pa.string())),
+        pa.field("text_tokens", pa.int64(), nullable=False),
+        pa.field("answer_tokens", pa.int64(), nullable=False),
+        pa.field("turns", pa.int32(), nullable=False, metadata={"doc": "supervised answers (QA pairs)"}),
+        pa.field("pages", pa.int32(), metadata={"doc": "pdf pages; null for other kinds"}),
+        pa.field("bytes", pa.int64(), nullable=False, metadata={"doc": "payload bytes of the sample's members"}),
+        pa.field("origin", pa.string(), metadata={"doc": "where the sample was read from"}),
+    ]
+)
+
+
+def sidecar_schema(kind: str) -> pa.Schema:
+    """The sidecar schema of a record kind (one schema for every kind, so sidecars union cleanly)."""
+    from schemas.records import KINDS
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
+    return SIDECAR_SCHEMA.with_metadata({"kind": kind})

@@ -1,0 +1,24 @@
+"""How samples are kept: deterministic webdataset shards with parquet sidecars and a dataset manifest."""
+
+from shards.codec import decode_sample, encode_record
+from shards.imageinfo import ImageInfo, probe_image
+from shards.manifest import DatasetManifest, ShardInfo, read_manifest
+from shards.reader import iter_dataset, iter_shard
+from shards.tokens import count_tokens
+from shards.verify import verify_dataset
+from shards.writer import ShardWriter
+
+__all__ = [
+    "DatasetManifest",
+    "ImageInfo",
+    "ShardInfo",
+    "ShardWriter",
+    "count_tokens",
+    "decode_sample",
+    "encode_record",
+    "iter_dataset",
+    "iter_shard",
+    "probe_image",
+    "read_manifest",
+    "verify_dataset",
+]

@@ -1,0 +1,66 @@
+"""``dataset.json``: what a build contains, how it was made, and its exact accounting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shards.atomic import atomic_write_json
+
+MANIFEST_NAME = "dataset.json"
+FORMAT = "vlm-curation/dataset"
+FORMAT_VERSION = 1
+
+
+class ShardInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="tar file name, relative to the dataset directory")
+    sidecar: str
+    stats: str
+    sha256: str
+    samples: int
+    bytes: int
+
+
+class DatasetManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    name: str
+    kind: str
+    tool_version: str
+    recipe: dict[str, Any]
+    recipe_sha256: str
+    shards: list[ShardInfo]
+    rejects: list[ShardInfo] = Field(default_factory=list)
+    totals: dict[str, int]
+    accounting: dict[str, Any] = Field(default_factory=dict)
+    wids_index: str | None = None
+
+    def write(self, directory: Path) -> Path:
+        path = directory / MANIFEST_NAME
+        atomic_write_json(path, self.model_dump(mode="json"))
+        return path
+
+
+def read_manifest(directory: Path) -> DatasetManifest:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a built dataset (no {MANIFEST_NAME})")
+    return DatasetManifest.model_validate(json.loads(path.read_text()))
+
+
+def write_wids_index(directory: Path, name: str, shards: list[ShardInfo]) -> str:
+    """The wids shard index (urls relative to the index file)."""
+    index = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": name,
+        "shardlist": [{"url": s.name, "nsamples": s.samples, "filesize": s.bytes} for s in shards],
+    }
+    filename = f"{name}.wids.json"
+    atomic_write_json(directory / filename, index)
+    return filename

@@ -1,0 +1,216 @@
+"""Deterministic, atomic webdataset shard writer with a parquet sidecar and a stats json per shard.
+
+Determinism: members are written by ``webdataset.TarWriter`` in sorted order with a fixed mtime, user,
+group and mode, so the same records give byte-identical tars. Atomicity: the tar, sidecar and stats are
+written under temporary names; sidecar and stats are renamed first and the tar last, so a visible
+``.tar`` always has its sidecar and is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from schemas import SIDECAR_SCHEMA, PairRecord, PdfRecord, Record
+from shards.atomic import HashingWriter, atomic_write_json, tmp_path
+from shards.codec import PAIR_IMAGE_EXTS, encode_record
+from shards.imageinfo import ImageInfo, probe_image, reencode
+from shards.manifest import ShardInfo
+from shards.tokens import TokenCounter, count_many, count_tokens
+
+FIXED_MTIME = 0.0
+# Parquet written the same way every time (no wall-clock values, fixed compression).
+PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True, "store_schema": True}
+
+
+class DuplicateKeyError(ValueError):
+    """The key already appears in the shard being written."""
+
+
+def default_shard_name(prefix: str) -> Callable[[int], str]:
+    return lambda i: f"{prefix}-{i:06d}"
+
+
+@dataclass
+class _OpenShard:
+    stem: str
+    tmp: Path
+    file: object
+    hashing: HashingWriter
+    tar: wds.TarWriter
+    rows: list[dict] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+    payload: int = 0
+    sources: Counter = field(default_factory=Counter)
+    reencoded: int = 0
+
+
+class ShardWriter:
+    """Write records into ``directory`` as ``<stem>.tar`` + ``<stem>.parquet`` + ``<stem>.stats.json``.
+
+    A shard is closed when it holds ``max_samples`` samples or ``max_bytes`` of payload.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        shard_name: Callable[[int], str] | str,
+        *,
+        max_samples: int = 10_000,
+        max_bytes: int = 1 << 30,
+        pair_image_ext: str = "jpg",
+        token_counter: TokenCounter = count_tokens,
+        start_index: int = 0,
+    ) -> None:
+        if pair_image_ext not in PAIR_IMAGE_EXTS:
+            raise ValueError(f"pair_image_ext must be one of {PAIR_IMAGE_EXTS}, got {pair_image_ext!r}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._name = default_shard_name(shard_name) if isinstance(shard_name, str) else shard_name
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.pair_image_ext = pair_image_ext
+        self.count = token_counter
+        self._next_index = start_index
+        self._open: _OpenShard | None = None
+        self.shards: list[ShardInfo] = []
+
+    # -- public ---------------------------------------------------------------------------------
+    def write(self, record: Record, infos: Sequence[ImageInfo] | None = None, origin: str = "") -> None:
+        """Add one record. ``infos`` are the probed images (probed here when not given)."""
+        images = record.image_list()
+        if infos is None:
+            infos = [probe_image(b) for b in images]
+        if isinstance(record, PairRecord) and infos[0].format != self.pair_image_ext:
+            data = reencode(record.image, self.pair_image_ext)
+            record = record.model_copy(update={"image": data})
+            infos = [probe_image(data)]
+            reencoded = 1
+        else:
+            reencoded = 0
+        shard = self._open or self._start()
+        if record.key in shard.keys:
+            raise DuplicateKeyError(f"key {record.key!r} already in shard {shard.stem}")
+        members = encode_record(record, self.pair_image_ext)
+        members["__key__"] = record.key  # type: ignore[assignment]
+        shard.tar.write(members)
+        nbytes = sum(len(v) for k, v in members.items() if k != "__key__")
+        texts, answers = record.texts_for_tokens()
+        shard.rows.append(
+            {
+                "key": record.key,
+                "kind": record.kind,
+                "source": record.source,
+                "shard": shard.stem + ".tar",
+                "index": len(shard.rows),
+                "n_images": len(infos),
+                "widths": [i.width for i in infos],
+                "heights": [i.height for i in infos],
+                "image_sha256": [i.sha256 for i in infos],
+                "image_formats": [i.format for i in infos],
+                "text_tokens": count_many(self.count, texts),
+                "answer_tokens": count_many(self.count, answers),
+                "turns": record.num_turns(),
+                "pages": len(record.pages) if isinstance(record, PdfRecord) else None,
+                "bytes": nbytes,
+                "origin": origin,
+            }
+        )
+        shard.keys.add(record.key)
+        shard.payload += nbytes
+        shard.sources[record.source] += 1
+        shard.reencoded += reencoded
+        if len(shard.rows) >= self.max_samples or shard.payload >= self.max_bytes:
+            self._finish()
+
+    def close(self) -> list[ShardInfo]:
+        if self._open is not None:
+            self._finish()
+        return self.shards
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the shard in progress (its temporary file); finished shards stay."""
+        if self._open is not None:
+            self._open.tar.close()
+            self._open.file.close()
+            self._open.tmp.unlink(missing_ok=True)
+            self._open = None
+
+    # -- internals ------------------------------------------------------------------------------
+    def _start(self) -> _OpenShard:
+        stem = self._name(self._next_index)
+        self._next_index += 1
+        tmp = tmp_path(self.directory / f"{stem}.tar")
+        f = open(tmp, "wb")  # noqa: SIM115 - closed in _finish/abort
+        hashing = HashingWriter(f)
+        tar = wds.TarWriter(hashing, encoder=False, mtime=FIXED_MTIME, compress=False)
+        self._open = _OpenShard(stem=stem, tmp=tmp, file=f, hashing=hashing, tar=tar)
+        return self._open
+
+    def _finish(self) -> None:
+        shard = self._open
+        assert shard is not None
+        shard.tar.close()
+        shard.file.flush()
+        os.fsync(shard.file.fileno())
+        shard.file.close()
+        info = write_shard_metadata(
+            self.directory,
+            shard.stem,
+            rows=shard.rows,
+            sha256=shard.hashing.sha256.hexdigest(),
+            size=shard.hashing.size,
+            extra_stats={"reencoded_images": shard.reencoded},
+        )
+        os.replace(shard.tmp, self.directory / info.name)  # the tar becomes visible last
+        self.shards.append(info)
+        self._open = None
+
+
+def write_shard_metadata(
+    directory: Path, stem: str, *, rows: list[dict], sha256: str, size: int, extra_stats: dict | None = None
+) -> ShardInfo:
+    """Write ``<stem>.parquet`` and ``<stem>.stats.json`` atomically; return the shard's manifest entry."""
+    table = pa.Table.from_pylist(rows, schema=SIDECAR_SCHEMA)
+    sidecar = directory / f"{stem}.parquet"
+    tmp = tmp_path(sidecar)
+    pq.write_table(table, tmp, **PARQUET_OPTIONS)
+    os.replace(tmp, sidecar)
+    sources = Counter(r["source"] for r in rows)
+    stats = {
+        "shard": f"{stem}.tar",
+        "samples": len(rows),
+        "bytes": size,
+        "sha256": sha256,
+        "payload_bytes": sum(r["bytes"] for r in rows),
+        "images": sum(r["n_images"] for r in rows),
+        "text_tokens": sum(r["text_tokens"] for r in rows),
+        "answer_tokens": sum(r["answer_tokens"] for r in rows),
+        "sources": dict(sorted(sources.items())),
+        **(extra_stats or {}),
+    }
+    atomic_write_json(directory / f"{stem}.stats.json", stats)
+    return ShardInfo(
+        name=f"{stem}.tar",
+        sidecar=sidecar.name,
+        stats=f"{stem}.stats.json",
+        sha256=sha256,
+        samples=len(rows),
+        bytes=size,
+    )
