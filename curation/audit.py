@@ -121,7 +121,7 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
         title=f"{report['dataset']} ({report['kind']}): {report['samples']:,} samples in {report['shards']} shards"
     )
     for i, h in enumerate(HEADERS):
-        t.add_column(h, justify="left" if i == 0 else "right")
+        t.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
     for row in _source_rows(report):
         t.add_row(*row)
     console.print(t)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import webdataset as wds
 
+from curation.faults import crash_point
 from curation.partition import partition_dir, read_partition_stats
 from curation.rejects import RejectsWriter
 from curation.sample import Drop
@@ -66,6 +67,7 @@ def commit_shards(work: Path, out: Path, prefix: str, gids: list[int], drops: Gl
                 else:
                     info = _rewrite_without(pdir / staged["name"], out, stem, rows, set(dropped), extra)
             final.append(info)
+            crash_point("commit_shard")
     return final
 
 
@@ -80,6 +82,7 @@ def _rewrite_without(src: Path, out: Path, stem: str, rows: list[dict], dropped:
         tar.close()
         f.flush()
         os.fsync(f.fileno())
+    crash_point("rewrite_tar_written")
     kept = [r for r in rows if r["key"] not in dropped]
     for i, r in enumerate(kept):
         r["shard"], r["index"] = f"{stem}.tar", i

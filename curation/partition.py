@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.accounting import Accounting
+from curation.faults import crash_point
 from curation.readers import Partition, make_reader
 from curation.recipe import BuildRecipe
 from curation.rejects import RejectsWriter
@@ -90,6 +91,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
             dropped("read", item)
             continue
         acc.out("read", name)
+        crash_point("record")
         _run_record(item, name, steps, acc, writer, out.kind, dropped)
     writer.close()
     reject_shards = rejects.close() if rejects is not None else []
@@ -107,6 +109,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
         "seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_json(tmp / "stats.json", stats)
+    crash_point("partition_staged")
     os.replace(tmp, final)
     return {"gid": gid, "seconds": stats["seconds"]}
 

@@ -248,7 +248,7 @@ def _list_index(items: list[Any], part: str, where: str) -> int:
 def _format_error(exc: ValidationError, data: dict[str, Any], model: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors()[:5]:
-        loc = [p for p in err["loc"]]
+        loc = _yaml_loc(data, list(err["loc"]))
         path = ".".join(str(p) for p in loc)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -279,47 +279,62 @@ def _format_error(exc: ValidationError, data: dict[str, Any], model: type[BaseMo
     return "; ".join(lines)
 
 
-def _model_at(model: type[BaseModel], data: Any, loc: list[Any]) -> type[BaseModel] | None:
-    """The pydantic model that validates ``data`` at ``loc`` (for suggesting valid keys)."""
-    from typing import get_args, get_origin
+def _yaml_loc(data: Any, loc: list[Any]) -> list[Any]:
+    """Drop pydantic's union tags from an error location so it matches the YAML (sources.0.path)."""
+    out: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and part in (node.get("reader"), node.get("step")):
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return out
 
+
+def _model_at(model: type[BaseModel], data: Any, loc: list[Any]) -> type[BaseModel] | None:
+    """The pydantic model that validates ``data`` at ``loc`` (a YAML path), for suggesting valid keys."""
     current: Any = model
     node = data
     for part in loc:
         if isinstance(part, int):
             node = node[part] if isinstance(node, list) and part < len(node) else None
+            current = _unwrap(current, node, want_item=True)
             continue
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                # discriminated union member name, e.g. 'jsonl' in sources.0.jsonl.pathh
-                continue
-            node = node.get(part) if isinstance(node, dict) else None
-            current = field.annotation
-        current = _pick_member(current, node, get_args, get_origin)
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        current = _unwrap(current.model_fields[part].annotation, node, want_item=False)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _pick_member(annotation: Any, node: Any, get_args: Any, get_origin: Any) -> Any:
-    """Unwrap Annotated / list / union to the model that validates ``node``."""
-    while True:
-        args = get_args(annotation)
+def _unwrap(annotation: Any, node: Any, want_item: bool) -> Any:
+    """Strip Annotated/Optional; step into list items when ``want_item``; pick a union member by its tag."""
+    from typing import get_args, get_origin
+
+    for _ in range(10):
+        origin, args = get_origin(annotation), get_args(annotation)
+        if origin is list:
+            if not want_item:
+                return annotation
+            annotation, want_item = args[0], False
+            continue
         if not args:
             return annotation
-        origin = get_origin(annotation)
-        if origin is list:
-            annotation = args[0]
-            continue
         models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-        if models:
+        if models and isinstance(node, dict):
             for m in models:
-                disc = next((f for f in ("reader", "step") if f in m.model_fields), None)
-                if disc and isinstance(node, dict):
-                    allowed = get_args(m.model_fields[disc].annotation)
-                    if node.get(disc) in allowed:
+                for tag in ("reader", "step"):
+                    if tag in m.model_fields and node.get(tag) in get_args(m.model_fields[tag].annotation):
                         return m
-            return models[0] if len(models) == 1 else annotation
+        if len(models) == 1:
+            return models[0]
         annotation = args[0]
+    return annotation
 
 
 def load_recipe(ref: str, overrides: list[str] | None = None) -> BuildRecipe:

@@ -19,6 +19,7 @@ from curation.accounting import Accounting
 from curation.commit import GlobalDrops, commit_rejects, commit_shards
 from curation.errors import CurationError, RecipeError
 from curation.executors import run_local
+from curation.faults import crash_point
 from curation.partition import partition_dir, read_partition_stats, step_names
 from curation.progress import BuildProgress
 from curation.readers import Partition, make_reader
@@ -200,6 +201,7 @@ def build(
         accounting=summary,
     )
     manifest.wids_index = write_wids_index(out, prefix, shards)
+    crash_point("before_manifest")
     manifest.write(out)  # the build is complete once dataset.json exists
     shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started

@@ -1,0 +1,117 @@
+"""The CLI as a user meets it: help, one-line errors without tracebacks, the demo, audit formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.builds import CLI
+
+
+def curate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["build", "audit", "inspect", "verify", "recipes", "schema", "demo"])
+def test_help(command):
+    res = curate(command, "--help")
+    assert res.returncode == 0 and "Usage" in res.stdout
+
+
+def test_top_level_help_lists_commands():
+    res = curate("--help")
+    for command in ["build", "audit", "inspect", "verify", "recipes", "schema", "demo"]:
+        assert command in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["build", "no_such_recipe"], "no recipe file or built-in recipe named 'no_such_recipe'"),
+        (["build", "demo", "--set", "stepz.0.min_side=1"], "stepz: unknown key 'stepz'; did you mean 'steps'?"),
+        (
+            ["build", "demo", "--set", "sources.captions.path=/nonexistent/x.jsonl"],
+            "sources.captions.path: no such file",
+        ),
+        (["audit", "/"], "is not a built dataset"),
+        (["inspect", "/"], "is not a built dataset"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+    res = curate(*args, cwd=tmp_path)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert res.stderr.strip().count("\n") == 0 or len(res.stderr.strip().splitlines()) <= 3  # wrapped, one message
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> tuple[Path, float, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("demo")
+    started = time.perf_counter()
+    res = curate("demo", "--out", str(out))
+    return out, time.perf_counter() - started, res
+
+
+def test_demo_runs_under_a_minute_and_prints_the_audit(demo_dir):
+    out, seconds, res = demo_dir
+    assert res.returncode == 0, res.stderr
+    assert seconds < 60
+    for word in ("captions", "conversations", "% mix", "duplicate_image", "image_unreadable"):
+        assert word in res.stdout
+    assert curate("verify", str(out / "dataset")).returncode == 0
+
+
+def test_audit_json_has_the_documented_shape(demo_dir):
+    out, _, _ = demo_dir
+    report = json.loads(curate("audit", str(out / "dataset"), "--format", "json").stdout)
+    assert isinstance(report["samples"], int)
+    for name, s in report["sources"].items():
+        assert {"samples", "images", "qa_pairs", "answer_tokens", "mix_pct"} <= set(s), name
+    assert abs(sum(s["mix_pct"] for s in report["sources"].values()) - 100) < 0.05
+    assert report["dropped"]["duplicate_image"] == 7
+    assert report["samples"] == sum(s["samples"] for s in report["sources"].values())
+
+
+def test_audit_markdown_and_inspect(demo_dir):
+    out, _, _ = demo_dir
+    md = curate("audit", str(out / "dataset"), "-f", "markdown").stdout
+    assert md.startswith("## demo (sft)") and "| captions |" in md
+    shown = curate("inspect", str(out / "dataset"), "-n", "2").stdout
+    assert "Describe the image." in shown and "assistant[0]" in shown
+    rejected = curate("inspect", str(out / "dataset"), "--rejects", "-n", "3").stdout
+    assert "reason: missing_image_file" in rejected
+
+
+def test_build_by_name_with_set_and_rerun_is_a_noop(demo_dir, tmp_path):
+    out, _, _ = demo_dir
+    inputs = out / "inputs"
+    args = [
+        "build",
+        "demo",
+        "--out",
+        str(tmp_path / "ds"),
+        "-q",
+        "--set",
+        f"sources.captions.path={inputs / 'captions.jsonl'}",
+        "--set",
+        f"sources.captions.image_root={inputs / 'images'}",
+        "--set",
+        f"sources.conversations.path={inputs / 'conversations.parquet'}",
+    ]
+    first = curate(*args)
+    assert first.returncode == 0 and "built" in first.stderr
+    again = curate(*args)
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    other = curate(*args, "--set", "steps.2.min_side=100")
+    assert other.returncode == 2 and "different recipe" in other.stderr
+
+
+def test_schema_command_writes_json(tmp_path):
+    res = curate("schema", "--out", str(tmp_path / "recipe.schema.json"))
+    assert res.returncode == 0
+    assert json.loads((tmp_path / "recipe.schema.json").read_text())["title"] == "vlm-curation build recipe"

@@ -1,0 +1,169 @@
+"""Recipes are data: validated with errors that name the path, the value and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from curation.errors import RecipeError
+from curation.recipe import (
+    apply_override,
+    builtin_recipes,
+    load_recipe,
+    recipe_hash,
+    recipe_json_schema,
+    validate_recipe,
+)
+
+BASE = {
+    "name": "t",
+    "sources": [{"name": "caps", "reader": "jsonl", "path": "/data/x.jsonl"}],
+    "steps": [{"step": "image_size", "min_side": 32}, {"step": "exact_image_dedup"}],
+    "output": {"kind": "pair"},
+}
+
+
+def _err(data) -> str:
+    with pytest.raises(RecipeError) as exc:
+        validate_recipe(data)
+    return str(exc.value)
+
+
+def _with(**top):
+    data = json.loads(json.dumps(BASE))
+    data.update(top)
+    return data
+
+
+def test_valid_recipe_and_defaults():
+    r = validate_recipe(BASE)
+    assert r.sources[0].partition_size == 10_000 and r.output.max_samples_per_shard == 10_000
+    assert r.shard_prefix() == "t"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_with(stpes=[]), "stpes: unknown key 'stpes'; did you mean 'steps'?"),
+        (
+            _with(sources=[{"name": "c", "reader": "jsonl", "pathh": "x"}]),
+            "sources.0.pathh: unknown key 'pathh'; did you mean 'path'?",
+        ),
+        (_with(steps=[{"step": "image_sise"}]), "steps.0: unknown type 'image_sise'; did you mean 'image_size'?"),
+        (
+            _with(steps=[{"step": "image_size", "min_sied": 3}]),
+            "steps.0.min_sied: unknown key 'min_sied'; did you mean 'min_side'?",
+        ),
+        (_with(output={"kind": "pairs"}), "output.kind: got 'pairs'"),
+        (_with(steps=[{"step": "image_size", "min_side": "big"}]), "steps.0.min_side: Input should be a valid integer"),
+        (
+            _with(steps=[{"step": "image_size", "min_side": 0}]),
+            "steps.0.min_side: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (_with(sources=[]), "sources: List should have at least 1 item"),
+        (_with(kind="bild"), "unknown recipe kind 'bild'; did you mean 'build'?"),
+    ],
+)
+def test_errors_name_path_value_and_fix(data, expected):
+    assert expected in _err(data)
+
+
+def test_duplicate_source_names():
+    data = _with(sources=[BASE["sources"][0], BASE["sources"][0]])
+    assert "source names must be unique; repeated: caps" in _err(data)
+
+
+def test_global_steps_must_come_last():
+    data = _with(steps=[{"step": "exact_image_dedup"}, {"step": "image_decode"}])
+    assert "steps.1 (image_decode) comes after the global step steps.0" in _err(data)
+
+
+def test_set_overrides_by_index_by_name_and_nested():
+    data = json.loads(json.dumps(BASE))
+    apply_override(data, "steps.0.min_side=64")
+    apply_override(data, "sources.caps.partition_size=100")
+    apply_override(data, "output.rejects=true")
+    apply_override(data, "sources.caps.fields.caption=text")
+    r = validate_recipe(data)
+    assert r.steps[0].min_side == 64 and r.sources[0].partition_size == 100 and r.output.rejects is True
+    assert r.sources[0].fields == {"caption": "text"}
+
+
+@pytest.mark.parametrize(
+    ("assignment", "expected"),
+    [
+        ("steps.9.min_side=1", "index 9 out of range"),
+        ("sources.capz.path=x", "no item named 'capz'; did you mean 'caps'?"),
+        ("output.kind.deeper=1", "output.kind is a value, not a section"),
+        ("no_equals_sign", "expected dotted.path=value"),
+    ],
+)
+def test_bad_overrides(assignment, expected):
+    data = json.loads(json.dumps(BASE))
+    with pytest.raises(RecipeError) as exc:
+        apply_override(data, assignment)
+    assert expected in str(exc.value)
+
+
+def test_overrides_are_validated_like_the_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(RecipeError, match="steps.0.min_sidee: unknown key 'min_sidee'; did you mean 'min_side'"):
+        load_recipe(str(path), ["steps.0.min_sidee=3"])
+    with pytest.raises(RecipeError, match="output.max_samples_per_shard: Input should be greater than or equal to 1"):
+        load_recipe(str(path), ["output.max_samples_per_shard=0"])
+
+
+def test_relative_paths_resolve_against_the_recipe_file_and_set_against_cwd(tmp_path, monkeypatch):
+    data = json.loads(json.dumps(BASE))
+    data["sources"][0]["path"] = "inputs/x.jsonl"
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "r.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(str(path)).sources[0].path == str(tmp_path / "sub" / "inputs" / "x.jsonl")
+    assert load_recipe(str(path), ["sources.caps.path=other.jsonl"]).sources[0].path == str(tmp_path / "other.jsonl")
+
+
+def test_recipes_are_never_evaluated(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned > /tmp/pwned']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(str(path))
+
+
+def test_builtin_recipes_by_name():
+    names = builtin_recipes()
+    assert names.get("demo")
+    assert load_recipe("demo").name == "demo"
+    with pytest.raises(RecipeError, match="did you mean 'demo'"):
+        load_recipe("dmeo")
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe("missing/recipe.yaml")
+
+
+def test_recipe_hash_changes_with_content_only():
+    a = validate_recipe(BASE)
+    b = validate_recipe(json.loads(json.dumps(BASE)))
+    assert recipe_hash(a) == recipe_hash(b)
+    c = json.loads(json.dumps(BASE))
+    c["steps"][0]["min_side"] = 33
+    assert recipe_hash(validate_recipe(c)) != recipe_hash(a)
+
+
+def test_json_schema_export_describes_the_recipe():
+    schema = recipe_json_schema()
+    assert schema["title"] == "vlm-curation build recipe"
+    assert {"sources", "steps", "output"} <= set(schema["properties"])
+    text = json.dumps(schema)
+    for tag in ("jsonl", "parquet", "shards", "text_length", "image_decode", "image_size", "exact_image_dedup"):
+        assert f'"{tag}"' in text
+
+
+def test_every_builtin_recipe_validates():
+    for name in builtin_recipes():
+        assert load_recipe(name).name
+    assert Path(__file__).parents[2].joinpath("recipes", "demo.yaml").is_file()
