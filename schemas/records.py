@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from schemas.errors import RecordError
 
@@ -87,16 +96,21 @@ class InterleavedRecord(_RecordBase):
     texts: list[str | None]
     images: list[ImageBytes | None] = Field(repr=False)
 
-    @model_validator(mode="after")
-    def _parallel(self) -> InterleavedRecord:
-        if len(self.texts) != len(self.images):
-            raise ValueError(f"texts has {len(self.texts)} items but images has {len(self.images)}")
-        if not self.texts:
+    # A field validator (not a model validator) so that the error names the field: ``images``.
+    @field_validator("images")
+    @classmethod
+    def _parallel(cls, images: list[bytes | None], info: ValidationInfo) -> list[bytes | None]:
+        if "texts" not in info.data:  # texts itself is invalid; that error is reported
+            return images
+        texts = info.data["texts"]
+        if len(texts) != len(images):
+            raise ValueError(f"texts has {len(texts)} items but images has {len(images)}")
+        if not texts:
             raise ValueError("an interleaved document needs at least one item")
-        for i, (t, im) in enumerate(zip(self.texts, self.images, strict=True)):
+        for i, (t, im) in enumerate(zip(texts, images, strict=True)):
             if (t is None) == (im is None):
                 raise ValueError(f"position {i} must hold exactly one of a text or an image")
-        return self
+        return images
 
     def image_list(self) -> list[bytes]:
         return [im for im in self.images if im is not None]

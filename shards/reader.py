@@ -22,11 +22,12 @@ class TruncatedShardError(OSError):
 
 def iter_members(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample, grouping consecutive members by key (webdataset rules)."""
+    path = Path(path)
     current_key: str | None = None
     members: dict[str, bytes] = {}
     count = 0
     try:
-        with tarfile.open(path, mode="r|") as tar:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -42,8 +43,13 @@ def iter_members(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
                     members = {}
                 current_key = key
                 members[ext] = data
+            # tarfile stops silently when the file ends exactly at a member boundary; a complete tar
+            # ends with a zero block (end-of-archive marker) where iteration stopped.
+            raw.seek(tar.offset)
+            if raw.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("no end-of-archive marker")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise TruncatedShardError(Path(path), count, str(exc)) from None
+        raise TruncatedShardError(path, count, str(exc)) from None
     if current_key is not None:
         yield current_key, members
 

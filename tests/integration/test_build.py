@@ -162,7 +162,7 @@ def test_limit_builds_a_prefix_of_the_full_build(inputs, reference, tmp_path):
 def test_refuses_an_output_directory_holding_another_recipe(inputs, reference, tmp_path):
     root, _ = inputs
     other = validate_recipe(demo_recipe(root, steps__2__min_side=64))
-    with pytest.raises(CurationError, match="different recipe.*--overwrite"):
+    with pytest.raises(CurationError, match=r"different recipe.*--overwrite"):
         build(other, reference, progress=False)
     assert verify_dataset(reference).ok  # untouched
     out = tmp_path / "ds"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -111,9 +112,13 @@ def test_bad_overrides(assignment, expected):
 def test_overrides_are_validated_like_the_file(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(BASE))
-    with pytest.raises(RecipeError, match="steps.0.min_sidee: unknown key 'min_sidee'; did you mean 'min_side'"):
+    with pytest.raises(
+        RecipeError, match=re.escape("steps.0.min_sidee: unknown key 'min_sidee'; did you mean 'min_side'")
+    ):
         load_recipe(str(path), ["steps.0.min_sidee=3"])
-    with pytest.raises(RecipeError, match="output.max_samples_per_shard: Input should be greater than or equal to 1"):
+    with pytest.raises(
+        RecipeError, match=re.escape("output.max_samples_per_shard: Input should be greater than or equal to 1")
+    ):
         load_recipe(str(path), ["output.max_samples_per_shard=0"])
 
 
