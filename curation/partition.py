@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,8 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
     gid: int = task["gid"]
     work = Path(task["work"])
     final = partition_dir(work, gid)
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    # A per-attempt staging name: an orphaned worker of a killed run can never rename a rerun's files.
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     source = next(s for s in recipe.sources if s.name == part.source)
     reader = make_reader(source)
     steps = build_steps(recipe.steps)
@@ -110,7 +110,12 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
     }
     atomic_write_json(tmp / "stats.json", stats)
     crash_point("partition_staged")
-    os.replace(tmp, final)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another attempt finished this partition first; its output is identical
+        if not (final / "stats.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"gid": gid, "seconds": stats["seconds"]}
 
 

@@ -6,9 +6,12 @@ determinism independent of the number of workers, bounded memory.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,9 +47,26 @@ class BuildResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+LOCK = ".lock"
+
+
+@contextmanager
+def build_lock(out: Path) -> Iterator[None]:
+    """One build per output directory; the OS drops the lock when the process dies, even by kill -9."""
+    with open(out / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CurationError(f"another build is running in {out}; wait for it or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _clear_build(out: Path) -> None:
     for child in out.iterdir():
-        if child.name == LOGS:
+        if child.name in (LOGS, LOCK):
             continue
         if child.is_dir():
             shutil.rmtree(child)
@@ -80,7 +100,7 @@ def prepare_output(out: Path, rhash: str, overwrite: bool) -> str:
         return "fresh"
     if out.exists() and not out.is_dir():
         raise CurationError(f"--out {out} is a file, not a directory")
-    if out.exists() and any(p.name != LOGS for p in out.iterdir()):
+    if out.exists() and any(p.name not in (LOGS, LOCK) for p in out.iterdir()):
         raise CurationError(f"--out {out} is not empty and holds no build of this toolkit; choose an empty directory")
     return "fresh"
 
@@ -143,12 +163,31 @@ def build(
     if limit is not None:
         identity["limit"] = limit
     rhash = recipe_hash(recipe) if limit is None else _hash_dict(identity)
+    if out.is_dir() and not (out / MANIFEST_NAME).exists() and not (out / WORK).exists():
+        prepare_output(out, rhash, overwrite)  # refuses foreign files before we put a lock file there
+    out.mkdir(parents=True, exist_ok=True)
+    with build_lock(out):
+        return _build_locked(recipe, out, rhash, workers, limit, overwrite, progress, started)
+
+
+def _build_locked(
+    recipe: BuildRecipe,
+    out: Path,
+    rhash: str,
+    workers: int,
+    limit: int | None,
+    overwrite: bool,
+    progress: bool,
+    started: float,
+) -> BuildResult:
     state = prepare_output(out, rhash, overwrite)
     if state == "complete":
         return BuildResult(out, read_manifest(out), "complete")
     work = out / WORK
     work.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out)
+    for stale in work.glob("p*.tmp-*"):  # staging of a killed attempt
+        shutil.rmtree(stale, ignore_errors=True)
     plan_path = work / "plan.json"
     plan = plan_partitions(recipe, limit)
     plan_doc = {"recipe_sha256": rhash, "partitions": [p.to_dict() for p in plan]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -11,15 +12,22 @@ from typing import Any
 from curation.partition import process_partition
 
 _QUEUE: Any = None
+_PARENT: int | None = None
 
 
 def _init_worker(q: Any) -> None:
-    global _QUEUE
+    global _QUEUE, _PARENT
     _QUEUE = q
+    _PARENT = os.getppid()
 
 
 def _report(n_in: int, n_drop: int) -> None:
-    _QUEUE.put((n_in, n_drop))
+    if os.getppid() != _PARENT:  # the build was killed: stop instead of working on as an orphan
+        os._exit(1)
+    try:
+        _QUEUE.put((n_in, n_drop))
+    except (OSError, EOFError, BrokenPipeError):
+        os._exit(1)
 
 
 def _run_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -38,17 +46,18 @@ def run_local(
             on_done(process_partition(task, on_progress))
         return
     ctx = mp.get_context("spawn")
-    q = ctx.Manager().Queue()
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q,)
-    ) as pool:
-        pending = {pool.submit(_run_task, t) for t in tasks}
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+    with ctx.Manager() as manager:
+        q = manager.Queue()
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q,)
+        ) as pool:
+            pending = {pool.submit(_run_task, t) for t in tasks}
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(q, on_progress)
+                for fut in done:
+                    on_done(fut.result())
             _drain(q, on_progress)
-            for fut in done:
-                on_done(fut.result())
-        _drain(q, on_progress)
 
 
 def _drain(q: Any, on_progress: Callable[[int, int], None]) -> None:

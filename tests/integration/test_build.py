@@ -114,7 +114,7 @@ def test_resume_skips_finished_partitions(inputs, tmp_path):
     out = tmp_path / "ds"
     env = {**os.environ, "VLM_CURATION_CRASH_AT": "partition_staged:4"}
     subprocess.run([*CLI, "build", str(recipe), "--out", str(out), "-q"], env=env, capture_output=True)
-    finished = sorted(p.name for p in (out / "_work").iterdir() if p.is_dir() and not p.name.endswith(".tmp"))
+    finished = sorted(p.name for p in (out / "_work").iterdir() if p.is_dir() and ".tmp" not in p.name)
     assert finished == ["p00000", "p00001", "p00002"]
     subprocess.run([*CLI, "build", str(recipe), "--out", str(out), "-q"], check=True, capture_output=True)
     log = json.loads(next((out / "_logs").glob("build-*.json")).read_text())
@@ -139,7 +139,10 @@ def test_resume_after_kill_9_at_random_moments(inputs, reference, tmp_path):
             )
             time.sleep(rng.uniform(0.5, 3.0))
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+                if kills % 2:  # only the main process, as an OOM killer would: workers are orphaned
+                    os.kill(proc.pid, signal.SIGKILL)
+                else:
+                    os.killpg(proc.pid, signal.SIGKILL)
                 kills += 1
             proc.wait()
             if (out / "dataset.json").exists():
@@ -284,3 +287,14 @@ def test_jsonl_wrong_types_and_pair_output(tmp_path):
     }
     (record,) = list(iter_dataset(tmp_path / "ds"))
     assert record.image[:3] == b"\xff\xd8\xff"  # the png was stored as the dataset's jpg
+
+
+def test_a_second_concurrent_build_into_the_same_directory_is_refused(inputs, tmp_path):
+    from curation.runner import build_lock
+
+    root, _ = inputs
+    out = tmp_path / "ds"
+    out.mkdir()
+    with build_lock(out), pytest.raises(CurationError, match="another build is running"):
+        build(validate_recipe(demo_recipe(root)), out, progress=False)
+    assert build(validate_recipe(demo_recipe(root)), out, progress=False).state == "fresh"
