@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    Strict,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -25,7 +26,7 @@ from schemas.errors import RecordError
 KEY_PATTERN = r"^[A-Za-z0-9_\-]{1,200}$"
 
 Key = Annotated[str, Field(pattern=KEY_PATTERN, description="Sample key: letters, digits, '_' and '-'.")]
-ImageBytes = Annotated[bytes, Field(description="Encoded image bytes (JPEG, PNG, WebP, ...).")]
+ImageBytes = Annotated[bytes, Strict(), Field(description="Encoded image bytes (JPEG, PNG, WebP, ...).")]
 
 
 class _RecordBase(BaseModel):
@@ -135,7 +136,7 @@ class PdfRecord(_RecordBase):
     """A PDF document with its OCR lines per page (PDFA / IDL style)."""
 
     kind: ClassVar[str] = "pdf"
-    pdf: bytes = Field(repr=False)
+    pdf: Annotated[bytes, Strict()] = Field(repr=False)
     pages: list[Page]
 
     def texts_for_tokens(self) -> tuple[list[str], list[str]]:
