@@ -29,15 +29,7 @@ GlobalDrops = dict[tuple[int, int], dict[str, tuple[str, str]]]  # (gid, shard) 
 def _done(out: Path, stem: str) -> ShardInfo | None:
     if not (out / f"{stem}.tar").exists():
         return None
-    stats = json.loads((out / f"{stem}.stats.json").read_text())
-    return ShardInfo(
-        name=f"{stem}.tar",
-        sidecar=f"{stem}.parquet",
-        stats=f"{stem}.stats.json",
-        sha256=stats["sha256"],
-        samples=stats["samples"],
-        bytes=stats["bytes"],
-    )
+    return ShardInfo.from_stats(stem, json.loads((out / f"{stem}.stats.json").read_text()))
 
 
 def commit_shards(work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops) -> list[ShardInfo]:
@@ -111,21 +103,12 @@ def commit_rejects(work: Path, out: Path, prefix: str, gids: list[int], drops: G
             ):
                 if (pdir / name).exists():
                     os.replace(pdir / name, rdir / f"{stem}{suffix}")
-            infos.append(
-                ShardInfo(
-                    name=f"rejects/{stem}.tar",
-                    sidecar=f"rejects/{stem}.parquet",
-                    stats=f"rejects/{stem}.stats.json",
-                    sha256=staged["sha256"],
-                    samples=staged["samples"],
-                    bytes=staged["bytes"],
-                )
-            )
+            infos.append(ShardInfo.from_stats(stem, staged, folder="rejects"))
     if drops:
         for stale in rdir.glob(f"{prefix}-rejects-*"):
             if int(stale.name[len(prefix) + 9 : len(prefix) + 15]) >= index:
                 stale.unlink()
-        writer = RejectsWriter(rdir, prefix, start_index=index)
+        writer = RejectsWriter(rdir, prefix, start_index=index, folder="rejects")
         for gid in gids:
             pdir = partition_dir(work, gid)
             for staged in read_partition_stats(work, gid)["shards"]:
@@ -139,14 +122,5 @@ def commit_rejects(work: Path, out: Path, prefix: str, gids: list[int], drops: G
                         writer.add(
                             step, Drop("duplicate_image", source, f"{pdir.name}/{staged['name']}", key, "", record)
                         )
-        for s in writer.close():
-            infos.append(
-                s.model_copy(
-                    update={
-                        "name": f"rejects/{s.name}",
-                        "sidecar": f"rejects/{s.sidecar}",
-                        "stats": f"rejects/{s.stats}",
-                    }
-                )
-            )
+        infos.extend(writer.close())
     return infos

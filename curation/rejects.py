@@ -30,8 +30,11 @@ REJECTS_SCHEMA = pa.schema(
 
 
 class RejectsWriter:
-    def __init__(self, directory: Path, prefix: str, *, max_samples: int = 10_000, start_index: int = 0) -> None:
+    def __init__(
+        self, directory: Path, prefix: str, *, max_samples: int = 10_000, start_index: int = 0, folder: str = ""
+    ) -> None:
         self.directory = Path(directory)
+        self.folder = folder  # how manifest entries name the directory (e.g. "rejects")
         self.prefix = prefix
         self.max_samples = max_samples
         self.index = start_index
@@ -101,14 +104,5 @@ class RejectsWriter:
         }
         atomic_write_json(self.directory / f"{self._stem}.stats.json", stats)
         os.replace(self._tmp, self.directory / f"{self._stem}.tar")
-        self.shards.append(
-            ShardInfo(
-                name=f"{self._stem}.tar",
-                sidecar=sidecar.name,
-                stats=f"{self._stem}.stats.json",
-                sha256=stats["sha256"],
-                samples=len(self._rows),
-                bytes=self._hashing.size,
-            )
-        )
+        self.shards.append(ShardInfo.from_stats(self._stem, stats, folder=self.folder))
         self._rows, self._tar = [], None

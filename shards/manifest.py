@@ -24,6 +24,19 @@ class ShardInfo(BaseModel):
     samples: int
     bytes: int
 
+    @classmethod
+    def from_stats(cls, stem: str, stats: dict[str, Any], folder: str = "") -> ShardInfo:
+        """The manifest entry of shard ``stem`` (files ``<stem>.tar/.parquet/.stats.json`` in ``folder``)."""
+        prefix = f"{folder}/" if folder else ""
+        return cls(
+            name=f"{prefix}{stem}.tar",
+            sidecar=f"{prefix}{stem}.parquet",
+            stats=f"{prefix}{stem}.stats.json",
+            sha256=stats["sha256"],
+            samples=stats["samples"],
+            bytes=stats["bytes"],
+        )
+
 
 class DatasetManifest(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -206,11 +206,4 @@ def write_shard_metadata(
         **(extra_stats or {}),
     }
     atomic_write_json(directory / f"{stem}.stats.json", stats)
-    return ShardInfo(
-        name=f"{stem}.tar",
-        sidecar=sidecar.name,
-        stats=f"{stem}.stats.json",
-        sha256=sha256,
-        samples=len(rows),
-        bytes=size,
-    )
+    return ShardInfo.from_stats(stem, stats)

@@ -136,6 +136,29 @@ def _turns(value: Any) -> Any:
     return value
 
 
+class RowReader:
+    """Shared by readers of row-shaped inputs (jsonl, parquet): rows become records via ``build_record``."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def record_kind(self) -> str:
+        return self.source.record
+
+    def to_item(self, row: dict[str, Any], origin: str, default_key: str) -> Sample | Drop:
+        src = self.source
+        return build_record(
+            src.record,
+            row,
+            source=src.name,
+            origin=origin,
+            default_key=default_key,
+            fields=src.fields,
+            image_root=src.image_root,
+            keep_extra=src.keep_extra,
+        )
+
+
 def make_reader(source: Any) -> Reader:
     from curation.readers.jsonl import JsonlReader
     from curation.readers.parquet import ParquetReader

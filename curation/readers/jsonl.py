@@ -6,17 +6,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from curation.readers.base import Partition, build_record, expand_inputs, sanitize_key
+from curation.readers.base import Partition, RowReader, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
 
 
-class JsonlReader:
-    def __init__(self, source) -> None:
-        self.source = source
-
-    def record_kind(self) -> str:
-        return self.source.record
-
+class JsonlReader(RowReader):
     def plan(self) -> list[Partition]:
         parts: list[Partition] = []
         size = self.source.partition_size
@@ -52,13 +46,4 @@ class JsonlReader:
                 if not isinstance(row, dict):
                     yield Drop("invalid_json", src.name, origin, default_key, "line is not a JSON object")
                     continue
-                yield build_record(
-                    src.record,
-                    row,
-                    source=src.name,
-                    origin=origin,
-                    default_key=default_key,
-                    fields=src.fields,
-                    image_root=src.image_root,
-                    keep_extra=src.keep_extra,
-                )
+                yield self.to_item(row, origin, default_key)

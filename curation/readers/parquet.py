@@ -9,17 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.errors import CurationError
-from curation.readers.base import Partition, build_record, expand_inputs, sanitize_key
+from curation.readers.base import Partition, RowReader, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
 
 
-class ParquetReader:
-    def __init__(self, source) -> None:
-        self.source = source
-
-    def record_kind(self) -> str:
-        return self.source.record
-
+class ParquetReader(RowReader):
     def plan(self) -> list[Partition]:
         parts: list[Partition] = []
         for file_index, path in enumerate(expand_inputs(self.source.path, (".parquet",), self.source.name)):
@@ -43,7 +37,6 @@ class ParquetReader:
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec
-        src = self.source
         stem = sanitize_key(spec["file"].rsplit("/", 1)[-1].removesuffix(".parquet"))
         row_number = spec["first_row"]
         pf = pq.ParquetFile(spec["file"])
@@ -56,13 +49,4 @@ class ParquetReader:
                 origin = f"{spec['file']}#{row_number}"
                 default_key = f"{stem}-{spec['file_index']:04d}-{row_number:09d}"
                 row_number += 1
-                yield build_record(
-                    src.record,
-                    row,
-                    source=src.name,
-                    origin=origin,
-                    default_key=default_key,
-                    fields=src.fields,
-                    image_root=src.image_root,
-                    keep_extra=src.keep_extra,
-                )
+                yield self.to_item(row, origin, default_key)
