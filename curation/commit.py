@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from curation.faults import crash_point
 from curation.partition import partition_dir, read_partition_stats
@@ -21,7 +20,8 @@ from shards.atomic import HashingWriter, tmp_path
 from shards.codec import decode_sample
 from shards.manifest import ShardInfo
 from shards.reader import iter_members
-from shards.writer import FIXED_MTIME, write_shard_metadata
+from shards.tarstream import TarStream
+from shards.writer import write_shard_metadata
 
 GlobalDrops = dict[tuple[int, int], dict[str, tuple[str, str]]]  # (gid, shard) -> {key: (source, step)}
 
@@ -67,10 +67,10 @@ def _rewrite_without(src: Path, out: Path, stem: str, rows: list[dict], dropped:
     tmp = tmp_path(out / f"{stem}.tar")
     with open(tmp, "wb") as f:
         hashing = HashingWriter(f)
-        tar = wds.TarWriter(hashing, encoder=False, mtime=FIXED_MTIME, compress=False)
+        tar = TarStream(hashing)
         for key, members in iter_members(src):
             if key not in dropped:
-                tar.write({"__key__": key, **members})
+                tar.add_sample(key, members)
         tar.close()
         f.flush()
         os.fsync(f.fileno())

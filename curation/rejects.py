@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import webdataset as wds
 
 from curation.sample import Drop
 from schemas import PairRecord
@@ -14,7 +13,8 @@ from shards.atomic import HashingWriter, canonical_json, tmp_path
 from shards.codec import encode_record
 from shards.imageinfo import sniff_format
 from shards.manifest import ShardInfo
-from shards.writer import FIXED_MTIME, PARQUET_OPTIONS
+from shards.tarstream import TarStream
+from shards.writer import PARQUET_OPTIONS
 
 REJECTS_SCHEMA = pa.schema(
     [
@@ -66,7 +66,7 @@ class RejectsWriter:
             "detail": drop.detail[:2000],
         }
         members["reject.json"] = canonical_json(row).encode()
-        self._tar.write({"__key__": key, **members})
+        self._tar.add_sample(key, members)
         self._rows.append(row)
         if len(self._rows) >= self.max_samples:
             self._close_shard()
@@ -83,7 +83,7 @@ class RejectsWriter:
         self._tmp = tmp_path(self.directory / f"{self._stem}.tar")
         self._file = open(self._tmp, "wb")  # noqa: SIM115
         self._hashing = HashingWriter(self._file)
-        self._tar = wds.TarWriter(self._hashing, encoder=False, mtime=FIXED_MTIME, compress=False)
+        self._tar = TarStream(self._hashing)
 
     def _close_shard(self) -> None:
         import pyarrow.parquet as pq

@@ -51,11 +51,14 @@ class HashingWriter:
         self._f.flush()
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20, fsync: bool = False) -> str:
+    """sha256 of a file; with ``fsync``, also flush it to disk (before an atomic rename)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+        if fsync:
+            os.fsync(f.fileno())
     return h.hexdigest()
 
 

@@ -12,13 +12,28 @@ from curation.sample import Drop, Sample
 
 class JsonlReader(RowReader):
     def plan(self) -> list[Partition]:
+        """Partitions of ``partition_size`` non-blank lines, each with the byte offset it starts at."""
         parts: list[Partition] = []
         size = self.source.partition_size
         for file_index, path in enumerate(expand_inputs(self.source.path, (".jsonl", ".json"), self.source.name)):
+            starts: list[int] = []
+            n = offset = 0
             with open(path, "rb") as f:
-                n = sum(1 for line in f if line.strip())
-            for start in range(0, n, size):
-                spec = {"file": str(path), "file_index": file_index, "start": start, "stop": min(n, start + size)}
+                for line in f:
+                    if line.strip():
+                        if n % size == 0:
+                            starts.append(offset)
+                        n += 1
+                    offset += len(line)
+            for i, byte_offset in enumerate(starts):
+                start = i * size
+                spec = {
+                    "file": str(path),
+                    "file_index": file_index,
+                    "start": start,
+                    "stop": min(n, start + size),
+                    "offset": byte_offset,
+                }
                 parts.append(Partition(self.source.name, len(parts), spec["stop"] - start, spec))
         return parts
 
@@ -26,14 +41,13 @@ class JsonlReader(RowReader):
         spec = partition.spec
         src = self.source
         stem = sanitize_key(Path(spec["file"]).stem)
-        ordinal = -1
+        ordinal = spec["start"] - 1
         with open(spec["file"], "rb") as f:
+            f.seek(spec["offset"])  # straight to the partition: no rescan from line 0
             for line in f:
                 if not line.strip():
                     continue
                 ordinal += 1
-                if ordinal < spec["start"]:
-                    continue
                 if ordinal >= spec["stop"]:
                     break
                 origin = f"{spec['file']}:{ordinal + 1}"

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import msgpack
@@ -266,11 +267,17 @@ def test_open_shard_is_invisible_until_closed(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert not [n for n in names if n.endswith((".tar", ".parquet", ".stats.json"))]
     assert len(names) == 1 and names[0].startswith(".") and names[0].endswith(".tmp"), names
-    writer.write(sft_record(1))  # shard 0 is full: it becomes visible
+    writer.write(sft_record(1))  # shard 0 is full: it is finished on a background thread
     writer.write(sft_record(2))  # shard 1 is open
-    visible = sorted(p.name for p in tmp_path.glob("*.tar"))
+    deadline = time.monotonic() + 10
+    while True:  # whenever the tar is visible, its sidecar and stats already are (renamed before it)
+        visible = sorted(p.name for p in tmp_path.glob("*.tar"))
+        if visible:
+            assert (tmp_path / "atom-000000.parquet").is_file() and (tmp_path / "atom-000000.stats.json").is_file()
+            break
+        assert time.monotonic() < deadline, "the finished shard never became visible"
+        time.sleep(0.001)
     assert visible == ["atom-000000.tar"]
-    assert (tmp_path / "atom-000000.parquet").is_file() and (tmp_path / "atom-000000.stats.json").is_file()
     assert not (tmp_path / "atom-000001.parquet").exists()
     assert len([p for p in tmp_path.iterdir() if p.name.startswith(".")]) == 1
     writer.close()
