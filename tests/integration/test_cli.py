@@ -115,3 +115,16 @@ def test_schema_command_writes_json(tmp_path):
     res = curate("schema", "--out", str(tmp_path / "recipe.schema.json"))
     assert res.returncode == 0
     assert json.loads((tmp_path / "recipe.schema.json").read_text())["title"] == "vlm-curation build recipe"
+
+
+def test_readme_loading_snippet_runs(demo_dir, tmp_path, monkeypatch):
+    import re
+
+    out, _, _ = demo_dir
+    (tmp_path / "demo-out").symlink_to(out)
+    monkeypatch.chdir(tmp_path)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    snippet = re.search(r"Loading a build elsewhere:\n\n```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert len(namespace["records"]) == len(namespace["ds"]) == len(namespace["hf"]) == 457
