@@ -32,6 +32,7 @@ from shards.atomic import atomic_write_json, remove_stale_tmp
 from shards.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_wids_index
 
 WORK = "_work"
+STATS_NAME = "stats.json"
 LOGS = "_logs"
 
 
@@ -213,8 +214,11 @@ def _build_locked(
 
     gids = list(range(len(plan)))
     acc = Accounting(step_names(recipe)[0])
+    per_partition = []
     for gid in gids:
-        acc.merge(Accounting.from_dict(read_partition_stats(work, gid)["accounting"]))
+        pstats = read_partition_stats(work, gid)
+        acc.merge(Accounting.from_dict(pstats["accounting"]))
+        per_partition.append({"partition": gid, **pstats["partition"], "accounting": pstats["accounting"]})
     drops = _run_global_steps(recipe, work, gids, acc)
     problems = acc.check()
     if problems:
@@ -240,6 +244,8 @@ def _build_locked(
         accounting=summary,
     )
     manifest.wids_index = write_wids_index(out, prefix, shards)
+    # Deterministic per-partition accounting (timings live in _logs/ only).
+    atomic_write_json(out / STATS_NAME, {"accounting": summary, "partitions": per_partition})
     crash_point("before_manifest")
     manifest.write(out)  # the build is complete once dataset.json exists
     shutil.rmtree(work, ignore_errors=True)

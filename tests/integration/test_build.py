@@ -52,6 +52,12 @@ def test_accounting_is_exact_and_finds_every_planted_defect(inputs, reference):
             assert c["input"] == c["output"] + sum(c["dropped"].values()), (step["step"], source)
     assert m.totals["samples"] == cap["output"] + conv["output"] == sum(1 for _ in iter_dataset(reference))
     assert verify_dataset(reference).ok
+    stats = json.loads((reference / "stats.json").read_text())
+    assert stats["accounting"] == m.accounting
+    assert sum(p["rows"] for p in stats["partitions"]) == cap["input"] + conv["input"]
+    for p in stats["partitions"]:  # each partition's own accounting is exact too
+        read = next(s for s in p["accounting"]["steps"] if s["step"] == "read")["sources"][p["source"]]
+        assert read["input"] == p["rows"]
 
 
 def test_rejects_hold_every_dropped_sample_with_its_reason(reference):
