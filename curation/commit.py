@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.faults import crash_point
@@ -46,24 +48,22 @@ def commit_shards(work: Path, out: Path, prefix: str, gids: list[int], drops: Gl
             index += 1
             info = _done(out, stem)
             if info is None:
-                rows = pq.read_table(pdir / staged["sidecar"]).to_pylist()
+                table = pq.read_table(pdir / staged["sidecar"])
                 staged_stats = json.loads((pdir / staged["stats"]).read_text())
                 extra = {"reencoded_images": staged_stats.get("reencoded_images", 0)}
                 if not dropped:
-                    for r in rows:
-                        r["shard"] = f"{stem}.tar"
                     info = write_shard_metadata(
-                        out, stem, rows=rows, sha256=staged["sha256"], size=staged["bytes"], extra_stats=extra
+                        out, stem, table=table, sha256=staged["sha256"], size=staged["bytes"], extra_stats=extra
                     )
                     os.replace(pdir / staged["name"], out / info.name)
                 else:
-                    info = _rewrite_without(pdir / staged["name"], out, stem, rows, set(dropped), extra)
+                    info = _rewrite_without(pdir / staged["name"], out, stem, table, set(dropped), extra)
             final.append(info)
             crash_point("commit_shard")
     return final
 
 
-def _rewrite_without(src: Path, out: Path, stem: str, rows: list[dict], dropped: set[str], extra: dict) -> ShardInfo:
+def _rewrite_without(src: Path, out: Path, stem: str, table: pa.Table, dropped: set[str], extra: dict) -> ShardInfo:
     tmp = tmp_path(out / f"{stem}.tar")
     with open(tmp, "wb") as f:
         hashing = HashingWriter(f)
@@ -75,11 +75,11 @@ def _rewrite_without(src: Path, out: Path, stem: str, rows: list[dict], dropped:
         f.flush()
         os.fsync(f.fileno())
     crash_point("rewrite_tar_written")
-    kept = [r for r in rows if r["key"] not in dropped]
-    for i, r in enumerate(kept):
-        r["shard"], r["index"] = f"{stem}.tar", i
+    kept = table.filter(pc.invert(pc.is_in(table.column("key"), pa.array(sorted(dropped), pa.string()))))
+    index = kept.schema.get_field_index("index")
+    kept = kept.set_column(index, kept.schema.field(index), pa.array(range(kept.num_rows), pa.int32()))
     info = write_shard_metadata(
-        out, stem, rows=kept, sha256=hashing.sha256.hexdigest(), size=hashing.size, extra_stats=extra
+        out, stem, table=kept, sha256=hashing.sha256.hexdigest(), size=hashing.size, extra_stats=extra
     )
     os.replace(tmp, out / info.name)
     return info

@@ -12,7 +12,6 @@ thread while the next shard is written; hashing and fsync release the GIL, so th
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas import SIDECAR_SCHEMA, PairRecord, PdfRecord, Record
@@ -51,7 +51,6 @@ class _OpenShard:
     rows: list[dict] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     payload: int = 0
-    sources: Counter = field(default_factory=Counter)
     reencoded: int = 0
 
 
@@ -127,7 +126,6 @@ class ShardWriter:
         )
         shard.keys.add(record.key)
         shard.payload += nbytes
-        shard.sources[record.source] += 1
         shard.reencoded += reencoded
         if len(shard.rows) >= self.max_samples or shard.payload >= self.max_bytes:
             self._finish()
@@ -180,7 +178,7 @@ class ShardWriter:
         info = write_shard_metadata(
             self.directory,
             shard.stem,
-            rows=shard.rows,
+            table=pa.Table.from_pylist(shard.rows, schema=SIDECAR_SCHEMA),
             sha256=sha256,
             size=shard.tar.size,
             extra_stats={"reencoded_images": shard.reencoded},
@@ -200,25 +198,35 @@ class ShardWriter:
 
 
 def write_shard_metadata(
-    directory: Path, stem: str, *, rows: list[dict], sha256: str, size: int, extra_stats: dict | None = None
+    directory: Path, stem: str, *, table: pa.Table, sha256: str, size: int, extra_stats: dict | None = None
 ) -> ShardInfo:
-    """Write ``<stem>.parquet`` and ``<stem>.stats.json`` atomically; return the shard's manifest entry."""
-    table = pa.Table.from_pylist(rows, schema=SIDECAR_SCHEMA)
+    """Write the sidecar ``table`` as ``<stem>.parquet`` and ``<stem>.stats.json``, atomically; return the
+    shard's manifest entry. Sets the ``shard`` column to this shard's name."""
+    name = f"{stem}.tar"
+    table = table.set_column(
+        table.schema.get_field_index("shard"),
+        SIDECAR_SCHEMA.field("shard"),
+        pa.array([name] * table.num_rows, pa.string()),
+    )
     sidecar = directory / f"{stem}.parquet"
     tmp = tmp_path(sidecar)
     pq.write_table(table, tmp, **PARQUET_OPTIONS)
     os.replace(tmp, sidecar)
-    sources = Counter(r["source"] for r in rows)
+
+    def total(column: str) -> int:
+        return int(pc.sum(table.column(column)).as_py() or 0)
+
+    counts = pc.value_counts(table.column("source")).to_pylist()
     stats = {
-        "shard": f"{stem}.tar",
-        "samples": len(rows),
+        "shard": name,
+        "samples": table.num_rows,
         "bytes": size,
         "sha256": sha256,
-        "payload_bytes": sum(r["bytes"] for r in rows),
-        "images": sum(r["n_images"] for r in rows),
-        "text_tokens": sum(r["text_tokens"] for r in rows),
-        "answer_tokens": sum(r["answer_tokens"] for r in rows),
-        "sources": dict(sorted(sources.items())),
+        "payload_bytes": total("bytes"),
+        "images": total("n_images"),
+        "text_tokens": total("text_tokens"),
+        "answer_tokens": total("answer_tokens"),
+        "sources": dict(sorted((c["values"], c["counts"]) for c in counts)),
         **(extra_stats or {}),
     }
     atomic_write_json(directory / f"{stem}.stats.json", stats)
