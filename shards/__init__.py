@@ -1,6 +1,7 @@
 """How samples are kept: deterministic webdataset shards with parquet sidecars and a dataset manifest."""
 
 from shards.codec import decode_sample, encode_record
+from shards.hf import hf_features
 from shards.imageinfo import ImageInfo, probe_image
 from shards.manifest import DatasetManifest, ShardInfo, read_manifest
 from shards.reader import iter_dataset, iter_shard
@@ -16,6 +17,7 @@ __all__ = [
     "count_tokens",
     "decode_sample",
     "encode_record",
+    "hf_features",
     "iter_dataset",
     "iter_shard",
     "probe_image",

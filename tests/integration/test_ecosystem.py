@@ -18,6 +18,7 @@ import webdataset as wds
 import wids
 
 from schemas import InterleavedRecord, PairRecord, PdfRecord, Record, SftRecord
+from shards.hf import hf_features
 from shards.manifest import write_wids_index
 from shards.reader import iter_members
 from tests.helpers import dumps, interleaved_record, pair_record, pdf_record, png, sft_record, write_shards
@@ -182,9 +183,13 @@ def test_wids_by_index(built, tmp_path):
 # -- (c) Hugging Face datasets ---------------------------------------------------------------------------
 
 
-def load_hf(built: Built, cache: Path) -> datasets.Dataset:
+def load_hf(built: Built, cache: Path, features: datasets.Features | None = None) -> datasets.Dataset:
     return datasets.load_dataset(
-        "webdataset", data_files={"train": [str(p) for p in built.tars]}, split="train", cache_dir=str(cache)
+        "webdataset",
+        data_files={"train": [str(p) for p in built.tars]},
+        split="train",
+        cache_dir=str(cache),
+        features=features,
     )
 
 
@@ -208,20 +213,45 @@ def test_hf_datasets_round_trip(built, tmp_path):
     assert dumps(rebuilt) == dumps(built.records)
 
 
+def test_hf_datasets_round_trip_with_explicit_features(built, tmp_path):
+    """``shards.hf.hf_features(kind)`` types every kind exactly, with nothing inferred."""
+    kind = built.records[0].kind
+    ds = load_hf(built, tmp_path / "hf", hf_features(kind, built.image_ext or "jpg", decode_images=False))
+    rebuilt = []
+    for row in ds:
+        fields = user_fields(row)
+        if built.image_ext in fields:
+            fields[built.image_ext] = fields[built.image_ext]["bytes"]
+        rebuilt.append(rebuild(row["__key__"], fields, built.image_ext))
+    assert dumps(rebuilt) == dumps(built.records)
+
+
+def _text_only_first(tmp_path: Path) -> tuple[Built, list]:
+    records = [sft_record(i, n_images=0 if i < 5 else 1 + i % 2) for i in range(8)]
+    built = build(tmp_path, records, max_samples=100)  # one shard: its first five samples have no image
+    assert len(built.tars) == 1
+    return built, records
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=datasets.exceptions.DatasetGenerationError,
     reason=(
         "known limitation of datasets' webdataset builder: features are inferred from the first 5 samples "
         "of the first shard; when those are all text-only sft (images.mp == []), the list item type is null "
-        "and the later samples with image bytes cannot be cast"
+        "and the later samples with image bytes cannot be cast (pass features=hf_features('sft'))"
     ),
 )
 def test_hf_datasets_text_only_first_five_then_images(tmp_path):
-    records = [sft_record(i, n_images=0 if i < 5 else 1 + i % 2) for i in range(8)]
-    built = build(tmp_path, records, max_samples=100)  # one shard: its first five samples have no image
-    assert len(built.tars) == 1
+    built, records = _text_only_first(tmp_path)
     ds = load_hf(built, tmp_path / "hf")
+    rebuilt = [rebuild(row["__key__"], user_fields(row), "jpg") for row in ds]
+    assert dumps(rebuilt) == dumps(records)
+
+
+def test_hf_features_fix_text_only_first_five(tmp_path):
+    built, records = _text_only_first(tmp_path)
+    ds = load_hf(built, tmp_path / "hf", hf_features("sft"))
     rebuilt = [rebuild(row["__key__"], user_fields(row), "jpg") for row in ds]
     assert dumps(rebuilt) == dumps(records)
 
