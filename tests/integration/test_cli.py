@@ -128,3 +128,48 @@ def test_readme_loading_snippet_runs(demo_dir, tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert len(namespace["records"]) == len(namespace["ds"]) == len(namespace["hf"]) == 457
+
+
+def test_generic_builtin_recipes_build_user_data_by_name(demo_dir, tmp_path):
+    out, _, _ = demo_dir
+    inputs = out / "inputs"
+    # pairs_jsonl expects {key, image, caption}: rewrite the demo's captions into that layout
+    rows = [json.loads(line) for line in (inputs / "captions.jsonl").read_text().splitlines() if line.startswith('{"')]
+    (tmp_path / "pairs.jsonl").write_text(
+        "\n".join(json.dumps({"key": r["id"], "image": r["file"], "caption": r["text"]}) for r in rows) + "\n"
+    )
+    res = curate(
+        "build",
+        "pairs_jsonl",
+        "--out",
+        str(tmp_path / "pairs"),
+        "-q",
+        "--set",
+        f"sources.pairs.path={tmp_path / 'pairs.jsonl'}",
+        "--set",
+        f"sources.pairs.image_root={inputs / 'images'}",
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(curate("audit", str(tmp_path / "pairs"), "-f", "json").stdout)
+    pairs = report["sources"]["pairs"]
+    assert pairs["input"] == len(rows) and pairs["samples"] + sum(pairs["dropped"].values()) == len(rows)
+    assert report["kind"] == "pair" and pairs["dropped"]["duplicate_image"] == 7
+
+    res = curate(
+        "build",
+        "sft_parquet",
+        "--out",
+        str(tmp_path / "sft"),
+        "-q",
+        "--set",
+        f"sources.conversations.path={inputs / 'conversations.parquet'}",
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(curate("audit", str(tmp_path / "sft"), "-f", "json").stdout)
+    assert report["sources"]["conversations"]["samples"] == 120 and report["kind"] == "sft"
+
+
+def test_recipes_lists_the_builtins():
+    listed = curate("recipes").stdout
+    for name in ("demo", "pairs_jsonl", "sft_parquet"):
+        assert name in listed
