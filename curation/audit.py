@@ -11,6 +11,7 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
+from curation.errors import CurationError
 from shards import read_manifest
 
 PER_SOURCE_SQL = """
@@ -33,7 +34,12 @@ def source_stats(sidecars: list[Path], threads: int | None = None) -> list[dict[
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads TO {int(threads)}")
-    cur = con.execute(PER_SOURCE_SQL, [[str(p) for p in sidecars]])
+    try:
+        cur = con.execute(PER_SOURCE_SQL, [[str(p) for p in sidecars]])
+    except duckdb.IOException as exc:
+        raise CurationError(
+            f"cannot read the sidecars ({' '.join(str(exc).split())[:300]}); run `curate verify`"
+        ) from None
     cols = [d[0] for d in cur.description]
     rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     con.close()

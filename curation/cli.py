@@ -28,6 +28,23 @@ console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=160)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from curation import __version__
+
+        console.print(f"vlm-curation {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Build, audit and verify vision-language training data as deterministic webdataset shards."""
+
+
 class AuditFormat(StrEnum):
     table = "table"
     json = "json"
@@ -55,7 +72,11 @@ def build(
 
     spec = load_recipe(recipe, set_ or [])
     out = out or Path("out") / spec.name
-    result = run_build(spec, out, workers=workers, limit=limit, overwrite=overwrite, progress=not quiet)
+    try:
+        result = run_build(spec, out, workers=workers, limit=limit, overwrite=overwrite, progress=not quiet)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; finished partitions are kept: run the same command again to resume {out}")
+        raise typer.Exit(130) from None
     m = result.manifest
     if result.state == "complete":
         err_console.print(f"{out}: already built from this recipe ({m.totals['samples']:,} samples); nothing to do")
@@ -69,6 +90,8 @@ def build(
             f"built {m.totals['samples']:,} samples in {m.totals['shards']} shards into {out} "
             f"in {result.seconds:.1f}s{note}"
         )
+    if m.totals["samples"] == 0:
+        err_console.print("[yellow]warning:[/yellow] the build holds 0 samples; `curate audit` shows why")
     if not quiet:
         render_table(audit(out), console)
 
@@ -104,16 +127,16 @@ def inspect_cmd(
 
 @app.command()
 def verify(directory: Annotated[Path, typer.Argument(help="A built dataset directory.")]) -> None:
-    """Re-check shard hashes, sizes, sample counts, keys, the wids index and the accounting."""
+    """Re-check shard, sidecar and stats hashes and sizes, sample counts, keys, totals, the wids index, unlisted
+    files and the accounting."""
     from shards import verify_dataset
 
     started = time.perf_counter()
+    if not (directory / "dataset.json").is_file():
+        raise CurationError(f"{directory} is not a built dataset (no dataset.json)")
     report = verify_dataset(directory)
     if report.ok:
-        console.print(
-            f"OK: {report.shards_checked} shards, {report.samples_checked:,} samples verified "
-            f"in {time.perf_counter() - started:.1f}s"
-        )
+        console.print(f"OK: {report.summary()} verified in {time.perf_counter() - started:.1f}s")
         return
     for p in report.problems:
         err_console.print(f"[red]problem:[/red] {p}")
@@ -183,7 +206,7 @@ def demo(
 def _manifest_call(fn, directory: Path):
     try:
         return fn(directory)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # no dataset.json, or a corrupt one (ManifestError)
         raise CurationError(str(exc)) from None
 
 

@@ -18,14 +18,13 @@ from curation.faults import crash_point
 from curation.partition import partition_dir, read_partition_stats
 from curation.rejects import RejectsWriter
 from curation.sample import Drop
+from curation.steps.dedup import GlobalDrops
 from shards.atomic import HashingWriter, tmp_path
 from shards.codec import decode_sample
 from shards.manifest import ShardInfo
 from shards.reader import iter_members
 from shards.tarstream import TarStream
 from shards.writer import write_shard_metadata
-
-GlobalDrops = dict[tuple[int, int], dict[str, tuple[str, str]]]  # (gid, shard) -> {key: (source, step)}
 
 
 def _done(out: Path, stem: str) -> ShardInfo | None:
@@ -115,12 +114,14 @@ def commit_rejects(work: Path, out: Path, prefix: str, gids: list[int], drops: G
                 dropped = drops.get((gid, int(staged["name"].split(".")[0])), {})
                 if not dropped:
                     continue
+                sidecar = pq.read_table(pdir / staged["sidecar"], columns=["key", "origin"])
+                origins = dict(
+                    zip(sidecar.column("key").to_pylist(), sidecar.column("origin").to_pylist(), strict=True)
+                )
                 for key, members in iter_members(pdir / staged["name"]):
-                    if key in dropped:
-                        source, step = dropped[key]
+                    drop = dropped.get(key)
+                    if drop is not None:
                         record = decode_sample(key, members)
-                        writer.add(
-                            step, Drop("duplicate_image", source, f"{pdir.name}/{staged['name']}", key, "", record)
-                        )
+                        writer.add(drop.step, Drop(drop.reason, drop.source, origins[key], key, drop.detail, record))
         infos.extend(writer.close())
     return infos

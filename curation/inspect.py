@@ -9,10 +9,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+from curation.errors import CurationError
 from schemas import InterleavedRecord, PairRecord, PdfRecord, Record, SftRecord
 from shards import probe_image, read_manifest
 from shards.imageinfo import ImageProbeError
-from shards.reader import iter_members, iter_shard
+from shards.reader import TruncatedShardError, iter_members, iter_shard
 
 
 def _images(images: list[bytes]) -> str:
@@ -51,6 +52,13 @@ def describe(record: Record) -> str:
 
 
 def inspect(directory: Path, n: int = 3, rejects: bool = False, console: Console | None = None) -> int:
+    try:
+        return _inspect(directory, n, rejects, console)
+    except TruncatedShardError as exc:
+        raise CurationError(f"{exc}; run `curate verify {directory}`") from None
+
+
+def _inspect(directory: Path, n: int, rejects: bool, console: Console | None) -> int:
     console = console or Console()
     manifest = read_manifest(Path(directory))
     shards = manifest.rejects if rejects else manifest.shards

@@ -28,6 +28,7 @@ from shards.imageinfo import ImageProbeError, probe_image
 from shards.tokens import count_tokens
 from shards.writer import DuplicateKeyError
 
+UNIQUE_KEY = "unique_key"  # the always-on global step: keys are unique across the dataset
 ProgressFn = Callable[[int, int], None]  # (samples read, samples dropped) since the last call
 
 
@@ -41,7 +42,7 @@ def step_names(recipe: BuildRecipe) -> tuple[list[str], list[str]]:
     from curation.steps import step_label
 
     record = ["read", "probe"]
-    glob = []
+    glob = [UNIQUE_KEY]
     for i, s in enumerate(recipe.steps):
         (glob if s.step in GLOBAL_STEPS else record).append(step_label(recipe.steps, i))
     return [*record, "write"], glob
@@ -142,6 +143,9 @@ def _run_record(sample: Sample, source: str, steps, acc: Accounting, writer: Sha
         return
     try:
         writer.write(record, sample.infos, sample.origin)
+    except UnicodeEncodeError as exc:  # lone surrogates (e.g. "\ud800" in JSON input) cannot be stored as UTF-8
+        dropped("write", Drop("invalid_unicode", source, sample.origin, record.key, str(exc)[:300], record))
+        return
     except DuplicateKeyError as exc:
         dropped("write", Drop("duplicate_key", source, sample.origin, record.key, str(exc), record))
         return

@@ -33,7 +33,24 @@ class SourceBase(_Strict):
     partition_size: int = Field(10_000, ge=1, description="Input rows per partition (the unit of work/resume).")
 
 
-class JsonlSource(SourceBase):
+RECORD_FIELDS = {"pair": ("key", "image", "caption"), "sft": ("key", "images", "turns")}
+
+
+class _RowSource(SourceBase):
+    @model_validator(mode="after")
+    def _known_fields(self) -> _RowSource:
+        valid = RECORD_FIELDS[self.record]
+        for name in self.fields:
+            if name not in valid:
+                hint = difflib.get_close_matches(name, valid, n=1)
+                raise ValueError(
+                    f"fields: {name!r} is not a field of {self.record} records"
+                    + (f"; did you mean {hint[0]!r}?" if hint else f"; valid: {', '.join(valid)}")
+                )
+        return self
+
+
+class JsonlSource(_RowSource):
     reader: Literal["jsonl"]
     path: str = Field(description="A .jsonl file, a directory of them, or a glob.")
     record: Literal["pair", "sft"] = "pair"
@@ -45,7 +62,7 @@ class JsonlSource(SourceBase):
     keep_extra: bool = Field(True, description="Keep unmapped input fields in the record's meta.")
 
 
-class ParquetSource(SourceBase):
+class ParquetSource(_RowSource):
     reader: Literal["parquet"]
     path: str = Field(description="A .parquet file, a directory of them, or a glob.")
     record: Literal["pair", "sft"] = "pair"
@@ -63,6 +80,18 @@ Source = Annotated[JsonlSource | ParquetSource | ShardsSource, Field(discriminat
 
 
 # ---- steps ---------------------------------------------------------------------------------------
+RESERVED_STEP_NAMES = ("read", "probe", "write", "unique_key")
+
+
+def step_label(steps: list[Any], i: int) -> str:
+    """Accounting label of ``steps[i]``: its name, or its type with a suffix when the type repeats."""
+    step = steps[i]
+    if step.name:
+        return step.name
+    same = [j for j, s in enumerate(steps) if s.step == step.step and not s.name]
+    return step.step if len(same) == 1 else f"{step.step}#{same.index(i) + 1}"
+
+
 class StepBase(_Strict):
     name: str | None = Field(None, description="Label in the accounting (defaults to the step type).")
 
@@ -77,6 +106,12 @@ class TextLengthStep(StepBase):
         "all", description="Which text: all of it, the caption (pair), or the answers/questions (sft)."
     )
 
+    @model_validator(mode="after")
+    def _bounds(self) -> TextLengthStep:
+        _check_bounds("min_chars", self.min_chars, "max_chars", self.max_chars)
+        _check_bounds("min_words", self.min_words, "max_words", self.max_words)
+        return self
+
 
 class ImageDecodeStep(StepBase):
     step: Literal["image_decode"]
@@ -87,6 +122,16 @@ class ImageSizeStep(StepBase):
     min_side: int = Field(1, ge=1)
     max_side: int | None = Field(None, ge=1)
     max_aspect_ratio: float | None = Field(None, ge=1.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ImageSizeStep:
+        _check_bounds("min_side", self.min_side, "max_side", self.max_side)
+        return self
+
+
+def _check_bounds(low_name: str, low: int, high_name: str, high: int | None) -> None:
+    if high is not None and low > high:
+        raise ValueError(f"{low_name} ({low}) is greater than {high_name} ({high}); nothing could pass")
 
 
 class PairToSftStep(StepBase):
@@ -141,6 +186,16 @@ class BuildRecipe(_Strict):
         return sources
 
     @model_validator(mode="after")
+    def _unique_step_names(self) -> BuildRecipe:
+        labels = [step_label(self.steps, i) for i in range(len(self.steps))]
+        for i, label in enumerate(labels):
+            if label in RESERVED_STEP_NAMES:
+                raise ValueError(f"steps.{i}: the name {label!r} is reserved for a built-in step; choose another")
+            if labels.index(label) != i:
+                raise ValueError(f"steps.{i}: the name {label!r} is already used by steps.{labels.index(label)}")
+        return self
+
+    @model_validator(mode="after")
     def _global_steps_last(self) -> BuildRecipe:
         seen_global = None
         for i, step in enumerate(self.steps):
@@ -176,7 +231,7 @@ def builtin_recipes() -> dict[str, str]:
 
 def _read_recipe_text(ref: str) -> tuple[str, Path | None]:
     path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file() or (path.exists() and ref not in builtin_recipes()):
         if not path.is_file():
             raise RecipeError(f"recipe file not found: {ref}")
         return path.read_text(), path.resolve().parent
@@ -206,7 +261,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise RecipeError(f"--set {dotted}: cannot parse value {raw!r}: {exc}") from None
+        raise RecipeError(f"--set {dotted}: cannot parse value {raw!r}: {' '.join(str(exc).split())}") from None
     parts = dotted.strip().split(".")
     node: Any = data
     for depth, part in enumerate(parts):
@@ -225,6 +280,12 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
                 node[part] = value
             else:
                 if part not in node or node[part] is None:
+                    if parts[depth + 1].lstrip("-").isdigit():
+                        hint = difflib.get_close_matches(part, [str(k) for k in node], n=1)
+                        raise RecipeError(
+                            f"--set {dotted}: the recipe has no {where!r} list to index into"
+                            + (f"; did you mean {hint[0]!r}?" if hint else "")
+                        )
                     node[part] = {}
                 node = node[part]
         else:
@@ -270,8 +331,12 @@ def _format_error(exc: ValidationError, data: dict[str, Any], model: type[BaseMo
             tags = [t.strip(" '") for t in str(expected).replace(" or ", ",").split(",")]
             hint = difflib.get_close_matches(str(err.get("input")), tags, n=1)
             msg = f"got {err.get('input')!r}, expected {expected}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        elif err["type"] == "union_tag_not_found":
+            tag = err.get("ctx", {}).get("discriminator", "type").strip("'")
+            msg = f"missing {tag!r}: say which {tag} this is"
         elif "input" in err and not isinstance(err["input"], dict | list):
             msg = f"{msg} (got {err['input']!r})"
+        msg = msg.removeprefix("Value error, ")
         lines.append(f"{path or '<recipe>'}: {msg}")
     more = len(exc.errors()) - 5
     if more > 0:
@@ -343,7 +408,7 @@ def load_recipe(ref: str, overrides: list[str] | None = None) -> BuildRecipe:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{ref}: not valid YAML: {exc}") from None
+        raise RecipeError(f"{ref}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{ref}: a recipe is a YAML mapping, got {type(data).__name__}")
     if base is not None:

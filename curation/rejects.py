@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from curation.sample import Drop
 from schemas import PairRecord
-from shards.atomic import HashingWriter, canonical_json, tmp_path
+from shards.atomic import HashingWriter, canonical_json, sha256_file, tmp_path
 from shards.codec import encode_record
 from shards.imageinfo import sniff_format
 from shards.manifest import ShardInfo
@@ -27,6 +27,10 @@ REJECTS_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "backslashreplace")
 
 
 class RejectsWriter:
@@ -53,9 +57,12 @@ class RejectsWriter:
             ext = "jpg"
             if isinstance(drop.record, PairRecord):
                 ext = sniff_format(drop.record.image) or "bin"
-            members = encode_record(drop.record, ext)
+            try:
+                members = encode_record(drop.record, ext)
+            except (UnicodeEncodeError, ValueError):  # e.g. lone surrogates: keep the reason, not the sample
+                members = {}
         if drop.raw is not None:
-            members["raw.json"] = canonical_json(drop.raw).encode()
+            members["raw.json"] = _utf8(canonical_json(drop.raw))
         row = {
             "key": key,
             "sample_key": drop.key,
@@ -65,7 +72,8 @@ class RejectsWriter:
             "origin": drop.origin,
             "detail": drop.detail[:2000],
         }
-        members["reject.json"] = canonical_json(row).encode()
+        row = {k: (_utf8(v).decode("utf-8") if isinstance(v, str) else v) for k, v in row.items()}
+        members["reject.json"] = _utf8(canonical_json(row))
         self._tar.add_sample(key, members)
         self._rows.append(row)
         if len(self._rows) >= self.max_samples:
@@ -95,12 +103,14 @@ class RejectsWriter:
         sidecar = self.directory / f"{self._stem}.parquet"
         tmp = tmp_path(sidecar)
         pq.write_table(pa.Table.from_pylist(self._rows, schema=REJECTS_SCHEMA), tmp, **PARQUET_OPTIONS)
+        sidecar_sha256 = sha256_file(tmp, fsync=True)
         os.replace(tmp, sidecar)
         stats = {
             "shard": f"{self._stem}.tar",
             "samples": len(self._rows),
             "bytes": self._hashing.size,
             "sha256": self._hashing.sha256.hexdigest(),
+            "sidecar_sha256": sidecar_sha256,
         }
         atomic_write_json(self.directory / f"{self._stem}.stats.json", stats)
         os.replace(self._tmp, self.directory / f"{self._stem}.tar")

@@ -6,8 +6,10 @@ determinism independent of the number of workers, bounded memory.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -19,15 +21,15 @@ from typing import Any
 
 from curation import __version__
 from curation.accounting import Accounting
-from curation.commit import GlobalDrops, commit_rejects, commit_shards
+from curation.commit import commit_rejects, commit_shards
 from curation.errors import CurationError, RecipeError
 from curation.executors import run_local
 from curation.faults import crash_point
-from curation.partition import partition_dir, read_partition_stats, step_names
+from curation.partition import UNIQUE_KEY, partition_dir, read_partition_stats, step_names
 from curation.progress import BuildProgress
 from curation.readers import Partition, make_reader
 from curation.recipe import BuildRecipe, recipe_hash
-from curation.steps.dedup import find_exact_image_duplicates
+from curation.steps.dedup import GlobalDrops, find_global_drops
 from shards.atomic import atomic_write_json, remove_stale_tmp
 from shards.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_wids_index
 
@@ -62,24 +64,73 @@ def build_lock(out: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            (out / LOCK).unlink(missing_ok=True)  # while still holding it: no lock file is left behind
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _clear_build(out: Path) -> None:
-    for child in out.iterdir():
-        if child.name in (LOGS, LOCK):
+def _prefixes(out: Path) -> set[str]:
+    """Shard prefixes of the build(s) recorded in ``out`` (its manifest and/or its unfinished plan)."""
+    found = set()
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        found.add(read_manifest(out).name)
+    with contextlib.suppress(OSError, ValueError):
+        found.add(json.loads((out / WORK / "plan.json").read_text())["prefix"])
+    return {p for p in found if p}
+
+
+def _owned_and_foreign(out: Path) -> tuple[list[Path], list[str]]:
+    """Entries of ``out`` this toolkit wrote, and the names of everything else (never deleted)."""
+    names = "|".join(re.escape(p) for p in sorted(_prefixes(out))) or "(?!)"
+    shard = re.compile(rf"^(?:{names})-(?:rejects-)?\d{{6}}\.(?:tar|parquet|stats\.json)$")
+    singles = {MANIFEST_NAME, STATS_NAME, *(f"{p}.wids.json" for p in _prefixes(out))}
+    tmp = re.compile(r"^\..+\.tmp$")
+    owned: list[Path] = []
+    foreign: list[str] = []
+    for child in sorted(out.iterdir()):
+        if child.name in (LOCK, LOGS):
             continue
-        if child.is_dir():
-            shutil.rmtree(child)
+        if child.name == WORK and child.is_dir():
+            owned.append(child)
+        elif child.name == "rejects" and child.is_dir():
+            inner = list(child.iterdir())
+            bad = [
+                f"rejects/{c.name}" for c in inner if not (c.is_file() and (shard.match(c.name) or tmp.match(c.name)))
+            ]
+            (foreign.extend(bad) if bad else owned.append(child))
+        elif child.is_file() and (child.name in singles or shard.match(child.name) or tmp.match(child.name)):
+            owned.append(child)
         else:
-            child.unlink()
+            foreign.append(child.name + ("/" if child.is_dir() else ""))
+    return owned, foreign
 
 
-def prepare_output(out: Path, rhash: str, overwrite: bool) -> str:
-    """fresh | resume | complete; refuses a directory holding another recipe's build or foreign files."""
+def _clear_build(out: Path) -> None:
+    """Delete what earlier builds wrote here; refuse (deleting nothing) if anything else is present."""
+    owned, foreign = _owned_and_foreign(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise CurationError(f"{out} holds files this toolkit did not write ({shown}); refusing to overwrite it")
+    for path in owned:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def output_state(out: Path, rhash: str, overwrite: bool) -> str:
+    """fresh | resume | complete | clear (an earlier build to replace). Changes nothing."""
+    if out.exists() and not out.is_dir():
+        raise CurationError(f"--out {out} is a file, not a directory")
+    if not out.exists():
+        return "fresh"
     manifest_path, plan_path = out / MANIFEST_NAME, out / WORK / "plan.json"
     if manifest_path.is_file():
-        theirs = read_manifest(out).recipe_sha256
+        try:
+            theirs = read_manifest(out).recipe_sha256
+        except ValueError as exc:
+            if not overwrite:
+                raise CurationError(f"{out}: {exc}; pass --overwrite to replace it") from None
+            return "clear"
         if theirs == rhash and not overwrite:
             return "complete"
         if not overwrite:
@@ -87,31 +138,45 @@ def prepare_output(out: Path, rhash: str, overwrite: bool) -> str:
                 f"{out} holds a build of a different recipe (recipe sha256 {theirs[:12]}, this one {rhash[:12]}); "
                 "pass --overwrite to replace it or choose another --out"
             )
-        _clear_build(out)
-        return "fresh"
+        return "clear"
     if plan_path.is_file():
-        theirs = json.loads(plan_path.read_text()).get("recipe_sha256", "")
-        if theirs == rhash and not overwrite:
-            return "resume"
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(plan_path.read_text()).get("recipe_sha256") == rhash and not overwrite:
+                return "resume"
         if not overwrite:
             raise CurationError(
                 f"{out} holds an unfinished build of a different recipe; pass --overwrite to discard it"
             )
-        _clear_build(out)
-        return "fresh"
-    if out.exists() and not out.is_dir():
-        raise CurationError(f"--out {out} is a file, not a directory")
-    if out.exists() and any(p.name not in (LOGS, LOCK) for p in out.iterdir()):
+        return "clear"
+    owned, foreign = _owned_and_foreign(out)
+    if foreign:
         raise CurationError(f"--out {out} is not empty and holds no build of this toolkit; choose an empty directory")
-    return "fresh"
+    return "clear" if owned else "fresh"  # e.g. an empty _work/ left by a failed start
+
+
+def _check_sources_outside(recipe: BuildRecipe, out: Path) -> None:
+    for src in recipe.sources:
+        path = Path(src.path.split("*")[0] or ".").resolve()
+        if path == out or out in path.parents or (path.is_dir() and path in out.parents):
+            raise CurationError(
+                f"sources.{src.name}.path ({src.path}) and --out ({out}) overlap; the build would read its own output"
+            )
 
 
 def _check_kinds(recipe: BuildRecipe, readers: dict[str, Any]) -> None:
+    """Follow each source's record kind through the steps: conversions, kind-specific options, output."""
     for src in recipe.sources:
         kind = readers[src.name].record_kind()
-        for step in recipe.steps:
+        for i, step in enumerate(recipe.steps):
             if step.step == "pair_to_sft" and kind == "pair":
                 kind = "sft"
+            if step.step == "text_length":
+                need = {"caption": "pair", "answers": "sft", "questions": "sft"}.get(step.field)
+                if need and kind != need:
+                    raise RecipeError(
+                        f"steps.{i}.field: {step.field!r} needs {need} records, but source {src.name!r} has "
+                        f"{kind} records at this step; use field: all"
+                    )
         if kind != recipe.output.kind:
             fix = " (add a 'pair_to_sft' step)" if (kind, recipe.output.kind) == ("pair", "sft") else ""
             raise RecipeError(
@@ -164,41 +229,63 @@ def build(
     if limit is not None:
         identity["limit"] = limit
     rhash = recipe_hash(recipe) if limit is None else _hash_dict(identity)
-    if out.is_dir() and not (out / MANIFEST_NAME).exists() and not (out / WORK).exists():
-        prepare_output(out, rhash, overwrite)  # refuses foreign files before we put a lock file there
-    out.mkdir(parents=True, exist_ok=True)
+    _check_sources_outside(recipe, out)
+    # Everything that can fail on bad configuration or inputs happens before anything is written.
+    state = output_state(out, rhash, overwrite)
+    plan = plan_partitions(recipe, limit)
+    plan_doc = {"recipe_sha256": rhash, "prefix": recipe.shard_prefix(), "partitions": [p.to_dict() for p in plan]}
+    if state == "complete":
+        recorded = _recorded_plan_sha256(out)
+        if recorded is not None and recorded != _hash_dict(plan_doc):
+            raise CurationError(
+                f"{out} was built from this recipe, but its inputs have changed since; pass --overwrite to rebuild"
+            )
+        return BuildResult(out, read_manifest(out), "complete")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CurationError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
     with build_lock(out):
-        return _build_locked(recipe, out, rhash, workers, limit, overwrite, progress, started)
+        return _build_locked(recipe, out, rhash, plan, plan_doc, workers, overwrite, progress, started)
+
+
+def _recorded_plan_sha256(out: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return json.loads((out / STATS_NAME).read_text())["plan_sha256"]
+    return None
 
 
 def _build_locked(
     recipe: BuildRecipe,
     out: Path,
     rhash: str,
+    plan: list[Partition],
+    plan_doc: dict[str, Any],
     workers: int,
-    limit: int | None,
     overwrite: bool,
     progress: bool,
     started: float,
 ) -> BuildResult:
-    state = prepare_output(out, rhash, overwrite)
+    state = output_state(out, rhash, overwrite)  # again, now that we hold the lock
     if state == "complete":
         return BuildResult(out, read_manifest(out), "complete")
+    if state == "clear":
+        _clear_build(out)
+        state = "fresh"
     work = out / WORK
-    work.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out)
-    for stale in work.glob("p*.tmp-*"):  # staging of a killed attempt
-        shutil.rmtree(stale, ignore_errors=True)
     plan_path = work / "plan.json"
-    plan = plan_partitions(recipe, limit)
-    plan_doc = {"recipe_sha256": rhash, "partitions": [p.to_dict() for p in plan]}
     if state == "resume":
         if json.loads(plan_path.read_text()) != plan_doc:
             raise CurationError(
                 f"the inputs changed since the interrupted build in {out} started; pass --overwrite to start over"
             )
     else:
+        work.mkdir(parents=True, exist_ok=True)
         atomic_write_json(plan_path, plan_doc)
+    remove_stale_tmp(out)
+    remove_stale_tmp(out / "rejects")
+    for stale in work.glob("p*.tmp-*"):  # staging of a killed attempt
+        shutil.rmtree(stale, ignore_errors=True)
 
     recipe_doc = recipe.model_dump(mode="json")
     tasks, skipped_rows = [], 0
@@ -219,6 +306,8 @@ def _build_locked(
         pstats = read_partition_stats(work, gid)
         acc.merge(Accounting.from_dict(pstats["accounting"]))
         per_partition.append({"partition": gid, **pstats["partition"], "accounting": pstats["accounting"]})
+    for src in recipe.sources:  # a source cut off by --limit still shows, with 0 inputs
+        acc.steps["read"].input[src.name] += 0
     drops = _run_global_steps(recipe, work, gids, acc)
     problems = acc.check()
     if problems:
@@ -245,7 +334,10 @@ def _build_locked(
     )
     manifest.wids_index = write_wids_index(out, prefix, shards)
     # Deterministic per-partition accounting (timings live in _logs/ only).
-    atomic_write_json(out / STATS_NAME, {"accounting": summary, "partitions": per_partition})
+    atomic_write_json(
+        out / STATS_NAME,
+        {"accounting": summary, "partitions": per_partition, "plan_sha256": _hash_dict(plan_doc)},
+    )
     crash_point("before_manifest")
     manifest.write(out)  # the build is complete once dataset.json exists
     shutil.rmtree(work, ignore_errors=True)
@@ -263,7 +355,13 @@ def _hash_dict(doc: dict[str, Any]) -> str:
 
 
 def _run_global_steps(recipe: BuildRecipe, work: Path, gids: list[int], acc: Accounting) -> GlobalDrops:
+    """``unique_key`` (always), then the recipe's global steps, each over what the previous ones kept."""
     _, global_labels = step_names(recipe)
+    sidecars = [
+        (gid, int(s["name"].split(".")[0]), partition_dir(work, gid) / s["sidecar"])
+        for gid in gids
+        for s in read_partition_stats(work, gid)["shards"]
+    ]
     drops: GlobalDrops = {}
     previous = acc.step_names[-1]
     for label in global_labels:
@@ -271,18 +369,11 @@ def _run_global_steps(recipe: BuildRecipe, work: Path, gids: list[int], acc: Acc
         counts = acc.steps[label]
         for source, n in acc.steps[previous].output.items():
             counts.input[source] += n
-        found: dict[tuple[int, int], dict[str, str]] = {}
-        if not drops:  # a repeated exact dedup finds nothing new
-            sidecars = [
-                (gid, int(s["name"].split(".")[0]), partition_dir(work, gid) / s["sidecar"])
-                for gid in gids
-                for s in read_partition_stats(work, gid)["shards"]
-            ]
-            found = find_exact_image_duplicates(sidecars)
-        for where, keys in found.items():
-            for key, source in keys.items():
-                drops.setdefault(where, {})[key] = (source, label)
-                counts.dropped[source]["duplicate_image"] += 1
+        reason = "duplicate_key" if label == UNIQUE_KEY else "duplicate_image"
+        for where, found in find_global_drops(reason, label, sidecars, drops).items():
+            for key, drop in found.items():
+                drops.setdefault(where, {})[key] = drop
+                counts.dropped[drop.source][drop.reason] += 1
         for source in counts.input:
             counts.output[source] = counts.input[source] - sum(counts.dropped[source].values())
         previous = label

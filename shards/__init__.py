@@ -3,7 +3,7 @@
 from shards.codec import decode_sample, encode_record
 from shards.hf import hf_features
 from shards.imageinfo import ImageInfo, probe_image
-from shards.manifest import DatasetManifest, ShardInfo, read_manifest
+from shards.manifest import DatasetManifest, ManifestError, ShardInfo, read_manifest
 from shards.reader import iter_dataset, iter_shard
 from shards.tokens import count_tokens
 from shards.verify import verify_dataset
@@ -12,6 +12,7 @@ from shards.writer import ShardWriter
 __all__ = [
     "DatasetManifest",
     "ImageInfo",
+    "ManifestError",
     "ShardInfo",
     "ShardWriter",
     "count_tokens",

@@ -6,13 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shards.atomic import atomic_write_json
 
 MANIFEST_NAME = "dataset.json"
 FORMAT = "vlm-curation/dataset"
 FORMAT_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """``dataset.json`` exists but is not a valid manifest (not JSON, or not the manifest's shape)."""
 
 
 class ShardInfo(BaseModel):
@@ -23,6 +27,7 @@ class ShardInfo(BaseModel):
     sha256: str
     samples: int
     bytes: int
+    sidecar_sha256: str | None = Field(None, description="sha256 of the sidecar parquet (absent in old builds)")
 
     @classmethod
     def from_stats(cls, stem: str, stats: dict[str, Any], folder: str = "") -> ShardInfo:
@@ -35,6 +40,7 @@ class ShardInfo(BaseModel):
             sha256=stats["sha256"],
             samples=stats["samples"],
             bytes=stats["bytes"],
+            sidecar_sha256=stats.get("sidecar_sha256"),
         )
 
 
@@ -60,10 +66,24 @@ class DatasetManifest(BaseModel):
 
 
 def read_manifest(directory: Path) -> DatasetManifest:
+    """The manifest of a built dataset. Raises FileNotFoundError (none) or :class:`ManifestError`."""
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a built dataset (no {MANIFEST_NAME})")
-    return DatasetManifest.model_validate(json.loads(path.read_text()))
+    try:
+        doc = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: not a valid {MANIFEST_NAME} ({_one_line(str(exc))})") from None
+    try:
+        return DatasetManifest.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        raise ManifestError(f"{path}: not a valid {MANIFEST_NAME} ({where}: {_one_line(first['msg'])})") from None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def write_wids_index(directory: Path, name: str, shards: list[ShardInfo]) -> str:

@@ -200,8 +200,9 @@ class ShardWriter:
 def write_shard_metadata(
     directory: Path, stem: str, *, table: pa.Table, sha256: str, size: int, extra_stats: dict | None = None
 ) -> ShardInfo:
-    """Write the sidecar ``table`` as ``<stem>.parquet`` and ``<stem>.stats.json``, atomically; return the
-    shard's manifest entry. Sets the ``shard`` column to this shard's name."""
+    """Write the sidecar ``table`` as ``<stem>.parquet`` and ``<stem>.stats.json`` (which records the
+    sidecar's sha256), atomically; return the shard's manifest entry. Sets the ``shard`` column to this
+    shard's name."""
     name = f"{stem}.tar"
     table = table.set_column(
         table.schema.get_field_index("shard"),
@@ -211,6 +212,7 @@ def write_shard_metadata(
     sidecar = directory / f"{stem}.parquet"
     tmp = tmp_path(sidecar)
     pq.write_table(table, tmp, **PARQUET_OPTIONS)
+    sidecar_sha256 = sha256_file(tmp, fsync=True)
     os.replace(tmp, sidecar)
 
     def total(column: str) -> int:
@@ -222,6 +224,7 @@ def write_shard_metadata(
         "samples": table.num_rows,
         "bytes": size,
         "sha256": sha256,
+        "sidecar_sha256": sidecar_sha256,
         "payload_bytes": total("bytes"),
         "images": total("n_images"),
         "text_tokens": total("text_tokens"),

@@ -1,10 +1,18 @@
-"""Local executor: N worker processes over partitions; progress flows back through a queue."""
+"""Local executor: N worker processes over partitions; progress flows back through a queue.
+
+Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent decides), exit on their own
+when the parent dies (kill -9 of the build must not leave orphans working), and are terminated by the
+parent when it is interrupted. Finished partitions are kept either way, so a rerun resumes.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import queue
+import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
@@ -12,22 +20,24 @@ from typing import Any
 from curation.partition import process_partition
 
 _QUEUE: Any = None
-_PARENT: int | None = None
 
 
-def _init_worker(q: Any) -> None:
-    global _QUEUE, _PARENT
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(q: Any, parent: int) -> None:
+    global _QUEUE
     _QUEUE = q
-    _PARENT = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
 
 def _report(n_in: int, n_drop: int) -> None:
-    if os.getppid() != _PARENT:  # the build was killed: stop instead of working on as an orphan
-        os._exit(1)
-    try:
-        _QUEUE.put((n_in, n_drop))
-    except (OSError, EOFError, BrokenPipeError):
-        os._exit(1)
+    _QUEUE.put((n_in, n_drop))
 
 
 def _run_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -46,18 +56,25 @@ def run_local(
             on_done(process_partition(task, on_progress))
         return
     ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        q = manager.Queue()
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q,)
-        ) as pool:
-            pending = {pool.submit(_run_task, t) for t in tasks}
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(q, on_progress)
-                for fut in done:
-                    on_done(fut.result())
+    q = ctx.Queue()
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q, os.getpid())
+    )
+    try:
+        pending = {pool.submit(_run_task, t) for t in tasks}
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(q, on_progress)
+            for fut in done:
+                on_done(fut.result())
+        _drain(q, on_progress)
+    except BaseException:  # Ctrl-C or a failed partition: stop the others now, not after the queue drains
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    q.close()
 
 
 def _drain(q: Any, on_progress: Callable[[int, int], None]) -> None:

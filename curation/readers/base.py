@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
 import glob
+import hashlib
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +18,7 @@ from curation.sample import Drop, Sample
 from schemas import RecordError, parse_record
 
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+_KEY_OK = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,30 @@ def expand_inputs(path: str, suffixes: tuple[str, ...], source: str) -> list[Pat
 
 
 def sanitize_key(value: Any) -> str:
-    key = _KEY_BAD.sub("_", str(value))[:200]
-    return key or "_"
+    """A valid sample key for an input id. Ids that are already valid stay as they are; any other id gets
+    a hash suffix, so distinct ids never collapse into one key ('a.b' and 'a/b' differ)."""
+    text = str(value)
+    if _KEY_OK.match(text):
+        return text
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{_KEY_BAD.sub('_', text)[:180]}-{digest}"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Input values (parquet timestamps, decimals, bytes, NaN, ...) as JSON values for ``meta``."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return str(value)  # Decimal, timedelta, UUID, ...
 
 
 def load_image_file(ref: str, image_root: str | None) -> bytes:
@@ -105,10 +132,11 @@ def build_record(
 
     raw_key = take("key")
     key = sanitize_key(raw_key) if raw_key not in (None, "") else default_key
+    keep_id = raw_key not in (None, "") and key != str(raw_key)
     try:
         if kind == "pair":
             image_ref = take("image")
-            if image_ref is None:
+            if image_ref is None or image_ref == "":
                 return Drop("missing_field:image", source, origin, key, f"no {names['image']!r} field")
             data: dict[str, Any] = {"image": as_image_bytes(image_ref, image_root), "caption": take("caption")}
         else:
@@ -121,7 +149,9 @@ def build_record(
         return Drop("unreadable_image_file", source, origin, key, str(exc))
     except (TypeError, ValueError) as exc:
         return Drop("invalid_image_field", source, origin, key, str(exc))
-    meta = {k: v for k, v in row.items() if k not in used} if keep_extra else {}
+    meta = {k: to_jsonable(v) for k, v in row.items() if k not in used} if keep_extra else {}
+    if keep_id:
+        meta["source_id"] = to_jsonable(raw_key)  # the input id, before it was made a valid key
     try:
         record = parse_record(kind, {"key": key, "source": source, "meta": meta, **data})
     except RecordError as exc:

@@ -54,10 +54,15 @@ class JsonlReader(RowReader):
                 default_key = f"{stem}-{spec['file_index']:04d}-{ordinal:09d}"
                 try:
                     row = json.loads(line)
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    yield Drop("invalid_json", src.name, origin, default_key, str(exc))
+                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                    raw = {"line": line[:10_000].decode("utf-8", "replace")}
+                    yield Drop("invalid_json", src.name, origin, default_key, str(exc)[:500], raw=raw)
                     continue
                 if not isinstance(row, dict):
-                    yield Drop("invalid_json", src.name, origin, default_key, "line is not a JSON object")
+                    raw = {"line": line[:10_000].decode("utf-8", "replace")}
+                    yield Drop("invalid_json", src.name, origin, default_key, "line is not a JSON object", raw=raw)
                     continue
-                yield self.to_item(row, origin, default_key)
+                item = self.to_item(row, origin, default_key)
+                if isinstance(item, Drop):
+                    item.raw = {"line": line[:10_000].decode("utf-8", "replace")}
+                yield item

@@ -39,14 +39,19 @@ class ParquetReader(RowReader):
         spec = partition.spec
         stem = sanitize_key(spec["file"].rsplit("/", 1)[-1].removesuffix(".parquet"))
         row_number = spec["first_row"]
-        pf = pq.ParquetFile(spec["file"])
         emitted = 0
-        for batch in pf.iter_batches(batch_size=512, row_groups=spec["row_groups"]):
-            for row in batch.to_pylist():
-                if emitted >= partition.rows:  # a --limit can cut a partition short
-                    return
-                emitted += 1
-                origin = f"{spec['file']}#{row_number}"
-                default_key = f"{stem}-{spec['file_index']:04d}-{row_number:09d}"
-                row_number += 1
-                yield self.to_item(row, origin, default_key)
+        try:
+            batches = pq.ParquetFile(spec["file"]).iter_batches(batch_size=512, row_groups=spec["row_groups"])
+            for batch in batches:
+                for row in batch.to_pylist():
+                    if emitted >= partition.rows:  # a --limit can cut a partition short
+                        return
+                    emitted += 1
+                    origin = f"{spec['file']}#{row_number}"
+                    default_key = f"{stem}-{spec['file_index']:04d}-{row_number:09d}"
+                    row_number += 1
+                    yield self.to_item(row, origin, default_key)
+        except (pa.ArrowException, OSError) as exc:  # a damaged page: the rest of the partition is lost, counted
+            detail = f"{spec['file']}: {exc}"[:500]
+            for _ in range(partition.rows - emitted):
+                yield Drop("file_unreadable", self.source.name, spec["file"], None, detail)

@@ -1,42 +1,75 @@
-"""Global exact image dedup over the staged sidecars (DuckDB): a sample whose image set (sha256 of
-every image) equals that of an earlier sample in dataset order is dropped as ``duplicate_image``.
-Text-only samples are never dropped by it."""
+"""Global steps over the staged sidecars (DuckDB), in dataset order (partition, shard, index):
+
+- ``unique_key`` (always on): a sample whose key appeared earlier in the dataset is dropped as
+  ``duplicate_key`` (keys must be unique for webdataset, wids and datasets).
+- ``exact_image_dedup``: a sample whose image set (sha256 of every image) equals that of an earlier
+  sample is dropped as ``duplicate_image``; text-only samples are never dropped by it.
+
+Samples dropped by an earlier global step are not seen by later ones.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 
-def find_exact_image_duplicates(sidecars: list[tuple[int, int, Path]]) -> dict[tuple[int, int], dict[str, str]]:
-    """``sidecars``: (partition id, shard number, parquet path) in dataset order.
+@dataclass(frozen=True)
+class GlobalDrop:
+    source: str
+    step: str
+    reason: str
+    detail: str
 
-    Returns {(partition, shard): {key: source}} of the samples to drop.
-    """
+
+Where = tuple[int, int]  # (partition id, shard number)
+GlobalDrops = dict[Where, dict[str, GlobalDrop]]
+
+_ROWS = """
+    SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source, r.origin, r.n_images,
+           array_to_string(list_sort(r.image_sha256), ',') AS sig
+    FROM read_parquet(?, filename = true) r JOIN files f ON r.filename = f.path
+    ANTI JOIN gone g ON g.gid = f.gid AND g.shard = f.shard AND g.key = r.key
+"""
+_QUERIES = {
+    "duplicate_key": f"""
+        WITH rows AS ({_ROWS}), ranked AS (
+            SELECT *, row_number() OVER w AS rank, first_value(origin) OVER w AS first_origin
+            FROM rows WINDOW w AS (PARTITION BY key ORDER BY gid, shard, idx)
+        )
+        SELECT gid, shard, key, source, 'key also used by ' || first_origin
+        FROM ranked WHERE rank > 1 ORDER BY gid, shard, idx
+    """,
+    "duplicate_image": f"""
+        WITH rows AS ({_ROWS}), ranked AS (
+            SELECT *, row_number() OVER w AS rank, first_value(key) OVER w AS first_key,
+                   first_value(origin) OVER w AS first_origin
+            FROM rows WHERE n_images > 0 WINDOW w AS (PARTITION BY sig ORDER BY gid, shard, idx)
+        )
+        SELECT gid, shard, key, source, 'same images as ' || first_key || ' (' || first_origin || ')'
+        FROM ranked WHERE rank > 1 ORDER BY gid, shard, idx
+    """,
+}
+
+
+def find_global_drops(
+    reason: str, step: str, sidecars: list[tuple[int, int, Path]], already: GlobalDrops
+) -> GlobalDrops:
+    """Samples that ``step`` drops for ``reason``; ``sidecars`` are (partition, shard, parquet) in dataset order."""
+    found: GlobalDrops = {}
     if not sidecars:
-        return {}
+        return found
     con = duckdb.connect()
     con.execute("CREATE TABLE files (gid INTEGER, shard INTEGER, path VARCHAR)")
     con.executemany("INSERT INTO files VALUES (?, ?, ?)", [(g, s, str(p)) for g, s, p in sidecars])
-    paths = [str(p) for _, _, p in sidecars]
-    rows = con.execute(
-        """
-        WITH rows AS (
-            SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source,
-                   array_to_string(list_sort(r.image_sha256), ',') AS sig
-            FROM read_parquet(?, filename = true) r JOIN files f ON r.filename = f.path
-            WHERE r.n_images > 0
-        ), ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY sig ORDER BY gid, shard, idx) AS rank FROM rows
-        )
-        SELECT gid, shard, key, source FROM ranked WHERE rank > 1 ORDER BY gid, shard, idx
-        """,
-        [paths],
-    ).fetchall()
+    con.execute("CREATE TABLE gone (gid INTEGER, shard INTEGER, key VARCHAR)")
+    gone = [(g, s, k) for (g, s), keys in already.items() for k in keys]
+    if gone:
+        con.executemany("INSERT INTO gone VALUES (?, ?, ?)", gone)
+    rows = con.execute(_QUERIES[reason], [[str(p) for _, _, p in sidecars]]).fetchall()
     con.close()
-    out: dict[tuple[int, int], dict[str, str]] = defaultdict(dict)
-    for gid, shard, key, source in rows:
-        out[(gid, shard)][key] = source
-    return dict(out)
+    for gid, shard, key, source, detail in rows:
+        found.setdefault((gid, shard), {})[key] = GlobalDrop(source, step, reason, detail)
+    return found

@@ -304,3 +304,171 @@ def test_a_second_concurrent_build_into_the_same_directory_is_refused(inputs, tm
     with build_lock(out), pytest.raises(CurationError, match="another build is running"):
         build(validate_recipe(demo_recipe(root)), out, progress=False)
     assert build(validate_recipe(demo_recipe(root)), out, progress=False).state == "fresh"
+
+
+def test_overwrite_never_deletes_files_the_toolkit_did_not_write(inputs, tmp_path):
+    root, _ = inputs
+    out = tmp_path / "ds"
+    build(validate_recipe(demo_recipe(root)), out, progress=False)
+    (out / "MYNOTES.txt").write_text("precious")
+    (out / "mydir").mkdir()
+    (out / "mydir" / "f").write_text("p")
+    before = tree_digest(out)
+    other = validate_recipe(demo_recipe(root, steps__2__min_side=64))
+    with pytest.raises(CurationError, match=r"did not write \(MYNOTES.txt, mydir/\)"):
+        build(other, out, overwrite=True, progress=False)
+    assert tree_digest(out) == before and verify_dataset(out).ok
+
+
+def test_overwrite_with_a_broken_recipe_keeps_the_old_build(inputs, tmp_path):
+    root, _ = inputs
+    out = tmp_path / "ds"
+    build(validate_recipe(demo_recipe(root)), out, progress=False)
+    before = tree_digest(out)
+    broken = validate_recipe(demo_recipe(root, sources__0__path=str(tmp_path / "typo.jsonl")))
+    with pytest.raises(CurationError, match="no such file"):
+        build(broken, out, overwrite=True, progress=False)
+    assert tree_digest(out) == before
+
+
+def test_a_failed_start_leaves_the_output_directory_usable(inputs, tmp_path):
+    root, _ = inputs
+    out = tmp_path / "fresh"
+    with pytest.raises(CurationError, match="no such file"):
+        build(validate_recipe(demo_recipe(root, sources__0__path=str(tmp_path / "typo.jsonl"))), out, progress=False)
+    assert not out.exists()
+    out.mkdir()
+    (out / "_work").mkdir()  # what an older version left behind after a failed start
+    assert build(validate_recipe(demo_recipe(root)), out, progress=False).state == "fresh"
+    assert not (out / ".lock").exists()
+
+
+def test_output_inside_a_source_or_a_file_is_refused(inputs, reference, tmp_path):
+    root, _ = inputs
+    as_dir = validate_recipe(demo_recipe(root, sources__1__path=str(root)))  # every parquet under root
+    with pytest.raises(CurationError, match="overlap; the build would read its own output"):
+        build(as_dir, root / "out", progress=False)
+    copy = {
+        "name": "copy",
+        "sources": [{"name": "prev", "reader": "shards", "path": str(reference)}],
+        "output": {"kind": "sft"},
+    }
+    with pytest.raises(CurationError, match="overlap"):
+        build(validate_recipe(copy), reference, overwrite=True, progress=False)
+    assert verify_dataset(reference).ok
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CurationError, match="is a file, not a directory"):
+        build(validate_recipe(demo_recipe(root)), tmp_path / "afile", progress=False)
+    with pytest.raises(CurationError, match="cannot create the directory"):
+        build(validate_recipe(demo_recipe(root)), tmp_path / "afile" / "sub", progress=False)
+
+
+def test_changed_inputs_are_noticed_on_rerun(tmp_path):
+    make_inputs(tmp_path / "in", n_captions=60, n_conversations=10)
+    recipe = validate_recipe(demo_recipe(tmp_path / "in"))
+    build(recipe, tmp_path / "ds", progress=False)
+    with open(tmp_path / "in" / "captions.jsonl", "a") as f:
+        f.write('{"id": "new", "file": "img_00001.jpg", "text": "one more caption"}\n')
+    with pytest.raises(CurationError, match="inputs have changed"):
+        build(recipe, tmp_path / "ds", progress=False)
+    assert (
+        build(recipe, tmp_path / "ds", overwrite=True, progress=False).manifest.accounting["sources"]["captions"][
+            "input"
+        ]
+        == 62
+    )
+
+
+def _pairs(tmp_path: Path, rows: list, **recipe_changes) -> tuple:
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "a.png")
+    Image.new("RGB", (64, 64), (9, 8, 7)).save(tmp_path / "b.png")
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    recipe = {
+        "name": "p",
+        "sources": [{"name": "s", "reader": "jsonl", "path": str(tmp_path / "in.jsonl"), "image_root": str(tmp_path)}],
+        "output": {"kind": "pair"},
+    }
+    recipe.update(recipe_changes)
+    m = build(validate_recipe(recipe), tmp_path / "ds", progress=False).manifest
+    return m, list(iter_dataset(tmp_path / "ds"))
+
+
+def test_distinct_input_ids_stay_distinct_keys(tmp_path):
+    ids = ["猫", "犬", "a.b", "a/b", "a b", "x" * 250, "x" * 250 + "y", "ok-id"]
+    m, records = _pairs(tmp_path, [{"key": i, "image": "a.png", "caption": f"caption {n}"} for n, i in enumerate(ids)])
+    assert m.accounting["sources"]["s"] == {"input": 8, "output": 8, "dropped": {}}
+    assert len({r.key for r in records}) == 8
+    by_caption = {r.caption: r for r in records}
+    assert by_caption["caption 7"].key == "ok-id" and "source_id" not in by_caption["caption 7"].meta
+    assert by_caption["caption 0"].meta["source_id"] == "猫"
+
+
+def test_keys_are_unique_across_the_whole_dataset(tmp_path):
+    rows = [{"key": "same" if i % 3 == 0 else f"k{i}", "image": "a.png", "caption": f"c {i}"} for i in range(9)]
+    m, records = _pairs(tmp_path, rows, output={"kind": "pair", "max_samples_per_shard": 1})  # one sample per shard
+    keys = [r.key for r in records]
+    assert len(keys) == len(set(keys)) == 7
+    assert m.accounting["sources"]["s"]["dropped"] == {"duplicate_key": 2}
+    assert [r.caption for r in records if r.key == "same"] == ["c 0"]  # the first one wins
+
+
+def test_parquet_values_that_are_not_json_go_to_meta_as_json(tmp_path):
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(img)
+    table = pa.table(
+        {
+            "image": [str(img)],
+            "caption": ["fine"],
+            "ts": pa.array([datetime.datetime(2024, 1, 2, 3, 4, 5)]),
+            "price": pa.array([decimal.Decimal("1.50")]),
+            "blob": pa.array([b"\x00\x01"]),
+            "score": pa.array([float("nan")]),
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    recipe = {
+        "name": "p",
+        "sources": [{"name": "s", "reader": "parquet", "path": str(tmp_path / "in.parquet")}],
+        "output": {"kind": "pair"},
+    }
+    build(validate_recipe(recipe), tmp_path / "ds", progress=False)
+    (record,) = list(iter_dataset(tmp_path / "ds"))
+    assert record.meta == {"ts": "2024-01-02T03:04:05", "price": "1.50", "blob": "AAE=", "score": None}
+
+
+def test_lone_surrogates_are_a_drop_not_a_crash(tmp_path):
+    rows = [{"image": "a.png", "caption": "fine"}, {"image": "b.png", "caption": "bad \ud800 text"}]
+    m, records = _pairs(tmp_path, rows, output={"kind": "pair", "rejects": True})
+    assert m.accounting["sources"]["s"]["dropped"] == {"invalid_unicode": 1}
+    assert [r.caption for r in records] == ["fine"] and verify_dataset(tmp_path / "ds").ok
+
+
+def test_text_field_that_does_not_fit_the_kind_is_a_recipe_error(inputs, tmp_path):
+    root, _ = inputs
+    recipe = demo_recipe(root)
+    recipe["steps"].insert(4, {"step": "text_length", "field": "caption", "name": "caption_length"})
+    with pytest.raises(RecipeError, match="'caption' needs pair records"):
+        build(validate_recipe(recipe), tmp_path / "ds", progress=False)
+
+
+def test_a_source_cut_off_by_limit_still_shows(inputs, tmp_path):
+    root, _ = inputs
+    m = build(validate_recipe(demo_recipe(root)), tmp_path / "ds", limit=50, progress=False).manifest
+    assert m.accounting["sources"]["conversations"] == {"input": 0, "output": 0, "dropped": {}}
+
+
+def test_duplicate_image_rejects_name_the_real_origin_and_the_kept_sample(reference):
+    m = read_manifest(reference)
+    rows = [r for s in m.rejects for r in pq.read_table(reference / s.sidecar).to_pylist()]
+    dups = [r for r in rows if r["reason"] == "duplicate_image"]
+    assert dups and all(r["origin"].endswith(tuple(f":{n}" for n in range(1, 10_000))) for r in dups)
+    assert all(r["detail"].startswith("same images as cap") and "captions.jsonl:" in r["detail"] for r in dups)

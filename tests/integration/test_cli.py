@@ -32,7 +32,8 @@ def test_top_level_help_lists_commands():
     ("args", "message"),
     [
         (["build", "no_such_recipe"], "no recipe file or built-in recipe named 'no_such_recipe'"),
-        (["build", "demo", "--set", "stepz.0.min_side=1"], "stepz: unknown key 'stepz'; did you mean 'steps'?"),
+        (["build", "demo", "--set", "stepz.0.min_side=1"], "no 'stepz' list to index into; did you mean 'steps'?"),
+        (["build", "demo", "--set", "outptu.kind=sft"], "outptu: unknown key 'outptu'; did you mean 'output'?"),
         (
             ["build", "demo", "--set", "sources.captions.path=/nonexistent/x.jsonl"],
             "sources.captions.path: no such file",
@@ -173,3 +174,117 @@ def test_recipes_lists_the_builtins():
     listed = curate("recipes").stdout
     for name in ("demo", "pairs_jsonl", "sft_parquet"):
         assert name in listed
+
+
+def test_version():
+    res = curate("--version")
+    assert res.returncode == 0 and res.stdout.startswith("vlm-curation ")
+
+
+def test_an_empty_result_warns(tmp_path):
+    (tmp_path / "in.jsonl").write_text(json.dumps({"image": "nope.jpg", "caption": "x"}) + "\n")
+    res = curate(
+        "build",
+        "pairs_jsonl",
+        "--out",
+        str(tmp_path / "ds"),
+        "-q",
+        "--set",
+        f"sources.pairs.path={tmp_path / 'in.jsonl'}",
+        "--set",
+        f"sources.pairs.image_root={tmp_path}",
+    )
+    assert res.returncode == 0 and "warning: the build holds 0 samples" in res.stderr
+
+
+@pytest.fixture(scope="module")
+def big_inputs(tmp_path_factory) -> Path:
+    from curation.demo import make_demo_inputs
+
+    root = tmp_path_factory.mktemp("big")
+    make_demo_inputs(root, n_captions=3000, n_conversations=300)
+    return root
+
+
+def _big_build_args(root: Path, out: Path) -> list[str]:
+    return [
+        *CLI,
+        "build",
+        "demo",
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "-q",
+        "--set",
+        f"sources.captions.path={root / 'captions.jsonl'}",
+        "--set",
+        f"sources.captions.image_root={root / 'images'}",
+        "--set",
+        f"sources.conversations.path={root / 'conversations.parquet'}",
+        "--set",
+        "sources.captions.partition_size=20",
+    ]
+
+
+def _children_alive(pids: list[int]) -> list[int]:
+    import psutil
+
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def _wait_for_workers(proc: subprocess.Popen, n: int = 2, timeout: float = 30) -> list[int]:
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        workers = [p for p in kids if "multiprocessing.spawn" in " ".join(p.cmdline())]
+        if len(workers) >= n:
+            return [p.pid for p in kids]
+        time.sleep(0.05)
+    raise AssertionError("workers never started")
+
+
+def test_ctrl_c_stops_a_multi_worker_build_quickly_and_it_resumes(big_inputs, tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(
+        _big_build_args(big_inputs, out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    kids = _wait_for_workers(proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - started < 10
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    time.sleep(1)
+    assert not _children_alive(kids)
+    done = subprocess.run(_big_build_args(big_inputs, out), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert curate("verify", str(out)).returncode == 0
+
+
+def test_killing_only_the_parent_leaves_no_worker_running(big_inputs, tmp_path):
+    import os
+    import signal
+
+    proc = subprocess.Popen(
+        _big_build_args(big_inputs, tmp_path / "ds"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    kids = _wait_for_workers(proc)
+    os.kill(proc.pid, signal.SIGKILL)  # as an OOM killer would: the workers are orphaned
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _children_alive(kids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _children_alive(kids)

@@ -172,3 +172,65 @@ def test_every_builtin_recipe_validates():
     for name in builtin_recipes():
         assert load_recipe(name).name
     assert Path(__file__).parents[2].joinpath("recipes", "demo.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"sources": [{**BASE["sources"][0], "fields": {"imagee": "x"}}]},
+            "'imagee' is not a field of pair records; did you mean 'image'?",
+        ),
+        (
+            {"sources": [{**BASE["sources"][0], "record": "sft", "fields": {"caption": "x"}}]},
+            "'caption' is not a field of sft records",
+        ),
+        (
+            {"steps": [{"step": "text_length", "min_chars": 10, "max_chars": 5}]},
+            "min_chars (10) is greater than max_chars (5)",
+        ),
+        (
+            {"steps": [{"step": "image_size", "min_side": 100, "max_side": 50}]},
+            "min_side (100) is greater than max_side (50)",
+        ),
+        ({"steps": [{"step": "text_length", "name": "read"}]}, "the name 'read' is reserved"),
+        (
+            {"steps": [{"step": "text_length", "name": "x"}, {"step": "image_decode", "name": "x"}]},
+            "'x' is already used by steps.0",
+        ),
+        (
+            {
+                "steps": [
+                    {"step": "text_length", "name": "text_length#2"},
+                    {"step": "text_length"},
+                    {"step": "text_length"},
+                ]
+            },
+            "already used",
+        ),
+        ({"steps": [{"name": "x"}]}, "steps.0: missing 'step': say which step this is"),
+    ],
+)
+def test_configuration_that_cannot_work_is_refused(change, expected):
+    assert expected in _err(_with(**change))
+
+
+def test_set_into_a_missing_list_says_so():
+    data = json.loads(json.dumps(BASE))
+    del data["steps"]
+    with pytest.raises(RecipeError, match="the recipe has no 'steps' list to index into"):
+        apply_override(data, "steps.5.min_side=3")
+
+
+def test_yaml_errors_are_one_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: [unclosed\nsources: x\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(str(path))
+    assert "\n" not in str(exc.value) and "not valid YAML" in str(exc.value)
+
+
+def test_a_local_directory_does_not_hide_a_builtin_recipe(tmp_path, monkeypatch):
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe("demo").name == "demo"

@@ -54,6 +54,16 @@ def sidecar_rows(directory: Path, shards: list[ShardInfo]) -> list[dict]:
     return [row for s in shards for row in pq.read_table(directory / s.sidecar).to_pylist()]
 
 
+def shard_totals(directory: Path, shards: list[ShardInfo]) -> dict[str, int]:
+    """The manifest totals, as the runner computes them from the per-shard stats files."""
+    totals = {"samples": 0, "bytes": 0, "shards": len(shards), "images": 0, "text_tokens": 0, "answer_tokens": 0}
+    for s in shards:
+        stats = json.loads((directory / s.stats).read_text())
+        for key in ("samples", "bytes", "images", "text_tokens", "answer_tokens"):
+            totals[key] += stats[key]
+    return totals
+
+
 def write_manifest(directory: Path, shards: list[ShardInfo], kind: str, name: str = "ds") -> DatasetManifest:
     total = sum(s.samples for s in shards)
     manifest = DatasetManifest(
@@ -63,7 +73,7 @@ def write_manifest(directory: Path, shards: list[ShardInfo], kind: str, name: st
         recipe={"name": name},
         recipe_sha256="0" * 64,
         shards=shards,
-        totals={"samples": total},
+        totals=shard_totals(directory, shards),
         accounting={"sources": {"src": {"input": total, "output": total, "dropped": {}}}},
         wids_index=write_wids_index(directory, name, shards),
     )
@@ -458,3 +468,107 @@ def test_verify_catches_a_stale_wids_index(built):
     write_wids_index(directory, "ds", shards[:2])
     report = verify_dataset(directory)
     assert report.problems == ["ds.wids.json: does not match the manifest's shard list"]
+
+
+# -- our shards as a source (curation.readers.shards) ---------------------------------------------
+
+
+def _shards_source(directory: Path, name: str = "prev"):
+    from types import SimpleNamespace
+
+    from curation.readers.shards import ShardsReader
+
+    return ShardsReader(SimpleNamespace(name=name, path=str(directory), reader="shards"))
+
+
+def _read_all(reader, partitions) -> list:
+    return [item for p in partitions for item in reader.read(p)]
+
+
+def test_shards_source_reads_a_good_dataset(built):
+    from curation.sample import Sample
+
+    directory, shards = built
+    reader = _shards_source(directory)
+    plan = reader.plan()
+    assert [p.rows for p in plan] == [s.samples for s in shards]
+    assert [(p.spec["sha256"], p.spec["bytes"]) for p in plan] == [(s.sha256, s.bytes) for s in shards]
+    items = _read_all(reader, plan)
+    assert all(isinstance(i, Sample) for i in items)
+    assert [i.record.key for i in items] == [r.key for r in records_of("sft", 9)]
+    assert {i.record.source for i in items} == {"prev"}
+
+
+def test_shards_source_refuses_a_tampered_shard(built):
+    from curation.sample import Drop, Sample
+
+    directory, shards = built
+    path = directory / shards[1].name
+    with tarfile.open(path) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".json"))
+    data = bytearray(path.read_bytes())
+    data[member.offset_data + 2] ^= 0x01  # same size, still a readable tar: only the hash tells
+    path.write_bytes(bytes(data))
+    assert len(list(iter_members(path))) == shards[1].samples
+
+    reader = _shards_source(directory)
+    plan = reader.plan()
+    got = [list(reader.read(p)) for p in plan]
+    assert all(isinstance(i, Sample) for i in got[0] + got[2])
+    assert len(got[1]) == shards[1].samples == plan[1].rows
+    assert all(isinstance(d, Drop) and d.reason == "shard_corrupt" and d.source == "prev" for d in got[1])
+    assert all(str(path) in d.detail and "sha256" in d.detail for d in got[1])
+
+
+def test_shards_source_tampered_shard_of_a_limited_partition(built):
+    from curation.readers.base import Partition
+
+    directory, shards = built
+    path = directory / shards[0].name
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    reader = _shards_source(directory)
+    p = reader.plan()[0]
+    limited = Partition(p.source, p.index, 2, {**p.spec, "limit_rows": 2})
+    assert [d.reason for d in reader.read(limited)] == ["shard_corrupt"] * 2
+
+
+def test_shards_source_keeps_salvaging_a_truncated_shard(built):
+    from curation.sample import Drop, Sample
+
+    directory, shards = built
+    path = directory / shards[0].name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4])
+    reader = _shards_source(directory)
+    items = list(reader.read(reader.plan()[0]))
+    assert len(items) == shards[0].samples
+    samples = [i for i in items if isinstance(i, Sample)]
+    drops = [i for i in items if isinstance(i, Drop)]
+    assert samples and drops
+    assert {d.reason for d in drops} == {"shard_damaged"}
+
+
+def test_shards_source_missing_shard_is_damaged(built):
+    directory, shards = built
+    (directory / shards[2].name).unlink()
+    reader = _shards_source(directory)
+    assert [d.reason for d in reader.read(reader.plan()[2])] == ["shard_damaged"] * shards[2].samples
+
+
+@pytest.mark.parametrize("content", ["{not json", "{}", '{"name": []}'])
+def test_shards_source_with_a_corrupt_manifest_is_a_user_error(built, content):
+    from curation.errors import CurationError
+
+    directory, _ = built
+    (directory / "dataset.json").write_text(content)
+    with pytest.raises(CurationError, match=r"^sources\.prev\.path: .*dataset\.json: not a valid dataset\.json \("):
+        _shards_source(directory)
+
+
+def test_shards_source_without_a_manifest_is_a_user_error(tmp_path):
+    from curation.errors import CurationError
+
+    with pytest.raises(CurationError, match=r"^sources\.prev\.path: .* is not a built dataset"):
+        _shards_source(tmp_path)
