@@ -76,7 +76,16 @@ class ShardsSource(SourceBase):
     path: str = Field(description="A dataset directory built by this toolkit.")
 
 
-Source = Annotated[JsonlSource | ParquetSource | ShardsSource, Field(discriminator="reader")]
+class PdfaSource(SourceBase):
+    """PDFA (``pdfa-eng-wds``) or IDL (``idl-wds``) webdataset tars: ``KEY.pdf`` + ``KEY.json`` OCR lines."""
+
+    reader: Literal["pdfa"]
+    path: str = Field(description="A .tar file, a directory of them, or a glob.")
+    variant: Literal["auto", "pdfa", "idl"] = Field("auto", description="JSON layout; auto-detected per sample.")
+    max_pages: int | None = Field(None, ge=1, description="Drop documents with more pages (Docmatix used 4).")
+
+
+Source = Annotated[JsonlSource | ParquetSource | ShardsSource | PdfaSource, Field(discriminator="reader")]
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -139,12 +148,23 @@ class PairToSftStep(StepBase):
     prompt: str = Field("Describe the image.", description="The user turn; the caption becomes the answer.")
 
 
+class PdfToTranscriptionStep(StepBase):
+    """A ``pdf`` record becomes an ``sft`` record: rendered page images, one turn per page (prompt -> the
+    page's text in reading order), as in Idefics3's pretraining stage 2."""
+
+    step: Literal["pdf_to_transcription"]
+    dpi: int = Field(150, ge=10, le=600)
+    max_side: int = Field(2940, ge=64, description="Longest side of a rendered page, in pixels.")
+    prompt: str = Field("Transcribe the text of this page.", description="The user turn of every page.")
+    image_format: Literal["png", "jpg"] = "png"
+
+
 class ExactImageDedupStep(StepBase):
     step: Literal["exact_image_dedup"]
 
 
 Step = Annotated[
-    TextLengthStep | ImageDecodeStep | ImageSizeStep | PairToSftStep | ExactImageDedupStep,
+    TextLengthStep | ImageDecodeStep | ImageSizeStep | PairToSftStep | PdfToTranscriptionStep | ExactImageDedupStep,
     Field(discriminator="step"),
 ]
 GLOBAL_STEPS = {"exact_image_dedup"}

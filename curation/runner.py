@@ -168,7 +168,7 @@ def _check_kinds(recipe: BuildRecipe, readers: dict[str, Any]) -> None:
     for src in recipe.sources:
         kind = readers[src.name].record_kind()
         for i, step in enumerate(recipe.steps):
-            if step.step == "pair_to_sft" and kind == "pair":
+            if (step.step, kind) in (("pair_to_sft", "pair"), ("pdf_to_transcription", "pdf")):
                 kind = "sft"
             if step.step == "text_length":
                 need = {"caption": "pair", "answers": "sft", "questions": "sft"}.get(step.field)

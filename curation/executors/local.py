@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import resource_tracker
 from typing import Any
 
 from curation.partition import process_partition
@@ -33,6 +34,7 @@ def _init_worker(q: Any, parent: int) -> None:
     global _QUEUE
     _QUEUE = q
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while spawning us
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
 
 
@@ -56,12 +58,21 @@ def run_local(
             on_done(process_partition(task, on_progress))
         return
     ctx = mp.get_context("spawn")
+    # Children inherit the signal mask: with SIGINT blocked while they start, a Ctrl-C during their start-up
+    # stays pending until their initializer ignores it (no half-started worker prints a traceback).
+    # resource_tracker.ensure_running() unblocks SIGINT after starting its own process: start it (and the
+    # queue that needs it) before blocking.
+    resource_tracker.ensure_running()
     q = ctx.Queue()
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q, os.getpid())
-    )
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        pending = {pool.submit(_run_task, t) for t in tasks}
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q, os.getpid())
+        )
+        pending = {pool.submit(_run_task, t) for t in tasks}  # spawns the workers
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(q, on_progress)

@@ -192,7 +192,8 @@ class RowReader:
 def make_reader(source: Any) -> Reader:
     from curation.readers.jsonl import JsonlReader
     from curation.readers.parquet import ParquetReader
+    from curation.readers.pdfa import PdfaReader
     from curation.readers.shards import ShardsReader
 
-    readers = {"jsonl": JsonlReader, "parquet": ParquetReader, "shards": ShardsReader}
+    readers = {"jsonl": JsonlReader, "parquet": ParquetReader, "shards": ShardsReader, "pdfa": PdfaReader}
     return readers[source.reader](source)

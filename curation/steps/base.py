@@ -15,6 +15,7 @@ RecordStep = Callable[[Sample], "Sample | str"]
 def build_steps(configs: list[Any]) -> list[tuple[str, RecordStep]]:
     from curation.steps.convert import PairToSft
     from curation.steps.image import ImageDecode, ImageSize
+    from curation.steps.pdf import PdfToTranscription
     from curation.steps.text import TextLength
 
     factories = {
@@ -22,6 +23,7 @@ def build_steps(configs: list[Any]) -> list[tuple[str, RecordStep]]:
         "image_decode": ImageDecode,
         "image_size": ImageSize,
         "pair_to_sft": PairToSft,
+        "pdf_to_transcription": PdfToTranscription,
     }
     out = []
     for i, cfg in enumerate(configs):
