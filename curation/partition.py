@@ -76,15 +76,16 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
 
     def dropped(step: str, drop: Drop) -> None:
         nonlocal pending_drop
-        acc.drop(step, drop.source, drop.reason)
-        pending_drop += 1
-        if rejects is not None:
+        acc.drop(step, drop.source, drop.reason, drop.count)
+        pending_drop += drop.count
+        if rejects is not None and drop.count == 1:  # bulk drops are counts only
             rejects.add(step, drop)
 
     for item in reader.read(part):
         name = part.source
-        acc.inp("read", name)
-        pending_in += 1
+        n = item.count if isinstance(item, Drop) else 1
+        acc.inp("read", name, n)
+        pending_in += n
         if progress is not None and pending_in >= 256:
             progress(pending_in, pending_drop)
             pending_in = pending_drop = 0

@@ -85,7 +85,72 @@ class PdfaSource(SourceBase):
     max_pages: int | None = Field(None, ge=1, description="Drop documents with more pages (Docmatix used 4).")
 
 
-Source = Annotated[JsonlSource | ParquetSource | ShardsSource | PdfaSource, Field(discriminator="reader")]
+PAPER_LAION_SIZES = [1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000, 50_000_000, 100_000_000]
+
+
+class LaionFilters(_Strict):
+    """Metadata filters, each a drop reason; a filter whose column is absent from every file is skipped and
+    reported. ``None`` turns a filter off."""
+
+    min_similarity: float | None = Field(0.28, description="CLIP image-text similarity minimum (low_similarity).")
+    nsfw_tags: list[str] = Field(["NSFW"], description="Drop rows with these NSFW tags (original layout).")
+    max_punsafe: float | None = Field(0.5, description="Drop rows above this punsafe (joined layout).")
+    max_pwatermark: float | None = Field(0.8, description="Drop rows above this pwatermark (watermark).")
+    min_side: int | None = Field(64, ge=1, description="Declared WIDTH/HEIGHT; unknown sizes pass (too_small).")
+    max_aspect_ratio: float | None = Field(3.0, ge=1.0)
+    min_words: int | None = Field(2, ge=0, description="Caption words (caption_too_short).")
+    max_words: int | None = Field(None, ge=1, description="Caption words (caption_too_long).")
+    languages: list[str] | None = Field(None, description="Keep these LANGUAGE values (multi/nolang parts).")
+    min_aesthetic: float | None = Field(None, description="AESTHETIC_SCORE / aesthetic minimum (low_aesthetic).")
+    dedup_urls: bool = Field(True, description="Keep one row per URL (the first in hash order): duplicate_url.")
+
+
+class Img2datasetOptions(_Strict):
+    """Passed to img2dataset.download (called for real, one shard per partition)."""
+
+    image_size: int = Field(512, ge=16)
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=1, le=100)
+    thread_count: int = Field(64, ge=1)
+    timeout: int = Field(10, ge=1, description="Seconds per URL.")
+    retries: int = Field(0, ge=0)
+    samples_per_shard: int = Field(10_000, ge=1, description="Rows per download partition; divides every size.")
+    disallowed_header_directives: list[str] | None = Field(
+        None, description="X-Robots-Tag opt-outs honoured; null = img2dataset's default (noai, noimageai, ...)."
+    )
+    user_agent_token: str | None = None
+
+
+class LaionSource(SourceBase):
+    """LAION metadata parquet -> filtered, hash-ordered nested subsets -> img2dataset -> pair records."""
+
+    reader: Literal["laion"]
+    path: str = Field(description="LAION metadata: a .parquet file, a directory of them, or a glob.")
+    sizes: list[int] = Field(PAPER_LAION_SIZES, description="Nested subset sizes (each a prefix of the next).")
+    seed: int = Field(0, description="Seeds the hash order that picks the subsets.")
+    filters: LaionFilters = Field(default_factory=LaionFilters)
+    download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
+    cache_dir: str | None = Field(
+        None,
+        description="Selections and downloads are cached here [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation].",
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> LaionSource:
+        if not self.sizes or sorted(set(self.sizes)) != self.sizes or min(self.sizes) < 1:
+            raise ValueError("sizes must be a non-empty, strictly increasing list of positive counts")
+        bad = [n for n in self.sizes if n % self.download.samples_per_shard]
+        if bad:
+            raise ValueError(
+                f"download.samples_per_shard ({self.download.samples_per_shard}) must divide every size; it does not "
+                f"divide {bad[:3]}: subsets end on shard boundaries"
+            )
+        return self
+
+
+Source = Annotated[JsonlSource | ParquetSource | ShardsSource | PdfaSource | LaionSource, Field(discriminator="reader")]
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -236,7 +301,7 @@ RECIPE_KINDS = {"build": BuildRecipe}
 
 
 # ---- loading ---------------------------------------------------------------------------------------
-PATH_KEYS = ("path", "image_root")
+PATH_KEYS = ("path", "image_root", "cache_dir")
 
 
 def builtin_recipes() -> dict[str, str]:

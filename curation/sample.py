@@ -27,3 +27,4 @@ class Drop:
     detail: str = ""
     record: Record | None = None
     raw: dict[str, Any] | None = None
+    count: int = 1  # >1: a bulk drop of input rows that never became samples (e.g. LAION metadata filters)

@@ -191,9 +191,16 @@ class RowReader:
 
 def make_reader(source: Any) -> Reader:
     from curation.readers.jsonl import JsonlReader
+    from curation.readers.laion import LaionReader
     from curation.readers.parquet import ParquetReader
     from curation.readers.pdfa import PdfaReader
     from curation.readers.shards import ShardsReader
 
-    readers = {"jsonl": JsonlReader, "parquet": ParquetReader, "shards": ShardsReader, "pdfa": PdfaReader}
+    readers = {
+        "jsonl": JsonlReader,
+        "parquet": ParquetReader,
+        "shards": ShardsReader,
+        "pdfa": PdfaReader,
+        "laion": LaionReader,
+    }
     return readers[source.reader](source)

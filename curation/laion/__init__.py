@@ -1,0 +1,1 @@
+"""LAION subsets: out-of-core metadata selection, img2dataset downloads, conversion into pair shards."""

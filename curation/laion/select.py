@@ -1,0 +1,168 @@
+"""Select LAION metadata rows out of core with DuckDB, before any download.
+
+Both column layouts are read (the "original" parts: SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH, LICENSE, NSFW,
+similarity[, LANGUAGE]; the "joined" parts: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe,
+pwatermark[, LANGUAGE][, AESTHETIC_SCORE | aesthetic]); columns are matched by name, files may differ,
+stray columns (``__index_level_0__``) are ignored. Every metadata row ends up either selected or dropped
+with the first filter it fails; survivors are ordered by ``md5(seed:url)`` so that each subset size is a
+prefix of the next (nested by construction), and cut at the largest size.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from curation.errors import CurationError
+
+# our name -> names found in the wild (matched case-insensitively)
+COLUMNS = {
+    "url": ("URL", "url"),
+    "caption": ("TEXT", "caption", "text"),
+    "width": ("WIDTH", "width"),
+    "height": ("HEIGHT", "height"),
+    "similarity": ("similarity",),
+    "punsafe": ("punsafe",),
+    "pwatermark": ("pwatermark",),
+    "nsfw": ("NSFW",),
+    "language": ("LANGUAGE", "language"),
+    "aesthetic": ("AESTHETIC_SCORE", "aesthetic"),
+    "license": ("LICENSE",),
+}
+
+
+MEMORY_LIMIT = "1GB"
+
+
+@dataclass(frozen=True)
+class Selection:
+    path: Path  # parquet of the selected rows, in rank order
+    selected: int
+    input: int
+    dropped: dict[str, int]
+    skipped_filters: list[str]
+
+
+def _columns(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, str]:
+    """our name -> the quoted column expression present in the files (any layout), or NULL."""
+    present = {
+        row[0].lower(): row[0]
+        for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?, union_by_name = true)", [files]).fetchall()
+    }
+    out = {}
+    for ours, names in COLUMNS.items():
+        found = next((present[n.lower()] for n in names if n.lower() in present), None)
+        out[ours] = f'"{found}"' if found else "NULL"
+    return out
+
+
+def select_metadata(files: list[Path], filters: Any, max_rows: int, seed: int, out: Path) -> Selection:
+    """Run the filters and the hash order over ``files``; write the first ``max_rows`` survivors to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    # Bounded memory: DuckDB spills to disk past the limit (the 10M-row benchmark stays under 2 GiB).
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+    con.execute(f"SET temp_directory = '{out.parent / 'duckdb-spill'}'")
+    con.execute("SET preserve_insertion_order = false")
+    paths = [str(p) for p in files]
+    try:
+        col = _columns(con, paths)
+    except duckdb.Error as exc:
+        raise CurationError(f"cannot read the LAION metadata: {' '.join(str(exc).split())[:300]}") from None
+    if col["url"] == "NULL":
+        raise CurationError(f"the LAION metadata has no URL column (files: {paths[0]} ...)")
+    checks, skipped = _filter_checks(filters, col)
+    reason = "CASE " + " ".join(f"WHEN {cond} THEN '{name}'" for name, cond in checks) + " ELSE NULL END"
+    fields = ", ".join(f"{expr} AS {name}" for name, expr in col.items())
+    con.execute(
+        f"""
+        CREATE TEMP TABLE rows AS
+        SELECT {fields}, filename AS origin_file, file_row_number AS origin_row, {reason} AS reason,
+               md5('{int(seed)}:' || coalesce(CAST({col["url"]} AS VARCHAR), '')) AS h
+        FROM read_parquet(?, union_by_name = true, filename = true, file_row_number = true)
+        """,
+        [paths],
+    )
+    total = con.execute("SELECT count(*) FROM rows").fetchone()[0]
+    dropped = dict(con.execute("SELECT reason, count(*) FROM rows WHERE reason IS NOT NULL GROUP BY 1").fetchall())
+    dedup = bool(getattr(filters, "dedup_urls", True))
+    con.execute(
+        f"""
+        CREATE TEMP TABLE ranked AS
+        SELECT *, row_number() OVER (ORDER BY h, origin_file, origin_row) - 1 AS rank FROM (
+            SELECT * FROM rows WHERE reason IS NULL
+            {"QUALIFY row_number() OVER (PARTITION BY url ORDER BY h, origin_file, origin_row) = 1" if dedup else ""}
+        )
+        """
+    )
+    survivors = con.execute("SELECT count(*) FROM ranked").fetchone()[0]
+    passed = total - sum(dropped.values())
+    if passed - survivors:
+        dropped["duplicate_url"] = passed - survivors
+    if survivors > max_rows:
+        dropped["not_selected"] = survivors - max_rows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    con.execute(
+        f"""
+        COPY (SELECT url, caption, rank, similarity, punsafe, pwatermark, nsfw, language, aesthetic, license,
+                     width AS declared_width, height AS declared_height, origin_file, origin_row
+              FROM ranked WHERE rank < {int(max_rows)} ORDER BY rank)
+        TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 100000)
+        """
+    )
+    con.close()
+    tmp.replace(out)
+    selected = min(survivors, max_rows)
+    sel = Selection(out, selected, total, dict(sorted(dropped.items())), skipped)
+    out.with_suffix(".json").write_text(
+        json.dumps({"selected": selected, "input": total, "dropped": sel.dropped, "skipped_filters": skipped})
+    )
+    return sel
+
+
+def _filter_checks(f: Any, col: dict[str, str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(reason, SQL condition that drops) in order; filters whose column is absent are skipped (reported)."""
+    checks: list[tuple[str, str]] = [
+        ("missing_url", f"{col['url']} IS NULL OR trim(CAST({col['url']} AS VARCHAR)) = ''"),
+        ("missing_caption", f"{col['caption']} IS NULL OR trim(CAST({col['caption']} AS VARCHAR)) = ''"),
+    ]
+    skipped: list[str] = []
+
+    def need(name: str, setting: str) -> bool:
+        if col[name] == "NULL":
+            skipped.append(setting)
+            return False
+        return True
+
+    if f.min_similarity is not None and need("similarity", "min_similarity"):
+        checks.append(("low_similarity", f"{col['similarity']} < {float(f.min_similarity)}"))
+    if f.nsfw_tags and need("nsfw", "nsfw_tags"):
+        tags = ", ".join("'" + t.replace("'", "''") + "'" for t in f.nsfw_tags)
+        checks.append(("nsfw_tag", f"upper(CAST({col['nsfw']} AS VARCHAR)) IN ({tags.upper()})"))
+    if f.max_punsafe is not None and need("punsafe", "max_punsafe"):
+        checks.append(("unsafe", f"{col['punsafe']} > {float(f.max_punsafe)}"))
+    if f.max_pwatermark is not None and need("pwatermark", "max_pwatermark"):
+        checks.append(("watermark", f"{col['pwatermark']} > {float(f.max_pwatermark)}"))
+    w, h = f"CAST({col['width']} AS DOUBLE)", f"CAST({col['height']} AS DOUBLE)"
+    if f.min_side is not None and need("width", "min_side"):  # unknown (null) sizes pass: checked after download
+        checks.append(("too_small", f"least({w}, {h}) < {int(f.min_side)}"))
+    if f.max_aspect_ratio is not None and need("width", "max_aspect_ratio"):
+        checks.append(
+            ("aspect_ratio", f"greatest({w}, {h}) / nullif(least({w}, {h}), 0) > {float(f.max_aspect_ratio)}")
+        )
+    words = f"len(string_split(trim(regexp_replace(CAST({col['caption']} AS VARCHAR), '\\s+', ' ', 'g')), ' '))"
+    if f.min_words is not None:
+        checks.append(("caption_too_short", f"{words} < {int(f.min_words)}"))
+    if f.max_words is not None:
+        checks.append(("caption_too_long", f"{words} > {int(f.max_words)}"))
+    if f.languages and need("language", "languages"):
+        langs = ", ".join("'" + x.replace("'", "''") + "'" for x in f.languages)
+        checks.append(("language", f"coalesce(CAST({col['language']} AS VARCHAR), '') NOT IN ({langs})"))
+    if f.min_aesthetic is not None and need("aesthetic", "min_aesthetic"):
+        checks.append(("low_aesthetic", f"coalesce({col['aesthetic']}, -1e9) < {float(f.min_aesthetic)}"))
+    return checks, skipped

@@ -1,0 +1,235 @@
+"""LAION subsets as a source.
+
+``plan()`` selects metadata rows out of core (``curation.laion.select``; cached by content) and splits
+the selection into download partitions of ``download.samples_per_shard`` rows, plus one partition of
+bulk drops for the rows the filters removed. ``read()`` of a download partition calls
+``img2dataset.download`` on its slice (one img2dataset shard; incremental, so a killed download resumes
+without refetching a finished shard) and converts the output in rank order: successes become ``pair``
+records, failures become drops with reasons. Subset boundaries fall on partition boundaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from curation.laion.select import select_metadata
+from curation.readers.base import Partition, expand_inputs, sanitize_key
+from curation.sample import Drop, Sample
+from schemas import PairRecord
+
+# selection columns carried through img2dataset (it reserves original_width/height for the real download)
+META_COLUMNS = ["rank", "similarity", "punsafe", "pwatermark", "declared_width", "declared_height", "license"]
+
+
+def cache_root(source: Any) -> Path:
+    return Path(source.cache_dir or os.environ.get("VLM_CURATION_CACHE") or Path.home() / ".cache" / "vlm-curation")
+
+
+def subset_label(n: int) -> str:
+    for unit, div in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n % div == 0:
+            return f"{n // div}{unit}"
+    return str(n)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def error_category(message: str | None) -> str:
+    """A short, stable reason for an img2dataset error message."""
+    m = (message or "").lower()
+    if match := re.search(r"http error (\d{3})", m):
+        return f"http_{match.group(1)}"
+    if "x-robots-tag" in m or "disallowed" in m:
+        return "opted_out"
+    if "timed out" in m or "timeout" in m:
+        return "timeout"
+    if "connection refused" in m or "name or service not known" in m or "urlopen error" in m:
+        return "unreachable"
+    return "other"
+
+
+class LaionReader:
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def record_kind(self) -> str:
+        return "pair"
+
+    def _selection(self) -> tuple[Path, dict[str, Any]]:
+        src = self.source
+        files = expand_inputs(src.path, (".parquet",), src.name)
+        identity = {
+            "files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+            "filters": src.filters.model_dump(),
+            "max_rows": max(src.sizes),
+            "seed": src.seed,
+        }
+        sel_dir = cache_root(src) / "laion-select" / _digest(identity)
+        path = sel_dir / "selected.parquet"
+        stats = path.with_suffix(".json")
+        if not stats.is_file() or not path.is_file():
+            select_metadata(files, src.filters, max(src.sizes), src.seed, path)
+        return path, json.loads(stats.read_text())
+
+    def plan(self) -> list[Partition]:
+        src = self.source
+        path, stats = self._selection()
+        per = src.download.samples_per_shard
+        download_dir = (
+            cache_root(src)
+            / "laion-download"
+            / _digest({"selection": str(path), "selected": stats["selected"], "download": src.download.model_dump()})
+        )
+        parts = []
+        for k in range(math.ceil(stats["selected"] / per)):
+            start, stop = k * per, min(stats["selected"], (k + 1) * per)
+            spec = {
+                "kind": "download",
+                "selection": str(path),
+                "start": start,
+                "stop": stop,
+                "download_dir": str(download_dir / f"{k:05d}"),
+            }
+            parts.append(Partition(src.name, len(parts), stop - start, spec))
+        dropped = sum(stats["dropped"].values())
+        if dropped:  # last, so that --limit N takes the first N selected rows
+            spec = {"kind": "metadata_drops", "dropped": stats["dropped"], "skipped_filters": stats["skipped_filters"]}
+            parts.append(Partition(src.name, len(parts), dropped, spec))
+        return parts
+
+    def subsets(self) -> dict[str, int]:
+        """Subset label -> number of leading download partitions that make it up."""
+        per = self.source.download.samples_per_shard
+        return {subset_label(n): n // per for n in self.source.sizes}
+
+    def read(self, partition: Partition) -> Iterator[Sample | Drop]:
+        spec, name = partition.spec, self.source.name
+        if spec["kind"] == "metadata_drops":
+            remaining = partition.rows  # --limit may cut this partition short
+            for reason, n in sorted(spec["dropped"].items()):
+                take = min(n, remaining)
+                if take:
+                    yield Drop(reason, name, "metadata", None, "dropped by the metadata selection", count=take)
+                remaining -= take
+            return
+        out = Path(spec["download_dir"])
+        stop = spec["start"] + partition.rows
+        if not (out / "00000_stats.json").is_file():
+            self._download(Path(spec["selection"]), spec["start"], stop, out)
+        yield from self._convert(out, spec["start"], stop)
+
+    def _download(self, selection: Path, start: int, stop: int, out: Path) -> None:
+        from img2dataset import download
+
+        opts = self.source.download
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table = pq.read_table(selection).slice(start, stop - start)
+        slice_path = out.parent / f"{out.name}.input.parquet"
+        pq.write_table(table, slice_path)
+        log = out.parent / f"{out.name}.log"
+        with _fds_to(log):  # img2dataset prints progress from several processes
+            download(
+                url_list=str(slice_path),
+                input_format="parquet",
+                url_col="url",
+                caption_col="caption",
+                save_additional_columns=META_COLUMNS,
+                output_format="webdataset",
+                output_folder=str(out),
+                processes_count=1,
+                thread_count=opts.thread_count,
+                number_sample_per_shard=max(stop - start, 1),
+                image_size=opts.image_size,
+                resize_mode=opts.resize_mode,
+                resize_only_if_bigger=opts.resize_only_if_bigger,
+                encode_format=opts.encode_format,
+                encode_quality=opts.encode_quality,
+                timeout=opts.timeout,
+                retries=opts.retries,
+                disallowed_header_directives=opts.disallowed_header_directives,
+                user_agent_token=opts.user_agent_token,
+                incremental_mode="incremental",
+                enable_wandb=False,
+                distributor="multiprocessing",
+                compute_hash="sha256",
+            )
+
+    def _convert(self, out: Path, start: int, stop: int) -> Iterator[Sample | Drop]:
+        name, ext = self.source.name, self.source.download.encode_format
+        stats_file, table_file, tar_file = out / "00000_stats.json", out / "00000.parquet", out / "00000.tar"
+        if not stats_file.is_file() or not table_file.is_file():
+            for _ in range(stop - start):
+                yield Drop("download_failed:no_output", name, str(out), None, "img2dataset wrote no shard")
+            return
+        rows = sorted(pq.read_table(table_file).to_pylist(), key=lambda r: r["rank"])
+        seen = set()
+        with tarfile.open(tar_file) if tar_file.is_file() else contextlib.nullcontext() as tar:
+            members = {m.name: m for m in tar.getmembers()} if tar is not None else {}
+            for row in rows:
+                rank = int(row["rank"])
+                seen.add(rank)
+                key = sanitize_key(f"{name}-{rank:010d}")
+                origin = f"{row.get('url')}"
+                if row["status"] == "failed_to_download":
+                    yield Drop(
+                        f"download_failed:{error_category(row.get('error_message'))}",
+                        name,
+                        origin,
+                        key,
+                        str(row.get("error_message"))[:300],
+                    )
+                    continue
+                if row["status"] != "success":
+                    yield Drop("resize_failed", name, origin, key, str(row.get("error_message"))[:300])
+                    continue
+                image, caption = members.get(f"{row['key']}.{ext}"), members.get(f"{row['key']}.txt")
+                if image is None or caption is None:
+                    yield Drop("download_missing", name, origin, key, "img2dataset listed a success without files")
+                    continue
+                meta = {
+                    "url": row.get("url"),
+                    "sha256": row.get("sha256"),
+                    **{c: row.get(c) for c in META_COLUMNS if c != "rank"},
+                    "rank": rank,
+                    "width": row.get("width"),
+                    "height": row.get("height"),
+                }
+                record = PairRecord.model_construct(
+                    key=key,
+                    source=name,
+                    meta={k: v for k, v in meta.items() if v is not None},
+                    image=tar.extractfile(image).read(),
+                    caption=tar.extractfile(caption).read().decode("utf-8"),
+                )
+                yield Sample(record, origin)
+        for _ in range(stop - start - len(seen)):
+            yield Drop("download_missing", name, str(out), None, "row missing from img2dataset's output")
+
+
+@contextlib.contextmanager
+def _fds_to(path: Path) -> Iterator[None]:
+    """Send this process's (and its children's) stdout/stderr to ``path`` for the duration."""
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

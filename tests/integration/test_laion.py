@@ -1,0 +1,65 @@
+"""LAION subsets end to end: metadata selection, img2dataset downloads from a loopback server, conversion."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from curation.laion.select import select_metadata
+from curation.recipe import LaionFilters, validate_recipe
+from curation.runner import build
+from shards import iter_dataset, read_manifest, verify_dataset
+from tests.laion_data import image_server, write_images, write_metadata
+
+
+def test_selection_filters_dedups_and_nests(tmp_path):
+    planted = write_metadata(tmp_path / "meta", "http://h", 12)
+    files = sorted((tmp_path / "meta").glob("*.parquet"))
+    small = select_metadata(files, LaionFilters(), 4, seed=0, out=tmp_path / "a" / "s.parquet")
+    big = select_metadata(files, LaionFilters(), 12, seed=0, out=tmp_path / "b" / "s.parquet")
+    assert big.input == 12 + 4 + 3 and big.selected == 12
+    assert big.dropped == dict(sorted(planted.items()))
+    assert small.dropped == {**dict(sorted(planted.items())), "not_selected": 8}
+    a = pq.read_table(small.path).column("url").to_pylist()
+    b = pq.read_table(big.path).column("url").to_pylist()
+    assert a == b[:4]  # nested by construction
+    other = pq.read_table(select_metadata(files, LaionFilters(), 12, 1, tmp_path / "c" / "s.parquet").path)
+    assert sorted(other.column("url").to_pylist()) == sorted(b)  # the same rows ...
+    assert other.column("url").to_pylist() != b  # ... in another seeded order
+
+
+@pytest.mark.slow
+def test_laion_build_downloads_for_real_and_accounts_for_everything(tmp_path):
+    write_images(tmp_path / "www", 12)
+    with image_server(tmp_path / "www") as base:
+        planted = write_metadata(tmp_path / "meta", base, 12)
+        # two served URLs fail in different ways: one 404s, one is an HTML page named .jpg
+        (tmp_path / "www" / "5.jpg").unlink()
+        (tmp_path / "www" / "7.jpg").write_bytes((tmp_path / "www" / "page.jpg").read_bytes())
+        recipe = {
+            "name": "laion",
+            "sources": [
+                {
+                    "name": "laion",
+                    "reader": "laion",
+                    "path": str(tmp_path / "meta"),
+                    "sizes": [4, 8, 12],
+                    "cache_dir": str(tmp_path / "cache"),
+                    "download": {"samples_per_shard": 4, "thread_count": 4, "timeout": 2, "resize_mode": "no"},
+                }
+            ],
+            "output": {"kind": "pair", "rejects": True},
+        }
+        result = build(validate_recipe(recipe), tmp_path / "ds", workers=2, progress=False)
+    m = result.manifest
+    acc = m.accounting["sources"]["laion"]
+    assert acc["input"] == 19
+    expected = {**planted, "download_failed:http_404": 1, "resize_failed": 1}
+    assert acc["dropped"] == dict(sorted(expected.items()))
+    assert acc["output"] == 10 == m.totals["samples"]
+    records = list(iter_dataset(tmp_path / "ds"))
+    ranks = [r.meta["rank"] for r in records]
+    assert ranks == sorted(ranks)
+    assert all(r.image[:3] == b"\xff\xd8\xff" and r.meta["url"].startswith("http://127.0.0.1") for r in records)
+    assert verify_dataset(tmp_path / "ds").ok
+    assert read_manifest(tmp_path / "ds").accounting["sources"]["laion"]["input"] == 19
