@@ -33,8 +33,12 @@ def _done(out: Path, stem: str) -> ShardInfo | None:
     return ShardInfo.from_stats(stem, json.loads((out / f"{stem}.stats.json").read_text()))
 
 
-def commit_shards(work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops) -> list[ShardInfo]:
+def commit_shards(
+    work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops
+) -> tuple[list[ShardInfo], dict[int, list[ShardInfo]]]:
+    """The final shards in order, and which of them each partition produced."""
     final: list[ShardInfo] = []
+    by_partition: dict[int, list[ShardInfo]] = {gid: [] for gid in gids}
     index = 0
     for gid in gids:
         pdir = partition_dir(work, gid)
@@ -58,8 +62,9 @@ def commit_shards(work: Path, out: Path, prefix: str, gids: list[int], drops: Gl
                 else:
                     info = _rewrite_without(pdir / staged["name"], out, stem, table, set(dropped), extra)
             final.append(info)
+            by_partition[gid].append(info)
             crash_point("commit_shard")
-    return final
+    return final, by_partition
 
 
 def _rewrite_without(src: Path, out: Path, stem: str, table: pa.Table, dropped: set[str], extra: dict) -> ShardInfo:

@@ -69,6 +69,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
         max_bytes=out.max_bytes_per_shard,
         pair_image_ext=out.pair_image_format,
         token_counter=count_tokens,
+        score_keys=out.sidecar_scores,
     )
     rejects = RejectsWriter(tmp / "rejects", "p", max_samples=out.max_samples_per_shard) if out.rejects else None
     started = time.perf_counter()

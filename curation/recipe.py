@@ -245,6 +245,9 @@ class Output(_Strict):
         "jpg", description="Pair images are stored as KEY.<format>; other formats are re-encoded."
     )
     rejects: bool = Field(False, description="Also write dropped samples (with reasons) to rejects/ shards.")
+    sidecar_scores: list[str] = Field(
+        default_factory=list, description="Numeric meta keys copied into the sidecar's `scores` column."
+    )
 
 
 class Tokenizer(_Strict):

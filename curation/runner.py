@@ -89,7 +89,9 @@ def _owned_and_foreign(out: Path) -> tuple[list[Path], list[str]]:
     for child in sorted(out.iterdir()):
         if child.name in (LOCK, LOGS):
             continue
-        if child.name == WORK and child.is_dir():
+        if (child.name == WORK and child.is_dir()) or (
+            child.name == "subsets" and child.is_dir() and all(c.name.endswith(".wids.json") for c in child.iterdir())
+        ):
             owned.append(child)
         elif child.name == "rejects" and child.is_dir():
             inner = list(child.iterdir())
@@ -314,7 +316,7 @@ def _build_locked(
         raise RuntimeError(f"accounting identity broken (a bug): {problems[:3]}")
 
     prefix = recipe.shard_prefix()
-    shards = commit_shards(work, out, prefix, gids, drops)
+    shards, by_partition = commit_shards(work, out, prefix, gids, drops)
     rejects = commit_rejects(work, out, prefix, gids, drops) if recipe.output.rejects else []
     totals = _totals(out, shards)
     summary = acc.summary()
@@ -333,6 +335,7 @@ def _build_locked(
         accounting=summary,
     )
     manifest.wids_index = write_wids_index(out, prefix, shards)
+    manifest.subsets = _write_subsets(recipe, plan, by_partition, out, prefix)
     # Deterministic per-partition accounting (timings live in _logs/ only).
     atomic_write_json(
         out / STATS_NAME,
@@ -378,6 +381,30 @@ def _run_global_steps(recipe: BuildRecipe, work: Path, gids: list[int], acc: Acc
             counts.output[source] = counts.input[source] - sum(counts.dropped[source].values())
         previous = label
     return drops
+
+
+def _write_subsets(
+    recipe: BuildRecipe, plan: list[Partition], by_partition: dict[int, list[Any]], out: Path, prefix: str
+) -> dict[str, dict[str, Any]]:
+    """Nested subsets declared by sources (LAION sizes): the shards of the source's first n partitions."""
+    subsets: dict[str, dict[str, Any]] = {}
+    for src in recipe.sources:
+        reader = make_reader(src)
+        if not hasattr(reader, "subsets"):
+            continue
+        gids = [g for g, p in enumerate(plan) if p.source == src.name and p.spec.get("kind") == "download"]
+        for label, n_partitions in reader.subsets().items():
+            shards = [s for g in gids[:n_partitions] for s in by_partition[g]]
+            name = f"{src.name}-{label}"
+            (out / "subsets").mkdir(exist_ok=True)
+            index = write_wids_index(out / "subsets", name, shards, url_prefix="../")
+            subsets[name] = {
+                "shards": [s.name for s in shards],
+                "samples": sum(s.samples for s in shards),
+                "complete": n_partitions <= len(gids),  # False when the selection had fewer rows than the size
+                "wids_index": f"subsets/{index}",
+            }
+    return subsets
 
 
 def _totals(out: Path, shards: list[Any]) -> dict[str, int]:

@@ -22,6 +22,11 @@ SIDECAR_SCHEMA = pa.schema(
         pa.field("pages", pa.int32(), metadata={"doc": "pdf pages; null for other kinds"}),
         pa.field("bytes", pa.int64(), nullable=False, metadata={"doc": "payload bytes of the sample's members"}),
         pa.field("origin", pa.string(), metadata={"doc": "where the sample was read from"}),
+        pa.field(
+            "scores",
+            pa.map_(pa.string(), pa.float64()),
+            metadata={"doc": "numeric meta values named by output.sidecar_scores (e.g. LAION similarity)"},
+        ),
     ]
 )
 

@@ -58,6 +58,9 @@ class DatasetManifest(BaseModel):
     totals: dict[str, int]
     accounting: dict[str, Any] = Field(default_factory=dict)
     wids_index: str | None = None
+    subsets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Nested subsets: name -> {shards, samples, wids_index}; each a prefix."
+    )
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_NAME
@@ -86,13 +89,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def write_wids_index(directory: Path, name: str, shards: list[ShardInfo]) -> str:
-    """The wids shard index (urls relative to the index file)."""
+def write_wids_index(directory: Path, name: str, shards: list[ShardInfo], url_prefix: str = "") -> str:
+    """The wids shard index (urls relative to the index file, behind ``url_prefix``)."""
     index = {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
         "name": name,
-        "shardlist": [{"url": s.name, "nsamples": s.samples, "filesize": s.bytes} for s in shards],
+        "shardlist": [{"url": url_prefix + s.name, "nsamples": s.samples, "filesize": s.bytes} for s in shards],
     }
     filename = f"{name}.wids.json"
     atomic_write_json(directory / filename, index)

@@ -70,6 +70,7 @@ class ShardWriter:
         pair_image_ext: str = "jpg",
         token_counter: TokenCounter = count_tokens,
         start_index: int = 0,
+        score_keys: Sequence[str] = (),
     ) -> None:
         if pair_image_ext not in PAIR_IMAGE_EXTS:
             raise ValueError(f"pair_image_ext must be one of {PAIR_IMAGE_EXTS}, got {pair_image_ext!r}")
@@ -80,6 +81,7 @@ class ShardWriter:
         self.max_bytes = max_bytes
         self.pair_image_ext = pair_image_ext
         self.count = token_counter
+        self.score_keys = tuple(score_keys)
         self._next_index = start_index
         self._open: _OpenShard | None = None
         self._finishing: list[Future[ShardInfo]] = []
@@ -122,6 +124,7 @@ class ShardWriter:
                 "pages": len(record.pages) if isinstance(record, PdfRecord) else None,
                 "bytes": nbytes,
                 "origin": origin,
+                "scores": self._scores(record.meta),
             }
         )
         shard.keys.add(record.key)
@@ -129,6 +132,13 @@ class ShardWriter:
         shard.reencoded += reencoded
         if len(shard.rows) >= self.max_samples or shard.payload >= self.max_bytes:
             self._finish()
+
+    def _scores(self, meta: dict) -> list[tuple[str, float]]:
+        return [
+            (k, float(v))
+            for k in self.score_keys
+            if isinstance(v := meta.get(k), int | float) and not isinstance(v, bool)
+        ]
 
     def close(self) -> list[ShardInfo]:
         """Finish the open shard and wait for all shards to be complete; returns them in order."""

@@ -8,7 +8,7 @@ import pytest
 from curation.laion.select import select_metadata
 from curation.recipe import LaionFilters, validate_recipe
 from curation.runner import build
-from shards import iter_dataset, read_manifest, verify_dataset
+from shards import iter_dataset, verify_dataset
 from tests.laion_data import image_server, write_images, write_metadata
 
 
@@ -48,7 +48,7 @@ def test_laion_build_downloads_for_real_and_accounts_for_everything(tmp_path):
                     "download": {"samples_per_shard": 4, "thread_count": 4, "timeout": 2, "resize_mode": "no"},
                 }
             ],
-            "output": {"kind": "pair", "rejects": True},
+            "output": {"kind": "pair", "rejects": True, "sidecar_scores": ["similarity", "punsafe", "declared_width"]},
         }
         result = build(validate_recipe(recipe), tmp_path / "ds", workers=2, progress=False)
     m = result.manifest
@@ -62,4 +62,16 @@ def test_laion_build_downloads_for_real_and_accounts_for_everything(tmp_path):
     assert ranks == sorted(ranks)
     assert all(r.image[:3] == b"\xff\xd8\xff" and r.meta["url"].startswith("http://127.0.0.1") for r in records)
     assert verify_dataset(tmp_path / "ds").ok
-    assert read_manifest(tmp_path / "ds").accounting["sources"]["laion"]["input"] == 19
+    # similarity etc. reach the sidecars; subsets are nested prefixes with their own wids index
+    scores = pq.read_table(tmp_path / "ds" / m.shards[0].sidecar).column("scores").to_pylist()
+    assert all(dict(s)["similarity"] > 0.3 and "declared_width" in dict(s) for s in scores)
+    subsets = m.subsets
+    assert list(subsets) == ["laion-4", "laion-8", "laion-12"]
+    assert subsets["laion-4"]["shards"] == subsets["laion-8"]["shards"][: len(subsets["laion-4"]["shards"])]
+    assert subsets["laion-12"]["samples"] == 10 and subsets["laion-12"]["shards"] == [s.name for s in m.shards]
+    import wids
+
+    ds = wids.ShardListDataset(str(tmp_path / "ds" / subsets["laion-8"]["wids_index"]), cache_dir=str(tmp_path / "wc"))
+    assert len(ds) == subsets["laion-8"]["samples"]
+    first_keys = [r.key for r in records][: subsets["laion-4"]["samples"]]
+    assert [ds[i]["__key__"] for i in range(len(first_keys))] == first_keys

@@ -1,0 +1,691 @@
+"""Quality filters for OBELICS web documents: the original OBELICS paragraph-, document- and
+image-level rules (thresholds in FORMATS.md, "OBELICS"), as pure functions.
+
+Definitions shared by every signal below:
+
+- **paragraph**: a text item split on ``"\\n\\n"`` (OBELICS merged consecutive texts with it).
+- **special character**: a character that is ASCII punctuation, a digit or whitespace, or whose
+  Unicode general category is punctuation (``P*``), symbol (``S*``, which covers emoji, ``©``,
+  ``™``, currency, arrows), separator (``Z*``), number (``N*``, e.g. ``²``, ``½``) or other (``C*``:
+  control, format such as zero-width joiners, private use, unassigned), plus variation selectors
+  (U+FE00–FE0F, U+E0100–E01EF) and the combining keycap U+20E3. The original used a fixed character
+  set plus the ``emoji`` package's emoji list; this is the category-based equivalent (no extra
+  dependency), so it also covers emoji and symbols that list missed.
+- **words** (``split_words``): the text is lowercased, split on any run of Unicode whitespace
+  (``str.split()``), each token has its leading and trailing special characters stripped, and empty
+  tokens are dropped. Inner punctuation stays (``don't``, ``u.s``, ``e-mail``). Pure numbers and
+  punctuation-only tokens disappear (``2023``, ``--``, ``$5`` are not words). This is the original
+  ``get_words_from_text`` (which split on space/newline/tab after mapping other whitespace to a space).
+- A **word-list ratio** (stopwords, flagged, common, spam) is ``#words in the list / #words``, each
+  occurrence counted; 0.0 for a text without words.
+
+Thresholds are inclusive: ``max_*`` passes at equality, ``min_*`` passes at equality. The spam rule
+drops a paragraph at ``ratio >= spam_words_drop_at`` (as the original kept ``ratio < 0.12``).
+
+Language identification and perplexity (the original used a fastText lid model and a KenLM model)
+need models that cannot be downloaded here, so they are **hooks**: pass any callable
+``(text) -> float`` as ``lang_id_scorer`` / ``perplexity_scorer`` in the configs. Both are ``None``
+(off) by default; with no scorer the threshold is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from math import isfinite, isqrt
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from curation.obelics.document import PARAGRAPH_SEPARATOR, ObelicsDocument, strip_end_of_document
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# --------------------------------------------------------------------------------------------------
+# Word lists
+
+
+WORDLIST_NAMES = ("stopwords", "flagged_words", "spam_words", "common_words")
+
+
+def parse_wordlist(text: str) -> frozenset[str]:
+    """One word per line; ``#`` comment lines and blank lines ignored; entries lowercased and stripped."""
+    return frozenset(w for line in text.splitlines() if (w := line.strip().lower()) and not w.startswith("#"))
+
+
+def load_wordlist(name: str) -> frozenset[str]:
+    """A word list shipped as package data (``curation/obelics/wordlists/NAME.txt``)."""
+    if name not in WORDLIST_NAMES:
+        raise ValueError(f"unknown word list {name!r}; known: {', '.join(WORDLIST_NAMES)}")
+    return parse_wordlist(files("curation.obelics").joinpath("wordlists", f"{name}.txt").read_text("utf-8"))
+
+
+@dataclass(frozen=True)
+class WordLists:
+    """The four word lists the text filters use. ``WordLists.default()`` is the package data; the
+    shipped common-words list is small (about 1,450 words, see its header), so for real data
+    pass a larger one, e.g. ``WordLists.default().replace(common_words=WordLists.read("big.txt"))``."""
+
+    stopwords: frozenset[str]
+    flagged_words: frozenset[str]
+    spam_words: frozenset[str]
+    common_words: frozenset[str]
+
+    @staticmethod
+    @cache
+    def default() -> WordLists:
+        return WordLists(**{name: load_wordlist(name) for name in WORDLIST_NAMES})
+
+    @staticmethod
+    def read(path: str | os.PathLike[str]) -> frozenset[str]:
+        """A word list file in the package-data format."""
+        return parse_wordlist(Path(path).read_text("utf-8"))
+
+    def replace(self, **lists: Iterable[str]) -> WordLists:
+        unknown = set(lists) - set(WORDLIST_NAMES)
+        if unknown:
+            raise ValueError(f"unknown word list(s) {sorted(unknown)}; known: {', '.join(WORDLIST_NAMES)}")
+        current = {name: getattr(self, name) for name in WORDLIST_NAMES}
+        current.update({k: frozenset(w.lower() for w in v) for k, v in lists.items()})
+        return WordLists(**current)
+
+
+# --------------------------------------------------------------------------------------------------
+# Signals
+
+PUNCTUATION = frozenset(",;:?!.")
+_ASCII_SPECIAL = string.punctuation + string.digits + string.whitespace
+_PUNCT_TOKEN = re.compile(r"[\w']+|[,;:?!.]")
+
+
+@cache
+def is_special_character(ch: str) -> bool:
+    """True for a special character (definition in the module docstring)."""
+    if ch in _ASCII_SPECIAL:
+        return True
+    cp = ord(ch)
+    if 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF or cp == 0x20E3:
+        return True
+    return unicodedata.category(ch)[0] in "PSZNC"
+
+
+def _strip_special(token: str) -> str:
+    token = token.strip(_ASCII_SPECIAL)
+    if token and not (token[0].isascii() and token[-1].isascii()):
+        i, j = 0, len(token)
+        while i < j and is_special_character(token[i]):
+            i += 1
+        while j > i and is_special_character(token[j - 1]):
+            j -= 1
+        token = token[i:j]
+    return token
+
+
+def split_words(text: str) -> list[str]:
+    """The words of ``text``: lowercase, split on whitespace, strip special characters from both ends
+    of each token, drop empty tokens. ``split_words("Hello, World! 42 don't")`` is
+    ``["hello", "world", "don't"]``."""
+    return [w for tok in text.lower().split() if (w := _strip_special(tok))]
+
+
+def word_count(text: str) -> int:
+    """``len(split_words(text))``."""
+    return len(split_words(text))
+
+
+def char_repetition_ratio(text: str, n: int = 10) -> float:
+    """Character n-gram repetition, as the original OBELICS/BigScience filter defines it.
+
+    Take every character n-gram of the raw text (overlapping, ``len(text) - n + 1`` of them, no
+    normalization). Let ``D`` be the number of distinct n-grams and ``R`` the number of distinct
+    n-grams occurring more than once. With ``k = min(floor(sqrt(D)), R)``, the ratio is the number of
+    occurrences of the ``k`` most frequent n-grams divided by the number of n-gram occurrences. 0.0
+    for a text shorter than ``n`` or without repeated n-grams. (Counting only the top ``sqrt(D)``
+    n-grams keeps long texts, which naturally repeat some n-grams, from being penalized for that.)
+
+    Example: ``"0123456789" * 2`` with n=10 has 11 n-grams, 10 distinct, one of them (``"0123456789"``)
+    twice: k = min(3, 1) = 1, ratio = 2/11.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    total = len(text) - n + 1
+    if total <= 0:
+        return 0.0
+    counts = Counter(text[i : i + n] for i in range(total))
+    freqs = sorted(counts.values(), reverse=True)
+    repeated = sum(1 for f in freqs if f > 1)
+    k = min(isqrt(len(freqs)), repeated)
+    return sum(freqs[:k]) / total
+
+
+def _word_repetition(words: Sequence[str], n: int) -> float:
+    total = len(words) - n + 1
+    if total <= 0:
+        return 0.0
+    counts = Counter(tuple(words[i : i + n]) for i in range(total))
+    return sum(f for f in counts.values() if f > 1) / total
+
+
+def word_repetition_ratio(text: str, n: int = 5) -> float:
+    """Word n-gram repetition, as the original defines it: over the ``split_words`` words, take every
+    word n-gram (overlapping, ``#words - n + 1`` of them); the ratio is the number of n-gram
+    occurrences whose n-gram occurs more than once, divided by the number of n-gram occurrences.
+    0.0 for fewer than ``n`` words.
+
+    Example: 6 words ``a b c d e a`` with n=5 have two different 5-grams: 0.0. ``a b c d e a b c d e``
+    has six 5-grams, of which ``a b c d e`` occurs twice: 2/6.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return _word_repetition(split_words(text), n)
+
+
+def special_characters_ratio(text: str) -> float:
+    """Number of special characters (whitespace included) divided by ``len(text)``, on the raw text;
+    0.0 for an empty text. Ordinary English prose scores about 0.2 (spaces alone are ~17%)."""
+    if not text:
+        return 0.0
+    return sum(1 for ch in text if is_special_character(ch)) / len(text)
+
+
+def _ratio(words: Sequence[str], vocabulary: AbstractSet[str]) -> float:
+    if not words:
+        return 0.0
+    return sum(1 for w in words if w in vocabulary) / len(words)
+
+
+def stopwords_ratio(text: str, stopwords: AbstractSet[str] | None = None) -> float:
+    """Share of ``split_words`` words that are stopwords (default: the package list)."""
+    return _ratio(split_words(text), WordLists.default().stopwords if stopwords is None else stopwords)
+
+
+def flagged_words_ratio(text: str, flagged_words: AbstractSet[str] | None = None) -> float:
+    """Share of ``split_words`` words that are flagged (adult-content) words (default: the package list)."""
+    return _ratio(split_words(text), WordLists.default().flagged_words if flagged_words is None else flagged_words)
+
+
+def common_words_ratio(text: str, common_words: AbstractSet[str] | None = None) -> float:
+    """Share of ``split_words`` words that are common English words (default: the package list)."""
+    return _ratio(split_words(text), WordLists.default().common_words if common_words is None else common_words)
+
+
+def spam_words_ratio(text: str, spam_words: AbstractSet[str] | None = None) -> float:
+    """Share of ``split_words`` words that are spam/boilerplate words (default: the package list)."""
+    return _ratio(split_words(text), WordLists.default().spam_words if spam_words is None else spam_words)
+
+
+def punctuation_tokens(text: str) -> list[str]:
+    """The punctuation tokenization of the original: ``re.findall(r"[\\w']+|[,;:?!.]", text)``, i.e.
+    runs of word characters/apostrophes (Unicode ``\\w``: letters, digits, underscore) and single
+    ``, ; : ? ! .`` marks; every other character is ignored."""
+    return _PUNCT_TOKEN.findall(text)
+
+
+def punctuation_ratio(text: str) -> float:
+    """Share of ``punctuation_tokens`` that are one of ``, ; : ? ! .``; 0.0 without tokens.
+
+    ``"Hello, world."`` has tokens ``Hello , world .``: 2/4 = 0.5. The filters apply the paragraph
+    rule only to paragraphs with at least ``punctuation_min_tokens`` (12) tokens, as the original did
+    (it counted these tokens, marks included; a paragraph that fails the 0.001 threshold has no
+    marks, so for it this is the same as counting ``[\\w']+`` words).
+    """
+    tokens = punctuation_tokens(text)
+    if not tokens:
+        return 0.0
+    return sum(1 for t in tokens if t in PUNCTUATION) / len(tokens)
+
+
+def text_signals(text: str, wordlists: WordLists | None = None, char_n: int = 10, word_n: int = 5) -> dict:
+    """Every signal of ``text`` at once (for audits and threshold tuning)."""
+    wl = wordlists or WordLists.default()
+    words = split_words(text)
+    return {
+        "words": len(words),
+        "char_repetition": char_repetition_ratio(text, char_n),
+        "word_repetition": _word_repetition(words, word_n),
+        "special_characters": special_characters_ratio(text),
+        "stopwords": _ratio(words, wl.stopwords),
+        "flagged_words": _ratio(words, wl.flagged_words),
+        "punctuation": punctuation_ratio(text),
+        "punctuation_tokens": len(punctuation_tokens(text)),
+        "common_words": _ratio(words, wl.common_words),
+        "spam_words": _ratio(words, wl.spam_words),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Configs
+
+
+@runtime_checkable
+class TextScorer(Protocol):
+    """A model hook: takes a text, returns a score.
+
+    - language id: the probability that the text is English (return 0.0 when the model's top label
+      is another language; the original kept a text when the fastText top label was ``en`` with
+      score >= 0.8);
+    - perplexity: the perplexity of the text under a language model (the original: KenLM trained on
+      Wikipedia, SentencePiece-tokenized, lower is better).
+
+    No models can be downloaded here, so none is provided and both hooks are off by default.
+    """
+
+    def __call__(self, text: str) -> float: ...
+
+
+Scorer = SkipJsonSchema[Callable[[str], float] | None]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParagraphFilterConfig(_Config):
+    """Paragraph-level rules (defaults: the original OBELICS thresholds). ``None`` disables a rule.
+
+    ``lang_id_scorer`` / ``perplexity_scorer`` are model hooks (see ``TextScorer``), off (None) by
+    default and off at paragraph level in the original; no models can be downloaded here.
+    """
+
+    min_words: int | None = Field(4, ge=0)
+    max_words: int | None = Field(1_000, ge=0)
+    char_repetition_n: int = Field(10, ge=1)
+    max_char_repetition: float | None = Field(0.1, ge=0.0)
+    word_repetition_n: int = Field(5, ge=1)
+    max_word_repetition: float | None = Field(0.1, ge=0.0)
+    max_special_characters: float | None = Field(0.3, ge=0.0)
+    min_stopwords: float | None = Field(0.3, ge=0.0)
+    max_flagged_words: float | None = Field(0.01, ge=0.0)
+    min_punctuation: float | None = Field(0.001, ge=0.0)
+    punctuation_min_tokens: int | None = Field(12, ge=0, description="check punctuation only at >= this many tokens")
+    min_common_words: float | None = Field(0.8, ge=0.0)
+    spam_words_drop_at: float | None = Field(0.12, ge=0.0, description="drop when spam-word ratio >= this")
+    lang_id_scorer: Scorer = Field(None, exclude=True)
+    min_lang_id: float | None = 0.8
+    perplexity_scorer: Scorer = Field(None, exclude=True)
+    max_perplexity: float | None = 1_500.0
+
+
+class DocumentFilterConfig(_Config):
+    """Document-level rules on the full text (non-empty texts joined with ``"\\n\\n"``), plus the
+    image count and the "at least one text and one image" rule that ``clean_document`` enforces.
+    Defaults: the original OBELICS thresholds. ``None`` disables a rule.
+
+    The original used fastText language id (en, >= 0.8) and KenLM perplexity (<= 1500) here; no
+    models can be downloaded here, so ``lang_id_scorer`` / ``perplexity_scorer`` are hooks (see
+    ``TextScorer``), None (off) by default, and the thresholds apply only when a scorer is given.
+    """
+
+    min_words: int | None = Field(10, ge=0)
+    max_words: int | None = Field(2_000, ge=0)
+    char_repetition_n: int = Field(10, ge=1)
+    max_char_repetition: float | None = Field(0.1, ge=0.0)
+    word_repetition_n: int = Field(5, ge=1)
+    max_word_repetition: float | None = Field(0.2, ge=0.0)
+    max_special_characters: float | None = Field(0.275, ge=0.0)
+    min_stopwords: float | None = Field(0.35, ge=0.0)
+    max_flagged_words: float | None = Field(0.01, ge=0.0)
+    min_punctuation: float | None = Field(0.03, ge=0.0)
+    punctuation_min_tokens: int | None = Field(None, ge=0, description="check punctuation only at >= this many tokens")
+    min_common_words: float | None = Field(0.9, ge=0.0)
+    lang_id_scorer: Scorer = Field(None, exclude=True)
+    min_lang_id: float | None = 0.8
+    perplexity_scorer: Scorer = Field(None, exclude=True)
+    max_perplexity: float | None = 1_500.0
+    min_images: int | None = Field(1, ge=0)
+    max_images: int | None = Field(30, ge=0)
+    require_text_and_image: bool = True
+
+
+class ImageFilterConfig(_Config):
+    """Per-image rules on the metadata dict (defaults: the original OBELICS values). ``None``
+    disables a rule. ``max_url_occurrences`` is the corpus-wide rule: it is not applied by
+    ``check_image``; compute ``overused_urls(count_image_urls(files), cfg.max_url_occurrences)`` once
+    and pass the set to ``clean_document``."""
+
+    formats: frozenset[str] | None = frozenset({"jpg", "jpeg", "png", "webp"})
+    min_side: int | None = Field(150, ge=0)
+    max_side: int | None = Field(20_000, ge=0)
+    max_aspect_ratio: float | None = Field(2.0, ge=1.0)
+    max_url_occurrences: int | None = Field(10, ge=0)
+
+    @field_validator("formats")
+    @classmethod
+    def _lowercase_formats(cls, v: frozenset[str] | None) -> frozenset[str] | None:
+        return None if v is None else frozenset(f.strip().lower().lstrip(".") for f in v)
+
+
+class ObelicsFilterConfig(_Config):
+    """The three configs ``clean_document`` applies."""
+
+    paragraph: ParagraphFilterConfig = ParagraphFilterConfig()
+    document: DocumentFilterConfig = DocumentFilterConfig()
+    image: ImageFilterConfig = ImageFilterConfig()
+
+
+# --------------------------------------------------------------------------------------------------
+# Text checks
+
+
+def _first_failure(
+    text: str, cfg: ParagraphFilterConfig | DocumentFilterConfig, wl: WordLists, spam: float | None
+) -> str | None:
+    """The name of the first failing rule for ``text`` (without prefix), or None. Rules in the
+    original's order, spam (a later OBELICS step) before the model hooks."""
+    words = split_words(text)
+    n = len(words)
+    if cfg.min_words is not None and n < cfg.min_words:
+        return "too_few_words"
+    if cfg.max_words is not None and n > cfg.max_words:
+        return "too_many_words"
+    max_char, max_word = cfg.max_char_repetition, cfg.max_word_repetition
+    if max_char is not None and char_repetition_ratio(text, cfg.char_repetition_n) > max_char:
+        return "char_repetition"
+    if max_word is not None and _word_repetition(words, cfg.word_repetition_n) > max_word:
+        return "word_repetition"
+    if cfg.max_special_characters is not None and special_characters_ratio(text) > cfg.max_special_characters:
+        return "special_characters"
+    if cfg.min_stopwords is not None and _ratio(words, wl.stopwords) < cfg.min_stopwords:
+        return "stopwords"
+    if cfg.max_flagged_words is not None and _ratio(words, wl.flagged_words) > cfg.max_flagged_words:
+        return "flagged_words"
+    if cfg.min_punctuation is not None:
+        tokens = punctuation_tokens(text)
+        if cfg.punctuation_min_tokens is None or len(tokens) >= cfg.punctuation_min_tokens:
+            ratio = sum(1 for t in tokens if t in PUNCTUATION) / len(tokens) if tokens else 0.0
+            if ratio < cfg.min_punctuation:
+                return "punctuation"
+    if cfg.min_common_words is not None and _ratio(words, wl.common_words) < cfg.min_common_words:
+        return "common_words"
+    if spam is not None and _ratio(words, wl.spam_words) >= spam:
+        return "spam"
+    if cfg.lang_id_scorer is not None and cfg.min_lang_id is not None and cfg.lang_id_scorer(text) < cfg.min_lang_id:
+        return "lang_id"
+    if (
+        cfg.perplexity_scorer is not None
+        and cfg.max_perplexity is not None
+        and cfg.perplexity_scorer(text) > cfg.max_perplexity
+    ):
+        return "perplexity"
+    return None
+
+
+def check_paragraph(
+    paragraph: str, cfg: ParagraphFilterConfig | None = None, wordlists: WordLists | None = None
+) -> str | None:
+    """The first failing paragraph rule as a reason (``paragraph_too_few_words``,
+    ``paragraph_too_many_words``, ``paragraph_char_repetition``, ``paragraph_word_repetition``,
+    ``paragraph_special_characters``, ``paragraph_stopwords``, ``paragraph_flagged_words``,
+    ``paragraph_punctuation``, ``paragraph_common_words``, ``paragraph_spam``, ``paragraph_lang_id``,
+    ``paragraph_perplexity``), or None when it passes."""
+    cfg = cfg or ParagraphFilterConfig()
+    failed = _first_failure(paragraph, cfg, wordlists or WordLists.default(), cfg.spam_words_drop_at)
+    return None if failed is None else f"paragraph_{failed}"
+
+
+def filter_paragraphs(
+    text: str, cfg: ParagraphFilterConfig | None = None, wordlists: WordLists | None = None
+) -> tuple[str, Counter[str]]:
+    """Split ``text`` on ``"\\n\\n"``, keep the paragraphs passing ``check_paragraph`` (in order,
+    unchanged), and return them joined with ``"\\n\\n"`` (``""`` when none passes) together with a
+    Counter of the removed paragraphs by reason. Empty paragraphs (from runs of blank lines) count
+    as ``paragraph_too_few_words`` like any other paragraph, as in the original."""
+    cfg = cfg or ParagraphFilterConfig()
+    wl = wordlists or WordLists.default()
+    kept: list[str] = []
+    removed: Counter[str] = Counter()
+    for paragraph in text.split(PARAGRAPH_SEPARATOR):
+        failed = _first_failure(paragraph, cfg, wl, cfg.spam_words_drop_at)
+        if failed is None:
+            kept.append(paragraph)
+        else:
+            removed[f"paragraph_{failed}"] += 1
+    return PARAGRAPH_SEPARATOR.join(kept), removed
+
+
+def check_document(
+    doc: ObelicsDocument, cfg: DocumentFilterConfig | None = None, wordlists: WordLists | None = None
+) -> str | None:
+    """The document-level text rules on ``doc.full_text()``: the first failing one as a reason
+    (``doc_too_few_words``, ``doc_too_many_words``, ``doc_char_repetition``, ``doc_word_repetition``,
+    ``doc_special_characters``, ``doc_stopwords``, ``doc_flagged_words``, ``doc_punctuation``,
+    ``doc_common_words``, ``doc_lang_id``, ``doc_perplexity``), or None when all pass. Image counts
+    are checked by ``clean_document``."""
+    cfg = cfg or DocumentFilterConfig()
+    failed = _first_failure(doc.full_text(), cfg, wordlists or WordLists.default(), None)
+    return None if failed is None else f"doc_{failed}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Images
+
+_PIXELS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:px)?\s*$", re.IGNORECASE)
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value) if isfinite(value) else None
+    if isinstance(value, str) and (m := _PIXELS.match(value)):
+        return float(m.group(1))
+    return None
+
+
+def image_sizes(meta: Mapping) -> dict[str, float]:
+    """The usable sizes of an image's metadata: ``original_width``, ``original_height``,
+    ``rendered_width``, ``rendered_height`` when present as numbers (ints, floats, or strings like
+    ``"300"`` / ``"300px"``). A rendered size given as a percentage (``"50%"``) is converted from the
+    original size of the same side, as the original pipeline did; anything else (``"auto"``, null, a
+    percentage without an original size) counts as absent."""
+    sizes: dict[str, float] = {}
+    for side in ("width", "height"):
+        original = _number(meta.get(f"original_{side}"))
+        if original is not None:
+            sizes[f"original_{side}"] = original
+    for side in ("width", "height"):
+        raw = meta.get(f"rendered_{side}")
+        rendered = _number(raw)
+        if rendered is None and isinstance(raw, str) and (m := _PERCENT.match(raw)):
+            original = sizes.get(f"original_{side}")
+            if original is not None:
+                rendered = float(round(original * float(m.group(1)) / 100))
+        if rendered is not None:
+            sizes[f"rendered_{side}"] = rendered
+    return sizes
+
+
+def check_image(meta: Mapping, cfg: ImageFilterConfig | None = None) -> str | None:
+    """The first failing image rule, or None:
+
+    - ``image_format``: ``meta["format"]`` (lowercased, leading dot removed) is not one of
+      ``cfg.formats``; an image without a format passes (as in the original: set ``format`` from the
+      downloaded bytes to enforce it);
+    - ``image_too_small`` / ``image_too_large``: a side below ``min_side`` / above ``max_side``
+      pixels, checked on the original size and on the rendered size, each side when present (see
+      ``image_sizes``); too small is checked on all four before too large;
+    - ``image_aspect_ratio``: ``max(w, h) / min(w, h) > max_aspect_ratio`` on the original size, or on
+      the rendered size when the original is not known (a zero side fails).
+    """
+    cfg = cfg or ImageFilterConfig()
+    if cfg.formats is not None:
+        fmt = meta.get("format")
+        if fmt is not None and str(fmt).strip().lower().lstrip(".") not in cfg.formats:
+            return "image_format"
+    sizes = image_sizes(meta)
+    if cfg.min_side is not None and any(v < cfg.min_side for v in sizes.values()):
+        return "image_too_small"
+    if cfg.max_side is not None and any(v > cfg.max_side for v in sizes.values()):
+        return "image_too_large"
+    if cfg.max_aspect_ratio is not None:
+        for kind in ("original", "rendered"):
+            w, h = sizes.get(f"{kind}_width"), sizes.get(f"{kind}_height")
+            if w is not None and h is not None:
+                if min(w, h) <= 0 or max(w, h) / min(w, h) > cfg.max_aspect_ratio:
+                    return "image_aspect_ratio"
+                break
+    return None
+
+
+def overused_urls(url_counts: Mapping[str, int] | pa.Table, max_count: int | None = 10) -> set[str]:
+    """The URLs seen more than ``max_count`` times (``n > max_count``) in ``url_counts`` (a mapping
+    url -> count, or the table ``count_image_urls`` returns); empty when ``max_count`` is None."""
+    if max_count is None:
+        return set()
+    if not isinstance(url_counts, Mapping):
+        url_counts = dict(zip(url_counts.column("url").to_pylist(), url_counts.column("n").to_pylist(), strict=True))
+    return {url for url, n in url_counts.items() if n > max_count}
+
+
+def count_image_urls(
+    parquet_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    min_count: int = 1,
+    memory_limit: str | None = None,
+    temp_directory: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+) -> pa.Table:
+    """Count image URLs across OBELICS parquet files with DuckDB, out of core.
+
+    Reads only the ``images`` column (list<string>), unnests it, skips nulls (text positions) and
+    counts every occurrence (a URL twice in one document counts twice, as in the original). Returns
+    a ``pyarrow.Table`` with columns ``url`` (string) and ``n`` (int64), only URLs with
+    ``n >= min_count``, ordered by ``n`` descending then ``url``. Over the full corpus (~350M image
+    positions) pass ``min_count=max_url_occurrences + 1`` so that only the overused URLs are
+    materialized; DuckDB spills the aggregation to ``temp_directory`` when it exceeds
+    ``memory_limit`` (e.g. ``"8GB"``). Paths may be DuckDB glob patterns.
+    """
+    import duckdb
+
+    if isinstance(parquet_paths, str | os.PathLike):
+        parquet_paths = [parquet_paths]
+    paths = [os.fspath(p) for p in parquet_paths]
+    if not paths:
+        raise ValueError("count_image_urls: no parquet files given")
+    config: dict[str, str | int] = {}
+    if memory_limit is not None:
+        config["memory_limit"] = memory_limit
+    if temp_directory is not None:
+        config["temp_directory"] = os.fspath(temp_directory)
+    if threads is not None:
+        config["threads"] = threads
+    query = """
+        SELECT url, count(*)::BIGINT AS n
+        FROM (SELECT unnest(images) AS url FROM read_parquet(?))
+        WHERE url IS NOT NULL
+        GROUP BY url
+        HAVING count(*) >= ?
+        ORDER BY n DESC, url
+    """
+    con = duckdb.connect(config=config)
+    try:
+        rel = con.sql(query, params=[paths, int(min_count)])
+        table = rel.to_arrow_table() if hasattr(rel, "to_arrow_table") else rel.arrow()
+    finally:
+        con.close()
+    import pyarrow as pa
+
+    return table.cast(pa.schema([("url", pa.string()), ("n", pa.int64())]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole documents
+
+
+def _merge_adjacent_texts(
+    texts: list[str | None], images: list[str | None], metadata: list[dict | None]
+) -> tuple[list[str | None], list[str | None], list[dict | None]]:
+    out_t: list[str | None] = []
+    out_i: list[str | None] = []
+    out_m: list[dict | None] = []
+    for text, image, meta in zip(texts, images, metadata, strict=True):
+        if text is not None and out_t and out_t[-1] is not None:
+            out_t[-1] = out_t[-1] + PARAGRAPH_SEPARATOR + text
+            continue
+        out_t.append(text)
+        out_i.append(image)
+        out_m.append(meta)
+    return out_t, out_i, out_m
+
+
+def clean_document(
+    doc: ObelicsDocument,
+    cfgs: ObelicsFilterConfig | None = None,
+    overused: AbstractSet[str] = frozenset(),
+    wordlists: WordLists | None = None,
+) -> tuple[ObelicsDocument | None, str | None, Counter[str]]:
+    """Apply every OBELICS rule to one document; ``doc`` itself is not modified.
+
+    1. Remove ``END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED`` (``strip_end_of_document``; counted as
+       ``end_of_document_token``).
+    2. ``filter_paragraphs`` on each text; a text left empty (or whitespace-only) is removed.
+    3. Remove each image failing ``check_image``, then each image whose URL is in ``overused``
+       (``image_overused_url``).
+    4. Merge texts made adjacent by removed images with ``"\\n\\n"`` (keeps the OBELICS layout).
+    5. Drop the document for ``doc_too_few_images`` / ``doc_too_many_images`` (``min_images`` /
+       ``max_images``), then ``doc_no_text`` / ``doc_no_image`` (``require_text_and_image``), then the
+       first failing ``check_document`` rule.
+
+    Returns ``(cleaned document, None, removed)`` or ``(None, reason, removed)``, where ``removed``
+    counts removed paragraphs and images (and tokens) by reason, also for dropped documents.
+    """
+    cfgs = cfgs or ObelicsFilterConfig()
+    wl = wordlists or WordLists.default()
+    removed: Counter[str] = Counter()
+    doc, n_tokens = strip_end_of_document(doc)
+    if n_tokens:
+        removed["end_of_document_token"] += n_tokens
+
+    texts: list[str | None] = []
+    images: list[str | None] = []
+    metadata: list[dict | None] = []
+    for text, image, meta in zip(doc.texts, doc.images, doc.metadata, strict=True):
+        if text is not None:
+            cleaned, dropped = filter_paragraphs(text, cfgs.paragraph, wl)
+            removed.update(dropped)
+            if not cleaned.strip():
+                continue
+            texts.append(cleaned)
+            images.append(None)
+            metadata.append(None)
+        else:
+            assert image is not None and meta is not None  # ObelicsDocument validated this
+            reason = check_image(meta, cfgs.image)
+            if reason is None and image in overused:
+                reason = "image_overused_url"
+            if reason is not None:
+                removed[reason] += 1
+                continue
+            texts.append(None)
+            images.append(image)
+            metadata.append(meta)
+    texts, images, metadata = _merge_adjacent_texts(texts, images, metadata)
+    cleaned_doc = ObelicsDocument(texts, images, metadata, doc.general_metadata)
+
+    dcfg = cfgs.document
+    n_images = cleaned_doc.n_images
+    if dcfg.min_images is not None and n_images < dcfg.min_images:
+        return None, "doc_too_few_images", removed
+    if dcfg.max_images is not None and n_images > dcfg.max_images:
+        return None, "doc_too_many_images", removed
+    if dcfg.require_text_and_image:
+        if cleaned_doc.n_texts == 0:
+            return None, "doc_no_text", removed
+        if n_images == 0:
+            return None, "doc_no_image", removed
+    reason = check_document(cleaned_doc, dcfg, wl)
+    if reason is not None:
+        return None, reason, removed
+    return cleaned_doc, None, removed
