@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -304,6 +305,23 @@ RECIPE_KINDS = {"build": BuildRecipe}
 
 
 # ---- loading ---------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false (so `resize_mode: no` stays the string 'no')."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 PATH_KEYS = ("path", "image_root", "cache_dir")
 
 
@@ -312,7 +330,7 @@ def builtin_recipes() -> dict[str, str]:
     out = {}
     for entry in sorted(resources.files("recipes").iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".yaml"):
-            data = yaml.safe_load(entry.read_text()) or {}
+            data = load_yaml(entry.read_text()) or {}
             out[entry.name[: -len(".yaml")]] = str(data.get("description", "")).strip()
     return out
 
@@ -347,7 +365,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise RecipeError(f"--set {assignment!r}: expected dotted.path=value")
     dotted, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise RecipeError(f"--set {dotted}: cannot parse value {raw!r}: {' '.join(str(exc).split())}") from None
     parts = dotted.strip().split(".")
@@ -494,7 +512,7 @@ def load_recipe(ref: str, overrides: list[str] | None = None) -> BuildRecipe:
     """Load a recipe by path or built-in name, apply ``--set`` overrides, validate."""
     text, base = _read_recipe_text(ref)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"{ref}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):

@@ -7,6 +7,7 @@ import http.server
 import io
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +18,13 @@ from PIL import Image
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    hits: Counter  # set per server: requests per path
+
     def log_message(self, *args) -> None:  # quiet
         pass
 
     def do_GET(self) -> None:
+        self.hits[self.path] += 1
         if self.path.startswith("/slow/"):
             time.sleep(3)  # longer than the test's img2dataset timeout
             self.path = self.path[len("/slow") :]
@@ -37,9 +41,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def image_server(root: Path) -> Iterator[str]:
-    """Serve ``root`` on 127.0.0.1; yields the base URL. /slow/<f> answers late, /optout/<f> sends noai."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
+def image_server(root: Path, hits: Counter | None = None) -> Iterator[str]:
+    """Serve ``root`` on 127.0.0.1; yields the base URL. /slow/<f> answers late, /optout/<f> sends noai.
+    ``hits`` (if given) counts requests per path."""
+    handler = type("Handler", (_Handler,), {"hits": hits if hits is not None else Counter()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -58,12 +64,13 @@ def write_images(root: Path, n: int) -> None:
     (root / "page.jpg").write_text("<html><body>a web page, not an image</body></html>")
 
 
-def write_metadata(directory: Path, base: str, n_good: int) -> dict[str, int]:
+def write_metadata(directory: Path, base: str, n_good: int, special: dict[int, str] | None = None) -> dict[str, int]:
     """Two parquet parts: an "original"-layout part and a "joined"-layout part (different column order and
     types, nulls, ``__index_level_0__``). Returns the planted drops by reason."""
     directory.mkdir(parents=True, exist_ok=True)
     half = n_good // 2
-    urls = [f"{base}/{i}.jpg" for i in range(n_good)]
+    special = special or {}
+    urls = [f"{base}/{special[i]}/{i}.jpg" if i in special else f"{base}/{i}.jpg" for i in range(n_good)]
     orig = {
         "SAMPLE_ID": list(range(half + 4)),
         "URL": [*urls[:half], f"{base}/0.jpg", f"{base}/1.jpg", f"{base}/2.jpg", None],

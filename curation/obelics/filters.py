@@ -511,8 +511,8 @@ def check_image(meta: Mapping, cfg: ImageFilterConfig | None = None) -> str | No
     """The first failing image rule, or None:
 
     - ``image_format``: ``meta["format"]`` (lowercased, leading dot removed) is not one of
-      ``cfg.formats``; an image without a format passes (as in the original: set ``format`` from the
-      downloaded bytes to enforce it);
+      ``cfg.formats``; an image without a format (missing, null or ``""``) passes (as in the
+      original: set ``format`` from the downloaded bytes to enforce it);
     - ``image_too_small`` / ``image_too_large``: a side below ``min_side`` / above ``max_side``
       pixels, checked on the original size and on the rendered size, each side when present (see
       ``image_sizes``); too small is checked on all four before too large;
@@ -522,7 +522,7 @@ def check_image(meta: Mapping, cfg: ImageFilterConfig | None = None) -> str | No
     cfg = cfg or ImageFilterConfig()
     if cfg.formats is not None:
         fmt = meta.get("format")
-        if fmt is not None and str(fmt).strip().lower().lstrip(".") not in cfg.formats:
+        if fmt not in (None, "") and str(fmt).strip().lower().lstrip(".") not in cfg.formats:
             return "image_format"
     sizes = image_sizes(meta)
     if cfg.min_side is not None and any(v < cfg.min_side for v in sizes.values()):

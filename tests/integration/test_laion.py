@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from collections import Counter
+
 import pyarrow.parquet as pq
 import pytest
 
 from curation.laion.select import select_metadata
 from curation.recipe import LaionFilters, validate_recipe
 from curation.runner import build
-from shards import iter_dataset, verify_dataset
+from shards import iter_dataset, read_manifest, verify_dataset
+from tests.builds import CLI
 from tests.laion_data import image_server, write_images, write_metadata
 
 
@@ -75,3 +80,62 @@ def test_laion_build_downloads_for_real_and_accounts_for_everything(tmp_path):
     assert len(ds) == subsets["laion-8"]["samples"]
     first_keys = [r.key for r in records][: subsets["laion-4"]["samples"]]
     assert [ds[i]["__key__"] for i in range(len(first_keys))] == first_keys
+
+
+def _cli_args(tmp_path, out: str) -> list[str]:
+    return [
+        *CLI,
+        "build",
+        "laion_subsets",
+        "--out",
+        str(tmp_path / out),
+        "-q",
+        "--set",
+        f"sources.laion.path={tmp_path / 'meta'}",
+        "--set",
+        "sources.laion.sizes=[8, 16]",
+        "--set",
+        f"sources.laion.cache_dir={tmp_path / 'cache'}",
+        "--set",
+        "sources.laion.download.samples_per_shard=8",
+        "--set",
+        "sources.laion.download.timeout=2",
+        "--set",
+        "sources.laion.download.thread_count=8",
+        "--set",
+        "sources.laion.download.resize_mode=no",
+    ]
+
+
+@pytest.mark.slow
+def test_builtin_recipe_via_cli_with_optout_timeouts_and_cached_downloads(tmp_path):
+    hits: Counter = Counter()
+    write_images(tmp_path / "www", 16)
+    with image_server(tmp_path / "www", hits) as base:
+        planted = write_metadata(tmp_path / "meta", base, 16, special={9: "slow", 10: "optout"})
+        (tmp_path / "www" / "5.jpg").unlink()
+        (tmp_path / "www" / "7.jpg").write_bytes((tmp_path / "www" / "page.jpg").read_bytes())
+        first = subprocess.run(_cli_args(tmp_path, "ds"), capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr
+        fetched = sum(hits.values())
+        # the same build elsewhere reuses every finished download (no request at all) and is byte-identical
+        again = subprocess.run(_cli_args(tmp_path, "ds2"), capture_output=True, text=True)
+        assert again.returncode == 0 and sum(hits.values()) == fetched
+        # a download partition that was lost is fetched again, and only it
+        shutil.rmtree(next((tmp_path / "cache" / "laion-download").iterdir()) / "00001")
+        third = subprocess.run(_cli_args(tmp_path, "ds3"), capture_output=True, text=True)
+        assert third.returncode == 0, third.stderr
+    assert 0 < sum(hits.values()) - fetched <= 8
+    acc = read_manifest(tmp_path / "ds").accounting["sources"]["laion"]
+    expected = {
+        **planted,
+        "download_failed:http_404": 1,
+        "resize_failed": 1,
+        "download_failed:timeout": 1,
+        "download_failed:opted_out": 1,
+    }
+    assert acc["dropped"] == dict(sorted(expected.items())) and acc["input"] == 16 + 7
+    assert acc["output"] == 12
+    digest = {p.name: p.read_bytes() for p in (tmp_path / "ds").glob("*.tar")}
+    assert digest == {p.name: p.read_bytes() for p in (tmp_path / "ds2").glob("*.tar")}
+    assert digest == {p.name: p.read_bytes() for p in (tmp_path / "ds3").glob("*.tar")}

@@ -234,3 +234,10 @@ def test_a_local_directory_does_not_hide_a_builtin_recipe(tmp_path, monkeypatch)
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_recipe("demo").name == "demo"
+
+
+def test_yaml_booleans_are_only_true_and_false():
+    data = json.loads(json.dumps(BASE))
+    apply_override(data, "name=no")
+    apply_override(data, "output.rejects=true")
+    assert data["name"] == "no" and data["output"]["rejects"] is True
