@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,40 +133,59 @@ class LaionReader:
         yield from self._convert(out, spec["start"], stop)
 
     def _download(self, selection: Path, start: int, stop: int, out: Path) -> None:
-        from img2dataset import download
+        """Download one shard with img2dataset's own reader, downloader, resizer and webdataset writer, in this
+        worker process: ``img2dataset.download()`` would start a logger and a pool process per partition
+        (seconds of imports each), and our executor already spreads partitions over processes."""
+        # img2dataset imports albumentations, which otherwise checks the network for updates
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        out.mkdir(parents=True, exist_ok=True)
+        with _fds_to(out.parent / f"{out.name}.log"):  # img2dataset prints progress
+            from img2dataset.downloader import Downloader
+            from img2dataset.reader import Reader
+            from img2dataset.resizer import Resizer
+            from img2dataset.writer import WebDatasetSampleWriter
 
-        opts = self.source.download
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table = pq.read_table(selection).slice(start, stop - start)
-        slice_path = out.parent / f"{out.name}.input.parquet"
-        pq.write_table(table, slice_path)
-        log = out.parent / f"{out.name}.log"
-        with _fds_to(log):  # img2dataset prints progress from several processes
-            download(
-                url_list=str(slice_path),
-                input_format="parquet",
-                url_col="url",
-                caption_col="caption",
-                save_additional_columns=META_COLUMNS,
-                output_format="webdataset",
-                output_folder=str(out),
-                processes_count=1,
-                thread_count=opts.thread_count,
-                number_sample_per_shard=max(stop - start, 1),
+            opts = self.source.download
+            table = pq.read_table(selection).slice(start, stop - start)
+            slice_path = out.parent / f"{out.name}.input.parquet"
+            pq.write_table(table, slice_path)
+            tmp = out.parent / f"{out.name}.tmp"
+            tmp.mkdir(exist_ok=True)
+            per_shard = max(stop - start, 1)  # the whole partition is img2dataset's shard 00000
+            reader = Reader(
+                str(slice_path), "parquet", "url", "caption", None, None, META_COLUMNS, per_shard, set(), str(tmp), 0
+            )
+            resizer = Resizer(
                 image_size=opts.image_size,
                 resize_mode=opts.resize_mode,
                 resize_only_if_bigger=opts.resize_only_if_bigger,
-                encode_format=opts.encode_format,
                 encode_quality=opts.encode_quality,
-                timeout=opts.timeout,
-                retries=opts.retries,
-                disallowed_header_directives=opts.disallowed_header_directives,
-                user_agent_token=opts.user_agent_token,
-                incremental_mode="incremental",
-                enable_wandb=False,
-                distributor="multiprocessing",
-                compute_hash="sha256",
+                encode_format=opts.encode_format,
             )
+            directives = opts.disallowed_header_directives
+            if directives is None:  # img2dataset.download's default: honour these X-Robots-Tag opt-outs
+                directives = ["noai", "noimageai", "noindex", "noimageindex"]
+            downloader = Downloader(
+                sample_writer_class=WebDatasetSampleWriter,
+                resizer=resizer,
+                thread_count=opts.thread_count,
+                save_caption=True,
+                extract_exif=True,
+                output_folder=str(out),
+                column_list=reader.column_list,
+                timeout=opts.timeout,
+                number_sample_per_shard=per_shard,
+                oom_shard_count=5,
+                compute_hash="sha256",
+                verify_hash_type=None,
+                encode_format=opts.encode_format,
+                retries=opts.retries,
+                user_agent_token=opts.user_agent_token,
+                disallowed_header_directives=directives or None,
+            )
+            for shard in reader:
+                downloader(shard)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _convert(self, out: Path, start: int, stop: int) -> Iterator[Sample | Drop]:
         name, ext = self.source.name, self.source.download.encode_format
