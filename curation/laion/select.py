@@ -144,6 +144,11 @@ def select_metadata(files: list[Path], filters: Any, max_rows: int, seed: int, o
     return sel
 
 
+def _sql_strings(values: Any) -> str:
+    """SQL string literals, comma-separated (recipes are data: values are quoted, never spliced raw)."""
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+
+
 def _filter_checks(f: Any, col: dict[str, str]) -> tuple[list[tuple[str, str]], list[str]]:
     """(reason, SQL condition that drops) in order; filters whose column is absent are skipped (reported)."""
     checks: list[tuple[str, str]] = [
@@ -161,8 +166,8 @@ def _filter_checks(f: Any, col: dict[str, str]) -> tuple[list[tuple[str, str]], 
     if f.min_similarity is not None and need("similarity", "min_similarity"):
         checks.append(("low_similarity", f"{col['similarity']} < {float(f.min_similarity)}"))
     if f.nsfw_tags and need("nsfw", "nsfw_tags"):
-        tags = ", ".join("'" + t.replace("'", "''") + "'" for t in f.nsfw_tags)
-        checks.append(("nsfw_tag", f"upper(CAST({col['nsfw']} AS VARCHAR)) IN ({tags.upper()})"))
+        tags = _sql_strings(t.upper() for t in f.nsfw_tags)
+        checks.append(("nsfw_tag", f"upper(CAST({col['nsfw']} AS VARCHAR)) IN ({tags})"))
     if f.max_punsafe is not None and need("punsafe", "max_punsafe"):
         checks.append(("unsafe", f"{col['punsafe']} > {float(f.max_punsafe)}"))
     if f.max_pwatermark is not None and need("pwatermark", "max_pwatermark"):
@@ -182,7 +187,7 @@ def _filter_checks(f: Any, col: dict[str, str]) -> tuple[list[tuple[str, str]], 
     if f.max_words is not None:
         checks.append(("caption_too_long", f"{words} > {int(f.max_words)}"))
     if f.languages and need("language", "languages"):
-        langs = ", ".join("'" + x.replace("'", "''") + "'" for x in f.languages)
+        langs = _sql_strings(f.languages)
         checks.append(("language", f"coalesce(CAST({col['language']} AS VARCHAR), '') NOT IN ({langs})"))
     if f.min_aesthetic is not None and need("aesthetic", "min_aesthetic"):
         checks.append(("low_aesthetic", f"coalesce({col['aesthetic']}, -1e9) < {float(f.min_aesthetic)}"))

@@ -12,7 +12,6 @@ Run: ``python tests/perf/bench_laion_download.py [--urls 5000] [--rounds 2]``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.server
 import os
 import shutil
@@ -29,6 +28,7 @@ from _common import environment, loadavg, median, noise_jpeg, write_result
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # same for both variants: no update check per process
 
+from curation.readers.laion import _fds_to
 from curation.recipe import validate_recipe
 from curation.runner import build
 
@@ -49,19 +49,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-@contextlib.contextmanager
 def quiet():
-    saved = [os.dup(1), os.dup(2)]
-    with open(os.devnull, "wb") as null:
-        os.dup2(null.fileno(), 1)
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
+    return _fds_to(Path(os.devnull))
 
 
 def main() -> None:
