@@ -139,3 +139,30 @@ def test_builtin_recipe_via_cli_with_optout_timeouts_and_cached_downloads(tmp_pa
     digest = {p.name: p.read_bytes() for p in (tmp_path / "ds").glob("*.tar")}
     assert digest == {p.name: p.read_bytes() for p in (tmp_path / "ds2").glob("*.tar")}
     assert digest == {p.name: p.read_bytes() for p in (tmp_path / "ds3").glob("*.tar")}
+
+
+def test_language_and_aesthetic_filters_on_the_multi_and_aesthetic_layouts(tmp_path):
+    import pyarrow as pa
+
+    (tmp_path / "meta").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "URL": [f"http://h/{i}.jpg" for i in range(6)],
+                "TEXT": [f"caption number {i}" for i in range(6)],
+                "WIDTH": [300] * 6,
+                "HEIGHT": [300] * 6,
+                "similarity": [0.35] * 6,
+                "LANGUAGE": ["en", "de", "en", "fr", "en", None],
+                "AESTHETIC_SCORE": [6.0, 6.0, 4.0, 6.0, 5.5, 6.0],
+            }
+        ),
+        tmp_path / "meta" / "part-00000.parquet",
+    )
+    filters = LaionFilters(languages=["en"], min_aesthetic=5.0)
+    sel = select_metadata(sorted((tmp_path / "meta").glob("*.parquet")), filters, 10, 0, tmp_path / "s" / "x.parquet")
+    assert (
+        sel.dropped == {"language": 3, "low_aesthetic": 1}
+        and sel.selected == 2
+        and sel.skipped_filters == ["nsfw_tags", "max_punsafe", "max_pwatermark"]
+    )
