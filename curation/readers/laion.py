@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from curation.laion.download import download_shard
 from curation.laion.select import select_metadata
 from curation.readers.base import Partition, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
@@ -133,59 +133,8 @@ class LaionReader:
         yield from self._convert(out, spec["start"], stop)
 
     def _download(self, selection: Path, start: int, stop: int, out: Path) -> None:
-        """Download one shard with img2dataset's own reader, downloader, resizer and webdataset writer, in this
-        worker process: ``img2dataset.download()`` would start a logger and a pool process per partition
-        (seconds of imports each), and our executor already spreads partitions over processes."""
-        # img2dataset imports albumentations, which otherwise checks the network for updates
-        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-        out.mkdir(parents=True, exist_ok=True)
-        with _fds_to(out.parent / f"{out.name}.log"):  # img2dataset prints progress
-            from img2dataset.downloader import Downloader
-            from img2dataset.reader import Reader
-            from img2dataset.resizer import Resizer
-            from img2dataset.writer import WebDatasetSampleWriter
-
-            opts = self.source.download
-            table = pq.read_table(selection).slice(start, stop - start)
-            slice_path = out.parent / f"{out.name}.input.parquet"
-            pq.write_table(table, slice_path)
-            tmp = out.parent / f"{out.name}.tmp"
-            tmp.mkdir(exist_ok=True)
-            per_shard = max(stop - start, 1)  # the whole partition is img2dataset's shard 00000
-            reader = Reader(
-                str(slice_path), "parquet", "url", "caption", None, None, META_COLUMNS, per_shard, set(), str(tmp), 0
-            )
-            resizer = Resizer(
-                image_size=opts.image_size,
-                resize_mode=opts.resize_mode,
-                resize_only_if_bigger=opts.resize_only_if_bigger,
-                encode_quality=opts.encode_quality,
-                encode_format=opts.encode_format,
-            )
-            directives = opts.disallowed_header_directives
-            if directives is None:  # img2dataset.download's default: honour these X-Robots-Tag opt-outs
-                directives = ["noai", "noimageai", "noindex", "noimageindex"]
-            downloader = Downloader(
-                sample_writer_class=WebDatasetSampleWriter,
-                resizer=resizer,
-                thread_count=opts.thread_count,
-                save_caption=True,
-                extract_exif=True,
-                output_folder=str(out),
-                column_list=reader.column_list,
-                timeout=opts.timeout,
-                number_sample_per_shard=per_shard,
-                oom_shard_count=5,
-                compute_hash="sha256",
-                verify_hash_type=None,
-                encode_format=opts.encode_format,
-                retries=opts.retries,
-                user_agent_token=opts.user_agent_token,
-                disallowed_header_directives=directives or None,
-            )
-            for shard in reader:
-                downloader(shard)
-            shutil.rmtree(tmp, ignore_errors=True)
+        table = pq.read_table(selection).slice(start, stop - start)
+        download_shard(table, out, self.source.download, META_COLUMNS)
 
     def _convert(self, out: Path, start: int, stop: int) -> Iterator[Sample | Drop]:
         name, ext = self.source.name, self.source.download.encode_format
@@ -237,19 +186,3 @@ class LaionReader:
                 yield Sample(record, origin)
         for _ in range(stop - start - len(seen)):
             yield Drop("download_missing", name, str(out), None, "row missing from img2dataset's output")
-
-
-@contextlib.contextmanager
-def _fds_to(path: Path) -> Iterator[None]:
-    """Send this process's (and its children's) stdout/stderr to ``path`` for the duration."""
-    saved = [os.dup(1), os.dup(2)]
-    with open(path, "ab") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)

@@ -28,7 +28,7 @@ from _common import environment, loadavg, median, noise_jpeg, write_result
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # same for both variants: no update check per process
 
-from curation.readers.laion import _fds_to
+from curation.laion.download import _fds_to
 from curation.recipe import validate_recipe
 from curation.runner import build
 
