@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.errors import RecipeError
+from curation.obelics.filters import ObelicsFilterConfig
 from schemas import KINDS
 
 RecordKind = Literal["pair", "interleaved", "pdf", "sft"]
@@ -151,7 +152,23 @@ class LaionSource(SourceBase):
         return self
 
 
-Source = Annotated[JsonlSource | ParquetSource | ShardsSource | PdfaSource | LaionSource, Field(discriminator="reader")]
+class ObelicsSource(SourceBase):
+    """OBELICS parquet documents -> the original OBELICS filters -> image downloads (img2dataset) joined
+    back by URL -> ``interleaved`` records. ``partition_size`` counts documents (whole row groups)."""
+
+    reader: Literal["obelics"]
+    path: str = Field(description="OBELICS parquet: a file, a directory of them, or a glob.")
+    filters: ObelicsFilterConfig = Field(default_factory=ObelicsFilterConfig)
+    max_url_occurrences: int | None = Field(10, ge=1, description="Remove image URLs seen more often corpus-wide.")
+    common_words: str | None = Field(None, description="A larger common-words list (one word per line).")
+    download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
+    cache_dir: str | None = None
+
+
+Source = Annotated[
+    JsonlSource | ParquetSource | ShardsSource | PdfaSource | LaionSource | ObelicsSource,
+    Field(discriminator="reader"),
+]
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -322,7 +339,7 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-PATH_KEYS = ("path", "image_root", "cache_dir")
+PATH_KEYS = ("path", "image_root", "cache_dir", "common_words")
 
 
 def builtin_recipes() -> dict[str, str]:

@@ -192,6 +192,7 @@ class RowReader:
 def make_reader(source: Any) -> Reader:
     from curation.readers.jsonl import JsonlReader
     from curation.readers.laion import LaionReader
+    from curation.readers.obelics import ObelicsReader
     from curation.readers.parquet import ParquetReader
     from curation.readers.pdfa import PdfaReader
     from curation.readers.shards import ShardsReader
@@ -202,5 +203,6 @@ def make_reader(source: Any) -> Reader:
         "shards": ShardsReader,
         "pdfa": PdfaReader,
         "laion": LaionReader,
+        "obelics": ObelicsReader,
     }
     return readers[source.reader](source)
