@@ -7,12 +7,10 @@ and, for misspelled keys or names, the closest valid one.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from curation.errors import RecipeError
 from curation.obelics.filters import ObelicsFilterConfig
 from schemas import KINDS
+from shards.atomic import content_sha256
 
 RecordKind = Literal["pair", "interleaved", "pdf", "sft"]
 
@@ -227,6 +226,7 @@ def _check_bounds(low_name: str, low: int, high_name: str, high: int | None) -> 
 
 
 class PairToSftStep(StepBase):
+    converts: ClassVar[tuple[str, str]] = ("pair", "sft")
     step: Literal["pair_to_sft"]
     prompt: str = Field("Describe the image.", description="The user turn; the caption becomes the answer.")
 
@@ -235,6 +235,7 @@ class PdfToTranscriptionStep(StepBase):
     """A ``pdf`` record becomes an ``sft`` record: rendered page images, one turn per page (prompt -> the
     page's text in reading order), as in Idefics3's pretraining stage 2."""
 
+    converts: ClassVar[tuple[str, str]] = ("pdf", "sft")
     step: Literal["pdf_to_transcription"]
     dpi: int = Field(150, ge=10, le=600)
     max_side: int = Field(2940, ge=64, description="Longest side of a rendered page, in pixels.")
@@ -251,6 +252,9 @@ Step = Annotated[
     Field(discriminator="step"),
 ]
 GLOBAL_STEPS = {"exact_image_dedup"}
+STEP_CLASSES: dict[str, type[StepBase]] = {
+    get_args(cls.model_fields["step"].annotation)[0]: cls for cls in get_args(get_args(Step)[0])
+}
 
 
 # ---- output and the recipe ----------------------------------------------------------------------
@@ -558,8 +562,7 @@ def validate_recipe(data: dict[str, Any], ref: str = "recipe") -> BuildRecipe:
 
 def recipe_hash(recipe: BuildRecipe) -> str:
     """Identity of what a build produces: the resolved recipe, canonical JSON, sha256."""
-    text = json.dumps(recipe.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return content_sha256(recipe.model_dump(mode="json"))
 
 
 def recipe_json_schema() -> dict[str, Any]:

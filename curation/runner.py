@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,9 @@ from curation.faults import crash_point
 from curation.partition import UNIQUE_KEY, partition_dir, read_partition_stats, step_names
 from curation.progress import BuildProgress
 from curation.readers import Partition, make_reader
-from curation.recipe import BuildRecipe, recipe_hash
+from curation.recipe import STEP_CLASSES, BuildRecipe
 from curation.steps.dedup import GlobalDrops, find_global_drops
-from shards.atomic import atomic_write_json, remove_stale_tmp
+from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
 from shards.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_wids_index
 
 WORK = "_work"
@@ -47,7 +47,6 @@ class BuildResult:
     partitions_skipped: int = 0
     seconds: float = 0.0
     log: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 LOCK = ".lock"
@@ -170,8 +169,9 @@ def _check_kinds(recipe: BuildRecipe, readers: dict[str, Any]) -> None:
     for src in recipe.sources:
         kind = readers[src.name].record_kind()
         for i, step in enumerate(recipe.steps):
-            if (step.step, kind) in (("pair_to_sft", "pair"), ("pdf_to_transcription", "pdf")):
-                kind = "sft"
+            converts = getattr(step, "converts", None)  # a step that changes the record kind declares it
+            if converts and converts[0] == kind:
+                kind = converts[1]
             if step.step == "text_length":
                 need = {"caption": "pair", "answers": "sft", "questions": "sft"}.get(step.field)
                 if need and kind != need:
@@ -180,7 +180,12 @@ def _check_kinds(recipe: BuildRecipe, readers: dict[str, Any]) -> None:
                         f"{kind} records at this step; use field: all"
                     )
         if kind != recipe.output.kind:
-            fix = " (add a 'pair_to_sft' step)" if (kind, recipe.output.kind) == ("pair", "sft") else ""
+            fixes = [
+                name
+                for name, cls in STEP_CLASSES.items()
+                if getattr(cls, "converts", None) == (kind, recipe.output.kind)
+            ]
+            fix = f" (add a {fixes[0]!r} step)" if fixes else ""
             raise RecipeError(
                 f"sources.{src.name}: produces {kind!r} records but output.kind is {recipe.output.kind!r}{fix}"
             )
@@ -230,7 +235,7 @@ def build(
     identity = recipe.model_dump(mode="json")
     if limit is not None:
         identity["limit"] = limit
-    rhash = recipe_hash(recipe) if limit is None else _hash_dict(identity)
+    rhash = content_sha256(identity)  # = recipe_hash(recipe) when there is no --limit
     _check_sources_outside(recipe, out)
     # Everything that can fail on bad configuration or inputs happens before anything is written.
     state = output_state(out, rhash, overwrite)
@@ -238,7 +243,7 @@ def build(
     plan_doc = {"recipe_sha256": rhash, "prefix": recipe.shard_prefix(), "partitions": [p.to_dict() for p in plan]}
     if state == "complete":
         recorded = _recorded_plan_sha256(out)
-        if recorded is not None and recorded != _hash_dict(plan_doc):
+        if recorded is not None and recorded != content_sha256(plan_doc):
             raise CurationError(
                 f"{out} was built from this recipe, but its inputs have changed since; pass --overwrite to rebuild"
             )
@@ -339,7 +344,7 @@ def _build_locked(
     # Deterministic per-partition accounting (timings live in _logs/ only).
     atomic_write_json(
         out / STATS_NAME,
-        {"accounting": summary, "partitions": per_partition, "plan_sha256": _hash_dict(plan_doc)},
+        {"accounting": summary, "partitions": per_partition, "plan_sha256": content_sha256(plan_doc)},
     )
     crash_point("before_manifest")
     manifest.write(out)  # the build is complete once dataset.json exists
@@ -349,12 +354,6 @@ def _build_locked(
     return BuildResult(
         out, manifest, "resumed" if state == "resume" else "fresh", len(plan), len(plan) - len(tasks), seconds, log
     )
-
-
-def _hash_dict(doc: dict[str, Any]) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _run_global_steps(recipe: BuildRecipe, work: Path, gids: list[int], acc: Accounting) -> GlobalDrops:

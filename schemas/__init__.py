@@ -13,7 +13,7 @@ from schemas.records import (
     Turn,
     parse_record,
 )
-from schemas.sidecar import SIDECAR_SCHEMA, sidecar_schema
+from schemas.sidecar import SIDECAR_SCHEMA
 
 __all__ = [
     "KINDS",
@@ -28,5 +28,4 @@ __all__ = [
     "SftRecord",
     "Turn",
     "parse_record",
-    "sidecar_schema",
 ]

@@ -29,12 +29,3 @@ SIDECAR_SCHEMA = pa.schema(
         ),
     ]
 )
-
-
-def sidecar_schema(kind: str) -> pa.Schema:
-    """The sidecar schema of a record kind (one schema for every kind, so sidecars union cleanly)."""
-    from schemas.records import KINDS
-
-    if kind not in KINDS:
-        raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
-    return SIDECAR_SCHEMA.with_metadata({"kind": kind})

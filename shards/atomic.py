@@ -29,6 +29,11 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
+def content_sha256(obj: Any) -> str:
+    """sha256 of an object's canonical JSON: the identity of recipes, plans and caches."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def atomic_write_json(path: Path, obj: Any, indent: int | None = 2) -> None:
     text = json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=indent) + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -11,7 +11,6 @@ records, failures become drops with reasons. Subset boundaries fall on partition
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from curation.laion.select import select_metadata
 from curation.readers.base import Partition, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
 from schemas import PairRecord
+from shards.atomic import content_sha256
 
 # selection columns carried through img2dataset (it reserves original_width/height for the real download)
 META_COLUMNS = ["rank", "similarity", "punsafe", "pwatermark", "declared_width", "declared_height", "license"]
@@ -44,8 +44,9 @@ def subset_label(n: int) -> str:
     return str(n)
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _short_hash(obj: Any) -> str:
+    """A short content hash naming a cache directory."""
+    return content_sha256(obj)[:16]
 
 
 def error_category(message: str | None) -> str:
@@ -78,7 +79,7 @@ class LaionReader:
             "max_rows": max(src.sizes),
             "seed": src.seed,
         }
-        sel_dir = cache_root(src) / "laion-select" / _digest(identity)
+        sel_dir = cache_root(src) / "laion-select" / _short_hash(identity)
         path = sel_dir / "selected.parquet"
         stats = path.with_suffix(".json")
         if not stats.is_file() or not path.is_file():
@@ -92,7 +93,9 @@ class LaionReader:
         download_dir = (
             cache_root(src)
             / "laion-download"
-            / _digest({"selection": str(path), "selected": stats["selected"], "download": src.download.model_dump()})
+            / _short_hash(
+                {"selection": str(path), "selected": stats["selected"], "download": src.download.model_dump()}
+            )
         )
         parts = []
         for k in range(math.ceil(stats["selected"] / per)):

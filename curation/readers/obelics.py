@@ -10,7 +10,6 @@ joins the images back by URL, removes the images that failed (texts made adjacen
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from collections import Counter
@@ -21,18 +20,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.errors import CurationError
 from curation.laion.download import download_shard
 from curation.obelics import ObelicsDocument, WordLists, clean_document, count_image_urls
 from curation.obelics.filters import PARAGRAPH_SEPARATOR
 from curation.readers.base import Partition, expand_inputs, sanitize_key
-from curation.readers.laion import cache_root, error_category
+from curation.readers.laion import _short_hash, cache_root, error_category
+from curation.readers.parquet import row_group_partitions
 from curation.sample import Drop, Sample
 from schemas import InterleavedRecord
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class ObelicsReader:
@@ -46,7 +41,7 @@ class ObelicsReader:
         src = self.source
         files = expand_inputs(src.path, (".parquet",), src.name)
         identity = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        overused_path = cache_root(src) / "obelics-urls" / f"{_digest([identity, src.max_url_occurrences])}.parquet"
+        overused_path = cache_root(src) / "obelics-urls" / f"{_short_hash([identity, src.max_url_occurrences])}.parquet"
         if not overused_path.is_file():
             overused_path.parent.mkdir(parents=True, exist_ok=True)
             limit = src.max_url_occurrences
@@ -55,31 +50,15 @@ class ObelicsReader:
             )
             pq.write_table(table.select(["url"]), overused_path.with_suffix(".tmp"))
             overused_path.with_suffix(".tmp").replace(overused_path)
-        download_root = cache_root(src) / "obelics-download" / _digest([identity, src.model_dump(mode="json")])
-        parts: list[Partition] = []
-        for file_index, path in enumerate(files):
-            try:
-                meta = pq.ParquetFile(path).metadata
-            except (pa.ArrowException, OSError) as exc:
-                raise CurationError(f"sources.{src.name}: cannot read parquet file {path}: {exc}") from None
-            groups, rows, first = [], 0, 0
-            for rg in range(meta.num_row_groups):
-                groups.append(rg)
-                rows += meta.row_group(rg).num_rows
-                if rows >= src.partition_size or rg == meta.num_row_groups - 1:
-                    if rows:
-                        spec = {
-                            "file": str(path),
-                            "file_index": file_index,
-                            "row_groups": groups,
-                            "first_row": first,
-                            "overused": str(overused_path),
-                            "download_dir": str(download_root / f"{file_index:05d}-{first:09d}"),
-                        }
-                        parts.append(Partition(src.name, len(parts), rows, spec))
-                    first += rows
-                    groups, rows = [], 0
-        return parts
+        download_root = cache_root(src) / "obelics-download" / _short_hash([identity, src.model_dump(mode="json")])
+        return row_group_partitions(
+            src,
+            files,
+            lambda file_index, first: {
+                "overused": str(overused_path),
+                "download_dir": str(download_root / f"{file_index:05d}-{first:09d}"),
+            },
+        )
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         src, spec = self.source, partition.spec

@@ -3,7 +3,7 @@ whole row groups, so a partition is read without touching the rest of the file."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,25 +15,8 @@ from curation.sample import Drop, Sample
 
 class ParquetReader(RowReader):
     def plan(self) -> list[Partition]:
-        parts: list[Partition] = []
-        for file_index, path in enumerate(expand_inputs(self.source.path, (".parquet",), self.source.name)):
-            try:
-                meta = pq.ParquetFile(path).metadata
-            except (pa.ArrowException, OSError) as exc:
-                raise CurationError(f"sources.{self.source.name}: cannot read parquet file {path}: {exc}") from None
-            groups: list[int] = []
-            rows = 0
-            start_row = 0
-            for rg in range(meta.num_row_groups):
-                groups.append(rg)
-                rows += meta.row_group(rg).num_rows
-                if rows >= self.source.partition_size or rg == meta.num_row_groups - 1:
-                    spec = {"file": str(path), "file_index": file_index, "row_groups": groups, "first_row": start_row}
-                    if rows:
-                        parts.append(Partition(self.source.name, len(parts), rows, spec))
-                    start_row += rows
-                    groups, rows = [], 0
-        return parts
+        files = expand_inputs(self.source.path, (".parquet",), self.source.name)
+        return row_group_partitions(self.source, files)
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec
@@ -55,3 +38,27 @@ class ParquetReader(RowReader):
             detail = f"{spec['file']}: {exc}"[:500]
             for _ in range(partition.rows - emitted):
                 yield Drop("file_unreadable", self.source.name, spec["file"], None, detail)
+
+
+def row_group_partitions(source, files: list, extra: Callable[[int, int], dict] | None = None) -> list[Partition]:
+    """Partitions of whole row groups holding about ``source.partition_size`` rows each; ``extra(file_index,
+    first_row)`` adds reader-specific spec fields."""
+    parts: list[Partition] = []
+    for file_index, path in enumerate(files):
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except (pa.ArrowException, OSError) as exc:
+            raise CurationError(f"sources.{source.name}: cannot read parquet file {path}: {exc}") from None
+        groups: list[int] = []
+        rows = start_row = 0
+        for rg in range(meta.num_row_groups):
+            groups.append(rg)
+            rows += meta.row_group(rg).num_rows
+            if rows >= source.partition_size or rg == meta.num_row_groups - 1:
+                if rows:
+                    spec = {"file": str(path), "file_index": file_index, "row_groups": groups, "first_row": start_row}
+                    spec.update(extra(file_index, start_row) if extra else {})
+                    parts.append(Partition(source.name, len(parts), rows, spec))
+                start_row += rows
+                groups, rows = [], 0
+    return parts
