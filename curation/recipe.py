@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
@@ -28,8 +29,24 @@ class _Strict(BaseModel):
 
 
 # ---- sources -------------------------------------------------------------------------------------
+Category = Literal[
+    "captioning",
+    "real_world_vqa",
+    "ocr_document",
+    "chart_figure",
+    "table",
+    "reasoning_maths",
+    "screenshot_to_code",
+    "text_only",
+]
+"""The SFT task categories of Idefics3's Table 3."""
+
+
 class SourceBase(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Source name, used in accounting.")]
+    category: Category | None = Field(
+        None, description="Table 3 task category (the Cauldron reader fills it in for the 50 known configs)."
+    )
     limit: int | None = Field(None, ge=0, description="Read at most this many input rows of this source.")
     partition_size: int = Field(10_000, ge=1, description="Input rows per partition (the unit of work/resume).")
 
@@ -164,8 +181,61 @@ class ObelicsSource(SourceBase):
     cache_dir: str | None = None
 
 
+class CauldronSource(SourceBase):
+    """The Cauldron / Docmatix layout (``images``: list of Image, ``texts``: list of {user, assistant, source})
+    -> ``sft`` records. ``path`` is a local root in the HF layout (``<config>/train-*.parquet``, read directly
+    by row groups) or anything ``datasets`` opens: a dataset saved with ``save_to_disk``, a local dataset
+    directory, or a hub id (when online)."""
+
+    reader: Literal["cauldron"]
+    path: str = Field(description="Local root (<config>/*.parquet), a saved dataset, a dataset directory or hub id.")
+    config: str | None = Field(None, description="Config (subset) name [default: the source name].")
+    split: str = Field("train", description="Split to read (parquet files named <split>-*.parquet).")
+    image_root: str | None = Field(None, description="Directory that relative image paths start from.")
+
+    def config_name(self) -> str:
+        return self.config or self.name
+
+
+class LlavaSource(SourceBase):
+    """LLaVA-665K / ShareGPT4V conversation JSON (a list) or JSONL (OpenHermes-style text-only sets)
+    -> ``sft`` records. ``<image>`` placeholders are removed from the turns; records without an image are
+    text-only samples; missing image files are drops."""
+
+    reader: Literal["llava"]
+    path: str = Field(description="A .json (list) or .jsonl file, a directory of them, or a glob.")
+    image_root: str | None = Field(None, description="Directory that the records' image paths start from.")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Input field names: key (id), image, conversations; or user + assistant (+ system) for "
+        "single-turn instruction records, e.g. {user: query, assistant: response}.",
+    )
+    keep_extra: bool = Field(True, description="Keep unmapped input fields in the record's meta.")
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> LlavaSource:
+        valid = ("key", "image", "conversations", "user", "assistant", "system")
+        for name in self.fields:
+            if name not in valid:
+                hint = difflib.get_close_matches(name, valid, n=1)
+                raise ValueError(
+                    f"fields: {name!r} is not a LLaVA field"
+                    + (f"; did you mean {hint[0]!r}?" if hint else f"; valid: {', '.join(valid)}")
+                )
+        if ("user" in self.fields) != ("assistant" in self.fields):
+            raise ValueError("fields: single-turn records need both 'user' and 'assistant'")
+        return self
+
+
 Source = Annotated[
-    JsonlSource | ParquetSource | ShardsSource | PdfaSource | LaionSource | ObelicsSource,
+    JsonlSource
+    | ParquetSource
+    | ShardsSource
+    | PdfaSource
+    | LaionSource
+    | ObelicsSource
+    | CauldronSource
+    | LlavaSource,
     Field(discriminator="reader"),
 ]
 
@@ -247,11 +317,122 @@ class ExactImageDedupStep(StepBase):
     step: Literal["exact_image_dedup"]
 
 
+class QaFilterStep(StepBase):
+    """Conversation checks on ``sft`` records; a sample with any failing turn is dropped with the reason."""
+
+    step: Literal["qa_filter"]
+    min_question_chars: int = Field(0, ge=0, description="Text-only turns need a question; image turns may be empty.")
+    max_question_chars: int | None = Field(None, ge=1)
+    min_answer_chars: int = Field(1, ge=0)
+    max_answer_chars: int | None = Field(None, ge=1)
+    min_turns: int = Field(1, ge=0)
+    max_turns: int | None = Field(None, ge=1)
+    repeated_turns: Literal["drop", "keep"] = Field(
+        "drop", description="drop: a conversation repeating a (question, answer) turn is dropped (repeated_turn)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> QaFilterStep:
+        _check_bounds("min_question_chars", self.min_question_chars, "max_question_chars", self.max_question_chars)
+        _check_bounds("min_answer_chars", self.min_answer_chars, "max_answer_chars", self.max_answer_chars)
+        _check_bounds("min_turns", self.min_turns, "max_turns", self.max_turns)
+        return self
+
+
+class NearDupImagesStep(StepBase):
+    """Perceptual near-duplicate images across the build (global): a sample whose images are all within
+    ``max_distance`` bits of an earlier sample's images (same count, same order) is dropped."""
+
+    step: Literal["near_dup_images"]
+    hash: Literal["phash", "dhash"] = "phash"
+    max_distance: int = Field(4, ge=0, le=32, description="Hamming distance between 64-bit hashes.")
+    scope: Literal["all", "source"] = Field("all", description="all: across every source; source: within each.")
+
+
+class NearDupTextStep(StepBase):
+    """MinHash-LSH near-duplicate conversations (global, datasketch): estimated Jaccard similarity of word
+    shingles >= ``threshold`` to an earlier sample drops the later one."""
+
+    step: Literal["near_dup_text"]
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle_words: int = Field(3, ge=1, le=16)
+    text: Literal["qa", "questions", "answers"] = "qa"
+    scope: Literal["all", "source"] = "all"
+    same_images: bool = Field(
+        False, description="Only count texts as duplicates when the samples also share their images (sha256)."
+    )
+
+
+class Benchmark(_Strict):
+    """An evaluation set: one of our built datasets (``shards``), or an image folder plus a questions jsonl
+    (``{"image": relative path, "question": text}`` per line; either may be absent)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    shards: str | None = Field(None, description="A dataset directory built by this toolkit (sft or pair).")
+    images: str | None = Field(None, description="A folder of benchmark images (all image files, recursively).")
+    questions: str | None = Field(None, description="A jsonl of benchmark questions (and their image paths).")
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> Benchmark:
+        if self.shards and (self.images or self.questions):
+            raise ValueError(f"benchmark {self.name!r}: give either shards or images/questions, not both")
+        if not (self.shards or self.images or self.questions):
+            raise ValueError(f"benchmark {self.name!r}: give shards, or images and/or questions")
+        return self
+
+
+class DecontaminateStep(StepBase):
+    """Drop training samples that show a benchmark image (perceptual hash within ``max_distance``) or ask a
+    benchmark question (word n-gram overlap), with per-benchmark reasons."""
+
+    step: Literal["decontaminate"]
+    benchmarks: Annotated[list[Benchmark], Field(min_length=1)]
+    match: Literal["image_or_question", "image", "question", "image_and_question"] = "image_or_question"
+    hash: Literal["phash", "dhash"] = "phash"
+    max_distance: int = Field(4, ge=0, le=32)
+    ngram: int = Field(3, ge=1, le=16, description="Question overlap is measured on word n-grams.")
+    min_overlap: float = Field(
+        0.8, gt=0.0, le=1.0, description="Share of a benchmark question's n-grams found in a training question."
+    )
+    min_question_words: int = Field(
+        5, ge=1, description="Shorter questions ('What is this?') never match on text alone."
+    )
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique(cls, benchmarks: list[Benchmark]) -> list[Benchmark]:
+        names = [b.name for b in benchmarks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"benchmark names must be unique; repeated: {', '.join(dup)}")
+        return benchmarks
+
+
+class MergeQaStep(StepBase):
+    """QA pairs on the same image(s) become one multi-turn conversation (the Cauldron convention): samples of
+    a source with identical images (sha256) merge into the first, in dataset order (global)."""
+
+    step: Literal["merge_qa"]
+    scope: Literal["source", "all"] = Field("source", description="Merge within each source, or across sources.")
+    max_turns: int | None = Field(None, ge=1, description="Start a new conversation after this many turns.")
+
+
 Step = Annotated[
-    TextLengthStep | ImageDecodeStep | ImageSizeStep | PairToSftStep | PdfToTranscriptionStep | ExactImageDedupStep,
+    TextLengthStep
+    | ImageDecodeStep
+    | ImageSizeStep
+    | PairToSftStep
+    | PdfToTranscriptionStep
+    | ExactImageDedupStep
+    | QaFilterStep
+    | NearDupImagesStep
+    | NearDupTextStep
+    | DecontaminateStep
+    | MergeQaStep,
     Field(discriminator="step"),
 ]
-GLOBAL_STEPS = {"exact_image_dedup"}
+GLOBAL_STEPS = {"exact_image_dedup", "near_dup_images", "near_dup_text", "merge_qa"}
 STEP_CLASSES: dict[str, type[StepBase]] = {
     get_args(cls.model_fields["step"].annotation)[0]: cls for cls in get_args(get_args(Step)[0])
 }
@@ -273,7 +454,22 @@ class Output(_Strict):
 
 
 class Tokenizer(_Strict):
-    type: Literal["regex"] = Field("regex", description="regex: words and punctuation (fast default).")
+    """Counts text and answer tokens in the sidecars (and so the mixture shares)."""
+
+    type: Literal["regex", "tokenizer_json", "transformers"] = Field(
+        "regex",
+        description="regex: words and punctuation (fast default); tokenizer_json: a local tokenizer.json "
+        "(tokenizers); transformers: a local tokenizer directory (AutoTokenizer, offline).",
+    )
+    path: str | None = Field(None, description="tokenizer.json file or tokenizer directory.")
+
+    @model_validator(mode="after")
+    def _path(self) -> Tokenizer:
+        if self.type != "regex" and not self.path:
+            raise ValueError(f"tokenizer.path is required for type {self.type!r}")
+        if self.type == "regex" and self.path:
+            raise ValueError("tokenizer.path is only used with type tokenizer_json or transformers")
+        return self
 
 
 class BuildRecipe(_Strict):
@@ -285,6 +481,9 @@ class BuildRecipe(_Strict):
     steps: list[Step] = Field(default_factory=list)
     output: Output
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
+    vars: dict[str, str | int | float] = Field(
+        default_factory=dict, description="Values substituted for ${name} in the recipe's strings (--set vars.x=...)."
+    )
 
     @field_validator("sources")
     @classmethod
@@ -344,6 +543,28 @@ def load_yaml(text: str) -> Any:
 
 
 PATH_KEYS = ("path", "image_root", "cache_dir", "common_words")
+BENCHMARK_PATH_KEYS = ("shards", "images", "questions")
+_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """(container, key) of every filesystem path a recipe holds."""
+
+    def dicts(items: Any) -> list[dict[str, Any]]:
+        return [x for x in items if isinstance(x, dict)] if isinstance(items, list) else []
+
+    for src in dicts(data.get("sources")):
+        yield from ((src, k) for k in PATH_KEYS if k in src)
+    tokenizer = data.get("tokenizer")
+    if isinstance(tokenizer, dict) and "path" in tokenizer:
+        yield tokenizer, "path"
+    for step in dicts(data.get("steps")):
+        for bench in dicts(step.get("benchmarks")):
+            yield from ((bench, k) for k in BENCHMARK_PATH_KEYS if k in bench)
+    datasets = data.get("datasets")
+    for entry in datasets.values() if isinstance(datasets, dict) else []:
+        if isinstance(entry, dict) and "path" in entry:
+            yield entry, "path"
 
 
 def builtin_recipes() -> dict[str, str]:
@@ -370,13 +591,51 @@ def _read_recipe_text(ref: str) -> tuple[str, Path | None]:
     return (resources.files("recipes") / f"{ref}.yaml").read_text(), None
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    for src in data.get("sources") or []:
-        if isinstance(src, dict):
-            for key in PATH_KEYS:
-                value = src.get(key)
-                if isinstance(value, str) and value and not Path(value).is_absolute():
-                    src[key] = str((base / value).resolve())
+def _substitute_vars(data: dict[str, Any], base: Path | None, from_cwd: set[str]) -> None:
+    """Replace ``${name}`` by ``vars.name`` in every string of the recipe (``$$`` is a literal ``$``), then
+    make relative paths absolute: relative to the recipe file, or to the working directory for paths given
+    by ``--set`` (directly, or through a variable set by ``--set vars.name=...``)."""
+    variables = data.get("vars") or {}
+    if not isinstance(variables, dict):
+        raise RecipeError(f"vars: expected a mapping of names to values, got {type(variables).__name__}")
+    # Which variable each path starts with, before substitution (decides what a relative path is relative to).
+    leading = {}
+    for container, key in _path_slots(data):
+        m = _VAR.match(container[key]) if isinstance(container[key], str) else None
+        leading[id(container), key] = m.group(1) if m else None
+
+    def sub(text: str, where: str) -> str:
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in variables:
+                hint = difflib.get_close_matches(name, [str(k) for k in variables], n=1)
+                raise RecipeError(
+                    f"{where}: unknown variable ${{{name}}}"
+                    + (f"; did you mean ${{{hint[0]}}}?" if hint else "; define it under vars:")
+                )
+            return str(variables[name])
+
+        return _VAR.sub(one, text.replace("$$", "\0")).replace("\0", "$")
+
+    def walk(node: Any, where: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in list(items):
+            here = f"{where}.{k}" if where else str(k)
+            if isinstance(v, str):
+                node[k] = sub(v, here)
+            elif isinstance(v, dict | list) and here != "vars":
+                walk(v, here)
+
+    walk(data, "")
+    for container, key in _path_slots(data):
+        value = container[key]
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or "://" in value:
+            continue
+        var = leading.get((id(container), key))
+        if var is not None and var in from_cwd:
+            container[key] = str(Path(value).resolve())
+        elif base is not None:
+            container[key] = str((base / value).resolve())
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -402,7 +661,14 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
                 node = node[idx]
         elif isinstance(node, dict):
             if last:
-                if parts[-1] in PATH_KEYS and isinstance(value, str) and value and not Path(value).is_absolute():
+                if (
+                    parts[-1] in (*PATH_KEYS, *BENCHMARK_PATH_KEYS)
+                    and parts[0] != "vars"
+                    and isinstance(value, str)
+                    and value
+                    and not Path(value).is_absolute()
+                    and "${" not in value
+                ):
                     value = str(Path(value).resolve())  # --set paths are relative to the working directory
                 node[part] = value
             else:
@@ -538,10 +804,12 @@ def load_recipe(ref: str, overrides: list[str] | None = None) -> BuildRecipe:
         raise RecipeError(f"{ref}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{ref}: a recipe is a YAML mapping, got {type(data).__name__}")
-    if base is not None:
-        _resolve_paths(data, base)
+    from_cwd = set()
     for assignment in overrides or []:
         apply_override(data, assignment)
+        if assignment.startswith("vars.") and "=" in assignment:
+            from_cwd.add(assignment.split("=", 1)[0].removeprefix("vars."))
+    _substitute_vars(data, base, from_cwd)
     return validate_recipe(data, ref)
 
 

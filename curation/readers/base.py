@@ -190,8 +190,10 @@ class RowReader:
 
 
 def make_reader(source: Any) -> Reader:
+    from curation.readers.cauldron import CauldronReader
     from curation.readers.jsonl import JsonlReader
     from curation.readers.laion import LaionReader
+    from curation.readers.llava import LlavaReader
     from curation.readers.obelics import ObelicsReader
     from curation.readers.parquet import ParquetReader
     from curation.readers.pdfa import PdfaReader
@@ -204,5 +206,7 @@ def make_reader(source: Any) -> Reader:
         "pdfa": PdfaReader,
         "laion": LaionReader,
         "obelics": ObelicsReader,
+        "cauldron": CauldronReader,
+        "llava": LlavaReader,
     }
     return readers[source.reader](source)

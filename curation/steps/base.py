@@ -14,8 +14,10 @@ RecordStep = Callable[[Sample], "Sample | str"]
 
 def build_steps(configs: list[Any]) -> list[tuple[str, RecordStep]]:
     from curation.steps.convert import PairToSft
+    from curation.steps.decontaminate import Decontaminate
     from curation.steps.image import ImageDecode, ImageSize
     from curation.steps.pdf import PdfToTranscription
+    from curation.steps.qa import QaFilter
     from curation.steps.text import TextLength
 
     factories = {
@@ -24,6 +26,8 @@ def build_steps(configs: list[Any]) -> list[tuple[str, RecordStep]]:
         "image_size": ImageSize,
         "pair_to_sft": PairToSft,
         "pdf_to_transcription": PdfToTranscription,
+        "qa_filter": QaFilter,
+        "decontaminate": Decontaminate,
     }
     out = []
     for i, cfg in enumerate(configs):
