@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -11,27 +12,31 @@ from curation.sample import Sample
 # A record step returns the (maybe changed) sample, or a drop reason.
 RecordStep = Callable[[Sample], "Sample | str"]
 
+# step type -> "module:class" (imported only when a recipe uses it)
+RECORD_STEPS = {
+    "text_length": "curation.steps.text:TextLength",
+    "image_decode": "curation.steps.image:ImageDecode",
+    "image_size": "curation.steps.image:ImageSize",
+    "pair_to_sft": "curation.steps.convert:PairToSft",
+    "pdf_to_transcription": "curation.steps.pdf:PdfToTranscription",
+    "qa_filter": "curation.steps.qa:QaFilter",
+    "decontaminate": "curation.steps.decontaminate:Decontaminate",
+}
 
-def build_steps(configs: list[Any]) -> list[tuple[str, RecordStep]]:
-    from curation.steps.convert import PairToSft
-    from curation.steps.decontaminate import Decontaminate
-    from curation.steps.image import ImageDecode, ImageSize
-    from curation.steps.pdf import PdfToTranscription
-    from curation.steps.qa import QaFilter
-    from curation.steps.text import TextLength
 
-    factories = {
-        "text_length": TextLength,
-        "image_decode": ImageDecode,
-        "image_size": ImageSize,
-        "pair_to_sft": PairToSft,
-        "pdf_to_transcription": PdfToTranscription,
-        "qa_filter": QaFilter,
-        "decontaminate": Decontaminate,
-    }
+def record_step_class(step_type: str) -> type:
+    module, name = RECORD_STEPS[step_type].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_steps(configs: list[Any], context: dict[str, Any] | None = None) -> list[tuple[str, RecordStep]]:
+    """Record steps of a recipe, in order; ``context`` carries build-wide inputs (e.g. the work directory
+    where prepared indexes live) to steps that accept it."""
     out = []
     for i, cfg in enumerate(configs):
         if cfg.step in GLOBAL_STEPS:
             continue
-        out.append((step_label(configs, i), factories[cfg.step](cfg)))
+        cls = record_step_class(cfg.step)
+        step = cls(cfg, context or {}) if getattr(cls, "takes_context", False) else cls(cfg)
+        out.append((step_label(configs, i), step))
     return out
