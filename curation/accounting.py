@@ -11,17 +11,21 @@ class StepCounts:
         self.input: Counter[str] = Counter()
         self.output: Counter[str] = Counter()
         self.dropped: dict[str, Counter[str]] = defaultdict(Counter)
+        # Samples a step adds (a mixture's repeats when upsampling): input + added = output + dropped.
+        self.added: dict[str, Counter[str]] = defaultdict(Counter)
 
     def to_dict(self) -> dict[str, Any]:
         sources = sorted(set(self.input) | set(self.output) | set(self.dropped))
-        return {
-            s: {
+        out: dict[str, Any] = {}
+        for s in sources:
+            out[s] = {
                 "input": self.input[s],
                 "output": self.output[s],
                 "dropped": dict(sorted(self.dropped[s].items())),
             }
-            for s in sources
-        }
+            if self.added[s]:
+                out[s]["added"] = dict(sorted(self.added[s].items()))
+        return out
 
 
 class Accounting:
@@ -53,6 +57,8 @@ class Accounting:
                 counts.output[source] += c["output"]
                 for reason, n in c["dropped"].items():
                     counts.dropped[source][reason] += n
+                for reason, n in c.get("added", {}).items():
+                    counts.added[source][reason] += n
         return acc
 
     def merge(self, other: Accounting) -> None:
@@ -65,6 +71,8 @@ class Accounting:
             mine.output.update(theirs.output)
             for source, reasons in theirs.dropped.items():
                 mine.dropped[source].update(reasons)
+            for source, reasons in theirs.added.items():
+                mine.added[source].update(reasons)
 
     def summary(self) -> dict[str, Any]:
         """Steps plus per-source totals: input (read), output (last step), dropped by reason."""
@@ -73,13 +81,17 @@ class Accounting:
         per_source = {}
         for s in sources:
             dropped: Counter[str] = Counter()
+            added: Counter[str] = Counter()
             for name in self.step_names:
                 dropped.update(self.steps[name].dropped[s])
+                added.update(self.steps[name].added[s])
             per_source[s] = {
                 "input": self.steps[first].input[s],
                 "output": self.steps[last].output[s],
                 "dropped": dict(sorted(dropped.items())),
             }
+            if added:
+                per_source[s]["added"] = dict(sorted(added.items()))
         return {**self.to_dict(), "sources": per_source}
 
     def check(self) -> list[str]:
@@ -89,8 +101,9 @@ class Accounting:
             c = self.steps[name]
             for s in set(c.input) | set(c.output) | set(c.dropped):
                 d = sum(c.dropped[s].values())
-                if c.input[s] != c.output[s] + d:
-                    problems.append(f"step {name}, source {s}: input {c.input[s]} != {c.output[s]} + {d}")
+                a = sum(c.added[s].values())
+                if c.input[s] + a != c.output[s] + d:
+                    problems.append(f"step {name}, source {s}: input {c.input[s]} + {a} != {c.output[s]} + {d}")
         for a, b in zip(self.step_names, self.step_names[1:], strict=False):
             for s in set(self.steps[a].output) | set(self.steps[b].input):
                 if self.steps[a].output[s] != self.steps[b].input[s]:

@@ -85,9 +85,14 @@ def audit(directory: Path) -> dict[str, Any]:
             reasons.update(c["dropped"])
         if reasons:
             by_step[step["step"]] = dict(sorted(reasons.items()))
+    for name, s in sources.items():
+        s["category"] = manifest.categories.get(name)
     return {
         "dataset": manifest.name,
         "kind": manifest.kind,
+        "mixture": _mixture_rows(manifest.mixture),
+        "duplicates": manifest.duplicates,
+        "contamination": _contamination(per_source_acc),
         "samples": sum(s["samples"] for s in sources.values()),
         "shards": len(manifest.shards),
         "input": sum(s["input"] for s in sources.values()),
@@ -99,12 +104,93 @@ def audit(directory: Path) -> dict[str, Any]:
     }
 
 
+def _mixture_rows(mixture: dict[str, Any] | None) -> dict[str, Any]:
+    """Per component: category, target (as declared), target and achieved share of answer tokens, epochs."""
+    if not mixture:
+        return {}
+    rows = {}
+    for name, c in mixture["components"].items():
+        rows[name] = {
+            "category": c.get("category"),
+            "target": c["target"],
+            "target_share": c.get("target_share"),
+            "achieved_share": c["achieved_share"],
+            "epochs": c["epochs"],
+            "samples": c["samples"],
+            "available_samples": c["available_samples"],
+        }
+    return rows
+
+
+def _contamination(per_source: dict[str, Any]) -> dict[str, dict[str, dict[str, int]]]:
+    """benchmark -> source -> {image, question, image_and_question: count} from the drop reasons."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for source, acc in per_source.items():
+        for reason, n in acc.get("dropped", {}).items():
+            if reason.startswith("contaminated_") and ":" in reason:
+                what, bench = reason.removeprefix("contaminated_").split(":", 1)
+                out.setdefault(bench, {}).setdefault(source, {})[what] = n
+    return {b: dict(sorted(v.items())) for b, v in sorted(out.items())}
+
+
+def _target_text(target: dict[str, Any]) -> str:
+    if "answer_share" in target:
+        return f"{target['answer_share']:g}% of answer tokens"
+    if "samples" in target:
+        return f"{target['samples']:,} samples"
+    return f"{target['epochs']:g} epochs"
+
+
+MIXTURE_HEADERS = ["component", "category", "target", "target %", "achieved %", "epochs", "samples"]
+
+
+def _mixture_table_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            name,
+            c["category"] or "",
+            _target_text(c["target"]),
+            "" if c["target_share"] is None else f"{c['target_share']:.2f}",
+            f"{c['achieved_share']:.2f}",
+            f"{c['epochs']:.2f}",
+            f"{c['samples']:,}",
+        ]
+        for name, c in report["mixture"].items()
+    ]
+
+
+def _duplicate_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [step, source, other, f"{n:,}"]
+        for step, per in report["duplicates"].items()
+        for source, others in per.items()
+        for other, n in others.items()
+    ]
+
+
+def _contamination_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [bench, source, what, f"{n:,}"]
+        for bench, per in report["contamination"].items()
+        for source, kinds in per.items()
+        for what, n in sorted(kinds.items())
+    ]
+
+
+SECTIONS = [
+    ("mixture: target versus achieved", MIXTURE_HEADERS, _mixture_table_rows),
+    ("duplicates per source pair", ["step", "dropped from", "duplicate of", "samples"], _duplicate_rows),
+    ("benchmark contamination removed", ["benchmark", "source", "matched on", "samples"], _contamination_rows),
+]
+
+
 def _source_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, s in report["sources"].items():
         rows.append(
             [
                 name,
+                s.get("category") or "",
                 f"{s['input']:,}",
                 f"{s['samples']:,}",
                 f"{sum(s['dropped'].values()):,}",
@@ -118,7 +204,18 @@ def _source_rows(report: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-HEADERS = ["source", "input", "samples", "dropped", "images", "QA pairs", "text tokens", "answer tokens", "% mix"]
+HEADERS = [
+    "source",
+    "category",
+    "input",
+    "samples",
+    "dropped",
+    "images",
+    "QA pairs",
+    "text tokens",
+    "answer tokens",
+    "% mix",
+]
 
 
 def render_table(report: dict[str, Any], console: Console | None = None) -> None:
@@ -131,6 +228,15 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     for row in _source_rows(report):
         t.add_row(*row)
     console.print(t)
+    for title, headers, rows_of in SECTIONS:
+        rows = rows_of(report)
+        if rows:
+            extra = Table(title=title)
+            for i, h in enumerate(headers):
+                extra.add_column(h, justify="right" if i == len(headers) - 1 or "%" in h else "left")
+            for row in rows:
+                extra.add_row(*row)
+            console.print(extra)
     if report["dropped_by_step"]:
         d = Table(title="drops by step and reason")
         for h in ("step", "reason", "samples"):
@@ -153,6 +259,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in _source_rows(report)]
+    for title, headers, rows_of in SECTIONS:
+        rows = rows_of(report)
+        if rows:
+            lines += [
+                "",
+                f"### {title}",
+                "",
+                "| " + " | ".join(headers) + " |",
+                "|" + "|".join(["---"] * len(headers)) + "|",
+            ]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
     if report["dropped_by_step"]:
         lines += ["", "| step | reason | samples |", "|---|---|---:|"]
         for step, reasons in report["dropped_by_step"].items():

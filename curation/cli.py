@@ -73,7 +73,14 @@ def build(
     spec = load_recipe(recipe, set_ or [])
     out = out or Path("out") / spec.name
     try:
-        result = run_build(spec, out, workers=workers, limit=limit, overwrite=overwrite, progress=not quiet)
+        if spec.kind == "mixture":
+            from curation.mixture import build_mixture
+
+            if limit is not None:
+                raise CurationError("--limit applies to build recipes; a mixture's size comes from its targets")
+            result = build_mixture(spec, out, workers=workers, overwrite=overwrite, progress=not quiet)
+        else:
+            result = run_build(spec, out, workers=workers, limit=limit, overwrite=overwrite, progress=not quiet)
     except KeyboardInterrupt:
         err_console.print(f"interrupted; finished partitions are kept: run the same command again to resume {out}")
         raise typer.Exit(130) from None
@@ -201,6 +208,28 @@ def demo(
         f"dataset: {dataset}  ({result.manifest.totals['shards']} shards, {time.perf_counter() - started:.1f}s in all)"
     )
     console.print(f"next: curate inspect {dataset}   curate inspect {dataset} --rejects   curate verify {dataset}")
+
+
+class ExportFormat(StrEnum):
+    llava = "llava"
+
+
+@app.command()
+def export(
+    dataset: Annotated[Path, typer.Argument(help="A built dataset directory (sft records).")],
+    format: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output layout: llava.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (empty or absent).")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
+) -> None:
+    """Export a dataset for training code: llava = llava.json (LLaVA/ShareGPT4V conversations) + images/."""
+    from curation.export_llava import LLAVA_JSON, export_llava
+
+    started = time.perf_counter()
+    counts = export_llava(dataset, out, overwrite=overwrite)
+    console.print(
+        f"wrote {out / LLAVA_JSON}: {counts['records']} records, {counts['images']} images, "
+        f"{counts['text_only']} text-only ({time.perf_counter() - started:.1f}s)"
+    )
 
 
 def _manifest_call(fn, directory: Path):

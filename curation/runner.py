@@ -28,8 +28,9 @@ from curation.faults import crash_point
 from curation.partition import UNIQUE_KEY, partition_dir, read_partition_stats, step_names
 from curation.progress import BuildProgress
 from curation.readers import Partition, make_reader
-from curation.recipe import STEP_CLASSES, BuildRecipe
+from curation.recipe import GLOBAL_STEPS, STEP_CLASSES, BuildRecipe, step_label
 from curation.steps.dedup import GlobalDrops, find_global_drops
+from curation.steps.neardup import near_duplicate_images, near_duplicate_texts
 from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
 from shards.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_wids_index
 
@@ -88,7 +89,7 @@ def _owned_and_foreign(out: Path) -> tuple[list[Path], list[str]]:
     for child in sorted(out.iterdir()):
         if child.name in (LOCK, LOGS):
             continue
-        if (child.name == WORK and child.is_dir()) or (
+        if (child.name in (WORK, "_datasets") and child.is_dir()) or (
             child.name == "subsets" and child.is_dir() and all(c.name.endswith(".wids.json") for c in child.iterdir())
         ):
             owned.append(child)
@@ -105,13 +106,16 @@ def _owned_and_foreign(out: Path) -> tuple[list[Path], list[str]]:
     return owned, foreign
 
 
-def _clear_build(out: Path) -> None:
-    """Delete what earlier builds wrote here; refuse (deleting nothing) if anything else is present."""
+def _clear_build(out: Path, keep: tuple[str, ...] = ()) -> None:
+    """Delete what earlier builds wrote here (except the entries named in ``keep``); refuse (deleting
+    nothing) if anything else is present."""
     owned, foreign = _owned_and_foreign(out)
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise CurationError(f"{out} holds files this toolkit did not write ({shown}); refusing to overwrite it")
     for path in owned:
+        if path.name in keep:
+            continue
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -172,6 +176,11 @@ def _check_kinds(recipe: BuildRecipe, readers: dict[str, Any]) -> None:
             converts = getattr(step, "converts", None)  # a step that changes the record kind declares it
             if converts and converts[0] == kind:
                 kind = converts[1]
+            if step.step == "qa_filter" and kind != "sft":
+                raise RecipeError(
+                    f"steps.{i} (qa_filter) needs sft records, but source {src.name!r} has {kind} records at this "
+                    "step; convert them first (e.g. pair_to_sft) or remove the step"
+                )
             if step.step == "text_length":
                 need = {"caption": "pair", "answers": "sft", "questions": "sft"}.get(step.field)
                 if need and kind != need:
@@ -191,9 +200,27 @@ def _check_kinds(recipe: BuildRecipe, readers: dict[str, Any]) -> None:
             )
 
 
+def _check_step_inputs(recipe: BuildRecipe) -> None:
+    from curation.steps.decontaminate import check_benchmarks
+
+    for i, step in enumerate(recipe.steps):
+        if step.step == "decontaminate":
+            check_benchmarks(step, f"steps.{i}")
+
+
+def _prepare_steps(recipe: BuildRecipe, work: Path) -> None:
+    """Build-wide inputs of record steps, made once before the partitions run (e.g. benchmark indexes)."""
+    from curation.steps.decontaminate import prepare_benchmarks
+
+    for i, step in enumerate(recipe.steps):
+        if step.step == "decontaminate":
+            prepare_benchmarks(step, step_label(recipe.steps, i), work)
+
+
 def plan_partitions(recipe: BuildRecipe, limit: int | None) -> list[Partition]:
     readers = {s.name: make_reader(s) for s in recipe.sources}
     _check_kinds(recipe, readers)
+    _check_step_inputs(recipe)
     plan: list[Partition] = []
     remaining = limit
     for src in recipe.sources:
@@ -294,6 +321,7 @@ def _build_locked(
     for stale in work.glob("p*.tmp-*"):  # staging of a killed attempt
         shutil.rmtree(stale, ignore_errors=True)
 
+    _prepare_steps(recipe, work)
     recipe_doc = recipe.model_dump(mode="json")
     tasks, skipped_rows = [], 0
     for gid, p in enumerate(plan):
@@ -315,7 +343,7 @@ def _build_locked(
         per_partition.append({"partition": gid, **pstats["partition"], "accounting": pstats["accounting"]})
     for src in recipe.sources:  # a source cut off by --limit still shows, with 0 inputs
         acc.steps["read"].input[src.name] += 0
-    drops = _run_global_steps(recipe, work, gids, acc)
+    drops, duplicate_pairs = _run_global_steps(recipe, work, gids, acc)
     problems = acc.check()
     if problems:
         raise RuntimeError(f"accounting identity broken (a bug): {problems[:3]}")
@@ -338,6 +366,8 @@ def _build_locked(
         rejects=rejects,
         totals=totals,
         accounting=summary,
+        duplicates=duplicate_pairs,
+        categories=_categories(recipe),
     )
     manifest.wids_index = write_wids_index(out, prefix, shards)
     manifest.subsets = _write_subsets(recipe, plan, by_partition, out, prefix)
@@ -356,30 +386,63 @@ def _build_locked(
     )
 
 
-def _run_global_steps(recipe: BuildRecipe, work: Path, gids: list[int], acc: Accounting) -> GlobalDrops:
-    """``unique_key`` (always), then the recipe's global steps, each over what the previous ones kept."""
+def _run_global_steps(
+    recipe: BuildRecipe, work: Path, gids: list[int], acc: Accounting
+) -> tuple[GlobalDrops, dict[str, dict[str, dict[str, int]]]]:
+    """``unique_key`` (always), then the recipe's global steps, each over what the previous ones kept.
+    Returns the drops and, per step, how many samples of each source duplicated a sample of which source."""
     _, global_labels = step_names(recipe)
+    configs = {UNIQUE_KEY: None}
+    configs.update({step_label(recipe.steps, i): s for i, s in enumerate(recipe.steps) if s.step in GLOBAL_STEPS})
     sidecars = [
         (gid, int(s["name"].split(".")[0]), partition_dir(work, gid) / s["sidecar"])
         for gid in gids
         for s in read_partition_stats(work, gid)["shards"]
     ]
     drops: GlobalDrops = {}
+    pairs: dict[str, dict[str, dict[str, int]]] = {}
     previous = acc.step_names[-1]
     for label in global_labels:
         acc.merge(Accounting([label]))
         counts = acc.steps[label]
         for source, n in acc.steps[previous].output.items():
             counts.input[source] += n
-        reason = "duplicate_key" if label == UNIQUE_KEY else "duplicate_image"
-        for where, found in find_global_drops(reason, label, sidecars, drops).items():
+        for where, found in _global_step(configs[label], label, sidecars, drops, work).items():
             for key, drop in found.items():
                 drops.setdefault(where, {})[key] = drop
                 counts.dropped[drop.source][drop.reason] += 1
+                if drop.other_source is not None:
+                    per = pairs.setdefault(label, {}).setdefault(drop.source, {})
+                    per[drop.other_source] = per.get(drop.other_source, 0) + 1
         for source in counts.input:
             counts.output[source] = counts.input[source] - sum(counts.dropped[source].values())
         previous = label
-    return drops
+    return drops, {k: {s: dict(sorted(v.items())) for s, v in sorted(d.items())} for k, d in pairs.items()}
+
+
+def _global_step(cfg: Any, label: str, sidecars: list, drops: GlobalDrops, work: Path) -> GlobalDrops:
+    if cfg is None:
+        return find_global_drops("duplicate_key", label, sidecars, drops)
+    if cfg.step == "exact_image_dedup":
+        return find_global_drops("duplicate_image", label, sidecars, drops)
+    if cfg.step == "near_dup_images":
+        return near_duplicate_images(cfg, label, sidecars, drops)
+    if cfg.step == "near_dup_text":
+        return near_duplicate_texts(cfg, label, sidecars, drops, work)
+    raise CurationError(f"global step {cfg.step!r} is not implemented by this runner")
+
+
+def _categories(recipe: BuildRecipe) -> dict[str, str]:
+    """Source -> task category: declared in the recipe, or known to the reader (the Cauldron's 50 configs)."""
+    out = {}
+    for src in recipe.sources:
+        category = src.category
+        if category is None:
+            reader = make_reader(src)
+            category = reader.category() if hasattr(reader, "category") else None
+        if category:
+            out[src.name] = category
+    return out
 
 
 def _write_subsets(

@@ -61,6 +61,14 @@ class DatasetManifest(BaseModel):
     subsets: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Nested subsets: name -> {shards, samples, wids_index}; each a prefix."
     )
+    duplicates: dict[str, dict[str, dict[str, int]]] = Field(
+        default_factory=dict,
+        description="Per global dedup step: dropped sample's source -> source of the sample it duplicated -> count.",
+    )
+    categories: dict[str, str] = Field(default_factory=dict, description="Source -> task category (Table 3).")
+    mixture: dict[str, Any] | None = Field(
+        None, description="Mixture builds: per component its target, what was available and what was selected."
+    )
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_NAME

@@ -193,16 +193,18 @@ def _check_totals(manifest: DatasetManifest, shard_stats: list[dict[str, Any] | 
 
 
 def _check_accounting(acc: dict[str, Any], samples: int, problems: list[str]) -> None:
-    """input == output + dropped for every step and source; each step's output is the next step's input;
-    the per-source summary agrees with the steps; the sources' outputs add up to the dataset's samples."""
+    """input + added == output + dropped for every step and source (``added``: a mixture's repeats); each
+    step's output is the next step's input; the per-source summary agrees with the steps; the sources'
+    outputs add up to the dataset's samples."""
     steps = acc.get("steps", [])
     for entry in steps:
         for source, c in entry["sources"].items():
             dropped = sum(c.get("dropped", {}).values())
-            if c["input"] != c["output"] + dropped:
+            added = sum(c.get("added", {}).values())
+            if c["input"] + added != c["output"] + dropped:
                 problems.append(
                     f"accounting step {entry['step']!r}, source {source!r}: "
-                    f"input {c['input']} != output {c['output']} + dropped {dropped}"
+                    f"input {c['input']} + added {added} != output {c['output']} + dropped {dropped}"
                 )
     for a, b in pairwise(steps):
         for source in sorted(set(a["sources"]) | set(b["sources"])):
@@ -215,9 +217,11 @@ def _check_accounting(acc: dict[str, Any], samples: int, problems: list[str]) ->
     sources = acc.get("sources", {})
     for source, c in sources.items():
         dropped = sum(c.get("dropped", {}).values())
-        if c["input"] != c["output"] + dropped:
+        added = sum(c.get("added", {}).values())
+        if c["input"] + added != c["output"] + dropped:
             problems.append(
-                f"accounting for source {source!r}: input {c['input']} != output {c['output']} + dropped {dropped}"
+                f"accounting for source {source!r}: input {c['input']} + added {added} != output {c['output']} "
+                f"+ dropped {dropped}"
             )
         if not steps:
             continue

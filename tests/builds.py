@@ -37,10 +37,10 @@ def make_inputs(root: Path, n_captions: int = 400, n_conversations: int = 120) -
 
 
 def tree_digest(directory: Path) -> dict[str, str]:
-    """sha256 of every file of a build, except the run logs (timestamps live there only)."""
+    """sha256 of every file of a build, except run logs (timestamps live there only), sub-builds' included."""
     out = {}
     for p in sorted(directory.rglob("*")):
         rel = p.relative_to(directory)
-        if p.is_file() and rel.parts[0] != "_logs":
+        if p.is_file() and "_logs" not in rel.parts:
             out[str(rel)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
