@@ -17,6 +17,7 @@ from typing import Any
 
 from curation.accounting import Accounting
 from curation.faults import crash_point
+from curation.features import MinhashStager, add_image_hashes, minhash_steps, needed_hashes
 from curation.readers import Partition, make_reader
 from curation.recipe import BuildRecipe
 from curation.rejects import RejectsWriter
@@ -25,7 +26,7 @@ from curation.steps import build_steps
 from shards import ShardWriter
 from shards.atomic import atomic_write_json
 from shards.imageinfo import ImageProbeError, probe_image
-from shards.tokens import count_tokens
+from shards.tokens import make_token_counter
 from shards.writer import DuplicateKeyError
 
 UNIQUE_KEY = "unique_key"  # the always-on global step: keys are unique across the dataset
@@ -58,7 +59,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     source = next(s for s in recipe.sources if s.name == part.source)
     reader = make_reader(source)
-    steps = build_steps(recipe.steps)
+    steps = build_steps(recipe.steps, {"work": work})
     names, _ = step_names(recipe)
     acc = Accounting(names)
     out = recipe.output
@@ -68,12 +69,13 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
         max_samples=out.max_samples_per_shard,
         max_bytes=out.max_bytes_per_shard,
         pair_image_ext=out.pair_image_format,
-        token_counter=count_tokens,
+        token_counter=make_token_counter(recipe.tokenizer.type, recipe.tokenizer.path),
         score_keys=out.sidecar_scores,
     )
     rejects = RejectsWriter(tmp / "rejects", "p", max_samples=out.max_samples_per_shard) if out.rejects else None
     started = time.perf_counter()
     pending_in = pending_drop = 0
+    features = _Features(needed_hashes(recipe), MinhashStager(minhash_steps(recipe)))
 
     def dropped(step: str, drop: Drop) -> None:
         nonlocal pending_drop
@@ -95,8 +97,9 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
             continue
         acc.out("read", name)
         crash_point("record")
-        _run_record(item, name, steps, acc, writer, out.kind, dropped)
+        _run_record(item, name, steps, acc, writer, out.kind, dropped, features)
     writer.close()
+    features.minhash.write(tmp)
     reject_shards = rejects.close() if rejects is not None else []
     if progress is not None and (pending_in or pending_drop):
         progress(pending_in, pending_drop)
@@ -122,7 +125,15 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
     return {"gid": gid, "seconds": stats["seconds"]}
 
 
-def _run_record(sample: Sample, source: str, steps, acc: Accounting, writer: ShardWriter, kind: str, dropped) -> None:
+class _Features:
+    def __init__(self, hashes: list[str], minhash: MinhashStager) -> None:
+        self.hashes = hashes
+        self.minhash = minhash
+
+
+def _run_record(
+    sample: Sample, source: str, steps, acc: Accounting, writer: ShardWriter, kind: str, dropped, features: _Features
+) -> None:
     acc.inp("probe", source)
     try:
         sample.infos = [probe_image(b) for b in sample.record.image_list()]
@@ -144,7 +155,8 @@ def _run_record(sample: Sample, source: str, steps, acc: Accounting, writer: Sha
         dropped("write", Drop("wrong_kind", source, sample.origin, record.key, f"{record.kind} != {kind}", record))
         return
     try:
-        writer.write(record, sample.infos, sample.origin)
+        add_image_hashes(sample, features.hashes)
+        where = writer.write(record, sample.infos, sample.origin, sample.image_hashes)
     except UnicodeEncodeError as exc:  # lone surrogates (e.g. "\ud800" in JSON input) cannot be stored as UTF-8
         dropped("write", Drop("invalid_unicode", source, sample.origin, record.key, str(exc)[:300], record))
         return
@@ -154,6 +166,7 @@ def _run_record(sample: Sample, source: str, steps, acc: Accounting, writer: Sha
     except (OSError, ValueError, SyntaxError) as exc:  # pair re-encoding of an image that only looked fine
         dropped("write", Drop("image_corrupt", source, sample.origin, record.key, str(exc), record))
         return
+    features.minhash.add(record, where)
     acc.out("write", source)
 
 

@@ -14,6 +14,7 @@ class Sample:
     record: Record
     origin: str
     infos: list[ImageInfo] = field(default_factory=list)
+    image_hashes: dict[str, list[int]] = field(default_factory=dict)  # method -> signed 64-bit hash per image
 
 
 @dataclass(slots=True)

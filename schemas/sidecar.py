@@ -23,6 +23,16 @@ SIDECAR_SCHEMA = pa.schema(
         pa.field("bytes", pa.int64(), nullable=False, metadata={"doc": "payload bytes of the sample's members"}),
         pa.field("origin", pa.string(), metadata={"doc": "where the sample was read from"}),
         pa.field(
+            "image_phash",
+            pa.list_(pa.int64()),
+            metadata={"doc": "64-bit perceptual hash (pHash) per image, as signed int64; null when not computed"},
+        ),
+        pa.field(
+            "image_dhash",
+            pa.list_(pa.int64()),
+            metadata={"doc": "64-bit difference hash (dHash) per image, as signed int64; null when not computed"},
+        ),
+        pa.field(
             "scores",
             pa.map_(pa.string(), pa.float64()),
             metadata={"doc": "numeric meta values named by output.sidecar_scores (e.g. LAION similarity)"},

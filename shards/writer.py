@@ -89,8 +89,15 @@ class ShardWriter:
         self.shards: list[ShardInfo] = []
 
     # -- public ---------------------------------------------------------------------------------
-    def write(self, record: Record, infos: Sequence[ImageInfo] | None = None, origin: str = "") -> None:
-        """Add one record. ``infos`` are the probed images (probed here when not given)."""
+    def write(
+        self,
+        record: Record,
+        infos: Sequence[ImageInfo] | None = None,
+        origin: str = "",
+        image_hashes: dict[str, list[int]] | None = None,
+    ) -> tuple[str, int]:
+        """Add one record; returns (shard stem, index in the shard). ``infos`` are the probed images (probed
+        here when not given); ``image_hashes`` maps ``phash``/``dhash`` to one signed 64-bit hash per image."""
         images = record.image_list()
         if infos is None:
             infos = [probe_image(b) for b in images]
@@ -124,14 +131,18 @@ class ShardWriter:
                 "pages": len(record.pages) if isinstance(record, PdfRecord) else None,
                 "bytes": nbytes,
                 "origin": origin,
+                "image_phash": (image_hashes or {}).get("phash"),
+                "image_dhash": (image_hashes or {}).get("dhash"),
                 "scores": self._scores(record.meta),
             }
         )
         shard.keys.add(record.key)
         shard.payload += nbytes
         shard.reencoded += reencoded
+        where = (shard.stem, len(shard.rows) - 1)
         if len(shard.rows) >= self.max_samples or shard.payload >= self.max_bytes:
             self._finish()
+        return where
 
     def _scores(self, meta: dict) -> list[tuple[str, float]]:
         return [

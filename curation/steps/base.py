@@ -37,6 +37,7 @@ def build_steps(configs: list[Any], context: dict[str, Any] | None = None) -> li
         if cfg.step in GLOBAL_STEPS:
             continue
         cls = record_step_class(cfg.step)
-        step = cls(cfg, context or {}) if getattr(cls, "takes_context", False) else cls(cfg)
-        out.append((step_label(configs, i), step))
+        label = step_label(configs, i)
+        step = cls(cfg, {**(context or {}), "label": label}) if getattr(cls, "takes_context", False) else cls(cfg)
+        out.append((label, step))
     return out

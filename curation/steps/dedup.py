@@ -22,6 +22,7 @@ class GlobalDrop:
     step: str
     reason: str
     detail: str
+    other_source: str | None = None  # the source of the sample this one duplicates (per-source-pair reports)
 
 
 Where = tuple[int, int]  # (partition id, shard number)
@@ -36,22 +37,36 @@ _ROWS = """
 _QUERIES = {
     "duplicate_key": f"""
         WITH rows AS ({_ROWS}), ranked AS (
-            SELECT *, row_number() OVER w AS rank, first_value(origin) OVER w AS first_origin
+            SELECT *, row_number() OVER w AS rank, first_value(origin) OVER w AS first_origin,
+                   first_value(source) OVER w AS first_source
             FROM rows WINDOW w AS (PARTITION BY key ORDER BY gid, shard, idx)
         )
-        SELECT gid, shard, key, source, 'key also used by ' || first_origin
+        SELECT gid, shard, key, source, 'key also used by ' || first_origin, first_source
         FROM ranked WHERE rank > 1 ORDER BY gid, shard, idx
     """,
     "duplicate_image": f"""
         WITH rows AS ({_ROWS}), ranked AS (
             SELECT *, row_number() OVER w AS rank, first_value(key) OVER w AS first_key,
-                   first_value(origin) OVER w AS first_origin
+                   first_value(origin) OVER w AS first_origin, first_value(source) OVER w AS first_source
             FROM rows WHERE n_images > 0 WINDOW w AS (PARTITION BY sig ORDER BY gid, shard, idx)
         )
-        SELECT gid, shard, key, source, 'same images as ' || first_key || ' (' || first_origin || ')'
+        SELECT gid, shard, key, source, 'same images as ' || first_key || ' (' || first_origin || ')', first_source
         FROM ranked WHERE rank > 1 ORDER BY gid, shard, idx
     """,
 }
+
+
+def connect_sidecars(sidecars: list[tuple[int, int, Path]], already: GlobalDrops) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with tables ``files`` (gid, shard, path) and ``gone`` (what earlier global steps
+    dropped), for queries over the staged sidecars that skip dropped samples."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE files (gid INTEGER, shard INTEGER, path VARCHAR)")
+    con.executemany("INSERT INTO files VALUES (?, ?, ?)", [(g, s, str(p)) for g, s, p in sidecars])
+    con.execute("CREATE TABLE gone (gid INTEGER, shard INTEGER, key VARCHAR)")
+    gone = [(g, s, k) for (g, s), keys in already.items() for k in keys]
+    if gone:
+        con.executemany("INSERT INTO gone VALUES (?, ?, ?)", gone)
+    return con
 
 
 def find_global_drops(
@@ -61,15 +76,9 @@ def find_global_drops(
     found: GlobalDrops = {}
     if not sidecars:
         return found
-    con = duckdb.connect()
-    con.execute("CREATE TABLE files (gid INTEGER, shard INTEGER, path VARCHAR)")
-    con.executemany("INSERT INTO files VALUES (?, ?, ?)", [(g, s, str(p)) for g, s, p in sidecars])
-    con.execute("CREATE TABLE gone (gid INTEGER, shard INTEGER, key VARCHAR)")
-    gone = [(g, s, k) for (g, s), keys in already.items() for k in keys]
-    if gone:
-        con.executemany("INSERT INTO gone VALUES (?, ?, ?)", gone)
+    con = connect_sidecars(sidecars, already)
     rows = con.execute(_QUERIES[reason], [[str(p) for _, _, p in sidecars]]).fetchall()
     con.close()
-    for gid, shard, key, source, detail in rows:
-        found.setdefault((gid, shard), {})[key] = GlobalDrop(source, step, reason, detail)
+    for gid, shard, key, source, detail, other in rows:
+        found.setdefault((gid, shard), {})[key] = GlobalDrop(source, step, reason, detail, other)
     return found

@@ -108,6 +108,29 @@ def make_sidecar(file_index: int, rows: int, rng: np.random.Generator) -> pa.Tab
         pa.array(nbytes),
         numbered("/data/inputs/part.jsonl:", ordinals + 1),
     ]
+    arrays += [
+        pa.nulls(rows, f.type)
+        for f in SIDECAR_SCHEMA
+        if f.name
+        not in (
+            "key",
+            "kind",
+            "source",
+            "shard",
+            "index",
+            "n_images",
+            "widths",
+            "heights",
+            "image_sha256",
+            "image_formats",
+            "text_tokens",
+            "answer_tokens",
+            "turns",
+            "pages",
+            "bytes",
+            "origin",
+        )
+    ]
     return pa.Table.from_arrays(arrays, schema=SIDECAR_SCHEMA)
 
 

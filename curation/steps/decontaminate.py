@@ -1,0 +1,203 @@
+"""Benchmark decontamination: drop training samples that show a benchmark image or ask a benchmark question.
+
+The runner prepares each step's benchmark index once (``prepare_benchmarks``: perceptual hashes of every
+benchmark image and the benchmark questions, in ``_work/decontaminate/<step>.parquet``); every worker loads
+it and checks its samples independently (a record step, so it runs in parallel).
+
+Reasons name the benchmark: ``contaminated_image:<bench>``, ``contaminated_question:<bench>`` and
+``contaminated_image_and_question:<bench>`` (the accounting then holds per-source, per-benchmark counts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.errors import CurationError
+from curation.recipe import Benchmark, DecontaminateStep
+from curation.sample import Sample
+from schemas import SftRecord
+from shards.atomic import tmp_path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+_WORD = re.compile(r"\w+")
+
+
+def index_path(work: Path, label: str) -> Path:
+    return work / "decontaminate" / f"{label}.parquet"
+
+
+def ngrams(text: str, n: int) -> tuple[int, frozenset[tuple[str, ...]]]:
+    """(number of words, the set of word n-grams) of a lowercased text; texts shorter than n give one gram."""
+    words = _WORD.findall(text.casefold())
+    if not words:
+        return 0, frozenset()
+    if len(words) < n:
+        return len(words), frozenset([tuple(words)])
+    return len(words), frozenset(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def check_benchmarks(cfg: DecontaminateStep, where: str) -> None:
+    """Fail before the build starts when a benchmark's files are missing."""
+    for bench in cfg.benchmarks:
+        for key in ("shards", "images", "questions"):
+            value = getattr(bench, key)
+            if value is None:
+                continue
+            path = Path(value)
+            ok = (
+                (path / "dataset.json").is_file()
+                if key == "shards"
+                else (path.is_dir() if key == "images" else path.is_file())
+            )
+            if not ok:
+                what = {"shards": "a built dataset", "images": "a directory", "questions": "a jsonl file"}[key]
+                raise CurationError(f"{where}.benchmarks.{bench.name}.{key}: {value} is not {what}")
+
+
+def _bench_items(bench: Benchmark, method: str) -> Iterator[tuple[str, int | None, str | None]]:
+    """("image", hash, None) and ("question", None, text) items of one benchmark."""
+    from curation.neardup.hashing import image_hash, to_signed
+
+    if bench.shards:
+        from shards.reader import iter_dataset
+
+        for record in iter_dataset(Path(bench.shards)):
+            for data in record.image_list():
+                try:
+                    yield "image", to_signed(image_hash(data, method)), None
+                except ValueError:
+                    continue  # an undecodable benchmark image cannot match anything
+            if isinstance(record, SftRecord):
+                for turn in record.turns:
+                    yield "question", None, turn.user
+        return
+    if bench.images:
+        for path in sorted(p for p in Path(bench.images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            try:
+                yield "image", to_signed(image_hash(path.read_bytes(), method)), None
+            except ValueError:
+                continue
+    if bench.questions:
+        with open(bench.questions, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise CurationError(f"{bench.questions}:{number}: not valid JSON ({exc})") from None
+                question = row.get("question") if isinstance(row, dict) else None
+                if isinstance(question, str) and question.strip():
+                    yield "question", None, question
+
+
+def prepare_benchmarks(cfg: DecontaminateStep, label: str, work: Path) -> Path:
+    """Hash the benchmark images and collect the questions, once per build (reused on resume)."""
+    path = index_path(work, label)
+    if path.is_file():
+        return path
+    cols: dict[str, list[Any]] = {"benchmark": [], "kind": [], "hash": [], "text": []}
+    for bench in cfg.benchmarks:
+        for kind, h, text in _bench_items(bench, cfg.hash):
+            cols["benchmark"].append(bench.name)
+            cols["kind"].append(kind)
+            cols["hash"].append(h)
+            cols["text"].append(text)
+    table = pa.table(
+        {
+            "benchmark": pa.array(cols["benchmark"], pa.string()),
+            "kind": pa.array(cols["kind"], pa.string()),
+            "hash": pa.array(cols["hash"], pa.int64()),
+            "text": pa.array(cols["text"], pa.string()),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+class Decontaminate:
+    """The record step: loads the prepared benchmark index of its step from ``context['work']``."""
+
+    takes_context = True
+
+    def __init__(self, cfg: DecontaminateStep, context: dict[str, Any]) -> None:
+        from curation.neardup.hashing import to_unsigned
+        from curation.neardup.index import MultiIndexHash
+
+        self.cfg = cfg
+        self.order = {b.name: i for i, b in enumerate(cfg.benchmarks)}
+        table = pq.read_table(index_path(Path(context["work"]), context["label"])).to_pylist()
+        self.image_index = MultiIndexHash(cfg.max_distance)
+        self.image_bench: list[str] = []
+        self.questions: list[tuple[str, frozenset]] = []
+        self.by_gram: dict[tuple[str, ...], list[int]] = {}
+        for row in table:
+            if row["kind"] == "image":
+                self.image_index.add(len(self.image_bench), to_unsigned(row["hash"]))
+                self.image_bench.append(row["benchmark"])
+            else:
+                words, grams = ngrams(row["text"], cfg.ngram)
+                if words < cfg.min_question_words:
+                    continue
+                qid = len(self.questions)
+                self.questions.append((row["benchmark"], grams))
+                for g in grams:
+                    self.by_gram.setdefault(g, []).append(qid)
+
+    def _image_hits(self, sample: Sample) -> set[str]:
+        from curation.features import add_image_hashes
+        from curation.neardup.hashing import to_unsigned
+
+        if self.cfg.match == "question" or not sample.record.image_list() or not self.image_bench:
+            return set()
+        add_image_hashes(sample, [self.cfg.hash])  # reused by the writer's sidecar
+        hits = set()
+        for h in sample.image_hashes[self.cfg.hash]:
+            hits.update(self.image_bench[i] for i in self.image_index.query(to_unsigned(h)))
+        return hits
+
+    def _question_hits(self, sample: Sample) -> set[str]:
+        record = sample.record
+        if self.cfg.match == "image" or not isinstance(record, SftRecord) or not self.questions:
+            return set()
+        hits = set()
+        for turn in record.turns:
+            words, grams = ngrams(turn.user, self.cfg.ngram)
+            if words < self.cfg.min_question_words:
+                continue
+            shared: dict[int, int] = {}
+            for g in grams:
+                for qid in self.by_gram.get(g, ()):
+                    shared[qid] = shared.get(qid, 0) + 1
+            for qid, n in shared.items():
+                bench, bench_grams = self.questions[qid]
+                if n / len(bench_grams) >= self.cfg.min_overlap:
+                    hits.add(bench)
+        return hits
+
+    def __call__(self, sample: Sample) -> Sample | str:
+        try:
+            images = self._image_hits(sample)
+        except ValueError:
+            return "image_corrupt"
+        questions = self._question_hits(sample)
+        both = images & questions
+        match = self.cfg.match
+        for bench in sorted(images | questions, key=self.order.__getitem__):
+            if bench in both:
+                return f"contaminated_image_and_question:{bench}"
+            if bench in images and match in ("image", "image_or_question"):
+                return f"contaminated_image:{bench}"
+            if bench in questions and match in ("question", "image_or_question"):
+                return f"contaminated_question:{bench}"
+        return sample
