@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,11 +20,14 @@ from curation.partition import partition_dir, read_partition_stats
 from curation.rejects import RejectsWriter
 from curation.sample import Drop
 from curation.steps.dedup import GlobalDrops
+from curation.steps.merge import merged_turns
+from schemas import Turn
 from shards.atomic import HashingWriter, tmp_path
-from shards.codec import decode_sample
+from shards.codec import decode_sample, encode_record
 from shards.manifest import ShardInfo
 from shards.reader import iter_members
 from shards.tarstream import TarStream
+from shards.tokens import count_many, make_token_counter
 from shards.writer import write_shard_metadata
 
 
@@ -33,10 +37,32 @@ def _done(out: Path, stem: str) -> ShardInfo | None:
     return ShardInfo.from_stats(stem, json.loads((out / f"{stem}.stats.json").read_text()))
 
 
+@dataclass
+class Growth:
+    """Conversations that ``merge_qa`` grows: per staged shard, head key -> merged samples (turns in ``db``)."""
+
+    patches: dict[tuple[int, int], dict[str, list]] = field(default_factory=dict)
+    db: Path | None = None
+    tokenizer_type: str = "regex"
+    tokenizer_path: str | None = None
+
+    def apply(self, where: tuple[int, int], key: str, members: dict[str, bytes]) -> dict[str, bytes] | None:
+        """The head's members with the merged turns appended (None when ``key`` does not grow)."""
+        if key not in self.patches.get(where, {}):
+            return None
+        record = decode_sample(key, members)
+        extra = [Turn.model_construct(user=u, assistant=a) for u, a in merged_turns(self.db, where, key)]
+        return encode_record(record.model_copy(update={"turns": [*record.turns, *extra]}))
+
+    def counter(self):
+        return make_token_counter(self.tokenizer_type, self.tokenizer_path)
+
+
 def commit_shards(
-    work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops
+    work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops, growth: Growth | None = None
 ) -> tuple[list[ShardInfo], dict[int, list[ShardInfo]]]:
     """The final shards in order, and which of them each partition produced."""
+    growth = growth or Growth()
     final: list[ShardInfo] = []
     by_partition: dict[int, list[ShardInfo]] = {gid: [] for gid in gids}
     index = 0
@@ -45,6 +71,7 @@ def commit_shards(
         for staged in read_partition_stats(work, gid)["shards"]:
             number = int(staged["name"].split(".")[0])
             dropped = drops.get((gid, number), {})
+            grows = growth.patches.get((gid, number), {})
             if dropped and len(dropped) >= staged["samples"]:
                 continue
             stem = f"{prefix}-{index:06d}"
@@ -54,32 +81,49 @@ def commit_shards(
                 table = pq.read_table(pdir / staged["sidecar"])
                 staged_stats = json.loads((pdir / staged["stats"]).read_text())
                 extra = {"reencoded_images": staged_stats.get("reencoded_images", 0)}
-                if not dropped:
+                if not dropped and not grows:
                     info = write_shard_metadata(
                         out, stem, table=table, sha256=staged["sha256"], size=staged["bytes"], extra_stats=extra
                     )
                     os.replace(pdir / staged["name"], out / info.name)
                 else:
-                    info = _rewrite_without(pdir / staged["name"], out, stem, table, set(dropped), extra)
+                    info = _rewrite(pdir / staged["name"], out, stem, table, set(dropped), extra, growth, (gid, number))
             final.append(info)
             by_partition[gid].append(info)
             crash_point("commit_shard")
     return final, by_partition
 
 
-def _rewrite_without(src: Path, out: Path, stem: str, table: pa.Table, dropped: set[str], extra: dict) -> ShardInfo:
+def _rewrite(
+    src: Path,
+    out: Path,
+    stem: str,
+    table: pa.Table,
+    dropped: set[str],
+    extra: dict,
+    growth: Growth,
+    where: tuple[int, int],
+) -> ShardInfo:
+    """Write the shard without its dropped samples and with its grown conversations."""
     tmp = tmp_path(out / f"{stem}.tar")
+    grown: dict[str, dict[str, int]] = {}
     with open(tmp, "wb") as f:
         hashing = HashingWriter(f)
         tar = TarStream(hashing)
         for key, members in iter_members(src):
-            if key not in dropped:
-                tar.add_sample(key, members)
+            if key in dropped:
+                continue
+            patched = growth.apply(where, key, members)
+            nbytes = tar.add_sample(key, patched or members)
+            if patched is not None:
+                grown[key] = _sidecar_counts(decode_sample(key, patched), nbytes, growth.counter())
         tar.close()
         f.flush()
         os.fsync(f.fileno())
     crash_point("rewrite_tar_written")
     kept = table.filter(pc.invert(pc.is_in(table.column("key"), pa.array(sorted(dropped), pa.string()))))
+    if grown:
+        kept = _update_rows(kept, grown)
     index = kept.schema.get_field_index("index")
     kept = kept.set_column(index, kept.schema.field(index), pa.array(range(kept.num_rows), pa.int32()))
     info = write_shard_metadata(
@@ -87,6 +131,26 @@ def _rewrite_without(src: Path, out: Path, stem: str, table: pa.Table, dropped: 
     )
     os.replace(tmp, out / info.name)
     return info
+
+
+def _sidecar_counts(record, nbytes: int, counter) -> dict[str, int]:
+    texts, answers = record.texts_for_tokens()
+    return {
+        "turns": record.num_turns(),
+        "text_tokens": count_many(counter, texts),
+        "answer_tokens": count_many(counter, answers),
+        "bytes": nbytes,
+    }
+
+
+def _update_rows(table: pa.Table, grown: dict[str, dict[str, int]]) -> pa.Table:
+    keys = table.column("key").to_pylist()
+    for column in ("turns", "text_tokens", "answer_tokens", "bytes"):
+        i = table.schema.get_field_index(column)
+        values = table.column(column).to_pylist()
+        values = [grown[k][column] if k in grown else v for k, v in zip(keys, values, strict=True)]
+        table = table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+    return table
 
 
 def commit_rejects(work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops) -> list[ShardInfo]:

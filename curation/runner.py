@@ -21,7 +21,7 @@ from typing import Any
 
 from curation import __version__
 from curation.accounting import Accounting
-from curation.commit import commit_rejects, commit_shards
+from curation.commit import Growth, commit_rejects, commit_shards
 from curation.errors import CurationError, RecipeError
 from curation.executors import run_local
 from curation.faults import crash_point
@@ -30,6 +30,7 @@ from curation.progress import BuildProgress
 from curation.readers import Partition, make_reader
 from curation.recipe import GLOBAL_STEPS, STEP_CLASSES, BuildRecipe, step_label
 from curation.steps.dedup import GlobalDrops, find_global_drops
+from curation.steps.merge import Patches, find_merges, stage_merged_turns
 from curation.steps.neardup import near_duplicate_images, near_duplicate_texts
 from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
 from shards.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_wids_index
@@ -343,13 +344,14 @@ def _build_locked(
         per_partition.append({"partition": gid, **pstats["partition"], "accounting": pstats["accounting"]})
     for src in recipe.sources:  # a source cut off by --limit still shows, with 0 inputs
         acc.steps["read"].input[src.name] += 0
-    drops, duplicate_pairs = _run_global_steps(recipe, work, gids, acc)
+    drops, duplicate_pairs, patches = _run_global_steps(recipe, work, gids, acc)
     problems = acc.check()
     if problems:
         raise RuntimeError(f"accounting identity broken (a bug): {problems[:3]}")
 
     prefix = recipe.shard_prefix()
-    shards, by_partition = commit_shards(work, out, prefix, gids, drops)
+    grow = Growth(patches, work / "merged_turns.sqlite", recipe.tokenizer.type, recipe.tokenizer.path)
+    shards, by_partition = commit_shards(work, out, prefix, gids, drops, grow)
     rejects = commit_rejects(work, out, prefix, gids, drops) if recipe.output.rejects else []
     totals = _totals(out, shards)
     summary = acc.summary()
@@ -388,9 +390,10 @@ def _build_locked(
 
 def _run_global_steps(
     recipe: BuildRecipe, work: Path, gids: list[int], acc: Accounting
-) -> tuple[GlobalDrops, dict[str, dict[str, dict[str, int]]]]:
+) -> tuple[GlobalDrops, dict[str, dict[str, dict[str, int]]], Patches]:
     """``unique_key`` (always), then the recipe's global steps, each over what the previous ones kept.
-    Returns the drops and, per step, how many samples of each source duplicated a sample of which source."""
+    Returns the drops, per step how many samples of each source duplicated a sample of which source, and the
+    conversations that ``merge_qa`` grows."""
     _, global_labels = step_names(recipe)
     configs = {UNIQUE_KEY: None}
     configs.update({step_label(recipe.steps, i): s for i, s in enumerate(recipe.steps) if s.step in GLOBAL_STEPS})
@@ -400,6 +403,7 @@ def _run_global_steps(
         for s in read_partition_stats(work, gid)["shards"]
     ]
     drops: GlobalDrops = {}
+    patches: Patches = {}
     pairs: dict[str, dict[str, dict[str, int]]] = {}
     previous = acc.step_names[-1]
     for label in global_labels:
@@ -407,17 +411,28 @@ def _run_global_steps(
         counts = acc.steps[label]
         for source, n in acc.steps[previous].output.items():
             counts.input[source] += n
-        for where, found in _global_step(configs[label], label, sidecars, drops, work).items():
+        cfg = configs[label]
+        if cfg is not None and cfg.step == "merge_qa":
+            found_drops, grown = find_merges(cfg, label, sidecars, drops)
+            for where, heads in grown.items():
+                patches.setdefault(where, {}).update(heads)
+        else:
+            found_drops = _global_step(cfg, label, sidecars, drops, work)
+        for where, found in found_drops.items():
             for key, drop in found.items():
                 drops.setdefault(where, {})[key] = drop
                 counts.dropped[drop.source][drop.reason] += 1
-                if drop.other_source is not None:
+                if drop.other_source is not None and drop.reason != "merged_into_conversation":
                     per = pairs.setdefault(label, {}).setdefault(drop.source, {})
                     per[drop.other_source] = per.get(drop.other_source, 0) + 1
         for source in counts.input:
             counts.output[source] = counts.input[source] - sum(counts.dropped[source].values())
         previous = label
-    return drops, {k: {s: dict(sorted(v.items())) for s, v in sorted(d.items())} for k, d in pairs.items()}
+    pairs_sorted = {k: {s: dict(sorted(v.items())) for s, v in sorted(d.items())} for k, d in pairs.items()}
+    if patches:
+        paths = {(g, n): p.with_name(f"{n:06d}.tar") for g, n, p in sidecars}
+        stage_merged_turns(patches, paths, work / "merged_turns.sqlite")
+    return drops, pairs_sorted, patches
 
 
 def _global_step(cfg: Any, label: str, sidecars: list, drops: GlobalDrops, work: Path) -> GlobalDrops:
