@@ -135,10 +135,16 @@ def plan_components(
     for i, c in enumerate(recipe.components):
         rows = _component_rows(dirs[c.dataset], c)
         if rows.num_rows == 0:
-            present = sorted(read_manifest(dirs[c.dataset]).accounting.get("sources", {}))
+            accounting = read_manifest(dirs[c.dataset]).accounting.get("sources", {})
+            known = [s for s in c.source_names() if s in accounting]
+            if known:
+                why = "; ".join(
+                    f"{s}: {accounting[s]['input']} read, all dropped ({accounting[s]['dropped']})" for s in known
+                )
+                raise CurationError(f"components.{i} ({c.name}): no samples left in dataset {c.dataset!r} ({why})")
             raise CurationError(
-                f"components.{i} ({c.name}): dataset {c.dataset!r} holds no samples of source(s) "
-                f"{c.source_names()}; its sources: {', '.join(present) or 'none'}"
+                f"components.{i} ({c.name}): dataset {c.dataset!r} has no source {c.source_names()}; its sources: "
+                f"{', '.join(sorted(accounting)) or 'none'}"
             )
         plans.append(ComponentPlan(c, c.dataset, rows))
     fixed = [p for p in plans if p.component.target.answer_share is None]
@@ -299,7 +305,7 @@ def _samples_in(tar: str) -> int:
 def build_mixture(
     recipe: MixtureRecipe, out: Path, *, workers: int = 1, overwrite: bool = False, progress: bool = True
 ) -> Any:
-    from curation.runner import LOGS, WORK, BuildResult, _clear_build, build_lock, output_state
+    from curation.runner import LOGS, WORK, BuildResult, _clear_build, build_lock, check_tokenizer, output_state
 
     out = Path(out).resolve()
     started = time.perf_counter()
@@ -323,6 +329,7 @@ def build_mixture(
         remove_stale_tmp(out)
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_json(work / "plan.json", {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()})
+        check_tokenizer(recipe.tokenizer)
         dirs = _resolve_datasets(recipe, out, workers, progress)
         plans, total_tokens, identities = plan_components(recipe, dirs, out)
         selection = _selection_table(recipe, plans, dirs)

@@ -34,6 +34,7 @@ from curation.steps.merge import Patches, find_merges, stage_merged_turns
 from curation.steps.neardup import near_duplicate_images, near_duplicate_texts
 from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
 from shards.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_wids_index
+from shards.tokens import TokenizerError, make_token_counter, tokenizer_fingerprint
 
 WORK = "_work"
 STATS_NAME = "stats.json"
@@ -201,6 +202,15 @@ def _check_kinds(recipe: BuildRecipe, readers: dict[str, Any]) -> None:
             )
 
 
+def check_tokenizer(tokenizer: Any) -> str:
+    """Load the recipe's tokenizer once here (a bad one fails before anything is written); its fingerprint."""
+    try:
+        make_token_counter(tokenizer.type, tokenizer.path)
+        return tokenizer_fingerprint(tokenizer.type, tokenizer.path)
+    except TokenizerError as exc:
+        raise RecipeError(str(exc)) from None
+
+
 def _check_step_inputs(recipe: BuildRecipe) -> None:
     from curation.steps.decontaminate import check_benchmarks
 
@@ -268,7 +278,12 @@ def build(
     # Everything that can fail on bad configuration or inputs happens before anything is written.
     state = output_state(out, rhash, overwrite)
     plan = plan_partitions(recipe, limit)
-    plan_doc = {"recipe_sha256": rhash, "prefix": recipe.shard_prefix(), "partitions": [p.to_dict() for p in plan]}
+    plan_doc = {
+        "recipe_sha256": rhash,
+        "prefix": recipe.shard_prefix(),
+        "tokenizer": check_tokenizer(recipe.tokenizer),  # a changed tokenizer file is a changed input
+        "partitions": [p.to_dict() for p in plan],
+    }
     if state == "complete":
         recorded = _recorded_plan_sha256(out)
         if recorded is not None and recorded != content_sha256(plan_doc):
