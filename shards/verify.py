@@ -202,9 +202,10 @@ def _check_accounting(acc: dict[str, Any], samples: int, problems: list[str]) ->
             dropped = sum(c.get("dropped", {}).values())
             added = sum(c.get("added", {}).values())
             if c["input"] + added != c["output"] + dropped:
+                plus = f" + added {added}" if added else ""
                 problems.append(
                     f"accounting step {entry['step']!r}, source {source!r}: "
-                    f"input {c['input']} + added {added} != output {c['output']} + dropped {dropped}"
+                    f"input {c['input']}{plus} != output {c['output']} + dropped {dropped}"
                 )
     for a, b in pairwise(steps):
         for source in sorted(set(a["sources"]) | set(b["sources"])):
@@ -219,8 +220,9 @@ def _check_accounting(acc: dict[str, Any], samples: int, problems: list[str]) ->
         dropped = sum(c.get("dropped", {}).values())
         added = sum(c.get("added", {}).values())
         if c["input"] + added != c["output"] + dropped:
+            plus = f" + added {added}" if added else ""
             problems.append(
-                f"accounting for source {source!r}: input {c['input']} + added {added} != output {c['output']} "
+                f"accounting for source {source!r}: input {c['input']}{plus} != output {c['output']} "
                 f"+ dropped {dropped}"
             )
         if not steps:

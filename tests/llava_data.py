@@ -370,17 +370,21 @@ def make_llava_tree(root: Path) -> LlavaTree:
         "text": Expected(
             input=6,
             dropped={"invalid_json": 1, "malformed_conversation": 2},
-            keys=["openhermes2_5-0000-000000000", "a4f0c2e8-2b36-4f0b-9f5e-3d9c0b1e2f11", "ultrachat-0001-000000000"],
+            keys=[
+                "text-openhermes2_5-0000-000000000",
+                "a4f0c2e8-2b36-4f0b-9f5e-3d9c0b1e2f11",
+                "text-ultrachat-0001-000000000",
+            ],
             text_only=3,
-            system={"openhermes2_5-0000-000000000": SYSTEM, "ultrachat-0001-000000000": "Answer briefly."},
+            system={"text-openhermes2_5-0000-000000000": SYSTEM, "text-ultrachat-0001-000000000": "Answer briefly."},
         ),
         "metamath": Expected(
             input=3,
             dropped={"malformed_conversation": 1},
-            keys=["MetaMathQA-395K-0000-000000000", "MetaMathQA-395K-0000-000000001"],
+            keys=["metamath-MetaMathQA-395K-0000-000000000", "metamath-MetaMathQA-395K-0000-000000001"],
             text_only=2,
             turns={
-                "MetaMathQA-395K-0000-000000001": [
+                "metamath-MetaMathQA-395K-0000-000000001": [
                     {"user": "If x + 3 = 10, what is x?", "assistant": "x = 10 - 3 = 7.\nThe answer is: 7"}
                 ]
             },

@@ -69,6 +69,14 @@ def sanitize_key(value: Any) -> str:
     return f"{_KEY_BAD.sub('_', text)[:180]}-{digest}"
 
 
+def default_key(source: str, file: str, file_index: int, row: int) -> str:
+    """The key of an input row without an id: source, file stem, file number and row number, so keys never
+    collide across sources (two sources each reading a ``train.jsonl``)."""
+    stem = sanitize_key(Path(file).stem)
+    prefix = source if stem == source else f"{source}-{stem}"
+    return sanitize_key(f"{prefix}-{file_index:04d}-{row:09d}")
+
+
 def to_jsonable(value: Any) -> Any:
     """Input values (parquet timestamps, decimals, bytes, NaN, ...) as JSON values for ``meta``."""
     if value is None or isinstance(value, bool | int | str):

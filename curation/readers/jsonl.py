@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
-from curation.readers.base import Partition, RowReader, expand_inputs, sanitize_key
+from curation.readers.base import Partition, RowReader, default_key, expand_inputs
 from curation.sample import Drop, Sample
 
 
@@ -40,7 +39,6 @@ class JsonlReader(RowReader):
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec
         src = self.source
-        stem = sanitize_key(Path(spec["file"]).stem)
         ordinal = spec["start"] - 1
         with open(spec["file"], "rb") as f:
             f.seek(spec["offset"])  # straight to the partition: no rescan from line 0
@@ -51,18 +49,18 @@ class JsonlReader(RowReader):
                 if ordinal >= spec["stop"]:
                     break
                 origin = f"{spec['file']}:{ordinal + 1}"
-                default_key = f"{stem}-{spec['file_index']:04d}-{ordinal:09d}"
+                row_key = default_key(self.source.name, spec["file"], spec["file_index"], ordinal)
                 try:
                     row = json.loads(line)
                 except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
                     raw = {"line": line[:10_000].decode("utf-8", "replace")}
-                    yield Drop("invalid_json", src.name, origin, default_key, str(exc)[:500], raw=raw)
+                    yield Drop("invalid_json", src.name, origin, row_key, str(exc)[:500], raw=raw)
                     continue
                 if not isinstance(row, dict):
                     raw = {"line": line[:10_000].decode("utf-8", "replace")}
-                    yield Drop("invalid_json", src.name, origin, default_key, "line is not a JSON object", raw=raw)
+                    yield Drop("invalid_json", src.name, origin, row_key, "line is not a JSON object", raw=raw)
                     continue
-                item = self.to_item(row, origin, default_key)
+                item = self.to_item(row, origin, row_key)
                 if isinstance(item, Drop):
                     item.raw = {"line": line[:10_000].decode("utf-8", "replace")}
                 yield item

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from curation.errors import CurationError
-from curation.readers.base import Partition, expand_inputs, load_image_file, sanitize_key, to_jsonable
+from curation.readers.base import Partition, default_key, expand_inputs, load_image_file, sanitize_key, to_jsonable
 from curation.sample import Drop, Sample
 from schemas import RecordError, parse_record
 
@@ -412,7 +412,7 @@ class LlavaReader:
     def _where(self, spec: dict[str, Any], ordinal: int) -> tuple[str, str]:
         """(origin, default key) of a record."""
         origin = f"{spec['file']}:{ordinal + 1}" if spec["format"] == "lines" else f"{spec['file']}[{ordinal}]"
-        return origin, f"{sanitize_key(Path(spec['file']).stem)}-{spec['file_index']:04d}-{ordinal:09d}"
+        return origin, default_key(self.source.name, spec["file"], spec["file_index"], ordinal)
 
     def _item(self, spec: dict[str, Any], ordinal: int, row: Any, raw: str, error: str | None) -> Sample | Drop:
         src = self.source

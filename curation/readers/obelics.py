@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from curation.laion.download import download_shard
 from curation.obelics import ObelicsDocument, WordLists, clean_document, count_image_urls
 from curation.obelics.filters import PARAGRAPH_SEPARATOR
-from curation.readers.base import Partition, expand_inputs, sanitize_key
+from curation.readers.base import Partition, default_key, expand_inputs
 from curation.readers.laion import _short_hash, cache_root, error_category
 from curation.readers.parquet import row_group_partitions
 from curation.sample import Drop, Sample
@@ -66,7 +66,6 @@ class ObelicsReader:
         wordlists = WordLists.default()
         if src.common_words:
             wordlists = wordlists.replace(common_words=WordLists.read(src.common_words))
-        stem = sanitize_key(Path(spec["file"]).stem)
         kept: list[tuple[str, str, ObelicsDocument, Counter]] = []
         row_number, emitted = spec["first_row"], 0
         # 1. parse and clean every document (drops are final; survivors wait for their images)
@@ -76,7 +75,8 @@ class ObelicsReader:
                 if emitted >= partition.rows:
                     break
                 emitted += 1
-                key, origin = f"{stem}-{spec['file_index']:04d}-{row_number:09d}", f"{spec['file']}#{row_number}"
+                key = default_key(self.source.name, spec["file"], spec["file_index"], row_number)
+                origin = f"{spec['file']}#{row_number}"
                 row_number += 1
                 try:
                     doc = ObelicsDocument.from_row(row)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.errors import CurationError
-from curation.readers.base import Partition, RowReader, expand_inputs, sanitize_key
+from curation.readers.base import Partition, RowReader, default_key, expand_inputs
 from curation.sample import Drop, Sample
 
 
@@ -20,7 +20,6 @@ class ParquetReader(RowReader):
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec
-        stem = sanitize_key(spec["file"].rsplit("/", 1)[-1].removesuffix(".parquet"))
         row_number = spec["first_row"]
         emitted = 0
         try:
@@ -31,9 +30,9 @@ class ParquetReader(RowReader):
                         return
                     emitted += 1
                     origin = f"{spec['file']}#{row_number}"
-                    default_key = f"{stem}-{spec['file_index']:04d}-{row_number:09d}"
+                    row_key = default_key(self.source.name, spec["file"], spec["file_index"], row_number)
                     row_number += 1
-                    yield self.to_item(row, origin, default_key)
+                    yield self.to_item(row, origin, row_key)
         except (pa.ArrowException, OSError) as exc:  # a damaged page: the rest of the partition is lost, counted
             detail = f"{spec['file']}: {exc}"[:500]
             for _ in range(partition.rows - emitted):

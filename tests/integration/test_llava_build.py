@@ -107,7 +107,7 @@ def test_samples(built):
     assert sanitized.meta["source_id"] == "textvqa/0054c91397f2fe05.1"
     assert by_key["Tom_Hanks"].meta["image_paths"] == "web-celebrity/images/Tom_Hanks.jpg"
     assert "«Café de Flore»" in by_key["sa_1234"].turns[0].assistant  # UTF-8 kept through the Latin-1 scan
-    assert by_key["MetaMathQA-395K-0000-000000000"].meta == {
+    assert by_key["metamath-MetaMathQA-395K-0000-000000000"].meta == {
         "type": "GSM_Rephrased",
         "original_question": "Add 12 and 30.",
     }
@@ -136,7 +136,7 @@ def test_export_round_trip(built, tmp_path):
     assert entries["multi_0001"]["image"] == ["images/multi_0001_0.jpg", "images/multi_0001_1.jpg"]
     assert entries["multi_0001"]["conversations"][0]["value"].startswith("<image>\n<image>\nWhat do")
     assert "image" not in entries["12345"]
-    assert entries["openhermes2_5-0000-000000000"]["conversations"][0]["from"] == "system"
+    assert entries["text-openhermes2_5-0000-000000000"]["conversations"][0]["from"] == "system"
 
     back = LlavaReader(LlavaSource(name="back", reader="llava", path=str(dest / "llava.json"), image_root=str(dest)))
     items = [i for p in back.plan() for i in back.read(p)]

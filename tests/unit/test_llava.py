@@ -125,8 +125,8 @@ def test_llava_records_become_sft_samples(tmp_path):
         "7",
         "8",
         sanitize_key("a.b/c"),
-        "mix-0000-000000004",
-        "mix-0000-000000005",
+        "llava-mix-0000-000000004",
+        "llava-mix-0000-000000005",
     ]
     assert recs[0].images == [coco] and recs[0].turns[0].user == "Q?"
     assert recs[0].meta == {"image_paths": "coco/train2017/000000000001.jpg"}
@@ -166,7 +166,7 @@ def test_single_turn_instruction_records(tmp_path):
     ok, not_str, missing = items
     assert ok.record.turns[0].model_dump() == {"user": "1+1?", "assistant": "2"}
     assert ok.record.meta == {"type": "GSM", "system": "Math tutor."}
-    assert ok.record.key == "MetaMathQA-395K-0000-000000000"
+    assert ok.record.key == "llava-MetaMathQA-395K-0000-000000000"
     assert (not_str.reason, not_str.detail) == ("malformed_conversation", "field 'response' is a int, not a string")
     assert (missing.reason, missing.detail) == ("malformed_conversation", "field 'response' is missing")
 
@@ -192,7 +192,7 @@ def test_image_drops(tmp_path):
         ("dir", "unreadable_image_file"),
         ("num", "invalid_image_field"),
         ("empty_list", "invalid_image_field"),
-        ("x-0000-000000005", "invalid_json"),
+        ("llava-x-0000-000000005", "invalid_json"),
     ]
     assert "0439023521.jpg" in items[1].detail and items[1].origin.endswith("x.json[1]")
     assert items[5].detail == "a JSON str, not an object"
