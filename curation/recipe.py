@@ -616,8 +616,11 @@ class MixtureRecipe(_Strict):
                 )
         shares = [c.target.answer_share for c in self.components if c.target.answer_share is not None]
         fixed = len(shares) < len(self.components)
-        if sum(shares) > 100.0 + 1e-6:
-            raise ValueError(f"the answer_share targets add up to {sum(shares):.2f}%, more than 100%")
+        if not fixed and not 95.0 <= sum(shares) <= 105.0:
+            raise ValueError(
+                f"the answer_share targets add up to {sum(shares):.2f}%; they should add up to 100% (they are "
+                "read as proportions of their sum, so printed tables that round a little, e.g. 100.77%, are fine)"
+            )
         if fixed and shares and sum(shares) >= 100.0:
             raise ValueError("answer_share targets take 100%, leaving nothing for the samples/epochs components")
         if fixed and self.total_answer_tokens is not None:
