@@ -947,9 +947,12 @@ def recipe_hash(recipe: BaseModel) -> str:
 
 
 def recipe_json_schema() -> dict[str, Any]:
-    schema = BuildRecipe.model_json_schema()
+    """JSON Schema of every recipe kind (``kind: build`` is the default)."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(BuildRecipe | MixtureRecipe).json_schema()
     schema["$id"] = "vlm-curation/recipe.schema.json"
-    schema["title"] = "vlm-curation build recipe"
+    schema["title"] = "vlm-curation recipe (build or mixture)"
     return schema
 
 

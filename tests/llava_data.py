@@ -52,6 +52,7 @@ class Expected:
     input: int
     dropped: dict[str, int]
     keys: list[str]  # kept samples, in input order
+    source_ids: dict[str, Any] = field(default_factory=dict)  # key -> meta["source_id"] (the input id), every keyed one
     text_only: int = 0
     images: int = 0
     turns: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # key -> turns, for a few samples
@@ -175,7 +176,7 @@ def llava665k_records() -> list[dict[str, Any]]:
             "model": "",
             "conversations": [gpt("Hello! How can I help?"), human("Tell me a joke.")],
         },
-        {  # an id that is not a valid key: sanitized, the original kept in meta.source_id
+        {  # an id that is not a valid key: "llava665k-<id>" is sanitized; the input id is kept in meta.source_id
             "id": "textvqa/0054c91397f2fe05.1",
             "image": f"{textvqa}/0054c91397f2fe05.jpg",
             "conversations": [human("<image>\nwhat number is on the player's jersey?"), gpt("22")],
@@ -322,43 +323,50 @@ def make_llava_tree(root: Path) -> LlavaTree:
     metamath_path = root / "MetaMathQA-395K.json"
     metamath_path.write_text(json.dumps(metamath_records(), indent=4))
 
-    sanitized = "textvqa_0054c91397f2fe05_1-" + hashlib.sha1(b"textvqa/0054c91397f2fe05.1").hexdigest()[:12]
+    # Records with an id get the key "<source name>-<id>" (sanitized); the rest the default key. The expected keys
+    # below are for the source names of tests/integration/test_llava_build.py (the keys of ``expected``).
+    raw = "llava665k-textvqa/0054c91397f2fe05.1"
+    sanitized = "llava665k-textvqa_0054c91397f2fe05_1-" + hashlib.sha1(raw.encode()).hexdigest()[:12]
+    llava_ids: list[Any] = [
+        "000000033471",
+        "000000052846",
+        "2354786",
+        "B00005R8BC",
+        "e5d1a1c3b2f5a4e6",
+        "2376521",
+        "2412345",
+        12345,
+        "i6IyJda_0",
+        "textvqa/0054c91397f2fe05.1",
+        "multi_0001",
+    ]
+    llava_keys = [f"llava665k-{i}" for i in llava_ids[:9]] + [sanitized, "llava665k-multi_0001"]
+    openhermes_id = "a4f0c2e8-2b36-4f0b-9f5e-3d9c0b1e2f11"
     expected = {
         "llava665k": Expected(
             input=13,
             dropped={"missing_image_file": 1, "malformed_conversation": 1},
-            keys=[
-                "000000033471",
-                "000000052846",
-                "2354786",
-                "B00005R8BC",
-                "e5d1a1c3b2f5a4e6",
-                "2376521",
-                "2412345",
-                "12345",
-                "i6IyJda_0",
-                sanitized,
-                "multi_0001",
-            ],
+            keys=llava_keys,
+            source_ids=dict(zip(llava_keys, llava_ids, strict=True)),
             text_only=2,
             images=10,
             turns={
-                "000000052846": [
+                "llava665k-000000052846": [
                     {
                         "user": "Where is the cat positioned in the image?",
                         "assistant": "The cat is positioned on top of the back of the couch in the living room.",
                     }
                 ],
-                "e5d1a1c3b2f5a4e6": [
+                "llava665k-e5d1a1c3b2f5a4e6": [
                     {
                         "user": "What is the brand of this camera?\nReference OCR token: dakota, digital",
                         "assistant": "Dakota",
                     }
                 ],
-                "multi_0001": [
+                "llava665k-multi_0001": [
                     {"user": "What do these two pictures have in common?", "assistant": "Both show a street scene."}
                 ],
-                "12345": [
+                "llava665k-12345": [
                     {
                         "user": "Write a haiku about autumn.",
                         "assistant": HAIKU,
@@ -366,15 +374,22 @@ def make_llava_tree(root: Path) -> LlavaTree:
                 ],
             },
         ),
-        "sharegpt4v": Expected(input=6, dropped={}, keys=[r["id"] for r in sharegpt], images=6),
+        "sharegpt4v": Expected(
+            input=6,
+            dropped={},
+            keys=[f"sharegpt4v-{r['id']}" for r in sharegpt],
+            source_ids={f"sharegpt4v-{r['id']}": r["id"] for r in sharegpt},
+            images=6,
+        ),
         "text": Expected(
             input=6,
             dropped={"invalid_json": 1, "malformed_conversation": 2},
             keys=[
                 "text-openhermes2_5-0000-000000000",
-                "a4f0c2e8-2b36-4f0b-9f5e-3d9c0b1e2f11",
-                "text-ultrachat-0001-000000000",
+                f"text-{openhermes_id}",
+                "text-ultrachat-0001-000000000",  # chat lines have a prompt_id, no id: default keys
             ],
+            source_ids={f"text-{openhermes_id}": openhermes_id},
             text_only=3,
             system={"text-openhermes2_5-0000-000000000": SYSTEM, "text-ultrachat-0001-000000000": "Answer briefly."},
         ),

@@ -430,7 +430,9 @@ class LlavaReader:
         """An input record as an sft Sample, or a Drop with the reason."""
         src = self.source
         raw_key = row.get(src.fields.get("key", "id"))
-        key = sanitize_key(raw_key) if raw_key not in (None, "") else default_key
+        # ids are dataset-local (LLaVA-665K and ShareGPT4V share COCO ids; many sets number from 0): keys carry
+        # the source name so sources never collide; the input id stays in meta["source_id"].
+        key = sanitize_key(f"{src.name}-{raw_key}") if raw_key not in (None, "") else default_key
         try:
             conv = parse_conversation(row, src.fields)
         except Malformed as exc:
@@ -446,8 +448,8 @@ class LlavaReader:
             meta["image_paths"] = to_jsonable(conv.image_value)
         if conv.system is not None:
             meta["system"] = conv.system
-        if raw_key not in (None, "") and key != str(raw_key):
-            meta["source_id"] = to_jsonable(raw_key)  # the input id, before it was made a valid key
+        if raw_key not in (None, ""):
+            meta["source_id"] = to_jsonable(raw_key)
         try:
             record = parse_record(
                 "sft", {"key": key, "source": src.name, "meta": meta, "images": images, "turns": conv.turns}

@@ -16,7 +16,7 @@ def curate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-@pytest.mark.parametrize("command", ["build", "audit", "inspect", "verify", "recipes", "schema", "demo"])
+@pytest.mark.parametrize("command", ["build", "audit", "inspect", "verify", "recipes", "schema", "demo", "export"])
 def test_help(command):
     res = curate(command, "--help")
     assert res.returncode == 0 and "Usage" in res.stdout
@@ -24,7 +24,7 @@ def test_help(command):
 
 def test_top_level_help_lists_commands():
     res = curate("--help")
-    for command in ["build", "audit", "inspect", "verify", "recipes", "schema", "demo"]:
+    for command in ["build", "audit", "inspect", "verify", "recipes", "schema", "demo", "export"]:
         assert command in res.stdout
 
 
@@ -115,7 +115,9 @@ def test_build_by_name_with_set_and_rerun_is_a_noop(demo_dir, tmp_path):
 def test_schema_command_writes_json(tmp_path):
     res = curate("schema", "--out", str(tmp_path / "recipe.schema.json"))
     assert res.returncode == 0
-    assert json.loads((tmp_path / "recipe.schema.json").read_text())["title"] == "vlm-curation build recipe"
+    assert (
+        json.loads((tmp_path / "recipe.schema.json").read_text())["title"] == "vlm-curation recipe (build or mixture)"
+    )
 
 
 def test_readme_loading_snippet_runs(demo_dir, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 
 from curation.errors import CurationError
 from curation.export_llava import export_llava
+from curation.readers.base import sanitize_key
 from curation.readers.llava import LlavaReader
 from curation.recipe import LlavaSource, validate_recipe
 from curation.runner import build
@@ -89,24 +90,38 @@ def test_samples(built):
         for key, turns in exp.turns.items():
             assert [t.model_dump() for t in by_key[key].turns] == turns
         assert {k: r.meta["system"] for k, r in by_key.items() if "system" in r.meta} == exp.system
+        # every record with an input id keeps it in meta.source_id; its key is "<source>-<id>" (sanitized)
+        assert {k: r.meta["source_id"] for k, r in by_key.items() if "source_id" in r.meta} == exp.source_ids
+        assert all(k == sanitize_key(f"{name}-{i}") for k, i in exp.source_ids.items())
     for r in records:
         paths = r.meta.get("image_paths")
         refs = [] if paths is None else [paths] if isinstance(paths, str) else paths
         assert r.images == [tree.image_bytes[ref] for ref in refs]  # the files' bytes, exactly
         assert all("<image>" not in t.user for t in r.turns)
     by_key = {r.key: r for r in records}
-    assert by_key["000000033471"].meta == {"image_paths": "coco/train2017/000000033471.jpg"}
-    assert [t.user for t in by_key["000000033471"].turns][:2] == [
+    assert len(by_key) == len(records)
+    assert by_key["llava665k-000000033471"].meta == {
+        "image_paths": "coco/train2017/000000033471.jpg",
+        "source_id": "000000033471",
+    }
+    assert [t.user for t in by_key["llava665k-000000033471"].turns][:2] == [
         "What are the colors of the bus in the image?",
         "What feature can be seen on the back of the bus?",
     ]
-    assert by_key["12345"].meta == {"model": ""}
+    assert by_key["llava665k-12345"].meta == {"model": "", "source_id": 12345}  # the int id, as it was
     text_only = [r for r in records if r.source == "llava665k" and not r.images]
-    assert {r.key for r in text_only} == {"12345", "i6IyJda_0"}
-    sanitized = next(r for r in records if r.key.startswith("textvqa_"))
+    assert {r.key for r in text_only} == {"llava665k-12345", "llava665k-i6IyJda_0"}
+    sanitized = next(r for r in records if r.key.startswith("llava665k-textvqa_"))
+    assert sanitized.key == sanitize_key("llava665k-textvqa/0054c91397f2fe05.1")
     assert sanitized.meta["source_id"] == "textvqa/0054c91397f2fe05.1"
-    assert by_key["Tom_Hanks"].meta["image_paths"] == "web-celebrity/images/Tom_Hanks.jpg"
-    assert "«Café de Flore»" in by_key["sa_1234"].turns[0].assistant  # UTF-8 kept through the Latin-1 scan
+    assert by_key["sharegpt4v-Tom_Hanks"].meta == {
+        "image_paths": "web-celebrity/images/Tom_Hanks.jpg",
+        "source_id": "Tom_Hanks",
+    }
+    assert "«Café de Flore»" in by_key["sharegpt4v-sa_1234"].turns[0].assistant  # UTF-8 kept through the Latin-1 scan
+    assert (
+        by_key["text-a4f0c2e8-2b36-4f0b-9f5e-3d9c0b1e2f11"].meta["source_id"] == "a4f0c2e8-2b36-4f0b-9f5e-3d9c0b1e2f11"
+    )
     assert by_key["metamath-MetaMathQA-395K-0000-000000000"].meta == {
         "type": "GSM_Rephrased",
         "original_question": "Add 12 and 30.",
@@ -124,28 +139,38 @@ def test_export_round_trip(built, tmp_path):
     assert [e["id"] for e in doc] == [r.key for r in records]
     assert len(list((dest / "images").iterdir())) == n_images
     entries = {e["id"]: e for e in doc}
-    assert entries["000000052846"] == {
-        "id": "000000052846",
-        "image": "images/000000052846.jpg",
+    assert entries["llava665k-000000052846"] == {  # the id is the dataset key (the input id with its source name)
+        "id": "llava665k-000000052846",
+        "image": "images/llava665k-000000052846.jpg",
         "conversations": [
             {"from": "human", "value": "<image>\nWhere is the cat positioned in the image?"},
             {"from": "gpt", "value": "The cat is positioned on top of the back of the couch in the living room."},
         ],
     }
-    assert entries["2412345"]["image"] == "images/2412345.png"  # the extension of the image's real format
-    assert entries["multi_0001"]["image"] == ["images/multi_0001_0.jpg", "images/multi_0001_1.jpg"]
-    assert entries["multi_0001"]["conversations"][0]["value"].startswith("<image>\n<image>\nWhat do")
-    assert "image" not in entries["12345"]
+    assert entries["llava665k-2412345"]["image"] == "images/llava665k-2412345.png"  # the image's real format
+    assert entries["llava665k-multi_0001"]["image"] == [
+        "images/llava665k-multi_0001_0.jpg",
+        "images/llava665k-multi_0001_1.jpg",
+    ]
+    assert entries["llava665k-multi_0001"]["conversations"][0]["value"].startswith("<image>\n<image>\nWhat do")
+    assert "image" not in entries["llava665k-12345"]
     assert entries["text-openhermes2_5-0000-000000000"]["conversations"][0]["from"] == "system"
 
     back = LlavaReader(LlavaSource(name="back", reader="llava", path=str(dest / "llava.json"), image_root=str(dest)))
     items = [i for p in back.plan() for i in back.read(p)]
     assert all(not hasattr(i, "reason") for i in items), [i for i in items if hasattr(i, "reason")]
 
-    def essence(r: SftRecord) -> tuple:
-        return r.key, [t.model_dump() for t in r.turns], r.images, r.meta.get("system")
+    # Read back, every exported id is an input id of the source "back": the key gets that name, and
+    # meta.source_id is the original dataset key.
+    back_records = [i.record for i in items]
+    assert [r.key for r in back_records] == [sanitize_key(f"back-{r.key}") for r in records]
+    assert [r.key for r in back_records] == [f"back-{r.key}" for r in records]  # all short, valid keys: no hash
+    assert all(r.source == "back" for r in back_records)
 
-    assert [essence(i.record) for i in items] == [essence(r) for r in records]
+    def essence(r: SftRecord) -> tuple:
+        return [t.model_dump() for t in r.turns], r.images, r.meta.get("system")
+
+    assert [(r.meta["source_id"], *essence(r)) for r in back_records] == [(r.key, *essence(r)) for r in records]
 
     again = tmp_path / "again"
     export_llava(out, again)
@@ -207,7 +232,8 @@ def test_curate_export_cli(built, tmp_path):
 
 
 def test_export_image_names_never_collide(tmp_path):
-    """Key ``a`` with two images writes ``a_0``/``a_1``; a later key ``a_0`` with one image gets another name."""
+    """Key ``c-a`` with two images writes ``c-a_0``/``c-a_1``; a later key ``c-a_0`` with one image gets another
+    name."""
     images = tmp_path / "in"
     for i, name in enumerate(["x.jpg", "y.jpg", "z.jpg"]):
         draw_image(images / name, i)
@@ -224,5 +250,45 @@ def test_export_image_names_never_collide(tmp_path):
     build(validate_recipe(recipe), tmp_path / "ds", progress=False)
     export_llava(tmp_path / "ds", tmp_path / "out")
     doc = json.loads((tmp_path / "out" / "llava.json").read_text())
-    assert [e["image"] for e in doc] == [["images/a_0.jpg", "images/a_1.jpg"], "images/a_0-1.jpg"]
-    assert (tmp_path / "out" / "images" / "a_0-1.jpg").read_bytes() == (images / "z.jpg").read_bytes()
+    assert [e["id"] for e in doc] == ["c-a", "c-a_0"]
+    assert [e["image"] for e in doc] == [["images/c-a_0.jpg", "images/c-a_1.jpg"], "images/c-a_0-1.jpg"]
+    assert (tmp_path / "out" / "images" / "c-a_0-1.jpg").read_bytes() == (images / "z.jpg").read_bytes()
+
+
+def test_sources_sharing_ids_keep_all_samples(tmp_path):
+    """LLaVA-665K and ShareGPT4V share COCO ids, and many sets number from 0: the same ids in two sources of one
+    build are two samples each, never a duplicate_key drop."""
+    images = tmp_path / "images"
+    ids = [0, 1, "000000033471"]
+    for i in range(2 * len(ids)):
+        draw_image(images / f"{i}.jpg", i)
+    paths = {}
+    for s, name in enumerate(["llava665k", "sharegpt4v"]):
+        rows = [
+            {"id": id_, "image": f"{s * len(ids) + j}.jpg", "conversations": [human(f"<image>\n{name} Q{j}"), gpt("A")]}
+            for j, id_ in enumerate(ids)
+        ]
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(rows))
+    recipe = validate_recipe(
+        {
+            "name": "shared_ids",
+            "sources": [
+                {"name": n, "reader": "llava", "path": str(p), "image_root": str(images), "partition_size": 2}
+                for n, p in paths.items()
+            ],
+            "output": {"kind": "sft"},
+        }
+    )
+    out = tmp_path / "ds"
+    build(recipe, out, workers=2, progress=False)
+    m = read_manifest(out)
+    for name in paths:
+        assert m.accounting["sources"][name] == {"input": 3, "output": 3, "dropped": {}}
+    records = records_of(out)
+    assert sorted(r.key for r in records) == sorted(sanitize_key(f"{n}-{i}") for n in paths for i in ids)
+    for name in paths:
+        mine = [r for r in records if r.source == name]
+        assert [r.meta["source_id"] for r in mine] == ids  # the same input ids in both sources
+        assert [r.turns[0].user for r in mine] == [f"{name} Q{j}" for j in range(len(ids))]
+    assert verify_dataset(out).ok

@@ -22,6 +22,12 @@ def source(path: Path, **kw: Any) -> LlavaSource:
     return LlavaSource.model_validate({"name": "llava", "reader": "llava", "path": str(path), **kw})
 
 
+def llava_key(raw_id: Any) -> str:
+    """The key of a record with id ``raw_id`` in the source named ``llava``: ids are dataset-local, so keys carry
+    the source name."""
+    return sanitize_key(f"llava-{raw_id}")
+
+
 def read_all(reader: LlavaReader, parts: list[Partition] | None = None) -> list[Sample | Drop]:
     items: list[Sample | Drop] = []
     for p in parts if parts is not None else reader.plan():
@@ -115,32 +121,40 @@ def test_llava_records_become_sft_samples(tmp_path):
         {"id": "a.b/c", "image": [coco_ref, vg_ref], "conversations": [human("<image>\n<image>\nBoth?"), gpt("Yes")]},
         {"conversations": [{"from": "system", "value": "Sys"}, human("Q"), gpt("A")], "source": "x"},
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {"id": 0, "conversations": [human("Zero?"), gpt("A valid id")]},  # a falsy id is still an id
+        {"id": "", "conversations": [human("Empty?"), gpt("No id")]},  # an empty id is none: the default key
     ]
     reader = LlavaReader(source(write_json(tmp_path / "mix.json", rows), image_root=str(images)))
     items = read_all(reader)
     assert all(isinstance(i, Sample) for i in items), items
     recs = [i.record for i in items]
     assert [r.key for r in recs] == [
-        "000000000001",
-        "7",
-        "8",
-        sanitize_key("a.b/c"),
-        "llava-mix-0000-000000004",
+        "llava-000000000001",
+        "llava-7",
+        "llava-8",
+        sanitize_key("llava-a.b/c"),
+        "llava-mix-0000-000000004",  # no id: source, file stem, file and row numbers
         "llava-mix-0000-000000005",
+        "llava-0",
+        "llava-mix-0000-000000007",
     ]
+    assert recs[3].key.startswith("llava-a_b_c-") and recs[3].key != sanitize_key("a.b/c")
+    assert all(r.source == "llava" for r in recs)
     assert recs[0].images == [coco] and recs[0].turns[0].user == "Q?"
-    assert recs[0].meta == {"image_paths": "coco/train2017/000000000001.jpg"}
+    assert recs[0].meta == {"image_paths": "coco/train2017/000000000001.jpg", "source_id": "000000000001"}
     assert recs[1].images == [vg] and [t.user for t in recs[1].turns] == ["Where?", "Why?"]
-    assert "source_id" not in recs[1].meta  # an int id is a valid key as it is
+    assert recs[1].meta == {"image_paths": "vg/VG_100K_2/7.png", "source_id": 7}  # the raw id: an int stays an int
     assert recs[2].images == [] and recs[2].turns[0].user == "Text <image> kept?"  # text-only: text untouched
-    assert recs[2].meta == {"model": ""}
+    assert recs[2].meta == {"model": "", "source_id": 8}
     assert recs[3].images == [coco, vg] and recs[3].turns[0].user == "Both?"
     assert recs[3].meta == {
         "image_paths": ["coco/train2017/000000000001.jpg", "vg/VG_100K_2/7.png"],
         "source_id": "a.b/c",
     }
-    assert recs[4].meta == {"system": "Sys", "source": "x"} and recs[4].turns[0].user == "Q"
-    assert recs[5].turns[0].assistant == "Hello"
+    assert recs[4].meta == {"system": "Sys", "source": "x"} and recs[4].turns[0].user == "Q"  # no id: no source_id
+    assert recs[5].turns[0].assistant == "Hello" and recs[5].meta == {}
+    assert recs[6].meta == {"source_id": 0}
+    assert recs[7].meta == {} and recs[7].turns[0].user == "Empty?"
     assert items[0].origin == f"{tmp_path / 'mix.json'}[0]"
 
 
@@ -149,7 +163,8 @@ def test_keep_extra_false_and_mapped_fields(tmp_path):
     fields = {"key": "uid", "conversations": "dialog", "system": "sys"}
     reader = LlavaReader(source(write_json(tmp_path / "d.json", rows), fields=fields, keep_extra=False))
     [item] = read_all(reader)
-    assert item.record.key == "k1" and item.record.meta == {"system": "S"}
+    assert item.record.key == "llava-k1"  # the mapped key field gets the source name too
+    assert item.record.meta == {"system": "S", "source_id": "k1"}  # keep_extra=False still keeps the input id
     reader = LlavaReader(source(tmp_path / "d.json", fields={"conversations": "turns"}))
     [drop] = read_all(reader)
     assert isinstance(drop, Drop) and drop.reason == "malformed_conversation" and "no 'turns' field" in drop.detail
@@ -186,13 +201,14 @@ def test_image_drops(tmp_path):
     ]
     items = read_all(LlavaReader(source(write_json(tmp_path / "x.json", rows), image_root=str(images))))
     assert isinstance(items[0], Sample)
+    assert items[0].record.key == "llava-ok"
     reasons = [(i.key, i.reason) for i in items[1:]]
-    assert reasons == [
-        ("gone", "missing_image_file"),
-        ("dir", "unreadable_image_file"),
-        ("num", "invalid_image_field"),
-        ("empty_list", "invalid_image_field"),
-        ("llava-x-0000-000000005", "invalid_json"),
+    assert reasons == [  # drops carry the same keys as samples would
+        ("llava-gone", "missing_image_file"),
+        ("llava-dir", "unreadable_image_file"),
+        ("llava-num", "invalid_image_field"),
+        ("llava-empty_list", "invalid_image_field"),
+        ("llava-x-0000-000000005", "invalid_json"),  # no id could be read: the default key
     ]
     assert "0439023521.jpg" in items[1].detail and items[1].origin.endswith("x.json[1]")
     assert items[5].detail == "a JSON str, not an object"
@@ -237,7 +253,8 @@ def test_json_list_partitions_concatenate_to_the_whole_file(tmp_path, monkeypatc
         assert json.JSONDecoder().raw_decode(raw.decode("latin-1"), p.spec["offset"])[0]["id"] == first["id"]
     got = keys_and_turns(read_all(reader, parts))
     expected = [
-        (r["id"], [{"user": r["conversations"][0]["value"], "assistant": r["conversations"][1]["value"]}]) for r in rows
+        (llava_key(r["id"]), [{"user": r["conversations"][0]["value"], "assistant": r["conversations"][1]["value"]}])
+        for r in rows
     ]
     assert got == expected
     assert got == keys_and_turns(read_all(LlavaReader(source(path, partition_size=1000))))
@@ -250,7 +267,7 @@ def test_a_big_json_list_streams_in_chunks(tmp_path):
     reader = LlavaReader(source(path, partition_size=150))
     parts = reader.plan()
     assert [p.rows for p in parts] == [150, 150, 100]
-    assert [k for k, _ in keys_and_turns(read_all(reader, parts))] == [r["id"] for r in rows]
+    assert [k for k, _ in keys_and_turns(read_all(reader, parts))] == [llava_key(r["id"]) for r in rows]
 
 
 def broken_list(tmp_path: Path, broken: str) -> Path:
@@ -310,7 +327,7 @@ def test_a_structural_break_makes_one_drop_for_the_rest(tmp_path, broken, good, 
     parts = reader.plan()
     items = read_all(reader, parts)
     assert sum(p.rows for p in parts) == good + 1
-    assert [i.record.key for i in items[:-1]] == [f"r{i:04d}" for i in range(good)]
+    assert [i.record.key for i in items[:-1]] == [f"llava-r{i:04d}" for i in range(good)]
     drop = items[-1]
     assert drop.reason == "invalid_json" and detail in drop.detail and "unreadable from byte" in drop.detail
 
@@ -343,7 +360,7 @@ def test_a_file_cut_after_planning_keeps_the_accounting_exact(tmp_path):
     raw = path.read_bytes()
     path.write_bytes(raw[: raw.index(b'"r0006"')])  # cut inside element 6, after planning
     items = read_all(reader, parts)  # each partition still yields its planned rows
-    assert [i.record.key for i in items if isinstance(i, Sample)] == [f"r{i:04d}" for i in range(6)]
+    assert [i.record.key for i in items if isinstance(i, Sample)] == [f"llava-r{i:04d}" for i in range(6)]
     drops = [(i.origin.rsplit("[", 1)[1], i.reason) for i in items if isinstance(i, Drop)]
     assert drops == [
         ("6]", "invalid_json"),
@@ -370,13 +387,14 @@ def test_jsonl_partitions_blank_lines_and_bad_lines(tmp_path):
     items = read_all(reader, parts)
     drops = [(i.origin.rsplit(":", 1)[1], i.reason) for i in items if isinstance(i, Drop)]
     assert drops == [("6", "invalid_json"), ("9", "invalid_json")]
-    assert [i.record.key for i in items if isinstance(i, Sample)] == [r["id"] for r in rows]
+    assert [i.record.key for i in items if isinstance(i, Sample)] == [llava_key(r["id"]) for r in rows]
+    assert [i.record.meta["source_id"] for i in items if isinstance(i, Sample)] == [r["id"] for r in rows]
 
 
 def test_a_json_file_of_lines_and_files_that_are_neither(tmp_path):
     (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in conv_rows(3)) + "\n")
     items = read_all(LlavaReader(source(tmp_path / "lines.json")))
-    assert [i.record.key for i in items] == ["r0000", "r0001", "r0002"]
+    assert [i.record.key for i in items] == ["llava-r0000", "llava-r0001", "llava-r0002"]
     (tmp_path / "obj.json").write_text(json.dumps({"data": conv_rows(2)}, indent=2))
     with pytest.raises(CurationError, match="neither a JSON list nor JSON lines"):
         LlavaReader(source(tmp_path / "obj.json")).plan()
@@ -391,7 +409,7 @@ def test_directories_and_globs(tmp_path):
     (tmp_path / "d" / "a.jsonl").write_text(json.dumps(conv_rows(1)[0]).replace("r0000", "z") + "\n")
     (tmp_path / "d" / "notes.txt").write_text("ignored")
     items = read_all(LlavaReader(source(tmp_path / "d", partition_size=2)))
-    assert [i.record.key for i in items] == ["z", "r0000", "r0001", "r0002"]
+    assert [i.record.key for i in items] == ["llava-z", "llava-r0000", "llava-r0001", "llava-r0002"]
     items = read_all(LlavaReader(source(f"{tmp_path}/d/*.json")))
     assert len(items) == 3
     with pytest.raises(CurationError, match="no such file"):
@@ -410,7 +428,7 @@ def test_limit_truncates_partitions(tmp_path):
     parts = plan_partitions(recipe, limit=12)
     assert [p.rows for p in parts] == [5, 5, 2]
     reader = LlavaReader(recipe.sources[0])
-    assert [i.record.key for i in read_all(reader, parts)] == [f"r{i:04d}" for i in range(12)]
+    assert [i.record.key for i in read_all(reader, parts)] == [f"llava-r{i:04d}" for i in range(12)]
 
 
 @pytest.mark.parametrize(

@@ -161,10 +161,14 @@ def test_recipe_hash_changes_with_content_only():
 
 def test_json_schema_export_describes_the_recipe():
     schema = recipe_json_schema()
-    assert schema["title"] == "vlm-curation build recipe"
-    assert {"sources", "steps", "output"} <= set(schema["properties"])
+    assert schema["title"] == "vlm-curation recipe (build or mixture)"
+    build, mixture = schema["$defs"]["BuildRecipe"], schema["$defs"]["MixtureRecipe"]
+    assert {"sources", "steps", "output", "tokenizer", "vars"} <= set(build["properties"])
+    assert {"datasets", "components", "total_answer_tokens"} <= set(mixture["properties"])
     text = json.dumps(schema)
-    for tag in ("jsonl", "parquet", "shards", "text_length", "image_decode", "image_size", "exact_image_dedup"):
+    tags = ("jsonl", "parquet", "shards", "cauldron", "llava", "text_length", "qa_filter", "near_dup_images",
+            "near_dup_text", "decontaminate", "merge_qa", "exact_image_dedup", "answer_share")  # fmt: skip
+    for tag in tags:
         assert f'"{tag}"' in text
 
 
@@ -241,3 +245,40 @@ def test_yaml_booleans_are_only_true_and_false():
     apply_override(data, "name=no")
     apply_override(data, "output.rejects=true")
     assert data["name"] == "no" and data["output"]["rejects"] is True
+
+
+def _vars_recipe(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "sub" / "r.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(body)
+    return path
+
+
+VARS_RECIPE = """
+name: v
+vars: {root: data, n: 5}
+sources:
+  - {name: a, reader: jsonl, path: "${root}/a.jsonl", image_root: "${root}/img", limit: 3}
+steps:
+  - {step: text_length, name: "len$${n}", min_chars: 1}
+output: {kind: pair, name: "v-${n}"}
+"""
+
+
+def test_recipe_variables_are_substituted_and_paths_resolved(tmp_path, monkeypatch):
+    path = _vars_recipe(tmp_path, VARS_RECIPE)
+    r = load_recipe(str(path))
+    assert r.sources[0].path == str(tmp_path / "sub" / "data" / "a.jsonl")  # relative to the recipe file
+    assert r.output.name == "v-5" and r.steps[0].name == "len${n}"  # $$ escapes: a literal ${n}
+    monkeypatch.chdir(tmp_path)
+    r = load_recipe(str(path), ["vars.root=elsewhere"])  # --set values are relative to the working directory
+    assert r.sources[0].path == str(tmp_path / "elsewhere" / "a.jsonl")
+    assert r.sources[0].image_root == str(tmp_path / "elsewhere" / "img")
+    r = load_recipe(str(path), ["vars.root=/abs"])
+    assert r.sources[0].path == "/abs/a.jsonl"
+
+
+def test_unknown_recipe_variable_is_a_clear_error(tmp_path):
+    path = _vars_recipe(tmp_path, VARS_RECIPE.replace("${root}/a.jsonl", "${rot}/a.jsonl"))
+    with pytest.raises(RecipeError, match=r"sources\.0\.path: unknown variable \$\{rot\}; did you mean \$\{root\}\?"):
+        load_recipe(str(path))
