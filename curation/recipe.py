@@ -290,6 +290,12 @@ class ImageSizeStep(StepBase):
         return self
 
 
+def _check_unique(what: str, names: list[str]) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(dup)}")
+
+
 def _check_bounds(low_name: str, low: int, high_name: str, high: int | None) -> None:
     if high is not None and low > high:
         raise ValueError(f"{low_name} ({low}) is greater than {high_name} ({high}); nothing could pass")
@@ -402,10 +408,7 @@ class DecontaminateStep(StepBase):
     @field_validator("benchmarks")
     @classmethod
     def _unique(cls, benchmarks: list[Benchmark]) -> list[Benchmark]:
-        names = [b.name for b in benchmarks]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"benchmark names must be unique; repeated: {', '.join(dup)}")
+        _check_unique("benchmark", [b.name for b in benchmarks])
         return benchmarks
 
 
@@ -492,10 +495,7 @@ class BuildRecipe(_Strict):
     @field_validator("sources")
     @classmethod
     def _unique_sources(cls, sources: list[Any]) -> list[Any]:
-        names = [s.name for s in sources]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dup)}")
+        _check_unique("source", [s.name for s in sources])
         return sources
 
     @model_validator(mode="after")
@@ -603,10 +603,7 @@ class MixtureRecipe(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> MixtureRecipe:
-        names = [c.name for c in self.components]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"component names must be unique; repeated: {', '.join(dup)}")
+        _check_unique("component", [c.name for c in self.components])
         for i, c in enumerate(self.components):
             if c.dataset not in self.datasets:
                 hint = difflib.get_close_matches(c.dataset, list(self.datasets), n=1)

@@ -22,3 +22,16 @@ def test_readme_test_command_is_the_ci_command():
 def test_readme_demo_command_installs_and_runs_the_demo():
     readme = (ROOT / "README.md").read_text()
     assert "pip install -q -e . && curate demo --out demo-out" in readme
+
+
+def test_readme_recipe_examples_validate():
+    """Every complete recipe in the README (a yaml block starting with `kind:`) is a valid recipe."""
+    import re
+
+    from curation.recipe import load_yaml, validate_recipe
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    recipes = [b for b in blocks if b.startswith("kind:")]
+    assert {load_yaml(b)["kind"] for b in recipes} == {"build", "mixture"}
+    for block in recipes:
+        validate_recipe(load_yaml(block), "README")
