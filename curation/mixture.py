@@ -82,7 +82,7 @@ def _resolve_datasets(recipe: MixtureRecipe, out: Path, workers: int, progress: 
                 raise CurationError(f"datasets.{alias}.path: {path} is not a built dataset (no {MANIFEST_NAME})")
             dirs[alias] = path
             continue
-        sub = load_recipe(ref.recipe, ref.set)
+        sub = ref.build if ref.build is not None else load_recipe(ref.recipe, ref.set)
         if sub.kind != "build":
             raise CurationError(f"datasets.{alias}.recipe: {ref.recipe} is a {sub.kind} recipe; expected a build")
         target = out / DATASETS / alias

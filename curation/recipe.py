@@ -527,19 +527,21 @@ class BuildRecipe(_Strict):
 
 # ---- mixtures -------------------------------------------------------------------------------------
 class DatasetRef(_Strict):
-    """A dataset a mixture draws from: an existing build (``path``), or a build recipe (a file or built-in
-    name, with ``set`` overrides) that the mixture builds first into ``<out>/_datasets/<alias>``."""
+    """A dataset a mixture draws from: an existing build (``path``), a build recipe (a file or built-in
+    name, with ``set`` overrides), or a build written inline (``build``: sources, steps, output, ...); the
+    last two are built first into ``<out>/_datasets/<alias>``."""
 
     path: str | None = Field(None, description="A dataset directory built by this toolkit.")
     recipe: str | None = Field(None, description="A build recipe file or built-in name, built before mixing.")
     set: list[str] = Field(default_factory=list, description="--set overrides for that recipe (dotted.path=value).")
+    build: BuildRecipe | None = Field(None, description="A build recipe inline (its name defaults to the alias).")
 
     @model_validator(mode="after")
     def _one(self) -> DatasetRef:
-        if (self.path is None) == (self.recipe is None):
-            raise ValueError("give exactly one of path (a built dataset) or recipe (to build)")
+        if sum(x is not None for x in (self.path, self.recipe, self.build)) != 1:
+            raise ValueError("give exactly one of path (a built dataset), recipe or build (to build first)")
         if self.set and self.recipe is None:
-            raise ValueError("set: overrides apply to a recipe; this dataset is a path")
+            raise ValueError("set: overrides apply to a recipe")
         return self
 
 
@@ -600,6 +602,20 @@ class MixtureRecipe(_Strict):
     )
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
     output: MixtureOutput = Field(default_factory=MixtureOutput)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_build_names(cls, data: Any) -> Any:
+        datasets = data.get("datasets") if isinstance(data, dict) else None
+        if isinstance(datasets, dict):
+            named = {
+                alias: {**ref, "build": {"name": alias, **ref["build"]}}
+                if isinstance(ref, dict) and isinstance(ref.get("build"), dict)
+                else ref
+                for alias, ref in datasets.items()
+            }
+            data = {**data, "datasets": named}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> MixtureRecipe:
@@ -675,6 +691,8 @@ def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
     for entry in datasets.values() if isinstance(datasets, dict) else []:
         if isinstance(entry, dict) and "path" in entry:
             yield entry, "path"
+        if isinstance(entry, dict) and isinstance(entry.get("build"), dict):
+            yield from _path_slots(entry["build"])
 
 
 def builtin_recipes() -> dict[str, str]:

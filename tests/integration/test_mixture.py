@@ -217,3 +217,35 @@ def test_bad_mixtures_are_clear_errors(built, tmp_path):
     recipe = validate_recipe(_mixture(built, [{"name": "delta", "dataset": "text", "target": {"samples": 3}}]))
     with pytest.raises(CurationError, match="has no source"):
         build_mixture(recipe, tmp_path / "x", progress=False)
+
+
+def test_components_from_sources_built_inline(built, tmp_path):
+    """A mixture can name its sources directly: an inline build, made first into _datasets/<alias>."""
+    inputs = built["text"].parents[1]
+    recipe = validate_recipe(
+        {
+            "kind": "mixture",
+            "name": "inline",
+            "datasets": {
+                "raw": {
+                    "build": {
+                        "sources": [
+                            {"name": s, "reader": "jsonl", "record": "sft", "path": str(inputs / f"{s}.jsonl")}
+                            for s in ("alpha", "beta")
+                        ],
+                        "steps": [{"step": "qa_filter"}],
+                        "output": {"kind": "sft"},
+                    }
+                }
+            },
+            "components": [
+                {"name": "alpha", "dataset": "raw", "target": {"answer_share": 30}},
+                {"name": "beta", "dataset": "raw", "target": {"answer_share": 70}},
+            ],
+        }
+    )
+    result = build_mixture(recipe, tmp_path / "out", progress=False)
+    assert read_manifest(tmp_path / "out" / "_datasets" / "raw").name == "raw"
+    for c in result.manifest.mixture["components"].values():
+        assert abs(c["achieved_share"] - c["target_share"]) <= 0.5
+    assert verify_dataset(result.out).ok

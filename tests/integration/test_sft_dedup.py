@@ -197,3 +197,35 @@ def test_missing_benchmark_is_a_clear_error(tmp_path):
     run = subprocess.run([*CLI, "build", str(path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert run.returncode == 2
     assert "steps.0.benchmarks.mmmu.images" in run.stderr and "is not a directory" in run.stderr
+
+
+def test_llava_json_contamination_is_found(decontaminated, tmp_path):
+    """The same planted contamination, read from LLaVA JSON with an image folder."""
+    import json
+
+    root, recipe, _, planted = decontaminated
+    rows = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    llava = [
+        {
+            "id": r["id"],
+            "image": r["images"][0],
+            "conversations": [
+                {"from": "human", "value": "<image>\n" + r["turns"][0]["user"]},
+                {"from": "gpt", "value": r["turns"][0]["assistant"]},
+            ],
+        }
+        for r in rows
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(llava, indent=1))
+    source = {
+        "name": "train",
+        "reader": "llava",
+        "path": str(tmp_path / "train.json"),
+        "image_root": str(root / "train"),
+    }
+    result = build(
+        validate_recipe({**recipe, "sources": [source], "output": {"kind": "sft", "rejects": True}}),
+        tmp_path / "out",
+        progress=False,
+    )
+    assert _dropped_keys(result.out) == {f"train-{k}": v for k, v in planted.expected.items()}
