@@ -1,0 +1,95 @@
+"""The build recipe: sources -> steps -> output."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from curation.recipe.common import _check_unique, _Strict
+from curation.recipe.sources import RecordKind, Source
+from curation.recipe.steps import GLOBAL_STEPS, RESERVED_STEP_NAMES, Step, step_label
+
+
+# ---- output and the recipe ----------------------------------------------------------------------
+class Output(_Strict):
+    kind: RecordKind = Field(description="Record kind of every sample in the dataset.")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$", description="Shard prefix (recipe name).")
+    max_samples_per_shard: int = Field(10_000, ge=1)
+    max_bytes_per_shard: int = Field(1 << 30, ge=1024)
+    pair_image_format: Literal["jpg", "png", "webp"] = Field(
+        "jpg", description="Pair images are stored as KEY.<format>; other formats are re-encoded."
+    )
+    rejects: bool = Field(False, description="Also write dropped samples (with reasons) to rejects/ shards.")
+    sidecar_scores: list[str] = Field(
+        default_factory=list, description="Numeric meta keys copied into the sidecar's `scores` column."
+    )
+    image_hashes: list[Literal["phash", "dhash"]] = Field(
+        default_factory=list,
+        description="Perceptual hashes stored per image in the sidecars (also computed when a step needs them).",
+    )
+
+
+class Tokenizer(_Strict):
+    """Counts text and answer tokens in the sidecars (and so the mixture shares)."""
+
+    type: Literal["regex", "tokenizer_json", "transformers"] = Field(
+        "regex",
+        description="regex: words and punctuation (fast default); tokenizer_json: a local tokenizer.json "
+        "(tokenizers); transformers: a local tokenizer directory (AutoTokenizer, offline).",
+    )
+    path: str | None = Field(None, description="tokenizer.json file or tokenizer directory.")
+
+    @model_validator(mode="after")
+    def _path(self) -> Tokenizer:
+        if self.type != "regex" and not self.path:
+            raise ValueError(f"tokenizer.path is required for type {self.type!r}")
+        if self.type == "regex" and self.path:
+            raise ValueError("tokenizer.path is only used with type tokenizer_json or transformers")
+        return self
+
+
+class BuildRecipe(_Strict):
+    kind: Literal["build"] = "build"
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    description: str = ""
+    seed: int = 0
+    sources: Annotated[list[Source], Field(min_length=1)]
+    steps: list[Step] = Field(default_factory=list)
+    output: Output
+    tokenizer: Tokenizer = Field(default_factory=Tokenizer)
+    vars: dict[str, str | int | float] = Field(
+        default_factory=dict, description="Values substituted for ${name} in the recipe's strings (--set vars.x=...)."
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_sources(cls, sources: list[Any]) -> list[Any]:
+        _check_unique("source", [s.name for s in sources])
+        return sources
+
+    @model_validator(mode="after")
+    def _unique_step_names(self) -> BuildRecipe:
+        labels = [step_label(self.steps, i) for i in range(len(self.steps))]
+        for i, label in enumerate(labels):
+            if label in RESERVED_STEP_NAMES:
+                raise ValueError(f"steps.{i}: the name {label!r} is reserved for a built-in step; choose another")
+            if labels.index(label) != i:
+                raise ValueError(f"steps.{i}: the name {label!r} is already used by steps.{labels.index(label)}")
+        return self
+
+    @model_validator(mode="after")
+    def _global_steps_last(self) -> BuildRecipe:
+        seen_global = None
+        for i, step in enumerate(self.steps):
+            if step.step in GLOBAL_STEPS:
+                seen_global = i
+            elif seen_global is not None:
+                raise ValueError(
+                    f"steps.{i} ({step.step}) comes after the global step steps.{seen_global} "
+                    f"({self.steps[seen_global].step}); global steps run over the whole dataset and must come last"
+                )
+        return self
+
+    def shard_prefix(self) -> str:
+        return self.output.name or self.name

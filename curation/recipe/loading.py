@@ -1,0 +1,339 @@
+"""Loading recipes: YAML, variables, ``--set`` overrides, validation with readable errors, hashing, schema."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from curation.errors import RecipeError
+from curation.recipe.build import BuildRecipe
+from curation.recipe.mixture import RECIPE_KINDS, MixtureRecipe
+from shards.atomic import content_sha256
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 booleans: only true/false (so `resize_mode: no` stays the string 'no')."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+PATH_KEYS = ("path", "image_root", "cache_dir", "common_words")
+BENCHMARK_PATH_KEYS = ("shards", "images", "questions")
+_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """(container, key) of every filesystem path a recipe holds."""
+
+    def dicts(items: Any) -> list[dict[str, Any]]:
+        return [x for x in items if isinstance(x, dict)] if isinstance(items, list) else []
+
+    for src in dicts(data.get("sources")):
+        yield from ((src, k) for k in PATH_KEYS if k in src)
+    tokenizer = data.get("tokenizer")
+    if isinstance(tokenizer, dict) and "path" in tokenizer:
+        yield tokenizer, "path"
+    for step in dicts(data.get("steps")):
+        for bench in dicts(step.get("benchmarks")):
+            yield from ((bench, k) for k in BENCHMARK_PATH_KEYS if k in bench)
+    datasets = data.get("datasets")
+    for entry in datasets.values() if isinstance(datasets, dict) else []:
+        if isinstance(entry, dict) and "path" in entry:
+            yield entry, "path"
+        if isinstance(entry, dict) and isinstance(entry.get("build"), dict):
+            yield from _path_slots(entry["build"])
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Built-in recipe name -> its description."""
+    out = {}
+    for entry in sorted(resources.files("recipes").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            data = load_yaml(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")]] = str(data.get("description", "")).strip()
+    return out
+
+
+def _read_recipe_text(ref: str) -> tuple[str, Path | None]:
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml") or path.is_file() or (path.exists() and ref not in builtin_recipes()):
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {ref}")
+        return path.read_text(), path.resolve().parent
+    names = builtin_recipes()
+    if ref not in names:
+        hint = difflib.get_close_matches(ref, names, n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else f"; built-in recipes: {', '.join(names)}"
+        raise RecipeError(f"no recipe file or built-in recipe named {ref!r}{extra}")
+    return (resources.files("recipes") / f"{ref}.yaml").read_text(), None
+
+
+def _substitute_vars(data: dict[str, Any], base: Path | None, from_cwd: set[str]) -> None:
+    """Replace ``${name}`` by ``vars.name`` in every string of the recipe (``$$`` is a literal ``$``), then
+    make relative paths absolute: relative to the recipe file, or to the working directory for paths given
+    by ``--set`` (directly, or through a variable set by ``--set vars.name=...``)."""
+    variables = data.get("vars") or {}
+    if not isinstance(variables, dict):
+        raise RecipeError(f"vars: expected a mapping of names to values, got {type(variables).__name__}")
+    # Which variable each path starts with, before substitution (decides what a relative path is relative to).
+    leading = {}
+    for container, key in _path_slots(data):
+        m = _VAR.match(container[key]) if isinstance(container[key], str) else None
+        leading[id(container), key] = m.group(1) if m else None
+
+    def sub(text: str, where: str) -> str:
+        def one(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in variables:
+                hint = difflib.get_close_matches(name, [str(k) for k in variables], n=1)
+                raise RecipeError(
+                    f"{where}: unknown variable ${{{name}}}"
+                    + (f"; did you mean ${{{hint[0]}}}?" if hint else "; define it under vars:")
+                )
+            return str(variables[name])
+
+        return _VAR.sub(one, text.replace("$$", "\0")).replace("\0", "$")
+
+    def walk(node: Any, where: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in list(items):
+            here = f"{where}.{k}" if where else str(k)
+            if isinstance(v, str):
+                node[k] = sub(v, here)
+            elif isinstance(v, dict | list) and here != "vars":
+                walk(v, here)
+
+    walk(data, "")
+    for container, key in _path_slots(data):
+        value = container[key]
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or "://" in value:
+            continue
+        var = leading.get((id(container), key))
+        if var is not None and var in from_cwd:
+            container[key] = str(Path(value).resolve())
+        elif base is not None:
+            container[key] = str((base / value).resolve())
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply ``dotted.path=value`` (value parsed as YAML). List items can be named by index or by their
+    ``name`` field: ``sources.captions.path=...``."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected dotted.path=value")
+    dotted, raw = assignment.split("=", 1)
+    try:
+        value = load_yaml(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"--set {dotted}: cannot parse value {raw!r}: {' '.join(str(exc).split())}") from None
+    parts = dotted.strip().split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            idx = _list_index(node, part, where)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                if (
+                    parts[-1] in (*PATH_KEYS, *BENCHMARK_PATH_KEYS)
+                    and parts[0] != "vars"
+                    and isinstance(value, str)
+                    and value
+                    and not Path(value).is_absolute()
+                    and "${" not in value
+                ):
+                    value = str(Path(value).resolve())  # --set paths are relative to the working directory
+                node[part] = value
+            else:
+                if part not in node or node[part] is None:
+                    if parts[depth + 1].lstrip("-").isdigit():
+                        hint = difflib.get_close_matches(part, [str(k) for k in node], n=1)
+                        raise RecipeError(
+                            f"--set {dotted}: the recipe has no {where!r} list to index into"
+                            + (f"; did you mean {hint[0]!r}?" if hint else "")
+                        )
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise RecipeError(f"--set {dotted}: {'.'.join(parts[:depth])} is a value, not a section")
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(items) <= idx < len(items):
+            raise RecipeError(f"--set {where}: index {idx} out of range (the list has {len(items)} items)")
+        return idx
+    names = [it.get("name") if isinstance(it, dict) else None for it in items]
+    if part in names:
+        return names.index(part)
+    hint = difflib.get_close_matches(part, [n for n in names if n], n=1)
+    extra = f"; did you mean {hint[0]!r}?" if hint else f"; names here: {[n for n in names if n]}"
+    raise RecipeError(f"--set {where}: no item named {part!r}{extra}")
+
+
+def _format_error(exc: ValidationError, data: dict[str, Any], model: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors()[:5]:
+        loc = _yaml_loc(data, list(err["loc"]))
+        path = ".".join(str(p) for p in loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent_model = _model_at(model, data, loc[:-1])
+            valid = sorted(parent_model.model_fields) if parent_model else []
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            msg = f"unknown key {loc[-1]!r}" + (
+                f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(valid)}"
+            )
+        elif err["type"] == "union_tag_invalid":
+            expected = err.get("ctx", {}).get("expected_tags", "")
+            tags = [t.strip(" '") for t in str(expected).split(",")]
+            hint = difflib.get_close_matches(str(err.get("ctx", {}).get("tag", "")), tags, n=1)
+            msg = f"unknown type {err['ctx'].get('tag')!r}" + (
+                f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {expected}"
+            )
+        elif err["type"] == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            tags = [t.strip(" '") for t in str(expected).replace(" or ", ",").split(",")]
+            hint = difflib.get_close_matches(str(err.get("input")), tags, n=1)
+            msg = f"got {err.get('input')!r}, expected {expected}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        elif err["type"] == "union_tag_not_found":
+            tag = err.get("ctx", {}).get("discriminator", "type").strip("'")
+            msg = f"missing {tag!r}: say which {tag} this is"
+        elif "input" in err and not isinstance(err["input"], dict | list):
+            msg = f"{msg} (got {err['input']!r})"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"{path or '<recipe>'}: {msg}")
+    more = len(exc.errors()) - 5
+    if more > 0:
+        lines.append(f"... and {more} more")
+    return "; ".join(lines)
+
+
+def _yaml_loc(data: Any, loc: list[Any]) -> list[Any]:
+    """Drop pydantic's union tags from an error location so it matches the YAML (sources.0.path)."""
+    out: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and part in (node.get("reader"), node.get("step")):
+            continue
+        out.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return out
+
+
+def _model_at(model: type[BaseModel], data: Any, loc: list[Any]) -> type[BaseModel] | None:
+    """The pydantic model that validates ``data`` at ``loc`` (a YAML path), for suggesting valid keys."""
+    current: Any = model
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            current = _unwrap(current, node, want_item=True)
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        current = _unwrap(current.model_fields[part].annotation, node, want_item=False)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any, node: Any, want_item: bool) -> Any:
+    """Strip Annotated/Optional; step into list items when ``want_item``; pick a union member by its tag."""
+    from typing import get_args, get_origin
+
+    for _ in range(10):
+        origin, args = get_origin(annotation), get_args(annotation)
+        if origin is list:
+            if not want_item:
+                return annotation
+            annotation, want_item = args[0], False
+            continue
+        if not args:
+            return annotation
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if models and isinstance(node, dict):
+            for m in models:
+                for tag in ("reader", "step"):
+                    if tag in m.model_fields and node.get(tag) in get_args(m.model_fields[tag].annotation):
+                        return m
+        if len(models) == 1:
+            return models[0]
+        annotation = args[0]
+    return annotation
+
+
+def load_recipe(ref: str, overrides: list[str] | None = None) -> Any:
+    """Load a recipe by path or built-in name, apply ``--set`` overrides, validate."""
+    text, base = _read_recipe_text(ref)
+    try:
+        data = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{ref}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{ref}: a recipe is a YAML mapping, got {type(data).__name__}")
+    from_cwd = set()
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+        if assignment.startswith("vars.") and "=" in assignment:
+            from_cwd.add(assignment.split("=", 1)[0].removeprefix("vars."))
+    _substitute_vars(data, base, from_cwd)
+    return validate_recipe(data, ref)
+
+
+def validate_recipe(data: dict[str, Any], ref: str = "recipe") -> Any:
+    kind = data.get("kind", "build")
+    if kind not in RECIPE_KINDS:
+        hint = difflib.get_close_matches(str(kind), RECIPE_KINDS, n=1)
+        raise RecipeError(
+            f"{ref}: kind: unknown recipe kind {kind!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(RECIPE_KINDS)}")
+        )
+    model = RECIPE_KINDS[kind]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(f"{ref}: {_format_error(exc, data, model)}") from None
+
+
+def recipe_hash(recipe: BaseModel) -> str:
+    """Identity of what a build produces: the resolved recipe, canonical JSON, sha256."""
+    return content_sha256(recipe.model_dump(mode="json"))
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of every recipe kind (``kind: build`` is the default)."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(BuildRecipe | MixtureRecipe).json_schema()
+    schema["$id"] = "vlm-curation/recipe.schema.json"
+    schema["title"] = "vlm-curation recipe (build or mixture)"
+    return schema

@@ -1,0 +1,229 @@
+"""Sources: where a build reads its input (one model per reader)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from curation.obelics.filters import ObelicsFilterConfig
+from curation.recipe.common import _Strict
+from schemas import KINDS
+
+RecordKind = Literal["pair", "interleaved", "pdf", "sft"]
+
+
+# ---- sources -------------------------------------------------------------------------------------
+Category = Literal[
+    "captioning",
+    "real_world_vqa",
+    "ocr_document",
+    "chart_figure",
+    "table",
+    "reasoning_maths",
+    "screenshot_to_code",
+    "text_only",
+]
+"""The SFT task categories of Idefics3's Table 3."""
+
+
+class SourceBase(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Source name, used in accounting.")]
+    category: Category | None = Field(
+        None, description="Table 3 task category (the Cauldron reader fills it in for the 50 known configs)."
+    )
+    limit: int | None = Field(None, ge=0, description="Read at most this many input rows of this source.")
+    partition_size: int = Field(10_000, ge=1, description="Input rows per partition (the unit of work/resume).")
+
+
+RECORD_FIELDS = {"pair": ("key", "image", "caption"), "sft": ("key", "images", "turns")}
+
+
+class _RowSource(SourceBase):
+    @model_validator(mode="after")
+    def _known_fields(self) -> _RowSource:
+        valid = RECORD_FIELDS[self.record]
+        for name in self.fields:
+            if name not in valid:
+                hint = difflib.get_close_matches(name, valid, n=1)
+                raise ValueError(
+                    f"fields: {name!r} is not a field of {self.record} records"
+                    + (f"; did you mean {hint[0]!r}?" if hint else f"; valid: {', '.join(valid)}")
+                )
+        return self
+
+
+class JsonlSource(_RowSource):
+    reader: Literal["jsonl"]
+    path: str = Field(description="A .jsonl file, a directory of them, or a glob.")
+    record: Literal["pair", "sft"] = "pair"
+    image_root: str | None = Field(None, description="Directory that relative image paths start from.")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Record field -> input field, e.g. {caption: text, image: file_name, key: id}.",
+    )
+    keep_extra: bool = Field(True, description="Keep unmapped input fields in the record's meta.")
+
+
+class ParquetSource(_RowSource):
+    reader: Literal["parquet"]
+    path: str = Field(description="A .parquet file, a directory of them, or a glob.")
+    record: Literal["pair", "sft"] = "pair"
+    image_root: str | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    keep_extra: bool = True
+
+
+class ShardsSource(SourceBase):
+    reader: Literal["shards"]
+    path: str = Field(description="A dataset directory built by this toolkit.")
+
+
+class PdfaSource(SourceBase):
+    """PDFA (``pdfa-eng-wds``) or IDL (``idl-wds``) webdataset tars: ``KEY.pdf`` + ``KEY.json`` OCR lines."""
+
+    reader: Literal["pdfa"]
+    path: str = Field(description="A .tar file, a directory of them, or a glob.")
+    variant: Literal["auto", "pdfa", "idl"] = Field("auto", description="JSON layout; auto-detected per sample.")
+    max_pages: int | None = Field(None, ge=1, description="Drop documents with more pages (Docmatix used 4).")
+
+
+PAPER_LAION_SIZES = [1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000, 50_000_000, 100_000_000]
+
+
+class LaionFilters(_Strict):
+    """Metadata filters, each a drop reason; a filter whose column is absent from every file is skipped and
+    reported. ``None`` turns a filter off."""
+
+    min_similarity: float | None = Field(0.28, description="CLIP image-text similarity minimum (low_similarity).")
+    nsfw_tags: list[str] = Field(["NSFW"], description="Drop rows with these NSFW tags (original layout).")
+    max_punsafe: float | None = Field(0.5, description="Drop rows above this punsafe (joined layout).")
+    max_pwatermark: float | None = Field(0.8, description="Drop rows above this pwatermark (watermark).")
+    min_side: int | None = Field(64, ge=1, description="Declared WIDTH/HEIGHT; unknown sizes pass (too_small).")
+    max_aspect_ratio: float | None = Field(3.0, ge=1.0)
+    min_words: int | None = Field(2, ge=0, description="Caption words (caption_too_short).")
+    max_words: int | None = Field(None, ge=1, description="Caption words (caption_too_long).")
+    languages: list[str] | None = Field(None, description="Keep these LANGUAGE values (multi/nolang parts).")
+    min_aesthetic: float | None = Field(None, description="AESTHETIC_SCORE / aesthetic minimum (low_aesthetic).")
+    dedup_urls: bool = Field(True, description="Keep one row per URL (the first in hash order): duplicate_url.")
+
+
+class Img2datasetOptions(_Strict):
+    """Passed to img2dataset.download (called for real, one shard per partition)."""
+
+    image_size: int = Field(512, ge=16)
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
+    resize_only_if_bigger: bool = True
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=1, le=100)
+    thread_count: int = Field(64, ge=1)
+    timeout: int = Field(10, ge=1, description="Seconds per URL.")
+    retries: int = Field(0, ge=0)
+    samples_per_shard: int = Field(10_000, ge=1, description="Rows per download partition; divides every size.")
+    disallowed_header_directives: list[str] | None = Field(
+        None, description="X-Robots-Tag opt-outs honoured; null = img2dataset's default (noai, noimageai, ...)."
+    )
+    user_agent_token: str | None = None
+
+
+class LaionSource(SourceBase):
+    """LAION metadata parquet -> filtered, hash-ordered nested subsets -> img2dataset -> pair records."""
+
+    reader: Literal["laion"]
+    path: str = Field(description="LAION metadata: a .parquet file, a directory of them, or a glob.")
+    sizes: list[int] = Field(PAPER_LAION_SIZES, description="Nested subset sizes (each a prefix of the next).")
+    seed: int = Field(0, description="Seeds the hash order that picks the subsets.")
+    filters: LaionFilters = Field(default_factory=LaionFilters)
+    download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
+    cache_dir: str | None = Field(
+        None,
+        description="Selections and downloads are cached here [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation].",
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> LaionSource:
+        if not self.sizes or sorted(set(self.sizes)) != self.sizes or min(self.sizes) < 1:
+            raise ValueError("sizes must be a non-empty, strictly increasing list of positive counts")
+        bad = [n for n in self.sizes if n % self.download.samples_per_shard]
+        if bad:
+            raise ValueError(
+                f"download.samples_per_shard ({self.download.samples_per_shard}) must divide every size; it does not "
+                f"divide {bad[:3]}: subsets end on shard boundaries"
+            )
+        return self
+
+
+class ObelicsSource(SourceBase):
+    """OBELICS parquet documents -> the original OBELICS filters -> image downloads (img2dataset) joined
+    back by URL -> ``interleaved`` records. ``partition_size`` counts documents (whole row groups)."""
+
+    reader: Literal["obelics"]
+    path: str = Field(description="OBELICS parquet: a file, a directory of them, or a glob.")
+    filters: ObelicsFilterConfig = Field(default_factory=ObelicsFilterConfig)
+    max_url_occurrences: int | None = Field(10, ge=1, description="Remove image URLs seen more often corpus-wide.")
+    common_words: str | None = Field(None, description="A larger common-words list (one word per line).")
+    download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
+    cache_dir: str | None = None
+
+
+class CauldronSource(SourceBase):
+    """The Cauldron / Docmatix layout (``images``: list of Image, ``texts``: list of {user, assistant, source})
+    -> ``sft`` records. ``path`` is a local root in the HF layout (``<config>/train-*.parquet``, read directly
+    by row groups) or anything ``datasets`` opens: a dataset saved with ``save_to_disk``, a local dataset
+    directory, or a hub id (when online)."""
+
+    reader: Literal["cauldron"]
+    path: str = Field(description="Local root (<config>/*.parquet), a saved dataset, a dataset directory or hub id.")
+    config: str | None = Field(None, description="Config (subset) name [default: the source name].")
+    split: str = Field("train", description="Split to read (parquet files named <split>-*.parquet).")
+    image_root: str | None = Field(None, description="Directory that relative image paths start from.")
+
+    def config_name(self) -> str:
+        return self.config or self.name
+
+
+class LlavaSource(SourceBase):
+    """LLaVA-665K / ShareGPT4V conversation JSON (a list) or JSONL (OpenHermes-style text-only sets)
+    -> ``sft`` records. ``<image>`` placeholders are removed from the turns; records without an image are
+    text-only samples; missing image files are drops."""
+
+    reader: Literal["llava"]
+    path: str = Field(description="A .json (list) or .jsonl file, a directory of them, or a glob.")
+    image_root: str | None = Field(None, description="Directory that the records' image paths start from.")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Input field names: key (id), image, conversations; or user + assistant (+ system) for "
+        "single-turn instruction records, e.g. {user: query, assistant: response}.",
+    )
+    keep_extra: bool = Field(True, description="Keep unmapped input fields in the record's meta.")
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> LlavaSource:
+        valid = ("key", "image", "conversations", "user", "assistant", "system")
+        for name in self.fields:
+            if name not in valid:
+                hint = difflib.get_close_matches(name, valid, n=1)
+                raise ValueError(
+                    f"fields: {name!r} is not a LLaVA field"
+                    + (f"; did you mean {hint[0]!r}?" if hint else f"; valid: {', '.join(valid)}")
+                )
+        if ("user" in self.fields) != ("assistant" in self.fields):
+            raise ValueError("fields: single-turn records need both 'user' and 'assistant'")
+        return self
+
+
+Source = Annotated[
+    JsonlSource
+    | ParquetSource
+    | ShardsSource
+    | PdfaSource
+    | LaionSource
+    | ObelicsSource
+    | CauldronSource
+    | LlavaSource,
+    Field(discriminator="reader"),
+]
+
+
+assert set(KINDS) == {"pair", "interleaved", "pdf", "sft"}

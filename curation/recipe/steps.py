@@ -1,0 +1,198 @@
+"""Steps: what a build does to each sample (one model per step type)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import Field, field_validator, model_validator
+
+from curation.recipe.common import _check_bounds, _check_unique, _Strict
+
+# ---- steps ---------------------------------------------------------------------------------------
+RESERVED_STEP_NAMES = ("read", "probe", "write", "unique_key")
+
+
+def step_label(steps: list[Any], i: int) -> str:
+    """Accounting label of ``steps[i]``: its name, or its type with a suffix when the type repeats."""
+    step = steps[i]
+    if step.name:
+        return step.name
+    same = [j for j, s in enumerate(steps) if s.step == step.step and not s.name]
+    return step.step if len(same) == 1 else f"{step.step}#{same.index(i) + 1}"
+
+
+class StepBase(_Strict):
+    name: str | None = Field(None, description="Label in the accounting (defaults to the step type).")
+
+
+class TextLengthStep(StepBase):
+    step: Literal["text_length"]
+    min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    min_words: int = Field(0, ge=0)
+    max_words: int | None = Field(None, ge=1)
+    field: Literal["all", "caption", "answers", "questions"] = Field(
+        "all", description="Which text: all of it, the caption (pair), or the answers/questions (sft)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> TextLengthStep:
+        _check_bounds("min_chars", self.min_chars, "max_chars", self.max_chars)
+        _check_bounds("min_words", self.min_words, "max_words", self.max_words)
+        return self
+
+
+class ImageDecodeStep(StepBase):
+    step: Literal["image_decode"]
+
+
+class ImageSizeStep(StepBase):
+    step: Literal["image_size"]
+    min_side: int = Field(1, ge=1)
+    max_side: int | None = Field(None, ge=1)
+    max_aspect_ratio: float | None = Field(None, ge=1.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ImageSizeStep:
+        _check_bounds("min_side", self.min_side, "max_side", self.max_side)
+        return self
+
+
+class PairToSftStep(StepBase):
+    converts: ClassVar[tuple[str, str]] = ("pair", "sft")
+    step: Literal["pair_to_sft"]
+    prompt: str = Field("Describe the image.", description="The user turn; the caption becomes the answer.")
+
+
+class PdfToTranscriptionStep(StepBase):
+    """A ``pdf`` record becomes an ``sft`` record: rendered page images, one turn per page (prompt -> the
+    page's text in reading order), as in Idefics3's pretraining stage 2."""
+
+    converts: ClassVar[tuple[str, str]] = ("pdf", "sft")
+    step: Literal["pdf_to_transcription"]
+    dpi: int = Field(150, ge=10, le=600)
+    max_side: int = Field(2940, ge=64, description="Longest side of a rendered page, in pixels.")
+    prompt: str = Field("Transcribe the text of this page.", description="The user turn of every page.")
+    image_format: Literal["png", "jpg"] = "png"
+
+
+class ExactImageDedupStep(StepBase):
+    step: Literal["exact_image_dedup"]
+
+
+class QaFilterStep(StepBase):
+    """Conversation checks on ``sft`` records; a sample with any failing turn is dropped with the reason."""
+
+    step: Literal["qa_filter"]
+    min_question_chars: int = Field(0, ge=0, description="Text-only turns need a question; image turns may be empty.")
+    max_question_chars: int | None = Field(None, ge=1)
+    min_answer_chars: int = Field(1, ge=0)
+    max_answer_chars: int | None = Field(None, ge=1)
+    min_turns: int = Field(1, ge=0)
+    max_turns: int | None = Field(None, ge=1)
+    repeated_turns: Literal["drop", "keep"] = Field(
+        "drop", description="drop: a conversation repeating a (question, answer) turn is dropped (repeated_turn)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> QaFilterStep:
+        _check_bounds("min_question_chars", self.min_question_chars, "max_question_chars", self.max_question_chars)
+        _check_bounds("min_answer_chars", self.min_answer_chars, "max_answer_chars", self.max_answer_chars)
+        _check_bounds("min_turns", self.min_turns, "max_turns", self.max_turns)
+        return self
+
+
+class NearDupImagesStep(StepBase):
+    """Perceptual near-duplicate images across the build (global): a sample whose images are all within
+    ``max_distance`` bits of an earlier sample's images (same count, same order) is dropped."""
+
+    step: Literal["near_dup_images"]
+    hash: Literal["phash", "dhash"] = "phash"
+    max_distance: int = Field(4, ge=0, le=32, description="Hamming distance between 64-bit hashes.")
+    scope: Literal["all", "source"] = Field("all", description="all: across every source; source: within each.")
+
+
+class NearDupTextStep(StepBase):
+    """MinHash-LSH near-duplicate conversations (global, datasketch): estimated Jaccard similarity of word
+    shingles >= ``threshold`` to an earlier sample drops the later one."""
+
+    step: Literal["near_dup_text"]
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle_words: int = Field(3, ge=1, le=16)
+    text: Literal["qa", "questions", "answers"] = "qa"
+    scope: Literal["all", "source"] = "all"
+    same_images: bool = Field(
+        False, description="Only count texts as duplicates when the samples also share their images (sha256)."
+    )
+
+
+class Benchmark(_Strict):
+    """An evaluation set: one of our built datasets (``shards``), or an image folder plus a questions jsonl
+    (``{"image": relative path, "question": text}`` per line; either may be absent)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    shards: str | None = Field(None, description="A dataset directory built by this toolkit (sft or pair).")
+    images: str | None = Field(None, description="A folder of benchmark images (all image files, recursively).")
+    questions: str | None = Field(None, description="A jsonl of benchmark questions (and their image paths).")
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> Benchmark:
+        if self.shards and (self.images or self.questions):
+            raise ValueError(f"benchmark {self.name!r}: give either shards or images/questions, not both")
+        if not (self.shards or self.images or self.questions):
+            raise ValueError(f"benchmark {self.name!r}: give shards, or images and/or questions")
+        return self
+
+
+class DecontaminateStep(StepBase):
+    """Drop training samples that show a benchmark image (perceptual hash within ``max_distance``) or ask a
+    benchmark question (word n-gram overlap), with per-benchmark reasons."""
+
+    step: Literal["decontaminate"]
+    benchmarks: Annotated[list[Benchmark], Field(min_length=1)]
+    match: Literal["image_or_question", "image", "question", "image_and_question"] = "image_or_question"
+    hash: Literal["phash", "dhash"] = "phash"
+    max_distance: int = Field(4, ge=0, le=32)
+    ngram: int = Field(3, ge=1, le=16, description="Question overlap is measured on word n-grams.")
+    min_overlap: float = Field(
+        0.8, gt=0.0, le=1.0, description="Share of a benchmark question's n-grams found in a training question."
+    )
+    min_question_words: int = Field(
+        5, ge=1, description="Shorter questions ('What is this?') never match on text alone."
+    )
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique(cls, benchmarks: list[Benchmark]) -> list[Benchmark]:
+        _check_unique("benchmark", [b.name for b in benchmarks])
+        return benchmarks
+
+
+class MergeQaStep(StepBase):
+    """QA pairs on the same image(s) become one multi-turn conversation (the Cauldron convention): samples of
+    a source with identical images (sha256) merge into the first, in dataset order (global)."""
+
+    step: Literal["merge_qa"]
+    scope: Literal["source", "all"] = Field("source", description="Merge within each source, or across sources.")
+    max_turns: int | None = Field(None, ge=1, description="Start a new conversation after this many turns.")
+
+
+Step = Annotated[
+    TextLengthStep
+    | ImageDecodeStep
+    | ImageSizeStep
+    | PairToSftStep
+    | PdfToTranscriptionStep
+    | ExactImageDedupStep
+    | QaFilterStep
+    | NearDupImagesStep
+    | NearDupTextStep
+    | DecontaminateStep
+    | MergeQaStep,
+    Field(discriminator="step"),
+]
+GLOBAL_STEPS = {"exact_image_dedup", "near_dup_images", "near_dup_text", "merge_qa"}
+STEP_CLASSES: dict[str, type[StepBase]] = {
+    get_args(cls.model_fields["step"].annotation)[0]: cls for cls in get_args(get_args(Step)[0])
+}
