@@ -108,8 +108,16 @@ def _mixture_rows(mixture: dict[str, Any] | None) -> dict[str, Any]:
     """Per component: category, target (as declared), target and achieved share of answer tokens, epochs."""
     if not mixture:
         return {}
+    from typing import get_args
+
+    from curation.recipe import Category
+
+    order = {c: i for i, c in enumerate(get_args(Category))}
+    components = sorted(
+        mixture["components"].items(), key=lambda kv: (order.get(kv[1].get("category"), len(order)), kv[0])
+    )  # grouped by category, as in Table 3
     rows = {}
-    for name, c in mixture["components"].items():
+    for name, c in components:
         rows[name] = {
             "category": c.get("category"),
             "target": c["target"],
