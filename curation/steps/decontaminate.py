@@ -11,6 +11,7 @@ Reasons name the benchmark: ``contaminated_image:<bench>``, ``contaminated_quest
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,19 +141,30 @@ class Decontaminate:
         self.image_index = MultiIndexHash(cfg.max_distance)
         self.image_bench: list[str] = []
         self.questions: list[tuple[str, frozenset]] = []
-        self.by_gram: dict[tuple[str, ...], list[int]] = {}
         for row in table:
             if row["kind"] == "image":
                 self.image_index.add(len(self.image_bench), to_unsigned(row["hash"]))
                 self.image_bench.append(row["benchmark"])
             else:
                 words, grams = ngrams(row["text"], cfg.ngram)
-                if words < cfg.min_question_words:
-                    continue
-                qid = len(self.questions)
-                self.questions.append((row["benchmark"], grams))
-                for g in grams:
-                    self.by_gram.setdefault(g, []).append(qid)
+                if words >= cfg.min_question_words:
+                    self.questions.append((row["benchmark"], grams))
+        self.by_gram = self._index_rarest_grams()
+
+    def _index_rarest_grams(self) -> dict[tuple[str, ...], list[int]]:
+        """Index each benchmark question under its k - m + 1 rarest n-grams only (k grams, m = the overlap it
+        needs): by pigeonhole a match shares at least one of them, so common grams ("what is the") never
+        fan out to every question, and the matches are exactly those of a full index."""
+        frequency: dict[tuple[str, ...], int] = {}
+        for _, grams in self.questions:
+            for g in grams:
+                frequency[g] = frequency.get(g, 0) + 1
+        by_gram: dict[tuple[str, ...], list[int]] = {}
+        for qid, (_, grams) in enumerate(self.questions):
+            needed = math.ceil(self.cfg.min_overlap * len(grams) - 1e-9)
+            for g in sorted(grams, key=lambda g: (frequency[g], g))[: len(grams) - needed + 1]:
+                by_gram.setdefault(g, []).append(qid)
+        return by_gram
 
     def _image_hits(self, sample: Sample) -> set[str]:
         from curation.features import add_image_hashes
@@ -175,13 +187,10 @@ class Decontaminate:
             words, grams = ngrams(turn.user, self.cfg.ngram)
             if words < self.cfg.min_question_words:
                 continue
-            shared: dict[int, int] = {}
-            for g in grams:
-                for qid in self.by_gram.get(g, ()):
-                    shared[qid] = shared.get(qid, 0) + 1
-            for qid, n in shared.items():
+            candidates = {qid for g in grams for qid in self.by_gram.get(g, ())}
+            for qid in candidates:
                 bench, bench_grams = self.questions[qid]
-                if n / len(bench_grams) >= self.cfg.min_overlap:
+                if len(grams & bench_grams) / len(bench_grams) >= self.cfg.min_overlap - 1e-9:
                     hits.add(bench)
         return hits
 

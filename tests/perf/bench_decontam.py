@@ -153,12 +153,15 @@ def main() -> None:
         t_step, found = timed(step, args.repeats)
         t_brute, brute_found = timed(brute, args.repeats)
         same = [bool(a) for a in found] == [bool(b) for b in brute_found]
-        planted = sum(1 for i in range(args.n) if i % 100 in (0, 50))
+        planted_ids = {i for i in range(args.n) if i % 100 in (0, 50)}
+        extra = [f for i, f in enumerate(found) if f and i not in planted_ids]
         results["step"] = {
             "seconds": round(t_step, 3),
             "samples_per_s": round(args.n / t_step, 1),
             "dropped": sum(1 for f in found if f),
-            "planted": planted,
+            "planted": len(planted_ids),
+            "planted_found": sum(1 for i in planted_ids if found[i]),
+            "unplanted_dropped_by_reason": {r: extra.count(r) for r in sorted(set(extra))},
             "same_decisions_as_brute_force": same,
         }
         results["hash_only"] = {"seconds": round(t_hash, 3), "images_per_s": round(args.n / t_hash, 1)}
@@ -211,7 +214,9 @@ def main() -> None:
     r = report["ratios"]
     print(
         f"decontaminate: {results['step']['samples_per_s']:,.0f} samples/s "
-        f"({results['step']['dropped']}/{planted} planted found, same as brute force: {same}); "
+        f"({results['step']['planted_found']}/{len(planted_ids)} planted found, "
+        f"{sum(results['step']['unplanted_dropped_by_reason'].values())} unplanted matches, "
+        f"same as brute force: {same}); "
         f"step/hash-only {r['step_vs_hash_only']:.2f}x; {r['step_speedup_vs_brute_force']:.1f}x faster than brute "
         f"force; build with/without {r['build_with_step_vs_without']:.2f}x -> {out}"
     )
