@@ -416,3 +416,21 @@ def test_text_dedup_checks_signatures() -> None:
         greedy_text_dedup([minhash_signature(QA, num_perm=64)], 0.7)
     with pytest.raises(ValueError, match="groups"):
         greedy_text_dedup([None, None], 0.7, groups=["a"])
+
+
+@pytest.mark.parametrize("max_distance", [0, 1, 3, 4, 7, 12])
+def test_vectorised_single_image_path_equals_brute_force_with_exact_copies_and_groups(max_distance):
+    """Many exact copies, near copies and chains, in three groups: the vectorised single-image path (used by
+    greedy_image_dedup) gives exactly the brute-force answer."""
+    rng = np.random.default_rng(max_distance)
+    base = rng.integers(0, 2**63, size=300, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    hashes = []
+    for _ in range(1500):
+        h = int(base[rng.integers(0, len(base))])
+        for _ in range(int(rng.integers(0, max_distance + 3))):  # some within range, some just beyond
+            h ^= 1 << int(rng.integers(0, 64))
+        hashes.append(h)
+    samples = [(h,) for h in hashes]
+    groups = [int(g) for g in rng.integers(0, 3, size=len(samples))]
+    assert greedy_image_dedup(samples, max_distance, groups) == all_pairs_image_dedup(samples, max_distance, groups)
+    assert greedy_image_dedup(samples, max_distance) == all_pairs_image_dedup(samples, max_distance)
