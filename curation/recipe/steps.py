@@ -7,6 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import Field, field_validator, model_validator
 
 from curation.recipe.common import _check_bounds, _check_unique, _Strict
+from curation.recipe.generation import DocmatixGenerateStep
 
 # ---- steps ---------------------------------------------------------------------------------------
 RESERVED_STEP_NAMES = ("read", "probe", "write", "unique_key")
@@ -189,7 +190,8 @@ Step = Annotated[
     | NearDupImagesStep
     | NearDupTextStep
     | DecontaminateStep
-    | MergeQaStep,
+    | MergeQaStep
+    | DocmatixGenerateStep,
     Field(discriminator="step"),
 ]
 GLOBAL_STEPS = {"exact_image_dedup", "near_dup_images", "near_dup_text", "merge_qa"}
