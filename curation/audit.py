@@ -93,6 +93,7 @@ def audit(directory: Path) -> dict[str, Any]:
         "mixture": _mixture_rows(manifest.mixture),
         "duplicates": manifest.duplicates,
         "contamination": _contamination(per_source_acc),
+        "generation": {label: r for label, r in manifest.reports.items() if "pairs_parsed" in r},
         "samples": sum(s["samples"] for s in sources.values()),
         "shards": len(manifest.shards),
         "input": sum(s["input"] for s in sources.values()),
@@ -185,10 +186,31 @@ def _contamination_rows(report: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _generation_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for label, r in report.get("generation", {}).items():
+        parsed = r.get("pairs_parsed", 0)
+        rows.append([label, "parsed", f"{parsed:,}", ""])
+        rows.append(
+            [
+                label,
+                "kept",
+                f"{r.get('pairs_kept', 0):,}",
+                f"{100 * r.get('pairs_kept', 0) / parsed:.1f}%" if parsed else "",
+            ]
+        )
+        for rule, n in r.get("discarded", {}).items():
+            rows.append([label, f"discarded: {rule}", f"{n:,}", f"{100 * n / parsed:.1f}%" if parsed else ""])
+        for reason, n in r.get("failures", {}).items():
+            rows.append([label, f"failed documents: {reason}", f"{n:,}", ""])
+    return rows
+
+
 SECTIONS = [
     ("mixture: target versus achieved", MIXTURE_HEADERS, _mixture_table_rows),
     ("duplicates per source pair", ["step", "dropped from", "duplicate of", "samples"], _duplicate_rows),
     ("benchmark contamination removed", ["benchmark", "source", "matched on", "samples"], _contamination_rows),
+    ("generated QA pairs", ["step", "pairs", "count", "% of parsed"], _generation_rows),
 ]
 
 

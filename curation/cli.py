@@ -99,6 +99,7 @@ def build(
         )
     if m.totals["samples"] == 0:
         err_console.print("[yellow]warning:[/yellow] the build holds 0 samples; `curate audit` shows why")
+    _print_generation(result.log)
     if not quiet:
         render_table(audit(out), console)
 
@@ -230,6 +231,22 @@ def export(
         f"wrote {out / LLAVA_JSON}: {counts['records']} records, {counts['images']} images, "
         f"{counts['text_only']} text-only ({time.perf_counter() - started:.1f}s)"
     )
+
+
+def _print_generation(log: Path | None) -> None:
+    """The throughput of generation steps in this run (from the run log)."""
+    if log is None or not log.is_file():
+        return
+    for label, report in json.loads(log.read_text()).get("steps", {}).items():
+        t = report.get("throughput")
+        if not t:
+            continue
+        err_console.print(
+            f"{label}: {t['documents']:,} documents ({t['generated_requests']:,} requests generated, "
+            f"{t['cached_requests']:,} from the cache), {t['documents_per_s'] or 0:.2f} documents/s, "
+            f"{t['prompt_tokens_per_s'] or 0:,.0f} prompt and {t['generated_tokens_per_s'] or 0:,.0f} generated "
+            f"tokens/s; {t['pairs_kept']:,} of {t['pairs_parsed']:,} QA pairs kept (report: {log})"
+        )
 
 
 def _manifest_call(fn, directory: Path):

@@ -59,7 +59,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     source = next(s for s in recipe.sources if s.name == part.source)
     reader = make_reader(source)
-    steps = build_steps(recipe.steps, {"work": work})
+    steps = build_steps(recipe.steps, {"work": work, "tokenizer": (recipe.tokenizer.type, recipe.tokenizer.path)})
     names, _ = step_names(recipe)
     acc = Accounting(names)
     out = recipe.output
@@ -84,6 +84,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
         if rejects is not None and drop.count == 1:  # bulk drops are counts only
             rejects.add(step, drop)
 
+    pipeline = _Pipeline(part.source, steps, acc, writer, out.kind, dropped, features)
     for item in reader.read(part):
         name = part.source
         n = item.count if isinstance(item, Drop) else 1
@@ -97,7 +98,11 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
             continue
         acc.out("read", name)
         crash_point("record")
-        _run_record(item, name, steps, acc, writer, out.kind, dropped, features)
+        pipeline.feed(item)
+    pipeline.finish()
+    for _, step in steps:
+        if hasattr(step, "close"):
+            step.close()
     writer.close()
     features.minhash.write(tmp)
     reject_shards = rejects.close() if rejects is not None else []
@@ -112,6 +117,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
         "accounting": acc.to_dict(),
         "shards": [s.model_dump() for s in writer.shards],
         "rejects": [s.model_dump() for s in reject_shards],
+        "reports": _step_reports(steps),
         "seconds": round(time.perf_counter() - started, 3),
     }
     atomic_write_json(tmp / "stats.json", stats)
@@ -131,43 +137,91 @@ class _Features:
         self.minhash = minhash
 
 
-def _run_record(
-    sample: Sample, source: str, steps, acc: Accounting, writer: ShardWriter, kind: str, dropped, features: _Features
-) -> None:
-    acc.inp("probe", source)
-    try:
-        sample.infos = [probe_image(b) for b in sample.record.image_list()]
-    except ImageProbeError as exc:
-        dropped("probe", Drop(exc.reason, source, sample.origin, sample.record.key, str(exc), sample.record))
-        return
-    acc.out("probe", source)
-    for label, step in steps:
-        acc.inp(label, source)
-        result = step(sample)
-        if isinstance(result, str):
-            dropped(label, Drop(result, source, sample.origin, sample.record.key, "", sample.record))
+class _Pipeline:
+    """probe -> record steps -> write, for one sample at a time, except at batched steps (an LLM generating
+    for many documents per call): samples wait there until ``batch_size`` are gathered (or the partition
+    ends), go through the step together, and continue in their original order."""
+
+    def __init__(self, source: str, steps, acc: Accounting, writer: ShardWriter, kind: str, dropped, features) -> None:
+        self.source, self.acc, self.writer, self.kind, self.dropped, self.features = (
+            source, acc, writer, kind, dropped, features
+        )  # fmt: skip
+        self.steps = steps
+        self.waiting: dict[int, list[Sample]] = {}  # step position -> samples gathered for it
+
+    def feed(self, sample: Sample) -> None:
+        self.acc.inp("probe", self.source)
+        try:
+            sample.infos = [probe_image(b) for b in sample.record.image_list()]
+        except ImageProbeError as exc:
+            r = sample.record
+            self.dropped("probe", Drop(exc.reason, self.source, sample.origin, r.key, str(exc), r))
             return
-        sample = result
-        acc.out(label, source)
-    acc.inp("write", source)
-    record = sample.record
-    if record.kind != kind:
-        dropped("write", Drop("wrong_kind", source, sample.origin, record.key, f"{record.kind} != {kind}", record))
-        return
-    try:
-        add_image_hashes(sample, features.hashes)
-        where = writer.write(record, sample.infos, sample.origin, sample.image_hashes)
-    except UnicodeEncodeError as exc:  # lone surrogates (e.g. "\ud800" in JSON input) cannot be stored as UTF-8
-        dropped("write", Drop("invalid_unicode", source, sample.origin, record.key, str(exc)[:300], record))
-        return
-    except DuplicateKeyError as exc:
-        dropped("write", Drop("duplicate_key", source, sample.origin, record.key, str(exc), record))
-        return
-    except (OSError, ValueError, SyntaxError) as exc:  # pair re-encoding of an image that only looked fine
-        dropped("write", Drop("image_corrupt", source, sample.origin, record.key, str(exc), record))
-        return
-    features.minhash.add(record, where)
-    acc.out("write", source)
+        self.acc.out("probe", self.source)
+        self._run_from(0, sample)
+
+    def finish(self) -> None:
+        """Run what is still waiting at batched steps, in step order."""
+        for position in range(len(self.steps)):
+            if self.waiting.get(position):
+                self._flush(position)
+
+    def _run_from(self, position: int, sample: Sample) -> None:
+        for i in range(position, len(self.steps)):
+            label, step = self.steps[i]
+            if getattr(step, "batch_size", None):
+                batch = self.waiting.setdefault(i, [])
+                batch.append(sample)
+                if len(batch) >= step.batch_size:
+                    self._flush(i)
+                return
+            self.acc.inp(label, self.source)
+            result = step(sample)
+            if isinstance(result, str):
+                self.dropped(label, Drop(result, self.source, sample.origin, sample.record.key, "", sample.record))
+                return
+            sample = result
+            self.acc.out(label, self.source)
+        self._write(sample)
+
+    def _flush(self, position: int) -> None:
+        label, step = self.steps[position]
+        batch, self.waiting[position] = self.waiting[position], []
+        self.acc.inp(label, self.source, len(batch))
+        for sample, result in zip(batch, step.process_batch(batch), strict=True):
+            if isinstance(result, str):
+                self.dropped(label, Drop(result, self.source, sample.origin, sample.record.key, "", sample.record))
+                continue
+            self.acc.out(label, self.source)
+            self._run_from(position + 1, result)
+
+    def _write(self, sample: Sample) -> None:
+        source, record = self.source, sample.record
+        self.acc.inp("write", source)
+        if record.kind != self.kind:
+            self.dropped(
+                "write", Drop("wrong_kind", source, sample.origin, record.key, f"{record.kind} != {self.kind}", record)
+            )
+            return
+        try:
+            add_image_hashes(sample, self.features.hashes)
+            where = self.writer.write(record, sample.infos, sample.origin, sample.image_hashes)
+        except UnicodeEncodeError as exc:  # lone surrogates (e.g. "\ud800" in JSON input) cannot be stored as UTF-8
+            self.dropped("write", Drop("invalid_unicode", source, sample.origin, record.key, str(exc)[:300], record))
+            return
+        except DuplicateKeyError as exc:
+            self.dropped("write", Drop("duplicate_key", source, sample.origin, record.key, str(exc), record))
+            return
+        except (OSError, ValueError, SyntaxError) as exc:  # pair re-encoding of an image that only looked fine
+            self.dropped("write", Drop("image_corrupt", source, sample.origin, record.key, str(exc), record))
+            return
+        self.features.minhash.add(record, where)
+        self.acc.out("write", source)
+
+
+def _step_reports(steps) -> dict[str, Any]:
+    """What steps report about their work (e.g. generation counts and timings), by step label."""
+    return {label: step.report() for label, step in steps if hasattr(step, "report")}
 
 
 def read_partition_stats(work: Path, gid: int) -> dict[str, Any]:

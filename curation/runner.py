@@ -385,7 +385,10 @@ def _build_locked(
         accounting=summary,
         duplicates=duplicate_pairs,
         categories=_categories(recipe),
+        reports=_without_run_only(merge_reports([read_partition_stats(work, g).get("reports", {}) for g in gids])),
     )
+    done_now = {t["gid"] for t in tasks}
+    run_reports = merge_reports([read_partition_stats(work, g).get("reports", {}) for g in gids if g in done_now])
     manifest.wids_index = write_wids_index(out, prefix, shards)
     manifest.subsets = _write_subsets(recipe, plan, by_partition, out, prefix)
     # Deterministic per-partition accounting (timings live in _logs/ only).
@@ -397,7 +400,9 @@ def _build_locked(
     manifest.write(out)  # the build is complete once dataset.json exists
     shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
-    log = _write_log(out, manifest, state, workers, seconds, len(plan) - len(tasks), total_rows - skipped_rows)
+    log = _write_log(
+        out, manifest, state, workers, seconds, len(plan) - len(tasks), total_rows - skipped_rows, run_reports
+    )
     return BuildResult(
         out, manifest, "resumed" if state == "resume" else "fresh", len(plan), len(plan) - len(tasks), seconds, log
     )
@@ -510,8 +515,65 @@ def _totals(out: Path, shards: list[Any]) -> dict[str, int]:
     return totals
 
 
+def merge_reports(reports: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Step reports of several partitions as one: numbers (and nested counters) added up."""
+
+    def add(into: dict[str, Any], more: dict[str, Any]) -> None:
+        for k, v in more.items():
+            if isinstance(v, dict):
+                add(into.setdefault(k, {}), v)
+            elif isinstance(v, int | float) and not isinstance(v, bool):
+                into[k] = round(into.get(k, 0) + v, 6)
+            else:
+                into.setdefault(k, v)
+
+    merged: dict[str, dict[str, Any]] = {}
+    for partition in reports:
+        for label, report in partition.items():
+            add(merged.setdefault(label, {}), report)
+    return merged
+
+
+RUN_ONLY_REPORT_KEYS = ("generated_requests", "cached_requests", "generated_prompt_tokens",
+                        "generated_completion_tokens", "engine_seconds")  # fmt: skip
+
+
+def _without_run_only(reports: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The manifest keeps what the output depends on, not what a particular run did (cache hits, timings)."""
+    return {label: {k: v for k, v in r.items() if k not in RUN_ONLY_REPORT_KEYS} for label, r in reports.items()}
+
+
+def throughput(report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Rates of a generation step over a run's wall-clock ``seconds`` (and over the engine's own time)."""
+    engine = report.get("engine_seconds") or 0.0
+    discarded = report.get("discarded", {})
+    parsed = report.get("pairs_parsed", 0)
+    return {
+        "documents": report.get("documents", 0),
+        "generated_requests": report.get("generated_requests", 0),
+        "cached_requests": report.get("cached_requests", 0),
+        "documents_per_s": round(report.get("documents", 0) / seconds, 3) if seconds else None,
+        "prompt_tokens_per_s": round(report.get("generated_prompt_tokens", 0) / seconds, 1) if seconds else None,
+        "generated_tokens_per_s": round(report.get("generated_completion_tokens", 0) / seconds, 1) if seconds else None,
+        "engine_seconds": engine,
+        "generated_tokens_per_engine_s": round(report.get("generated_completion_tokens", 0) / engine, 1)
+        if engine
+        else None,
+        "pairs_parsed": parsed,
+        "pairs_kept": report.get("pairs_kept", 0),
+        "discard_rate_by_rule": {r: round(n / parsed, 4) for r, n in sorted(discarded.items())} if parsed else {},
+    }
+
+
 def _write_log(
-    out: Path, manifest: DatasetManifest, state: str, workers: int, seconds: float, skipped: int, rows_done: int
+    out: Path,
+    manifest: DatasetManifest,
+    state: str,
+    workers: int,
+    seconds: float,
+    skipped: int,
+    rows_done: int,
+    reports: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     logs = out / LOGS
     logs.mkdir(exist_ok=True)
@@ -529,6 +591,10 @@ def _write_log(
             "rows_per_second": round(rows_done / seconds, 1) if seconds else None,
             "samples": manifest.totals["samples"],
             "recipe_sha256": manifest.recipe_sha256,
+            "steps": {
+                label: {**r, "throughput": throughput(r, seconds)} if "engine_seconds" in r else r
+                for label, r in (reports or {}).items()
+            },
         },
     )
     return path

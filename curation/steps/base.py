@@ -21,6 +21,7 @@ RECORD_STEPS = {
     "pdf_to_transcription": "curation.steps.pdf:PdfToTranscription",
     "qa_filter": "curation.steps.qa:QaFilter",
     "decontaminate": "curation.steps.decontaminate:Decontaminate",
+    "docmatix_generate": "curation.steps.docmatix:DocmatixGenerate",
 }
 
 

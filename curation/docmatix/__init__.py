@@ -1,0 +1,1 @@
+"""Docmatix-style generation of document question/answer pairs from PDF text."""
