@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from collections.abc import Iterator
@@ -306,10 +307,15 @@ def load_recipe(ref: str, overrides: list[str] | None = None) -> Any:
         if assignment.startswith("vars.") and "=" in assignment:
             from_cwd.add(assignment.split("=", 1)[0].removeprefix("vars."))
     _substitute_vars(data, base, from_cwd)
-    return validate_recipe(data, ref)
+    return validate_recipe(data, ref, substitute=False)
 
 
-def validate_recipe(data: dict[str, Any], ref: str = "recipe") -> Any:
+def validate_recipe(data: dict[str, Any], ref: str = "recipe", substitute: bool = True) -> Any:
+    """A recipe from a mapping (e.g. built in Python); ``${name}`` variables are substituted first (relative
+    paths stay relative to the working directory) unless the caller already did (``load_recipe``)."""
+    if substitute and isinstance(data, dict):
+        data = copy.deepcopy(data)
+        _substitute_vars(data, None, set())
     kind = data.get("kind", "build")
     if kind not in RECIPE_KINDS:
         hint = difflib.get_close_matches(str(kind), RECIPE_KINDS, n=1)

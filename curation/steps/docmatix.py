@@ -21,6 +21,7 @@ from curation.docmatix.engines import ChatRequest, Generation, GenerationFailure
 from curation.docmatix.filters import apply_filters
 from curation.docmatix.parse import parse_qa, parse_qa_json
 from curation.docmatix.text import JSON_SCHEMA, Chunk, build_messages, choose_variant, chunk_pages, page_texts
+from curation.faults import crash_point
 from curation.recipe import DocmatixGenerateStep
 from curation.sample import Sample
 from curation.steps.pdf import RenderError, render_pages
@@ -127,6 +128,7 @@ class DocmatixGenerate:
             fresh = self.engine.generate([requests[i] for i in todo.values()])
             self.engine_seconds += time.perf_counter() - started
             self.cache.put_many([(k, g) for k, g in zip(todo, fresh, strict=True) if isinstance(g, Generation)])
+            crash_point("generation_batch")
             for k, g in zip(todo, fresh, strict=True):
                 if isinstance(g, Generation):
                     cached[k] = g

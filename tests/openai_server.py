@@ -1,0 +1,190 @@
+"""A scripted OpenAI-compatible chat-completions server on 127.0.0.1, for the openai engine's tests.
+
+A real HTTP server (``ThreadingHTTPServer`` in a thread, port 0) answering ``POST /v1/chat/completions`` and
+``GET /v1/models`` the way vLLM's ``vllm serve`` and OpenAI do. What it answers comes from a script: a callable
+``script(request_json) -> Reply`` or a list of replies consumed in arrival order. A ``Reply`` is
+
+- ``str``: a 200 chat completion whose message content is that text;
+- ``(status, body)``: that status with ``body`` (a dict is sent as JSON, a str as is: malformed bodies);
+  error statuses carry ``retry-after-ms`` (see ``retry_after_ms``) like rate-limiting servers do;
+- ``("sleep", seconds)`` or ``("sleep", seconds, reply)``: wait, then answer ``reply`` (default ``""``),
+  to provoke client timeouts and out-of-order completion.
+
+Every request is recorded (``.requests``: path, headers, parsed body).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Reply = Any  # str | tuple[int, dict | str] | tuple["sleep", float] | tuple["sleep", float, Reply]
+Script = Callable[[dict], Reply] | list
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: dict | None = field(default=None)
+
+    @property
+    def authorization(self) -> str | None:
+        return self.headers.get("authorization")
+
+
+def chat_completion(content: str | None, request: dict, finish_reason: str = "stop") -> dict:
+    """A realistic ``chat.completion`` object; token counts are whitespace words (deterministic, non-zero)."""
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    completion_tokens = len((content or "").split())
+    return {
+        "id": f"chatcmpl-{time.monotonic_ns():x}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request.get("model", "scripted"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def error_body(status: int, message: str) -> dict:
+    """OpenAI's error object (recent ``vllm serve`` answers the same shape)."""
+    return {
+        "error": {
+            "message": message,
+            "type": "BadRequestError" if status < 500 else "InternalServerError",
+            "param": None,
+            "code": status,
+        }
+    }
+
+
+class ScriptedOpenAIServer:
+    """Context manager: ``with ScriptedOpenAIServer(script) as server: ... server.base_url``."""
+
+    def __init__(self, script: Script, model: str = "scripted-model", retry_after_ms: float | None = 10.0) -> None:
+        self._script = script
+        self._queue = list(script) if isinstance(script, list) else None
+        self.model = model
+        self.retry_after_ms = retry_after_ms  # keeps the client's retry backoff short; None: no header
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def __enter__(self) -> ScriptedOpenAIServer:
+        handler = type("Handler", (_Handler,), {"server_ref": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._httpd.block_on_close = False  # sleeping handlers must not hold up shutdown
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.02,), name="scripted-openai", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._httpd is not None and self._thread is not None
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def _next_reply(self, body: dict) -> Reply:
+        if self._queue is None:
+            return self._script(body)
+        with self._lock:
+            if not self._queue:
+                return 500, error_body(500, "scripted server: script exhausted")
+            return self._queue.pop(0)
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_ref: ScriptedOpenAIServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _headers(self) -> dict[str, str]:
+        return {name.lower(): value for name, value in self.headers.items()}
+
+    def _send(self, status: int, body: dict | str, headers: dict[str, str] | None = None) -> None:
+        payload = (json.dumps(body) if isinstance(body, dict) else body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+            pass
+
+    def do_GET(self) -> None:
+        self.server_ref._record(RecordedRequest("GET", self.path, self._headers()))
+        if self.path.rstrip("/") == "/v1/models":
+            model = {"id": self.server_ref.model, "object": "model", "created": 0, "owned_by": "scripted"}
+            self._send(200, {"object": "list", "data": [model]})
+        else:
+            self._send(404, error_body(404, f"no route {self.path}"))
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = None
+        self.server_ref._record(RecordedRequest("POST", self.path, self._headers(), body))
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._send(404, error_body(404, f"no route {self.path}"))
+            return
+        if not isinstance(body, dict) or "messages" not in body or "model" not in body:
+            self._send(400, error_body(400, "request must be a JSON object with model and messages"))
+            return
+        self._answer(self.server_ref._next_reply(body), body)
+
+    def _answer(self, reply: Reply, body: dict) -> None:
+        if isinstance(reply, tuple) and reply and reply[0] == "sleep":
+            time.sleep(float(reply[1]))
+            self._answer(reply[2] if len(reply) > 2 else "", body)
+        elif isinstance(reply, str):
+            self._send(200, chat_completion(reply, body))
+        elif isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], int):
+            status, payload = reply
+            headers = {}
+            if status >= 400 and self.server_ref.retry_after_ms is not None:
+                headers["retry-after-ms"] = str(self.server_ref.retry_after_ms)
+            self._send(status, payload, headers)
+        else:
+            raise TypeError(f"scripted server: cannot answer {reply!r}")
