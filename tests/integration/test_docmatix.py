@@ -187,3 +187,19 @@ def test_recipe_is_valid_and_engines_switch_by_set(tmp_path):
     r = load_recipe("docmatix", ["steps.0.engine={type: openai, base_url: 'http://x/v1', model: m}"])
     assert r.steps[0].engine.type == "openai" and r.sources[0].max_pages == 4
     assert len(r.steps[0].prompts.variants) == 5
+
+
+def test_curate_build_docmatix_by_name(tars, tmp_path):
+    """As a user runs it: the built-in recipe by name, the engine chosen with --set; the audit shows the QA counts
+    and the discard reasons."""
+    with ScriptedOpenAIServer(_respond) as server:
+        engine = f"{{type: openai, base_url: '{server.base_url}', model: scripted, max_retries: 0}}"
+        run = subprocess.run(
+            [*CLI, "build", "docmatix", "--out", str(tmp_path / "out"), "-q", "--set", f"vars.pdfa={tars}",
+             "--set", f"steps.0.engine={engine}", "--set", f"steps.0.cache_dir={tmp_path / 'cache'}"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "documents/s" in run.stderr
+    audit = subprocess.run([*CLI, "audit", str(tmp_path / "out")], capture_output=True, text=True).stdout
+    assert "generated QA pairs" in audit and "discarded: url_or_filename" in audit and "too_many_pages" in audit
