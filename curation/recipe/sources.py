@@ -40,17 +40,20 @@ class SourceBase(_Strict):
 RECORD_FIELDS = {"pair": ("key", "image", "caption"), "sft": ("key", "images", "turns")}
 
 
+def _check_field_names(fields: dict[str, str], valid: tuple[str, ...], what: str) -> None:
+    for name in fields:
+        if name not in valid:
+            hint = difflib.get_close_matches(name, valid, n=1)
+            raise ValueError(
+                f"fields: {name!r} is not {what}"
+                + (f"; did you mean {hint[0]!r}?" if hint else f"; valid: {', '.join(valid)}")
+            )
+
+
 class _RowSource(SourceBase):
     @model_validator(mode="after")
     def _known_fields(self) -> _RowSource:
-        valid = RECORD_FIELDS[self.record]
-        for name in self.fields:
-            if name not in valid:
-                hint = difflib.get_close_matches(name, valid, n=1)
-                raise ValueError(
-                    f"fields: {name!r} is not a field of {self.record} records"
-                    + (f"; did you mean {hint[0]!r}?" if hint else f"; valid: {', '.join(valid)}")
-                )
+        _check_field_names(self.fields, RECORD_FIELDS[self.record], f"a field of {self.record} records")
         return self
 
 
@@ -201,13 +204,7 @@ class LlavaSource(SourceBase):
     @model_validator(mode="after")
     def _known_fields(self) -> LlavaSource:
         valid = ("key", "image", "conversations", "user", "assistant", "system")
-        for name in self.fields:
-            if name not in valid:
-                hint = difflib.get_close_matches(name, valid, n=1)
-                raise ValueError(
-                    f"fields: {name!r} is not a LLaVA field"
-                    + (f"; did you mean {hint[0]!r}?" if hint else f"; valid: {', '.join(valid)}")
-                )
+        _check_field_names(self.fields, valid, "a LLaVA field")
         if ("user" in self.fields) != ("assistant" in self.fields):
             raise ValueError("fields: single-turn records need both 'user' and 'assistant'")
         return self
