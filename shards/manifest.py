@@ -66,6 +66,9 @@ class DatasetManifest(BaseModel):
         description="Per global dedup step: dropped sample's source -> source of the sample it duplicated -> count.",
     )
     categories: dict[str, str] = Field(default_factory=dict, description="Source -> task category (Table 3).")
+    reports: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per step: what it reports about its work (e.g. generation counts)."
+    )
     mixture: dict[str, Any] | None = Field(
         None, description="Mixture builds: per component its target, what was available and what was selected."
     )
