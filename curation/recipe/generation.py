@@ -47,9 +47,7 @@ class VllmEngineConfig(_Strict):
     trust_remote_code: bool = False
 
 
-EngineConfig = Annotated[
-    TransformersEngineConfig | OpenAIEngineConfig | VllmEngineConfig, Field(discriminator="type")
-]
+EngineConfig = Annotated[TransformersEngineConfig | OpenAIEngineConfig | VllmEngineConfig, Field(discriminator="type")]
 
 
 class SamplingConfig(_Strict):

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from curation.errors import RecipeError
 from curation.recipe.build import BuildRecipe
-from curation.recipe.mixture import RECIPE_KINDS, MixtureRecipe
+from curation.recipe.mixture import MixtureRecipe
+from curation.recipe.selection import RECIPE_KINDS, SelectionRecipe
 from shards.atomic import content_sha256
 
 
@@ -56,6 +57,14 @@ def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
     for step in dicts(data.get("steps")):
         for bench in dicts(step.get("benchmarks")):
             yield from ((bench, k) for k in BENCHMARK_PATH_KEYS if k in bench)
+    trainer = data.get("trainer")
+    if isinstance(trainer, dict) and trainer.get("type") == "reference" and "model" in trainer:
+        yield trainer, "model"
+    evaluator = data.get("evaluator")
+    if isinstance(evaluator, dict):
+        for bench in dicts(evaluator.get("benchmarks")):
+            if "shards" in bench:
+                yield bench, "shards"
     datasets = data.get("datasets")
     for entry in datasets.values() if isinstance(datasets, dict) else []:
         if isinstance(entry, dict) and "path" in entry:
@@ -339,7 +348,7 @@ def recipe_json_schema() -> dict[str, Any]:
     """JSON Schema of every recipe kind (``kind: build`` is the default)."""
     from pydantic import TypeAdapter
 
-    schema = TypeAdapter(BuildRecipe | MixtureRecipe).json_schema()
+    schema = TypeAdapter(BuildRecipe | MixtureRecipe | SelectionRecipe).json_schema()
     schema["$id"] = "vlm-curation/recipe.schema.json"
-    schema["title"] = "vlm-curation recipe (build or mixture)"
+    schema["title"] = "vlm-curation recipe (build, mixture or selection)"
     return schema

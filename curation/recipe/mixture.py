@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
 from curation.recipe.common import _check_unique, _Strict
@@ -132,6 +132,3 @@ class MixtureRecipe(_Strict):
 
     def shard_prefix(self) -> str:
         return self.output.name or self.name
-
-
-RECIPE_KINDS: dict[str, type[BaseModel]] = {"build": BuildRecipe, "mixture": MixtureRecipe}

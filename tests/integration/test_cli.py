@@ -116,7 +116,7 @@ def test_schema_command_writes_json(tmp_path):
     res = curate("schema", "--out", str(tmp_path / "recipe.schema.json"))
     assert res.returncode == 0
     assert (
-        json.loads((tmp_path / "recipe.schema.json").read_text())["title"] == "vlm-curation recipe (build or mixture)"
+        json.loads((tmp_path / "recipe.schema.json").read_text())["title"] == "vlm-curation recipe (build, mixture or selection)"
     )
 
 

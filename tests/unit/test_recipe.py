@@ -161,7 +161,7 @@ def test_recipe_hash_changes_with_content_only():
 
 def test_json_schema_export_describes_the_recipe():
     schema = recipe_json_schema()
-    assert schema["title"] == "vlm-curation recipe (build or mixture)"
+    assert schema["title"] == "vlm-curation recipe (build, mixture or selection)"
     build, mixture = schema["$defs"]["BuildRecipe"], schema["$defs"]["MixtureRecipe"]
     assert {"sources", "steps", "output", "tokenizer", "vars"} <= set(build["properties"])
     assert {"datasets", "components", "total_answer_tokens"} <= set(mixture["properties"])
