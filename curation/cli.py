@@ -177,14 +177,80 @@ def schema(
         sys.stdout.write(text)
 
 
+@app.command("select")
+def select_cmd(
+    recipe: Annotated[str, typer.Argument(help="A selection recipe (kind: selection): file or built-in name.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep directory [default: ./out/<name>].")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Workers for building datasets.")] = 1,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a recipe field: dotted.path=value (repeatable).")
+    ] = None,
+) -> None:
+    """Run Individual Select: per category, a fine-tune + evaluation per candidate on baseline + candidate;
+    comparable-or-better candidates join the baseline. Rerun the same command to resume (finished trials are
+    reused)."""
+    from curation.recipe import load_recipe
+    from curation.select.sweep import run_selection
+
+    spec = load_recipe(recipe, set_ or [])
+    if spec.kind != "selection":
+        raise CurationError(
+            f"{recipe} is a {spec.kind} recipe; `curate select` runs kind: selection (see curate build)"
+        )
+    doc = run_selection(spec, out or Path("out") / spec.name, workers=workers, console=err_console)
+    _print_selection(doc)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    plan: Annotated[Path, typer.Argument(help="An ablation plan (### Ablation blocks: Ablated Part, REPLACE, ...).")],
+    spec: Annotated[Path, typer.Option("--spec", help="SPEC.yaml: the unablated trial config and the part mapping.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep directory [default: ./out/<spec name>].")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Workers for building datasets.")] = 1,
+) -> None:
+    """Run an ablation plan through the trial engine: every replacement of every ablated part (and the unablated
+    configuration) trained and evaluated; each replacement reported against the unablated trial."""
+    from curation.select.ablation import ablation_markdown, run_ablation
+    from curation.select.plans import load_spec
+
+    name = load_spec(spec).name
+    doc = run_ablation(plan, spec, out or Path("out") / name, workers=workers, console=err_console)
+    sys.stdout.write(ablation_markdown(doc))
+
+
+def _print_selection(doc: dict) -> None:
+    t = Table("category", "candidate", "score", "baseline", "decision", title=f"{doc['name']}: Individual Select")
+    for cat in doc["categories"]:
+        for c in cat["candidates"]:
+            score = "failed" if c["score"] is None else f"{c['score']:.2f}"
+            t.add_row(cat["name"], c["name"], score, f"{c['baseline_score']:.2f}", c["decision"])
+    console.print(t)
+    console.print("selected: " + ", ".join(c["name"] for c in doc["selected_components"]))
+    if "all_candidates" in doc and doc["all_candidates"]["score"] is not None:
+        a = doc["all_candidates"]
+        console.print(f"all candidates together: {a['score']:.2f}; the selected mixture: {a['selected_score']:.2f}")
+    for name, path in doc.get("files", {}).items():
+        console.print(f"{name}: {path}")
+
+
 @app.command()
 def demo(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for the generated inputs and the dataset.")
     ] = Path("demo-out"),
     workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
+    select: Annotated[
+        bool, typer.Option("--select", help="Run the toy selection world instead (a few minutes on 2 CPU cores).")
+    ] = False,
 ) -> None:
-    """Generate small inputs (Pillow drawings, captions, conversations), build them, print the audit."""
+    """Generate small inputs (Pillow drawings, captions, conversations), build them, print the audit. With
+    --select: the toy world of Individual Select (helpful, neutral and poisoned candidates; a tiny VLM
+    trained per trial)."""
+    if select:
+        _demo_select(out, workers)
+        return
     from curation.audit import audit, render_table
     from curation.demo import make_demo_inputs
     from curation.recipe import load_recipe
@@ -231,6 +297,22 @@ def export(
         f"wrote {out / LLAVA_JSON}: {counts['records']} records, {counts['images']} images, "
         f"{counts['text_only']} text-only ({time.perf_counter() - started:.1f}s)"
     )
+
+
+def _demo_select(out: Path, workers: int) -> None:
+    from curation.recipe import load_recipe
+    from curation.select.sweep import run_selection
+    from curation.select.toy import build_benchmarks, make_toy_world
+
+    started = time.perf_counter()
+    world = out / "toy-world"
+    recipe_path = world / "selection.yaml"
+    if not recipe_path.is_file():
+        recipe_path = make_toy_world(world)
+    build_benchmarks(world, workers)
+    doc = run_selection(load_recipe(str(recipe_path)), out / "sweep", workers=workers, console=err_console)
+    _print_selection(doc)
+    console.print(f"toy sweep in {time.perf_counter() - started:.0f}s; rerun to see every trial reused from the cache")
 
 
 def _print_generation(log: Path | None) -> None:

@@ -71,7 +71,7 @@ def _rank(seed: int, *parts: object) -> int:
     return int.from_bytes(h, "big") >> 1
 
 
-def _resolve_datasets(recipe: MixtureRecipe, out: Path, workers: int, progress: bool) -> dict[str, Path]:
+def resolve_datasets(recipe: MixtureRecipe, out: Path, workers: int, progress: bool) -> dict[str, Path]:
     from curation.runner import build, output_state
 
     dirs: dict[str, Path] = {}
@@ -330,7 +330,7 @@ def build_mixture(
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_json(work / "plan.json", {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()})
         check_tokenizer(recipe.tokenizer)
-        dirs = _resolve_datasets(recipe, out, workers, progress)
+        dirs = resolve_datasets(recipe, out, workers, progress)
         plans, total_tokens, identities = plan_components(recipe, dirs, out)
         selection = _selection_table(recipe, plans, dirs)
         shards = _shuffle_and_write(recipe, selection, work, out)

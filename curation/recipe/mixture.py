@@ -32,6 +32,20 @@ class DatasetRef(_Strict):
         return self
 
 
+def name_inline_builds(data: Any) -> Any:
+    """An inline ``datasets.<alias>.build`` without a name is named after its alias."""
+    datasets = data.get("datasets") if isinstance(data, dict) else None
+    if isinstance(datasets, dict):
+        named = {
+            alias: {**ref, "build": {"name": alias, **ref["build"]}}
+            if isinstance(ref, dict) and isinstance(ref.get("build"), dict)
+            else ref
+            for alias, ref in datasets.items()
+        }
+        data = {**data, "datasets": named}
+    return data
+
+
 class Target(_Strict):
     """Exactly one: a share of the mixture's answer tokens (in percent, Table 3's `% mix`), a number of
     samples, or a number of epochs over the component's samples."""
@@ -93,16 +107,7 @@ class MixtureRecipe(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _inline_build_names(cls, data: Any) -> Any:
-        datasets = data.get("datasets") if isinstance(data, dict) else None
-        if isinstance(datasets, dict):
-            named = {
-                alias: {**ref, "build": {"name": alias, **ref["build"]}}
-                if isinstance(ref, dict) and isinstance(ref.get("build"), dict)
-                else ref
-                for alias, ref in datasets.items()
-            }
-            data = {**data, "datasets": named}
-        return data
+        return name_inline_builds(data)
 
     @model_validator(mode="after")
     def _consistent(self) -> MixtureRecipe:

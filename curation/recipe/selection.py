@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
 from curation.recipe.common import _check_unique, _Strict
-from curation.recipe.mixture import Component, DatasetRef, MixtureRecipe
+from curation.recipe.mixture import Component, DatasetRef, MixtureRecipe, name_inline_builds
 
 
 # ---- trainer -------------------------------------------------------------------------------------
@@ -188,6 +188,11 @@ class SelectionRecipe(_Strict):
     retries: int = Field(1, ge=0, description="Extra attempts of a failed trial.")
     final_all_candidates: bool = Field(False, description="Also train baseline + every candidate (Table 5).")
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inline_build_names(cls, data: Any) -> Any:
+        return name_inline_builds(data)
 
     @model_validator(mode="after")
     def _consistent(self) -> SelectionRecipe:

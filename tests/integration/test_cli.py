@@ -115,9 +115,8 @@ def test_build_by_name_with_set_and_rerun_is_a_noop(demo_dir, tmp_path):
 def test_schema_command_writes_json(tmp_path):
     res = curate("schema", "--out", str(tmp_path / "recipe.schema.json"))
     assert res.returncode == 0
-    assert (
-        json.loads((tmp_path / "recipe.schema.json").read_text())["title"] == "vlm-curation recipe (build, mixture or selection)"
-    )
+    title = json.loads((tmp_path / "recipe.schema.json").read_text())["title"]
+    assert title == "vlm-curation recipe (build, mixture or selection)"
 
 
 def test_readme_loading_snippet_runs(demo_dir, tmp_path, monkeypatch):

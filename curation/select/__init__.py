@@ -1,0 +1,1 @@
+"""Selection sweeps: trials, their store, launchers and the engine that runs them."""

@@ -1,0 +1,483 @@
+"""Launchers: run trial processes (``python -m curation.select.run_trial TRIAL_DIR``) locally, on Ray or on Slurm.
+
+A launcher takes :class:`TrialTask` s and yields a :class:`TrialOutcome` per task as trials finish, in any
+order. The task list is read as the run goes: tasks the consumer appends to it between outcomes (retries)
+are run too, and the iterator ends once every task in the list has its outcome.
+
+Each attempt appends a header line and the trial process's stdout and stderr to ``<trial_dir>/trial.log``.
+Trials run in their own session (process group), which a timeout or an interrupted sweep kills as a whole
+(SIGTERM, then SIGKILL after a grace period); processes a finished trial leaves in its group are killed.
+Trials get ``CURATION_PARENT_PID`` in their environment: a trial runner should exit when its parent is gone
+(``os.getppid() != CURATION_PARENT_PID``), so a sweep killed with SIGKILL leaves no trial running behind it.
+
+Failure reasons: ``exit_<code>``, ``killed_<SIGNAL>``, ``timeout``, ``launch_error`` (the process could not be
+started, needs more GPUs than exist, or the Ray task / Slurm job failed around it) and ``oom``. The OOM
+heuristic: the process died of SIGKILL (returncode -9, or 137 from a shell) that the launcher did not send
+(the kernel's OOM killer is what sends an unexpected SIGKILL), or it failed and this attempt's log tail says
+``out of memory`` (any case: CUDA's "CUDA out of memory", the kernel's "Out of memory: Killed process"),
+``OutOfMemoryError`` or ``MemoryError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from curation.errors import CurationError
+from curation.recipe.selection import LocalLauncherConfig, RayLauncherConfig, SlurmLauncherConfig
+
+LOG_NAME = "trial.log"
+_OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|MemoryError", re.IGNORECASE)
+_TAIL_BYTES = 8192
+
+
+def default_command_prefix() -> list[str]:
+    """The trial command without its directory argument."""
+    return [sys.executable, "-m", "curation.select.run_trial"]
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """One trial to run: its id, its directory (holding ``trial.json``) and the GPUs it needs."""
+
+    id: str
+    directory: Path
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How one attempt ended; ``seconds`` is the trial process's wall time."""
+
+    id: str
+    ok: bool
+    reason: str
+    seconds: float
+    log: Path
+
+
+class Launcher(Protocol):
+    def run(self, tasks: list[TrialTask]) -> Iterator[TrialOutcome]: ...
+
+
+# ---- one trial process -------------------------------------------------------------------------------
+@dataclass
+class _Proc:
+    """A started trial process and what is needed to finish it."""
+
+    task: TrialTask
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+    offset: int
+    t0: float
+    deadline: float | None
+    gpus: list[str] = field(default_factory=list)
+    term_sent: float | None = None
+    killed_by_us: bool = False
+    timed_out: bool = False
+
+
+def _log_path(task: TrialTask) -> Path:
+    return task.directory / LOG_NAME
+
+
+def _open_log(task: TrialTask, command: list[str], env: dict[str, str]) -> tuple[IO[bytes], int]:
+    """Open the trial log for appending and write this attempt's header; returns the file and the header's offset."""
+    task.directory.mkdir(parents=True, exist_ok=True)
+    log = _log_path(task).open("ab")
+    offset = log.tell()
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    gpus = env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", "<inherited>"))
+    header = f"===== attempt {now} host={socket.gethostname()} CUDA_VISIBLE_DEVICES={gpus!r} $ {shlex.join(command)}\n"
+    log.write(header.encode())
+    log.flush()
+    return log, offset
+
+
+def _launch_error(task: TrialTask, message: str, seconds: float = 0.0) -> TrialOutcome:
+    """Append ``message`` to the trial log and return a ``launch_error`` outcome."""
+    task.directory.mkdir(parents=True, exist_ok=True)
+    with _log_path(task).open("a") as f:
+        f.write(f"===== launch_error: {message}\n")
+    return TrialOutcome(task.id, False, "launch_error", seconds, _log_path(task))
+
+
+def _start(
+    task: TrialTask, prefix: list[str], env: dict[str, str], timeout: float | None, gpus: list[str] | None = None
+) -> _Proc | TrialOutcome:
+    """Start the trial process (own session, output to the log); a launch_error outcome when that fails."""
+    command = [*prefix, str(task.directory)]
+    full_env = {**os.environ, **env, "CURATION_PARENT_PID": str(os.getpid())}
+    log, offset = _open_log(task, command, env)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
+    except OSError as e:
+        log.close()
+        return _launch_error(task, f"cannot start {command[0]}: {e}")
+    deadline = None if timeout is None else t0 + timeout
+    return _Proc(task, proc, log, offset, t0, deadline, gpus or [])
+
+
+def _signal_group(p: _Proc, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.proc.pid, sig)
+
+
+def _terminate(p: _Proc) -> None:
+    """Ask the trial's process group to stop (SIGTERM); :func:`_escalate` kills it after the grace period."""
+    if p.term_sent is None:
+        p.term_sent = time.monotonic()
+        p.killed_by_us = True
+        _signal_group(p, signal.SIGTERM)
+
+
+def _escalate(p: _Proc, grace: float) -> None:
+    if p.term_sent is not None and time.monotonic() - p.term_sent >= grace:
+        _signal_group(p, signal.SIGKILL)
+
+
+def _kill_all(procs: list[_Proc], grace: float) -> None:
+    """Stop every process group: SIGTERM, up to ``grace`` seconds to exit, then SIGKILL; closes the logs."""
+    for p in procs:
+        _terminate(p)
+    end = time.monotonic() + grace
+    while any(p.proc.poll() is None for p in procs) and time.monotonic() < end:
+        time.sleep(0.02)
+    for p in procs:
+        _signal_group(p, signal.SIGKILL)  # also stray children that outlived the leader
+        p.proc.wait()
+        p.log.close()
+
+
+def log_tail(log: Path, offset: int = 0, n_bytes: int = _TAIL_BYTES) -> str:
+    """The last ``n_bytes`` of ``log`` after ``offset`` (as text, undecodable bytes replaced)."""
+    try:
+        with log.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(offset, size - n_bytes))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def classify(returncode: int, tail: str, timed_out: bool = False, killed_by_us: bool = False) -> str:
+    """The outcome reason of a finished process (see the module docstring for the OOM heuristic)."""
+    if timed_out:
+        return "timeout"
+    if returncode == 0:
+        return "ok"
+    if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL) and not killed_by_us:
+        return "oom"
+    if _OOM_TEXT.search(tail):
+        return "oom"
+    if returncode < 0:
+        try:
+            return f"killed_{signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed_{-returncode}"
+    return f"exit_{returncode}"
+
+
+def _finish(p: _Proc) -> TrialOutcome:
+    """The outcome of a reaped process; closes its log and kills what it left in its group (GPU holders)."""
+    seconds = time.monotonic() - p.t0
+    _signal_group(p, signal.SIGKILL)
+    p.log.close()
+    rc = p.proc.returncode
+    tail = "" if rc == 0 else log_tail(_log_path(p.task), p.offset)
+    reason = classify(rc, tail, p.timed_out, p.killed_by_us)
+    return TrialOutcome(p.task.id, reason == "ok", reason, seconds, _log_path(p.task))
+
+
+def run_trial_blocking(
+    task: TrialTask,
+    command_prefix: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    kill_grace: float = 10.0,
+) -> TrialOutcome:
+    """Run one trial in this process and wait for it (what a Ray task or a Slurm job does).
+
+    An exception while waiting (an interrupt, a cancelled Ray task, submitit's timeout signal) kills the
+    trial's process group and is raised again."""
+    started = _start(task, command_prefix or default_command_prefix(), env or {}, timeout)
+    if isinstance(started, TrialOutcome):
+        return started
+    try:
+        try:
+            started.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            started.timed_out = True
+            _terminate(started)
+            try:
+                started.proc.wait(kill_grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(started, signal.SIGKILL)
+                started.proc.wait()
+    except BaseException:
+        _kill_all([started], kill_grace)
+        raise
+    return _finish(started)
+
+
+# ---- local -------------------------------------------------------------------------------------------
+def visible_gpus() -> list[str]:
+    """GPU ids from CUDA_VISIBLE_DEVICES when set, else one per ``nvidia-smi -L`` line, else none."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [g.strip() for g in env.split(",") if g.strip()]
+        return [] if ids[:1] == ["-1"] else ids
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(ln for ln in out.splitlines() if ln.startswith("GPU "))]
+
+
+class LocalLauncher:
+    """A pool of ``cfg.max_concurrent`` trial processes on this machine.
+
+    Each trial gets ``task.gpus`` distinct GPUs of ``gpus`` (default: :func:`visible_gpus`) through
+    CUDA_VISIBLE_DEVICES (empty for CPU trials); a GPU is never given to two trials at once, and a task
+    needing more GPUs than exist fails at once with ``launch_error``. ``cfg.timeout`` kills a trial's process
+    group (``timeout``); an interrupted run (Ctrl-C, or the consumer closing the iterator) kills the running
+    trials before the exception goes on."""
+
+    def __init__(
+        self,
+        cfg: LocalLauncherConfig,
+        command_prefix: list[str] | None = None,
+        gpus: list[str] | None = None,
+        kill_grace: float = 10.0,
+        poll_s: float = 0.01,
+    ) -> None:
+        self.cfg = cfg
+        self.command_prefix = command_prefix or default_command_prefix()
+        self.gpus = visible_gpus() if gpus is None else list(gpus)
+        self.kill_grace = kill_grace
+        self.poll_s = poll_s
+
+    def run(self, tasks: list[TrialTask]) -> Iterator[TrialOutcome]:
+        free = list(self.gpus)
+        pending: deque[TrialTask] = deque()
+        running: list[_Proc] = []
+        taken = 0
+        try:
+            while True:
+                pending.extend(tasks[taken:])
+                taken = len(tasks)
+                for task in [t for t in pending if t.gpus > len(self.gpus)]:
+                    pending.remove(task)
+                    yield _launch_error(task, f"needs {task.gpus} GPUs, {len(self.gpus)} visible ({self.gpus})")
+                if not pending and not running and taken == len(tasks):
+                    return
+                while len(running) < self.cfg.max_concurrent and (task := _first_fitting(pending, len(free))):
+                    pending.remove(task)
+                    gpus, free = free[: task.gpus], free[task.gpus :]
+                    started = _start(
+                        task, self.command_prefix, {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}, self.cfg.timeout, gpus
+                    )
+                    if isinstance(started, TrialOutcome):
+                        free += gpus
+                        yield started
+                    else:
+                        running.append(started)
+                for p in [p for p in running if p.proc.poll() is not None]:
+                    running.remove(p)
+                    free += p.gpus
+                    yield _finish(p)
+                self._enforce_timeouts(running)
+                time.sleep(self.poll_s)
+        finally:
+            _kill_all(running, self.kill_grace)
+
+    def _enforce_timeouts(self, running: list[_Proc]) -> None:
+        now = time.monotonic()
+        for p in running:
+            if p.deadline is not None and now >= p.deadline and not p.timed_out:
+                p.timed_out = True
+                _terminate(p)
+            _escalate(p, self.kill_grace)
+
+
+def _first_fitting(pending: deque[TrialTask], n_free: int) -> TrialTask | None:
+    return next((t for t in pending if t.gpus <= n_free), None)
+
+
+# ---- Ray ---------------------------------------------------------------------------------------------
+class RayLauncher:
+    """One Ray task per trial (``cfg.num_gpus``, ``cfg.num_cpus``), running the trial command on a Ray worker.
+
+    Ray sets CUDA_VISIBLE_DEVICES for GPU tasks; the trial directory must be on a filesystem the workers
+    share, as its log and result are written there. Ray is imported (and ``ray.init(cfg.address)`` called,
+    when Ray is not initialized yet) only when the launcher runs."""
+
+    def __init__(self, cfg: RayLauncherConfig, command_prefix: list[str] | None = None, kill_grace: float = 10.0):
+        if importlib.util.find_spec("ray") is None:
+            raise CurationError("the ray launcher needs Ray: pip install 'vlm-curation[ray]'")
+        self.cfg = cfg
+        self.command_prefix = command_prefix  # None: the worker's own interpreter
+        self.kill_grace = kill_grace
+
+    def run(self, tasks: list[TrialTask]) -> Iterator[TrialOutcome]:
+        import ray  # an optional dependency (the ``ray`` extra)
+
+        if not ray.is_initialized():
+            ray.init(address=self.cfg.address)
+        remote = ray.remote(run_trial_blocking).options(
+            num_gpus=self.cfg.num_gpus, num_cpus=self.cfg.num_cpus, max_retries=0
+        )
+        env = {} if self.cfg.num_gpus > 0 else {"CUDA_VISIBLE_DEVICES": ""}
+        refs: dict[Any, tuple[TrialTask, float]] = {}
+        taken = 0
+        try:
+            while True:
+                for task in tasks[taken:]:
+                    task = _absolute(task)
+                    ref = remote.remote(task, self.command_prefix, env, self.cfg.timeout, self.kill_grace)
+                    refs[ref] = (task, time.monotonic())
+                taken = len(tasks)
+                if not refs:
+                    return
+                done, _ = ray.wait(list(refs), num_returns=1)
+                for ref in done:
+                    task, t0 = refs.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except Exception as e:  # the worker died, the task was cancelled, ...
+                        outcome = _launch_error(task, f"ray task failed: {e!r}", time.monotonic() - t0)
+                    yield outcome
+        finally:
+            for ref in refs:
+                ray.cancel(ref)  # not forced: the task gets KeyboardInterrupt and kills its trial
+
+
+def _absolute(task: TrialTask) -> TrialTask:
+    return TrialTask(task.id, task.directory.absolute(), task.gpus)
+
+
+# ---- Slurm (submitit) --------------------------------------------------------------------------------
+def _submitit_job(task: TrialTask, command_prefix: list[str] | None, env: dict[str, str]) -> TrialOutcome:
+    """The function a submitit job runs: the trial, with submitit's timeout signal turned into ``timeout``.
+
+    It never raises an Exception (the debug executor would open a debugger): failures are outcomes."""
+    t0 = time.monotonic()
+    try:
+        return run_trial_blocking(task, command_prefix, env)
+    except Exception as e:
+        reason = "timeout" if "timed-out" in str(e) else "launch_error"
+        outcome = _launch_error(task, f"submitit job: {e!r}", time.monotonic() - t0)
+        return TrialOutcome(task.id, False, reason, outcome.seconds, outcome.log)
+
+
+class SlurmLauncher:
+    """One submitit job per trial: Slurm (``cfg.executor: slurm``), or submitit's local / debug executors.
+
+    Job files go to ``folder/<job id>/``. Jobs whose function did not return (cancelled, node failure, out of
+    memory, time limit) give ``timeout`` (state TIMEOUT), ``oom`` (OUT_OF_MEMORY) or ``launch_error``, with
+    submitit's message in the trial log."""
+
+    def __init__(
+        self,
+        cfg: SlurmLauncherConfig,
+        folder: Path,
+        command_prefix: list[str] | None = None,
+        poll_s: float | None = None,
+    ) -> None:
+        try:
+            import submitit  # an optional dependency
+        except ImportError as e:
+            raise CurationError("the slurm launcher needs submitit: pip install submitit") from e
+
+        self.cfg = cfg
+        self.command_prefix = command_prefix
+        self.poll_s = poll_s if poll_s is not None else (5.0 if cfg.executor == "slurm" else 0.1)
+        try:
+            self.executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster=cfg.executor)
+        except RuntimeError as e:  # no srun here
+            raise CurationError(f"launcher slurm: {e} (executor: local or debug runs jobs without Slurm)") from e
+        self.executor.update_parameters(
+            timeout_min=cfg.timeout_min,
+            gpus_per_node=cfg.gpus_per_node,
+            cpus_per_task=cfg.cpus_per_task,
+            mem_gb=cfg.mem_gb,
+            nodes=1,
+            tasks_per_node=1,
+            slurm_partition=cfg.partition,
+            slurm_additional_parameters=cfg.additional_parameters or None,
+        )
+
+    def run(self, tasks: list[TrialTask]) -> Iterator[TrialOutcome]:
+        env = {} if self.cfg.gpus_per_node > 0 else {"CUDA_VISIBLE_DEVICES": ""}
+        jobs: list[tuple[Any, TrialTask, float]] = []
+        taken = 0
+        try:
+            while True:
+                while taken < len(tasks):
+                    task = _absolute(tasks[taken])
+                    taken += 1
+                    self.executor.update_parameters(name=f"trial-{task.id}")
+                    try:
+                        job = self.executor.submit(_submitit_job, task, self.command_prefix, env)
+                    except Exception as e:  # sbatch refused the job, ...
+                        yield _launch_error(task, f"submitit submit failed: {e!r}")
+                        continue
+                    jobs.append((job, task, time.monotonic()))
+                if not jobs and taken == len(tasks):
+                    return
+                finished = [j for j in jobs if j[0].done()]
+                for item in finished:
+                    jobs.remove(item)
+                    yield _job_outcome(*item)
+                if not finished:
+                    time.sleep(self.poll_s)
+        finally:
+            for job, _, _ in jobs:
+                job.cancel(check=False)
+
+
+def _job_outcome(job: Any, task: TrialTask, t0: float) -> TrialOutcome:
+    try:
+        outcome = job.result()
+    except Exception as e:
+        state = str(job.state)
+        reason = "timeout" if "TIMEOUT" in state else "oom" if "OUT_OF_MEMORY" in state else "launch_error"
+        failed = _launch_error(task, f"submitit job {job.job_id} ended {state}: {e}", time.monotonic() - t0)
+        return TrialOutcome(task.id, False, reason, failed.seconds, failed.log)
+    return outcome
+
+
+# ---- choosing one ------------------------------------------------------------------------------------
+def make_launcher(
+    cfg: LocalLauncherConfig | RayLauncherConfig | SlurmLauncherConfig,
+    sweep_dir: Path,
+    command_prefix: list[str] | None = None,
+) -> Launcher:
+    """The launcher a recipe's ``launcher`` config asks for (Slurm job files under ``<sweep>/slurm`` by default)."""
+    if isinstance(cfg, LocalLauncherConfig):
+        return LocalLauncher(cfg, command_prefix)
+    if isinstance(cfg, RayLauncherConfig):
+        return RayLauncher(cfg, command_prefix)
+    return SlurmLauncher(cfg, Path(cfg.folder) if cfg.folder else Path(sweep_dir) / "slurm", command_prefix)

@@ -1,0 +1,106 @@
+"""Run one trial in its own process: ``python -m curation.select.run_trial TRIAL_DIR``.
+
+Train (the reference trainer, or any command: {mixture} {output} {seed} {trial_dir} filled in; it must write
+``{output}/metrics.json``), then evaluate (built-in benchmarks with the trained model, lmms-eval, VLMEvalKit or
+a command), then score; ``result.json`` is written last. Exit 0 on success; any failure exits nonzero with
+the reason in the log (the launcher keeps the log and the engine retries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from curation.errors import CurationError
+from curation.recipe.selection import ScoreConfig
+from curation.select.trials import MIXTURE_NAME, RESULT_NAME, TRIAL_NAME
+from shards.atomic import atomic_write_json
+
+
+def _fill(command: list[str], values: dict[str, str]) -> list[str]:
+    out = []
+    for part in command:
+        for name, value in values.items():
+            part = part.replace("{" + name + "}", value)
+        out.append(part)
+    return out
+
+
+def train(trial: dict[str, Any], directory: Path) -> dict[str, Any]:
+    cfg = trial["trainer"]
+    output = directory / "train"
+    output.mkdir(exist_ok=True)
+    if cfg["type"] == "reference":
+        from curation.recipe.selection import ReferenceTrainerConfig
+        from curation.select.trainer import train as reference_train
+
+        return reference_train(
+            ReferenceTrainerConfig.model_validate(cfg), directory / MIXTURE_NAME, output, trial["seed"]
+        )
+    values = {"mixture": str(directory / MIXTURE_NAME), "output": str(output), "seed": str(trial["seed"]),
+              "trial_dir": str(directory)}  # fmt: skip
+    run = subprocess.run(_fill(cfg["command"], values), env={**os.environ, **cfg.get("env", {})})
+    if run.returncode != 0:
+        raise CurationError(f"training command exited with {run.returncode}")
+    metrics = output / "metrics.json"
+    if not metrics.is_file():
+        raise CurationError(f"training command wrote no {metrics}")
+    return json.loads(metrics.read_text())
+
+
+def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
+    cfg = trial["evaluator"]
+    output = directory / "train"
+    if cfg["type"] == "builtin":
+        from curation.recipe.selection import BuiltinEvaluatorConfig
+        from curation.select.evaluate import evaluate_builtin
+        from curation.select.predict import make_predict_fn
+
+        ev = BuiltinEvaluatorConfig.model_validate(cfg)
+        base = trial["trainer"].get("model", str(output))
+        predict = make_predict_fn(output, base, ev.max_new_tokens, ev.batch_size)
+        return evaluate_builtin(ev, predict)
+    from curation.recipe.selection import CommandEvaluatorConfig, HarnessEvaluatorConfig
+    from curation.select.harness import run_harness
+
+    model = CommandEvaluatorConfig if cfg["type"] == "command" else HarnessEvaluatorConfig
+    eval_dir = directory / "eval"
+    eval_dir.mkdir(exist_ok=True)
+    return run_harness(model.model_validate(cfg), output, eval_dir, directory / "trial.log")
+
+
+def main(directory: Path) -> int:
+    from curation.select.metrics import score
+
+    trial = json.loads((directory / TRIAL_NAME).read_text())
+    started = time.perf_counter()
+    train_metrics = train(trial, directory)
+    trained = time.perf_counter()
+    metrics = evaluate(trial, directory)
+    value = score(metrics, ScoreConfig.model_validate(trial["score"]))
+    atomic_write_json(
+        directory / RESULT_NAME,
+        {
+            "id": trial["id"],
+            "train": train_metrics,
+            "metrics": metrics,
+            "score": value,
+            "seconds": {"train": round(trained - started, 3), "evaluate": round(time.perf_counter() - trained, 3)},
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m curation.select.run_trial TRIAL_DIR")
+    try:
+        sys.exit(main(Path(sys.argv[1])))
+    except CurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

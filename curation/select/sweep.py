@@ -1,0 +1,56 @@
+"""Running a selection sweep in a directory: datasets (built first when given as recipes), the trial store
+(``trials.sqlite``), the launcher, Individual Select, the reports. Rerunning the same command resumes:
+finished trials are cache hits, a killed sweep continues where it stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from curation.recipe import SelectionRecipe
+
+STORE_NAME = "trials.sqlite"
+
+
+def console_events(console: Console) -> Callable[[str, dict[str, Any]], None]:
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        tid = info.get("id", "")
+        if kind == "ok":
+            result = info.get("result") or {}
+            console.print(f"trial {tid} done: score {result.get('score', float('nan')):.2f}")
+        elif kind == "cached":
+            console.print(f"trial {tid}: finished earlier (cached)")
+        elif kind == "failed":
+            console.print(f"[red]trial {tid} failed[/red] ({info.get('error', '')}); log: {info.get('log', '')}")
+        elif kind in ("started", "retry"):
+            console.print(f"trial {tid} {kind}")
+
+    return on_event
+
+
+def run_selection(
+    recipe: SelectionRecipe, out: Path, *, workers: int = 1, progress: bool = True, console: Console | None = None
+) -> dict[str, Any]:
+    from curation.mixture import resolve_datasets
+    from curation.runner import build_lock
+    from curation.select.individual import TrialRunner, individual_select
+    from curation.select.launchers import make_launcher
+    from curation.select.report import write_reports
+    from curation.select.store import TrialStore
+
+    console = console or Console(stderr=True)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with build_lock(out):
+        dirs = resolve_datasets(recipe, out, workers, progress)
+        store = TrialStore(out / STORE_NAME)
+        launcher = make_launcher(recipe.launcher, out)
+        runner = TrialRunner(recipe, out, dirs, launcher, store, console_events(console))
+        doc = individual_select(runner, recipe)
+        datasets = {alias: {"path": str(path)} for alias, path in dirs.items()}
+        files = write_reports(out, doc, datasets, recipe.seed)
+    doc["files"] = {k: str(v) for k, v in files.items()}
+    return doc
