@@ -338,7 +338,15 @@ def _manifest_call(fn, directory: Path):
         raise CurationError(str(exc)) from None
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (scancel, kill) stops like Ctrl-C: running trials and workers are cleaned up."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except CurationError as exc:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,9 +75,26 @@ def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
     return run_harness(model.model_validate(cfg), output, eval_dir, directory / "trial.log")
 
 
+def _exit_with_parent() -> None:
+    """A sweep killed with SIGKILL cannot stop its trials: each watches its launcher (CURATION_PARENT_PID) and
+    exits when it is gone, so it never races the rerun in the same trial directory."""
+    parent = os.environ.get("CURATION_PARENT_PID")
+    if not parent:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != int(parent):
+                os._exit(137)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(directory: Path) -> int:
     from curation.select.metrics import score
 
+    _exit_with_parent()
     trial = json.loads((directory / TRIAL_NAME).read_text())
     started = time.perf_counter()
     train_metrics = train(trial, directory)

@@ -35,7 +35,13 @@ SHAPES = ["circle", "square", "triangle"]
 VOCAB_SIZE = 384
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
 # A wider text init (0.2, not 0.02) gives logits a usable range, so frozen-head LoRA can drive the loss down.
-TEXT = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 2, "initializer_range": 0.2}
+TEXT = {
+    "hidden_size": 48,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "initializer_range": 0.2,
+}
 PATCH_SIZE, SCALE_FACTOR = 8, 2
 
 

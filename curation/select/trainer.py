@@ -194,6 +194,14 @@ def train(cfg: ReferenceTrainerConfig, mixture: Path, output: Path, seed: int) -
     return metrics
 
 
+def _read_config(path: Path) -> ReferenceTrainerConfig:
+    """A trainer.json (``ReferenceTrainerConfig.model_dump()``; ``type`` may be left out)."""
+    try:
+        return ReferenceTrainerConfig.model_validate({"type": "reference", **json.loads(path.read_text())})
+    except (OSError, ValueError, TypeError) as exc:  # ValidationError and JSONDecodeError are ValueErrors
+        raise CurationError(f"trainer config {path}: {str(exc).replace(chr(10), '; ')}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m curation.select.trainer", description=__doc__.split("\n")[0])
     parser.add_argument("--mixture", type=Path, required=True, help="the mixture manifest (parquet)")
@@ -202,11 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        raw = json.loads(args.config.read_text())
-        cfg = ReferenceTrainerConfig.model_validate({"type": "reference", **raw})
+        cfg = _read_config(args.config)
         args.output.mkdir(parents=True, exist_ok=True)
         metrics = train(cfg, args.mixture, args.output, args.seed)
-    except (CurationError, OSError, ValueError) as exc:
+    except CurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, sort_keys=True))
