@@ -52,7 +52,11 @@ def color_dataset(root: Path, name: str, n: int, seed: int) -> Path:
         for i in range(n):
             color = names[i % len(names)]
             (root / f"{name}-{i}.png").write_bytes(color_png(COLORS[color], rng))
-            row = {"id": f"{name}-{i}", "images": [f"{name}-{i}.png"], "turns": [{"user": QUESTION, "assistant": color}]}
+            row = {
+                "id": f"{name}-{i}",
+                "images": [f"{name}-{i}.png"],
+                "turns": [{"user": QUESTION, "assistant": color}],
+            }
             f.write(json.dumps(row) + "\n")
     source = {"name": name, "reader": "jsonl", "record": "sft", "path": str(root / f"{name}.jsonl")}
     recipe = validate_recipe(
