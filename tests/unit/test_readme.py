@@ -32,6 +32,6 @@ def test_readme_recipe_examples_validate():
 
     blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
     recipes = [b for b in blocks if b.startswith("kind:")]
-    assert {load_yaml(b)["kind"] for b in recipes} == {"build", "mixture"}
+    assert {load_yaml(b)["kind"] for b in recipes} == {"build", "mixture", "selection"}
     for block in recipes:
         validate_recipe(load_yaml(block), "README")
