@@ -8,7 +8,9 @@ The manifest is a parquet with ``tar`` (a shard path), ``idx`` (the sample's ind
 from __future__ import annotations
 
 import bisect
+import io
 import tarfile
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any, BinaryIO
 
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 
 from curation.errors import CurationError
 from schemas import SftRecord
@@ -24,36 +27,65 @@ from shards.codec import decode_sample
 
 IGNORE_INDEX = -100
 MANIFEST_COLUMNS = ("tar", "idx", "repeat", "component")
-
-# One sample's members: extension -> (offset of the data in the tar, size).
-SampleIndex = tuple[str, dict[str, tuple[int, int]]]
+TEXT_OUTPUTS = {"input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", "token_type_ids"}
 
 
-def index_tar(path: Path) -> list[SampleIndex]:
-    """(key, {ext: (offset, size)}) per sample in tar order, from one pass over the headers (data is skipped)."""
-    samples: list[SampleIndex] = []
+@dataclass
+class TarIndex:
+    """Where each sample's members lie in a tar: sample ``i`` is ``keys[i]``, member ``exts[j]`` of it starts at
+    ``offsets[i * len(exts) + j]`` and has ``sizes[...]`` bytes (our shards: one member set per dataset).
+    About 100 bytes per sample."""
+
+    keys: list[str]
+    exts: tuple[str, ...]
+    offsets: array
+    sizes: array
+
+    def members(self, i: int) -> list[tuple[str, int, int]]:
+        n = len(self.exts)
+        return [(ext, self.offsets[i * n + j], self.sizes[i * n + j]) for j, ext in enumerate(self.exts)]
+
+
+def index_tar(path: Path) -> TarIndex:
+    """One pass over a tar's headers (the data is skipped): each sample's key and its members' offsets."""
+    index = TarIndex([], (), array("q"), array("q"))
+    current: dict[str, tuple[int, int]] = {}
+
+    def flush() -> None:
+        exts = tuple(sorted(current))
+        if not index.exts:
+            index.exts = exts
+        elif exts != index.exts:
+            raise CurationError(f"{path}: sample {index.keys[-1]!r} has members {exts}, others {index.exts}")
+        for ext in exts:
+            index.offsets.append(current[ext][0])
+            index.sizes.append(current[ext][1])
+        current.clear()
+
     try:
         with tarfile.open(path, mode="r:") as tar:
             for info in tar:
-                if not info.isfile():
-                    continue
                 base = info.name.rsplit("/", 1)[-1]
-                if "." not in base:
+                if not info.isfile() or "." not in base:
                     continue
                 key, ext = base.split(".", 1)
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, {}))
-                samples[-1][1][ext] = (info.offset_data, info.size)
+                if not index.keys or index.keys[-1] != key:
+                    if current:
+                        flush()
+                    index.keys.append(key)
+                current[ext] = (info.offset_data, info.size)
     except (OSError, tarfile.TarError) as exc:
         raise CurationError(f"cannot index shard {path}: {exc}") from None
-    return samples
+    if current:
+        flush()
+    return index
 
 
 class ShardReader:
-    """Random access to samples of many tars: each tar indexed once, a few file handles kept open."""
+    """Random access to samples of many tars: each tar indexed once (when first read), a few files kept open."""
 
     def __init__(self, max_open: int = 8) -> None:
-        self._indexes: dict[str, list[SampleIndex]] = {}
+        self._indexes: dict[str, TarIndex] = {}
         self._files: OrderedDict[str, BinaryIO] = OrderedDict()
         self._max_open = max_open
 
@@ -67,18 +99,18 @@ class ShardReader:
         return f
 
     def read(self, tar: str, idx: int) -> tuple[str, dict[str, bytes]]:
+        """(key, {ext: bytes}) of sample ``idx`` of ``tar``."""
         if tar not in self._indexes:
             self._indexes[tar] = index_tar(Path(tar))
         index = self._indexes[tar]
-        if not 0 <= idx < len(index):
-            raise CurationError(f"{tar} has {len(index)} samples; the mixture asks for sample {idx}")
-        key, members = index[idx]
+        if not 0 <= idx < len(index.keys):
+            raise CurationError(f"{tar} has {len(index.keys)} samples; the mixture asks for sample {idx}")
         f = self._file(tar)
         out = {}
-        for ext, (offset, size) in members.items():
+        for ext, offset, size in index.members(idx):
             f.seek(offset)
             out[ext] = f.read(size)
-        return key, out
+        return index.keys[idx], out
 
     def close(self) -> None:
         for f in self._files.values():
@@ -150,18 +182,14 @@ def answer_spans(processor: Any, record: SftRecord) -> tuple[str, list[tuple[int
 
 @dataclass
 class Encoded:
-    """One sample's token ids, labels (or None) and image tensors (name -> tensor with a batch dim of 1)."""
+    """One sample's token ids, labels (None for prompts) and the processor's image tensors (name -> tensor)."""
 
     input_ids: list[int]
     labels: list[int] | None
     images: dict[str, torch.Tensor]
 
 
-def _images(record: SftRecord) -> list[Any]:
-    import io
-
-    from PIL import Image
-
+def _images(record: SftRecord) -> list[Image.Image]:
     return [Image.open(io.BytesIO(b)).convert("RGB") for b in record.images]
 
 
@@ -174,12 +202,14 @@ def _process(processor: Any, text: str, record: SftRecord) -> dict[str, Any]:
 
 
 def _shift(spans: list[tuple[int, int]], replacements: list[dict[str, Any]]) -> list[tuple[int, int]]:
-    """Original character spans -> spans in the text with image placeholders expanded."""
+    """Character spans of the rendered text -> spans in the text the processor tokenized (placeholders such as
+    ``<image>`` expanded), as transformers' own assistant-mask code shifts them."""
     ends = [r["span"][1] for r in replacements]
-    gained = [0]
-    for r in replacements:
-        gained.append(r["new_span"][1] - r["span"][1])
-    return [tuple(c + gained[bisect.bisect_right(ends, c)] for c in span) for span in spans]  # type: ignore[misc]
+    gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]
+    return [
+        (start + gained[bisect.bisect_right(ends, start)], end + gained[bisect.bisect_right(ends, end)])
+        for start, end in spans
+    ]
 
 
 def _truncate(ids: list[int], max_length: int, image_token_id: int | None) -> int:
@@ -211,11 +241,7 @@ def encode(record: SftRecord, processor: Any, max_length: int, prompt_only: bool
             if any(start < e and end > s for s, e in spans):
                 labels[pos] = ids[pos]
     cut = _truncate(ids, max_length, getattr(processor, "image_token_id", None))
-    images = {
-        k: torch.as_tensor(v)
-        for k, v in out.items()
-        if k not in ("input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", "token_type_ids")
-    }
+    images = {k: torch.as_tensor(v) for k, v in out.items() if k not in TEXT_OUTPUTS}
     return Encoded(ids[:cut], None if labels is None else labels[:cut], images)
 
 
@@ -228,19 +254,20 @@ def _pad_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _stack_images(encoded: list[Encoded]) -> dict[str, torch.Tensor]:
-    """Per-sample image tensors shaped (1, n_images, ...) (Idefics2/3 layout) are zero-padded (zero images are
-    padding to the model) and stacked, text-only samples getting all-zero entries; other layouts are
-    concatenated along their first dimension."""
-    out: dict[str, torch.Tensor] = {}
+    """Image tensors of a batch. Idefics2/3 layout (5-D ``pixel_values``: sample, image, channel, height, width):
+    each tensor zero-padded to the batch's largest (zero images are padding to the model) and stacked,
+    text-only samples getting all-zero entries. Other layouts (one row per image or patch): concatenated."""
     names = sorted({k for e in encoded for k in e.images})
+    per_sample = any(e.images["pixel_values"].dim() == 5 for e in encoded if "pixel_values" in e.images)
+    out: dict[str, torch.Tensor] = {}
     for name in names:
         present = [e.images[name] for e in encoded if name in e.images]
-        if present[0].dim() >= 2 and all(t.shape[0] == 1 for t in present):
-            shape = tuple(max(t.shape[d] for t in present) for d in range(present[0].dim()))
-            empty = torch.zeros(shape, dtype=present[0].dtype)
-            out[name] = torch.cat([_pad_to(e.images[name], shape) if name in e.images else empty for e in encoded])
-        else:
+        if not per_sample:
             out[name] = torch.cat(present)
+            continue
+        shape = tuple(max(t.shape[d] for t in present) for d in range(present[0].dim()))
+        empty = torch.zeros(shape, dtype=present[0].dtype)
+        out[name] = torch.cat([_pad_to(e.images[name], shape) if name in e.images else empty for e in encoded])
     return out
 
 

@@ -11,7 +11,7 @@ import torch
 
 from curation.errors import CurationError
 from curation.select.data import collate_prompts, pad_token_id
-from curation.select.trainer import ADAPTER_DIR, resolve_device
+from curation.select.trainer import ADAPTER_DIR, quiet_peft, resolve_device
 from schemas import SftRecord
 
 PROMPT_MAX_LENGTH = 4096
@@ -34,7 +34,8 @@ def load_trained(output: Path, base_model: str) -> tuple[Any, Any]:
             if not (Path(base_model) / "config.json").is_file():
                 raise CurationError(f"no base model directory at {base_model} for the adapter in {directory}")
             base = AutoModelForImageTextToText.from_pretrained(base_model, local_files_only=True)
-            model = PeftModel.from_pretrained(base, directory).merge_and_unload()
+            with quiet_peft():
+                model = PeftModel.from_pretrained(base, directory).merge_and_unload()
             source = directory if _has_processor(directory) else Path(base_model)
             return model, AutoProcessor.from_pretrained(source, local_files_only=True)
         if (directory / "config.json").is_file():

@@ -9,11 +9,13 @@ CLI: ``python -m curation.select.trainer --mixture M --config trainer.json --out
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,14 @@ def load_base(model_dir: str, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, processor
 
 
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft (0.21) reads transformers' deprecated ``is_gradient_checkpointing``: not our warning to show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def apply_peft(model: Any, cfg: PeftConfig) -> Any:
     """LoRA or DoRA adapters (``all-linear`` or named modules); method ``none`` trains every parameter."""
     if cfg.method == "none":
@@ -74,7 +84,8 @@ def apply_peft(model: Any, cfg: PeftConfig) -> Any:
         use_dora=cfg.method == "dora",
         bias="none",
     )
-    return get_peft_model(model, lora)
+    with quiet_peft():
+        return get_peft_model(model, lora)
 
 
 def plan_steps(cfg: ReferenceTrainerConfig, n: int) -> int:
@@ -123,6 +134,26 @@ def _loss_summary(losses: list[float]) -> dict[str, float | None]:
     }
 
 
+def _backward(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
+    scaler: torch.amp.GradScaler,
+    cfg: ReferenceTrainerConfig,
+) -> float | None:
+    """Forward and backward of one micro-batch (its loss scaled for accumulation); its loss, or None when it
+    has no answer tokens left (truncated away)."""
+    if not (batch["labels"] != IGNORE_INDEX).any():
+        return None
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    loss = model(**batch).loss
+    scaler.scale(loss / cfg.gradient_accumulation).backward()
+    return loss.item()
+
+
 def train(cfg: ReferenceTrainerConfig, mixture: Path, output: Path, seed: int) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` on the mixture; write ``output/adapter`` then ``output/metrics.json`` (last)."""
     from transformers import get_scheduler
@@ -146,31 +177,25 @@ def train(cfg: ReferenceTrainerConfig, mixture: Path, output: Path, seed: int) -
         cfg.scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * steps), num_training_steps=steps
     )
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and dtype == torch.float16)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     losses: list[float] = []
     samples = 0
     started = time.perf_counter()
     micro = batches(mixture, cfg.batch_size)
     for _ in range(steps):
-        step_loss, counted = 0.0, 0
+        step_losses = []
         for _ in range(cfg.gradient_accumulation):
             records = next(micro)
             samples += len(records)
-            batch = collate(records, processor, cfg.max_length)
-            if not (batch["labels"] != IGNORE_INDEX).any():
-                continue  # nothing to predict in this batch (answers truncated away)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            if "pixel_values" in batch:
-                batch["pixel_values"] = batch["pixel_values"].to(dtype)
-            loss = model(**batch).loss
-            scaler.scale(loss / cfg.gradient_accumulation).backward()
-            step_loss += loss.item()
-            counted += 1
-        if counted:
+            loss = _backward(model, collate(records, processor, cfg.max_length), device, dtype, scaler, cfg)
+            if loss is not None:
+                step_losses.append(loss)
+        if step_losses:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             scaler.step(optimizer)
             scaler.update()
-            losses.append(step_loss / counted)
+            losses.append(sum(step_losses) / len(step_losses))
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
     seconds = time.perf_counter() - started

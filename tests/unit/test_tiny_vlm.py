@@ -234,12 +234,13 @@ def test_iter_mixture_streams_the_manifest_in_order_with_repeats(colors, tmp_pat
 def test_the_tar_index_points_at_the_member_bytes(colors):
     shard = colors / read_manifest(colors).shards[1].name
     index = index_tar(shard)
-    assert len(index) == 64 and all(set(m) == {"images.mp", "json"} for _, m in index)
-    key, members = index[10]
+    assert len(index.keys) == 64 and index.exts == ("images.mp", "json")
+    assert len(index.offsets) == len(index.sizes) == 128
+    members = {ext: (offset, size) for ext, offset, size in index.members(10)}
     with open(shard, "rb") as f:
         f.seek(members["json"][0])
         body = json.loads(f.read(members["json"][1]))
-    assert body["kind"] == "sft" and key.startswith("colors-")
+    assert body["kind"] == "sft" and body["turns"][0]["user"] == QUESTION and index.keys[10].startswith("colors-")
 
 
 def test_iter_mixture_refuses_bad_manifests(colors, tmp_path):

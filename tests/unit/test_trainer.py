@@ -20,6 +20,7 @@ from curation.runner import build
 from curation.select.predict import load_trained, make_predict_fn
 from curation.select.tiny_vlm import build_tiny_idefics3
 from curation.select.trainer import plan_steps, train
+from schemas import SftRecord, Turn
 from shards.reader import iter_dataset
 from tests.unit.test_tiny_vlm import color_dataset, write_manifest
 
@@ -66,6 +67,7 @@ def _cfg(task: dict[str, Path], **overrides) -> ReferenceTrainerConfig:
         "batch_size": 8,
         "learning_rate": 5e-3,
         "warmup_ratio": 0.05,
+        "device": "cpu",
     }
     return ReferenceTrainerConfig.model_validate({**base, **overrides})
 
@@ -95,6 +97,16 @@ def test_lora_learns_the_colours(task, lora_run):
     assert (output / "adapter" / "adapter_config.json").is_file()
     assert not (output / "adapter" / "model.safetensors").exists()
     assert _accuracy(task, output) >= 0.9
+
+
+def test_predict_batches_mix_text_only_and_image_records(task, lora_run):
+    records = list(iter_dataset(task["heldout"]))[:3]
+    text_only = SftRecord(key="t", source="t", turns=[Turn(user="Say yes.", assistant="yes")])
+    predict = make_predict_fn(lora_run[0], str(task["model"]), max_new_tokens=4, batch_size=4)
+    answers = predict([records[0], text_only, records[1], records[2]])
+    assert len(answers) == 4 and isinstance(answers[1], str)
+    assert [answers[0], answers[2], answers[3]] == [r.turns[0].assistant for r in records]
+    assert predict([]) == []
 
 
 def test_neftune_changes_the_loss_but_still_learns(task, lora_run):
