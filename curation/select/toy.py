@@ -111,7 +111,7 @@ def _build_recipe(name: str, jsonl: Path) -> dict[str, Any]:
     }
 
 
-def make_toy_world(root: Path, seed: int = 0, steps: int = 120) -> Path:
+def make_toy_world(root: Path, seed: int = 0, steps: int = 400) -> Path:
     """Write everything under ``root``; returns the selection recipe's path."""
     from curation.select.tiny_vlm import build_tiny_idefics3
 
@@ -146,7 +146,7 @@ def make_toy_world(root: Path, seed: int = 0, steps: int = 120) -> Path:
             "type": "reference",
             "model": str(model),
             "peft": {"method": "none"},
-            "epochs": 4,
+            "epochs": 8,
             "max_steps": steps,
             "batch_size": 8,
             "learning_rate": 3e-3,

@@ -178,7 +178,11 @@ def test_toy_world_accepts_the_helpful_and_rejects_the_poisoned(tmp_path):
     assert decisions["color_good"] == "accepted" and decisions["shape_good"] == "accepted"
     assert decisions["color_poison"] == "rejected"
     assert doc["progression"][-1]["score"] > doc["progression"][0]["score"]
-    print(f"toy sweep: {time.perf_counter() - started:.0f}s")
+    # indiscriminately training on every candidate (the poisoned one included) is worse: the paper's Table 5
+    assert doc["all_candidates"]["score"] < doc["all_candidates"]["selected_score"]
+    assert time.perf_counter() - started < 600
+    rerun = subprocess.run([*CLI, "demo", "--select", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert rerun.returncode == 0 and " started" not in rerun.stderr and "cached" in rerun.stderr
 
 
 ABLATION_TRAIN = r"""
