@@ -35,6 +35,8 @@ class SourceBase(_Strict):
     )
     limit: int | None = Field(None, ge=0, description="Read at most this many input rows of this source.")
     partition_size: int = Field(10_000, ge=1, description="Input rows per partition (the unit of work/resume).")
+    license: str | None = Field(None, description="The source's licence as declared (shown in the dataset card).")
+    citation: str | None = Field(None, description="How to cite the source (shown in the dataset card).")
 
 
 RECORD_FIELDS = {"pair": ("key", "image", "caption"), "sft": ("key", "images", "turns")}
