@@ -108,10 +108,36 @@ def build(
 def audit_cmd(
     directory: Annotated[Path, typer.Argument(help="A built dataset directory.")],
     format: Annotated[AuditFormat, typer.Option("--format", "-f", help="table, json or markdown.")] = AuditFormat.table,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write the full report: this HTML file (self-contained) and a .md beside it."),
+    ] = None,
+    compare: Annotated[
+        Path | None, typer.Option("--compare", help="Another build: show what changed from DIRECTORY to it.")
+    ] = None,
 ) -> None:
-    """Per-source samples, images, QA pairs, tokens and share of answer tokens, and drops by step and reason."""
+    """Per-source samples, images, QA pairs, tokens and share of answer tokens, and drops by step and reason;
+    --html writes the report a team reviews (distributions, funnels, duplicates, contamination, previews);
+    --compare B shows what changed between two builds."""
     from curation.audit import audit, render_json, render_markdown, render_table
 
+    if compare is not None:
+        from curation.compare import compare as compare_builds
+        from curation.compare import render_compare_markdown, render_compare_table
+
+        doc = _manifest_call(lambda d: compare_builds(d, compare), directory)
+        if format is AuditFormat.json:
+            sys.stdout.write(render_json(doc))
+        elif format is AuditFormat.markdown:
+            sys.stdout.write(render_compare_markdown(doc))
+        else:
+            render_compare_table(doc, console)
+        return
+    if html is not None:
+        from curation.report import write_audit_report
+
+        files = _manifest_call(lambda d: write_audit_report(d, html, html.with_suffix(".md")), directory)
+        err_console.print(f"report: {files['html']} (and {files['md']})")
     report = _manifest_call(audit, directory)
     if format is AuditFormat.json:
         sys.stdout.write(render_json(report))
@@ -271,8 +297,14 @@ def demo(
     dataset = out / "dataset"
     result = run_build(spec, dataset, workers=workers, overwrite=True, progress=True)
     render_table(audit(dataset), console)
+    from curation.report import write_audit_report
+
+    report = write_audit_report(dataset)
     console.print(
         f"dataset: {dataset}  ({result.manifest.totals['shards']} shards, {time.perf_counter() - started:.1f}s in all)"
+    )
+    console.print(
+        f"report: {report['html']}  (open it in a browser; markdown: {report['md']}; card: {dataset}/README.md)"
     )
     console.print(f"next: curate inspect {dataset}   curate inspect {dataset} --rejects   curate verify {dataset}")
 

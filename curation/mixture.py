@@ -305,13 +305,23 @@ def _samples_in(tar: str) -> int:
 def build_mixture(
     recipe: MixtureRecipe, out: Path, *, workers: int = 1, overwrite: bool = False, progress: bool = True
 ) -> Any:
-    from curation.runner import LOGS, WORK, BuildResult, _clear_build, build_lock, check_tokenizer, output_state
+    from curation.runner import (
+        LOGS,
+        WORK,
+        BuildResult,
+        _clear_build,
+        build_lock,
+        check_tokenizer,
+        output_state,
+        write_card,
+    )
 
     out = Path(out).resolve()
     started = time.perf_counter()
     rhash = recipe_hash(recipe)
     state = output_state(out, rhash, overwrite)
     if state == "complete":
+        write_card(out, only_missing=True)
         return BuildResult(out, read_manifest(out), "complete")
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out):
@@ -338,6 +348,7 @@ def build_mixture(
         manifest.wids_index = write_wids_index(out, manifest.name, shards)
         atomic_write_json(out / "stats.json", {"accounting": manifest.accounting, "mixture": manifest.mixture})
         manifest.write(out)
+        write_card(out)
         shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
     (out / LOGS).mkdir(exist_ok=True)

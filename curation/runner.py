@@ -84,7 +84,8 @@ def _owned_and_foreign(out: Path) -> tuple[list[Path], list[str]]:
     """Entries of ``out`` this toolkit wrote, and the names of everything else (never deleted)."""
     names = "|".join(re.escape(p) for p in sorted(_prefixes(out))) or "(?!)"
     shard = re.compile(rf"^(?:{names})-(?:rejects-)?\d{{6}}\.(?:tar|parquet|stats\.json)$")
-    singles = {MANIFEST_NAME, STATS_NAME, *(f"{p}.wids.json" for p in _prefixes(out))}
+    singles = {MANIFEST_NAME, STATS_NAME, "README.md", "audit.html", "audit.md",
+               *(f"{p}.wids.json" for p in _prefixes(out))}  # fmt: skip
     tmp = re.compile(r"^\..+\.tmp$")
     owned: list[Path] = []
     foreign: list[str] = []
@@ -290,6 +291,7 @@ def build(
             raise CurationError(
                 f"{out} was built from this recipe, but its inputs have changed since; pass --overwrite to rebuild"
             )
+        write_card(out, only_missing=True)  # a build killed between dataset.json and its card
         return BuildResult(out, read_manifest(out), "complete")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -297,6 +299,17 @@ def build(
         raise CurationError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
     with build_lock(out):
         return _build_locked(recipe, out, rhash, plan, plan_doc, workers, overwrite, progress, started)
+
+
+CARD_NAME = "README.md"
+
+
+def write_card(out: Path, only_missing: bool = False) -> None:
+    """The dataset card (README.md, Hugging Face style), written by every build after its manifest."""
+    from curation.card import write_dataset_card
+
+    if not (only_missing and (out / CARD_NAME).is_file()):
+        write_dataset_card(out)
 
 
 def _recorded_plan_sha256(out: Path) -> str | None:
@@ -398,6 +411,7 @@ def _build_locked(
     )
     crash_point("before_manifest")
     manifest.write(out)  # the build is complete once dataset.json exists
+    write_card(out)
     shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
     log = _write_log(

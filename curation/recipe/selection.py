@@ -39,6 +39,10 @@ class ReferenceTrainerConfig(_Strict):
     max_length: int = Field(2048, ge=16, description="Tokens per sample (longer ones are truncated).")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = Field("auto", description="auto (cuda when visible, else cpu), cpu, cuda.")
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1,
+        description='Processes per trial through torchrun (data parallel); "auto" = one per visible GPU, 1 on CPU.',
+    )
 
 
 class CommandTrainerConfig(_Strict):

@@ -33,21 +33,40 @@ def _fill(command: list[str], values: dict[str, str]) -> list[str]:
 
 
 def train(trial: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Train the trial's model into ``<trial_dir>/train``; its metrics. The reference trainer runs in this
+    process, or under torchrun when it asks for several processes (``<trial_dir>/train/trainer.json``)."""
     cfg = trial["trainer"]
     output = directory / "train"
     output.mkdir(exist_ok=True)
     if cfg["type"] == "reference":
+        import torch
+
         from curation.recipe.selection import ReferenceTrainerConfig
         from curation.select.trainer import train as reference_train
 
-        return reference_train(
-            ReferenceTrainerConfig.model_validate(cfg), directory / MIXTURE_NAME, output, trial["seed"]
-        )
-    values = {"mixture": str(directory / MIXTURE_NAME), "output": str(output), "seed": str(trial["seed"]),
-              "trial_dir": str(directory)}  # fmt: skip
-    run = subprocess.run(_fill(cfg["command"], values), env={**os.environ, **cfg.get("env", {})})
-    if run.returncode != 0:
-        raise CurationError(f"training command exited with {run.returncode}")
+        reference = ReferenceTrainerConfig.model_validate(cfg)
+        processes = reference.processes
+        if processes == "auto":  # one per GPU in CUDA_VISIBLE_DEVICES, 1 on CPU
+            gpus = torch.cuda.device_count() if reference.device != "cpu" and torch.cuda.is_available() else 0
+            processes = max(1, gpus)
+        if processes == 1:
+            return reference_train(reference, directory / MIXTURE_NAME, output, trial["seed"])
+        config = output / "trainer.json"
+        atomic_write_json(config, reference.model_dump(mode="json"))
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        args = ["--mixture", str(directory / MIXTURE_NAME), "--config", str(config), "--output", str(output)]
+        command = [*torchrun, "-m", "curation.select.trainer", *args, "--seed", str(trial["seed"])]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        run = subprocess.run(command)  # its output: this process's stdout/stderr (the trial log)
+        if run.returncode != 0:
+            raise CurationError(f"torchrun of the reference trainer ({processes} ranks) exited with {run.returncode}")
+    else:
+        values = {"mixture": str(directory / MIXTURE_NAME), "output": str(output), "seed": str(trial["seed"]),
+                  "trial_dir": str(directory)}  # fmt: skip
+        run = subprocess.run(_fill(cfg["command"], values), env={**os.environ, **cfg.get("env", {})})
+        if run.returncode != 0:
+            raise CurationError(f"training command exited with {run.returncode}")
     metrics = output / "metrics.json"
     if not metrics.is_file():
         raise CurationError(f"training command wrote no {metrics}")
