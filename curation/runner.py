@@ -84,8 +84,9 @@ def _owned_and_foreign(out: Path) -> tuple[list[Path], list[str]]:
     """Entries of ``out`` this toolkit wrote, and the names of everything else (never deleted)."""
     names = "|".join(re.escape(p) for p in sorted(_prefixes(out))) or "(?!)"
     shard = re.compile(rf"^(?:{names})-(?:rejects-)?\d{{6}}\.(?:tar|parquet|stats\.json)$")
-    singles = {MANIFEST_NAME, STATS_NAME, "README.md", "audit.html", "audit.md",
-               *(f"{p}.wids.json" for p in _prefixes(out))}  # fmt: skip
+    singles = {MANIFEST_NAME, STATS_NAME, *(f"{p}.wids.json" for p in _prefixes(out))}
+    if (out / MANIFEST_NAME).is_file():  # a build's card and report; a README.md elsewhere is the user's
+        singles |= {CARD_NAME, "audit.html", "audit.md"}
     tmp = re.compile(r"^\..+\.tmp$")
     owned: list[Path] = []
     foreign: list[str] = []

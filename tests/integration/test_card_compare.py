@@ -255,3 +255,26 @@ def test_mixture_card_and_compare(builds, tmp_path):
     assert ach["delta"] == pytest.approx(achieved[1] - achieved[0])
     assert doc["mixture"]["alpha"]["target_share"] == {"a": pytest.approx(50.0), "b": pytest.approx(70.0)}
     assert "mixture: achieved shares" in render_compare_markdown(doc)
+
+
+def test_every_build_writes_its_card_and_a_users_readme_is_never_taken_for_ours(tmp_path):
+    import subprocess
+
+    from tests.builds import CLI
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(json.dumps({"id": f"r{i}", "turns": [{"user": "q?", "assistant": f"a {i}"}]}) + "\n" for i in range(3))
+    )
+    recipe = {"name": "carded", "sources": [{"name": "s", "reader": "jsonl", "record": "sft", "path": str(rows),
+              "license": "mit"}], "output": {"kind": "sft"}}  # fmt: skip
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    assert subprocess.run([*CLI, "build", str(path), "--out", str(out), "-q"]).returncode == 0
+    assert "license: mit" in (out / "README.md").read_text()
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes")
+    run = subprocess.run([*CLI, "build", str(path), "--out", str(mine), "-q"], capture_output=True, text=True)
+    assert run.returncode == 2 and (mine / "README.md").read_text() == "my notes"
