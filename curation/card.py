@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from curation.audit import audit
+from curation.audit import SECTIONS, audit
 from shards import read_manifest
 from shards.atomic import atomic_write_bytes
 from shards.manifest import DatasetManifest
@@ -236,53 +236,19 @@ def _drops_section(report: dict[str, Any]) -> list[str]:
 
 
 def _extra_sections(report: dict[str, Any]) -> list[str]:
+    """Duplicates, contamination and mixture targets: the audit's own tables (one way to compute them)."""
+    titles = {
+        "duplicates per source pair": "## Duplicates",
+        "benchmark contamination removed": "## Benchmark decontamination",
+        "mixture: target versus achieved": "## Mixture",
+    }
     lines: list[str] = []
-    dups = [
-        [step, src, other, f"{n:,}"]
-        for step, per in report["duplicates"].items()
-        for src, others in per.items()
-        for other, n in others.items()
-    ]
-    if dups:
-        lines += ["## Duplicates", "", *_table(["step", "dropped from", "duplicate of", "samples"], dups, 3), ""]
-    cont = [
-        [bench, src, what, f"{n:,}"]
-        for bench, per in report["contamination"].items()
-        for src, kinds in per.items()
-        for what, n in sorted(kinds.items())
-    ]
-    if cont:
-        lines += [
-            "## Benchmark decontamination",
-            "",
-            *_table(["benchmark", "source", "matched on", "samples"], cont, 3),
-            "",
-        ]
-    mix = report["mixture"]
-    if mix:
-        rows = [
-            [
-                name,
-                c["category"] or "",
-                _target_text(c["target"]),
-                "" if c["target_share"] is None else f"{c['target_share']:.2f}",
-                f"{c['achieved_share']:.2f}",
-                f"{c['epochs']:.2f}",
-                f"{c['samples']:,}",
-            ]
-            for name, c in mix.items()
-        ]
-        headers = ["component", "category", "target", "target %", "achieved %", "epochs", "samples"]
-        lines += ["## Mixture", "", "Shares are of the mixture's answer tokens.", "", *_table(headers, rows, 3), ""]
+    for title, headers, rows_of in SECTIONS:
+        rows = rows_of(report)
+        if rows:
+            note = ["Shares are of the mixture's answer tokens.", ""] if title.startswith("mixture") else []
+            lines += [titles.get(title, f"## {title}"), "", *note, *_table(headers, rows, len(headers) - 1), ""]
     return lines
-
-
-def _target_text(target: dict[str, Any]) -> str:
-    if target.get("answer_share") is not None:
-        return f"{target['answer_share']:g}% of answer tokens"
-    if target.get("samples") is not None:
-        return f"{target['samples']:,} samples"
-    return f"{target['epochs']:g} epochs"
 
 
 def _loading_section(manifest: DatasetManifest) -> list[str]:
