@@ -312,6 +312,7 @@ def build_mixture(
         _clear_build,
         build_lock,
         check_tokenizer,
+        finish_complete,
         output_state,
         write_card,
     )
@@ -321,7 +322,7 @@ def build_mixture(
     rhash = recipe_hash(recipe)
     state = output_state(out, rhash, overwrite)
     if state == "complete":
-        write_card(out, only_missing=True)
+        finish_complete(out)
         return BuildResult(out, read_manifest(out), "complete")
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out):

@@ -292,7 +292,7 @@ def build(
             raise CurationError(
                 f"{out} was built from this recipe, but its inputs have changed since; pass --overwrite to rebuild"
             )
-        write_card(out, only_missing=True)  # a build killed between dataset.json and its card
+        finish_complete(out)
         return BuildResult(out, read_manifest(out), "complete")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -303,6 +303,14 @@ def build(
 
 
 CARD_NAME = "README.md"
+
+
+def finish_complete(out: Path) -> None:
+    """A build killed after writing dataset.json (complete) but before its card and clean-up: finish those."""
+    if (out / WORK).exists() or (out / LOCK).exists() or not (out / CARD_NAME).is_file():
+        with build_lock(out):
+            write_card(out, only_missing=True)
+            shutil.rmtree(out / WORK, ignore_errors=True)
 
 
 def write_card(out: Path, only_missing: bool = False) -> None:
@@ -412,6 +420,7 @@ def _build_locked(
     )
     crash_point("before_manifest")
     manifest.write(out)  # the build is complete once dataset.json exists
+    crash_point("after_manifest")
     write_card(out)
     shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started

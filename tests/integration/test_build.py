@@ -114,6 +114,20 @@ def test_resume_after_kill_9_is_byte_identical(crash_at, inputs, reference, tmp_
     assert tree_digest(out) == tree_digest(reference)
 
 
+def test_killed_after_its_manifest_a_build_finishes_its_card_and_cleanup(inputs, reference, tmp_path):
+    """dataset.json marks a build complete; a kill before the card and the clean-up is finished by the rerun."""
+    root, _ = inputs
+    recipe = write_recipe(tmp_path / "demo.yaml", demo_recipe(root))
+    out = tmp_path / "ds"
+    env = {**os.environ, "VLM_CURATION_CRASH_AT": "after_manifest:1"}
+    killed = subprocess.run([*CLI, "build", str(recipe), "--out", str(out), "-q"], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL and (out / "dataset.json").exists()
+    assert (out / "_work").exists() and not (out / "README.md").exists()
+    done = subprocess.run([*CLI, "build", str(recipe), "--out", str(out), "-q"], capture_output=True, text=True)
+    assert done.returncode == 0 and "already built" in done.stderr
+    assert tree_digest(out) == tree_digest(reference)
+
+
 def test_resume_skips_finished_partitions(inputs, tmp_path):
     root, _ = inputs
     recipe = write_recipe(tmp_path / "demo.yaml", demo_recipe(root))
