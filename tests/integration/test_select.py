@@ -185,6 +185,7 @@ def test_toy_world_accepts_the_helpful_and_rejects_the_poisoned(tmp_path):
     assert rerun.returncode == 0 and " started" not in rerun.stderr and "cached" in rerun.stderr
 
 
+PLANS = Path(__file__).parents[1] / "fixtures" / "ablation_plans"  # copies of ../shared/papers/ablation-plan-*.md
 ABLATION_TRAIN = r"""
 import json, os, sys, pathlib
 out = sys.argv[1]
@@ -201,9 +202,7 @@ pathlib.Path(out, "metrics.json").write_text(json.dumps({"vqav2/accuracy": vqa, 
 
 
 def test_ablation_plan_sweep_reports_each_replacement_against_the_unablated_trial(tmp_path):
-    plan = Path(__file__).parents[2].parent / "shared" / "papers" / "ablation-plan-vlm-pretraining-with-image-data.md"
-    if not plan.is_file():
-        pytest.skip("the shared ablation plans are not present")
+    plan = PLANS / "ablation-plan-vlm-pretraining-with-image-data.md"
     (tmp_path / "train.py").write_text(ABLATION_TRAIN)
     (tmp_path / "evaluate.py").write_text(ABLATION_EVAL)
     spec = {
