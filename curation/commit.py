@@ -27,7 +27,7 @@ from shards.codec import decode_sample, encode_record
 from shards.manifest import ShardInfo
 from shards.reader import iter_members
 from shards.tarstream import TarStream
-from shards.tokens import count_many, make_token_counter
+from shards.tokens import count_record, make_token_counter
 from shards.writer import write_shard_metadata
 
 
@@ -134,11 +134,11 @@ def _rewrite(
 
 
 def _sidecar_counts(record, nbytes: int, counter) -> dict[str, int]:
-    texts, answers = record.texts_for_tokens()
+    text_tokens, answer_tokens = count_record(counter, record)
     return {
         "turns": record.num_turns(),
-        "text_tokens": count_many(counter, texts),
-        "answer_tokens": count_many(counter, answers),
+        "text_tokens": text_tokens,
+        "answer_tokens": answer_tokens,
         "bytes": nbytes,
     }
 

@@ -40,7 +40,7 @@ class TokenizerError(ValueError):
 
 @runtime_checkable
 class BatchTokenCounter(Protocol):
-    """A counter that also counts many texts in one call (``count_many`` uses it when present)."""
+    """A counter that also counts many texts in one call (``count_each`` uses it when present)."""
 
     def __call__(self, text: str) -> int: ...
 
@@ -52,58 +52,49 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN_RE.findall(text))
 
 
-def count_many(counter: TokenCounter, texts: Iterable[str]) -> int:
-    """Total tokens of the non-empty ``texts``, in one batch when the counter has ``count_batch``."""
+def count_each(counter: TokenCounter, texts: Sequence[str]) -> list[int]:
+    """Tokens of each text (0 for empty ones), in one batch when the counter has ``count_batch``."""
     batch = getattr(counter, "count_batch", None)
     if batch is None:
-        return sum(counter(t) for t in texts if t)
-    todo = [t for t in texts if t]
-    return sum(batch(todo)) if todo else 0
+        return [counter(t) if t else 0 for t in texts]
+    return batch(list(texts))
+
+
+def count_many(counter: TokenCounter, texts: Iterable[str]) -> int:
+    """Total tokens of ``texts``."""
+    return sum(count_each(counter, list(texts)))
+
+
+def count_record(counter: TokenCounter, record: Any) -> tuple[int, int]:
+    """(text tokens, answer tokens) of a record, each text counted once: a record's answers are the last texts
+    of ``texts_for_tokens()`` (the captions of a pair, the assistant turns of a conversation, ...)."""
+    texts, answers = record.texts_for_tokens()
+    counts = count_each(counter, texts)
+    if answers and texts[len(texts) - len(answers) :] == answers:
+        return sum(counts), sum(counts[len(texts) - len(answers) :])
+    return sum(counts), count_many(counter, answers)
 
 
 class _Counter:
-    """Counts with a real tokenizer; remembers recent texts (the writer counts each answer twice: among all
-    texts, then among the answers; prompts such as "Describe the image." repeat in every sample)."""
-
-    _MEMO_CHARS = 4_000_000  # the memo is cleared when its texts exceed this many characters
+    """Counts with a real tokenizer, one text or a batch of them."""
 
     def __init__(self, one: Callable[[str], int], many: Callable[[list[str]], list[int]], label: str) -> None:
         self._one = one
         self._many = many
         self.label = label
-        self._memo: dict[str, int] = {}
-        self._memo_chars = 0
 
     def __repr__(self) -> str:
         return f"<token counter {self.label}>"
 
-    def _remember(self, text: str, n: int) -> None:
-        if self._memo_chars > self._MEMO_CHARS:
-            self._memo.clear()
-            self._memo_chars = 0
-        self._memo[text] = n
-        self._memo_chars += len(text)
-
     def __call__(self, text: str) -> int:
-        if not text:
-            return 0
-        n = self._memo.get(text)
-        if n is None:
-            n = self._one(text)
-            self._remember(text, n)
-        return n
+        return self._one(text) if text else 0
 
     def count_batch(self, texts: Sequence[str]) -> list[int]:
-        if len(texts) < _MIN_BATCH:
+        todo = [t for t in texts if t]
+        if len(todo) < _MIN_BATCH or self._many is None:  # below this a batch call costs more than it saves
             return [self(t) for t in texts]
-        memo = self._memo
-        found = {t: n for t in texts if (n := memo.get(t)) is not None}
-        todo = list(dict.fromkeys(t for t in texts if t and t not in found))
-        counts = self._many(todo) if len(todo) >= _MIN_BATCH else [self._one(t) for t in todo]
-        for t, n in zip(todo, counts, strict=True):
-            found[t] = n
-            self._remember(t, n)
-        return [found[t] if t else 0 for t in texts]
+        counts = iter(self._many(todo))
+        return [next(counts) if t else 0 for t in texts]
 
 
 # ---- loading -----------------------------------------------------------------------------------------------
@@ -216,7 +207,7 @@ def make_token_counter(type: str = "regex", path: str | None = None) -> TokenCou
 
     Counts exclude special tokens (``add_special_tokens=False``). A ``transformers`` directory is counted
     with its ``tokenizer.json`` through ``tokenizers`` when it has one, else with ``AutoTokenizer``
-    (offline). The counter has ``count_batch``, which ``count_many`` uses.
+    (offline). The counter has ``count_batch``, which ``count_each`` uses.
     """
     root, files = _resolve(type, path)
     if root is None:

@@ -28,7 +28,7 @@ from shards.codec import PAIR_IMAGE_EXTS, encode_record
 from shards.imageinfo import ImageInfo, probe_image, reencode
 from shards.manifest import ShardInfo
 from shards.tarstream import TarStream
-from shards.tokens import TokenCounter, count_many, count_tokens
+from shards.tokens import TokenCounter, count_record, count_tokens
 
 # Parquet written the same way every time (no wall-clock values, fixed compression).
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True, "store_schema": True}
@@ -112,7 +112,7 @@ class ShardWriter:
         if record.key in shard.keys:
             raise DuplicateKeyError(f"key {record.key!r} already in shard {shard.stem}")
         nbytes = shard.tar.add_sample(record.key, encode_record(record, self.pair_image_ext))
-        texts, answers = record.texts_for_tokens()
+        text_tokens, answer_tokens = count_record(self.count, record)
         shard.rows.append(
             {
                 "key": record.key,
@@ -125,8 +125,8 @@ class ShardWriter:
                 "heights": [i.height for i in infos],
                 "image_sha256": [i.sha256 for i in infos],
                 "image_formats": [i.format for i in infos],
-                "text_tokens": count_many(self.count, texts),
-                "answer_tokens": count_many(self.count, answers),
+                "text_tokens": text_tokens,
+                "answer_tokens": answer_tokens,
                 "turns": record.num_turns(),
                 "pages": len(record.pages) if isinstance(record, PdfRecord) else None,
                 "bytes": nbytes,

@@ -7,15 +7,14 @@ drawn from a 2,000-word vocabulary with some accented, CJK and emoji words; 20% 
 saved as ``tokenizer.json``.
 
 Timed (interleaved, ``--repeats`` times each, median reported; every counter is loaded fresh, untimed, before
-each run, so its memo starts empty; loading is timed separately). ``encode_batch_fast`` runs on all cores (rayon):
+each run; loading is timed separately). ``encode_batch_fast`` runs on all cores (rayon):
 on a shared machine the batch variants vary most.
 
 - ``regex``:         ``count_tokens`` over the 50,000 texts, one call each.
 - ``json_single``:   ``make_token_counter("tokenizer_json", path)``, one call per text.
 - ``json_batch``:    the same counter's ``count_batch`` over all 50,000 texts at once.
-- ``writer_regex``, ``writer_json``: what ``ShardWriter.write`` does per sample: ``count_many`` over the
-  sample's texts, then over its answers (the writer counts each answer twice; the counter's memo answers the
-  second time, and repeated template questions).
+- ``writer_regex``, ``writer_json``: what ``ShardWriter.write`` does per sample: ``count_record`` (each of the
+  sample's texts counted once, the answers' share taken from those counts).
 - ``raw_encode``, ``raw_encode_batch`` (informational): ``tokenizers.Tokenizer.encode`` per text and
   ``encode_batch_fast`` over all texts, without our wrapper.
 
@@ -41,8 +40,9 @@ import tokenizers
 from _common import environment, loadavg, median, write_result
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from schemas import SftRecord, Turn
 from shards import tokens
-from shards.tokens import count_many, count_tokens, make_token_counter
+from shards.tokens import count_record, count_tokens, make_token_counter
 
 TEMPLATES = [
     "Describe the image.",
@@ -103,7 +103,13 @@ def variants(path: Path, samples: list[tuple[str, str]]) -> dict[str, Callable[[
     def writer(counter: Any) -> int:
         total = 0
         for q, a in samples:
-            total += count_many(counter, [q, a]) + count_many(counter, [a])
+            text_tokens, answer_tokens = count_record(
+                counter,
+                SftRecord.model_construct(
+                    key="k", source="s", meta={}, images=[], turns=[Turn.model_construct(user=q, assistant=a)]
+                ),
+            )
+            total += text_tokens + answer_tokens
         return total
 
     def json_single() -> Timed:

@@ -125,7 +125,6 @@ def test_tokenizer_json_counts_equal_the_tokenizer(built, name):
     assert expected[0] > 0 and expected[3] > 0 and expected[4] == 0  # the texts exercise the tokenizer
     counter = make_token_counter("tokenizer_json", str(built[name]))
     assert [counter(t) for t in TEXTS] == expected
-    assert [counter(t) for t in TEXTS] == expected  # again, from the memo
 
 
 @pytest.mark.parametrize("name", ["bpe", "wordpiece"])
@@ -137,9 +136,8 @@ def test_batch_equals_single(built, name):
     batch._many = lambda texts: calls.append(len(texts)) or many(texts)
     assert batch.count_batch(TEXTS) == expected  # a fresh counter: encoded as one batch
     assert calls == [len(TEXTS) - 1]  # the empty text is not encoded
-    assert batch.count_batch(TEXTS[:1] * 3 + TEXTS) == expected[:1] * 3 + expected  # repeats: from the memo
     assert count_many(batch, TEXTS) == sum(expected)
-    assert calls == [len(TEXTS) - 1]
+    assert calls == [len(TEXTS) - 1] * 2
     tokens._CACHE.clear()
     single = make_token_counter("tokenizer_json", str(built[name]))
     assert single is not batch
@@ -149,7 +147,7 @@ def test_batch_equals_single(built, name):
     small = make_token_counter("tokenizer_json", str(built[name]))
     small._many = None  # below the batch size, texts are encoded one by one
     assert small.count_batch(TEXTS[:3]) == expected[:3]
-    assert small.count_batch(TEXTS[:3] + TEXTS[:6]) == expected[:3] + expected[:6]  # 2 new texts: one by one
+    assert small.count_batch(TEXTS[:3] + TEXTS[:6]) == expected[:3] + expected[:6]
     assert count_many(small, TEXTS[:1]) == expected[0]
 
 
@@ -179,14 +177,18 @@ def test_a_tokenizer_json_in_a_directory_is_accepted(built):
     assert counter.count_batch(TEXTS) == _expected_json(built["fast"] / "tokenizer.json", TEXTS)
 
 
-def test_the_memo_is_bounded(built, monkeypatch):
-    monkeypatch.setattr(tokens._Counter, "_MEMO_CHARS", 100)
+def test_records_count_each_text_once(built):
+    """count_record counts a conversation's texts once and takes the answers' share from those counts."""
+    from schemas import PairRecord, SftRecord, Turn
+    from shards.tokens import count_record
+
     counter = make_token_counter("tokenizer_json", str(built["bpe"]))
-    expected = _expected_json(built["bpe"], TEXTS)
-    for _ in range(3):
-        assert counter.count_batch(TEXTS) == expected
-        assert [counter(t) for t in TEXTS] == expected
-    assert counter._memo_chars <= 100 + max(len(t) for t in TEXTS)
+    turns = [Turn(user=TEXTS[0], assistant=TEXTS[1]), Turn(user=TEXTS[2], assistant=TEXTS[3])]
+    sft = SftRecord(key="k", source="s", images=[], turns=turns)
+    expected = _expected_json(built["bpe"], TEXTS[:4])
+    assert count_record(counter, sft) == (sum(expected), expected[1] + expected[3])
+    pair = PairRecord.model_construct(key="p", source="s", meta={}, image=b"", caption=TEXTS[0])
+    assert count_record(count_tokens, pair) == (count_tokens(TEXTS[0]),) * 2
 
 
 # ---- cache and fingerprint ---------------------------------------------------------------------------------
