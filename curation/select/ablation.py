@@ -125,23 +125,30 @@ def run_ablation(plan: Path, spec_path: Path, out: Path, *, workers: int = 1, co
 
 
 def ablation_markdown(doc: dict[str, Any]) -> str:
+    """The report as markdown (the audit report's renderer)."""
+    from curation.report.html import Section, render_markdown
+
     def fmt(v: float | None) -> str:
         return "—" if v is None else f"{v:.2f}"
 
     ref = doc["unablated"]
-    lines = [f"# Ablation sweep: {doc['spec']}", "", f"Plan: {doc['plan']}; seeds {doc['seeds']}.", "",
-             f"Unablated score: {fmt(ref['score'])}", ""]  # fmt: skip
+    head = Section("summary", f"Ablation sweep: {doc['spec']}")
+    head.text(f"Plan: {doc['plan']}; seeds {doc['seeds']}.")
+    head.text(f"Unablated score: {fmt(ref['score'])}")
+    parts = [head]
     shown = [k for k in doc["metric_keys"].values() if k] or sorted(ref["metrics"])
     for ablation in dict.fromkeys(v["ablation"] for v in doc["variants"]):
         rows = [v for v in doc["variants"] if v["ablation"] == ablation]
-        lines += [f"## {ablation}: {rows[0]['part']}", ""]
-        head = ["replacement", "score", "Δ score", *[f"{k} (Δ)" for k in shown]]
-        lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+        sec = Section(ablation, f"{ablation}: {rows[0]['part']}")
+        table = []
         for v in rows:
             cells = [f"{fmt(v['metrics'].get(k))} ({fmt(v['metric_deltas'].get(k))})" for k in shown]
             score = "failed" if v["score"] is None else fmt(v["score"])
-            lines.append("| " + " | ".join([str(v["replacement"]), score, fmt(v.get("delta")), *cells]) + " |")
-        lines.append("")
+            table.append([str(v["replacement"]), score, fmt(v.get("delta")), *cells])
+        sec.table(
+            "against the unablated trial", ["replacement", "score", "Δ score", *[f"{k} (Δ)" for k in shown]], table
+        )
+        parts.append(sec)
     if doc["unmapped_metrics"]:
-        lines.append("Plan metrics the spec does not map (not reported): " + ", ".join(doc["unmapped_metrics"]))
-    return "\n".join(lines) + "\n"
+        parts[-1].text("Plan metrics the spec does not map (not reported): " + ", ".join(doc["unmapped_metrics"]))
+    return render_markdown(head.title, parts)

@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from curation.report.html import Section, render_html, render_markdown
 from shards.atomic import atomic_write_bytes, atomic_write_json
 
 
@@ -44,54 +44,45 @@ def progression_plot(doc: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# Selection report: {doc['name']}", "", f"Tolerance {doc['tolerance']}, seeds {doc['seeds']}.", ""]
+def sections(doc: dict[str, Any], plot_png: bytes | None = None) -> list[Section]:
+    """The report as sections (the audit report's renderers make the HTML and the markdown)."""
+    head = Section("summary", f"Selection report: {doc['name']}")
+    head.text(f"Tolerance {doc['tolerance']}, seeds {doc['seeds']}.")
+    out = [head]
     for cat in doc["categories"]:
-        lines += [f"## {cat['name']} (baseline score {_fmt(cat['baseline_score'])})", ""]
+        sec = Section(f"category-{cat['name']}", f"{cat['name']} (baseline score {_fmt(cat['baseline_score'])})")
         metric_names = sorted({k for c in cat["candidates"] for k in c["metric_deltas"]})
-        head = ["candidate", "score", "Δ score", *[f"Δ {m}" for m in metric_names], "decision"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+        rows = []
         for c in cat["candidates"]:
-            deltas = [_fmt(c["metric_deltas"].get(m)) for m in metric_names]
             decision = c["decision"] + (" (trial failed)" if c["reason"] == "failed" else "")
-            lines.append("| " + " | ".join([c["name"], _fmt(c["score"]), _fmt(c["delta"]), *deltas, decision]) + " |")
-        lines += ["", f"Merged baseline score: {_fmt(cat['merged_score'])}", ""]
-    lines += ["## Baseline progression", "", "| step | score |", "|---|---:|"]
-    lines += [f"| {p['step']} | {_fmt(p['score'])} |" for p in doc["progression"]]
+            deltas = [_fmt(c["metric_deltas"].get(m)) for m in metric_names]
+            rows.append([c["name"], _fmt(c["score"]), _fmt(c["delta"]), *deltas, decision])
+        sec.table("candidates", ["candidate", "score", "Δ score", *[f"Δ {m}" for m in metric_names], "decision"], rows)
+        sec.text(f"Merged baseline score: {_fmt(cat['merged_score'])}")
+        out.append(sec)
+    progression = Section("progression", "Baseline progression")
+    progression.table(
+        "score after each category", ["step", "score"], [[p["step"], _fmt(p["score"])] for p in doc["progression"]]
+    )
+    if plot_png is not None:
+        progression.image("baseline progression", "data:image/png;base64," + base64.b64encode(plot_png).decode("ascii"))
     if "all_candidates" in doc:
         a = doc["all_candidates"]
-        lines += ["", f"All candidates together: {_fmt(a['score'])} (selected: {_fmt(a['selected_score'])})"]
-    lines += ["", "Selected components: " + ", ".join(c["name"] for c in doc["selected_components"]), ""]
-    return "\n".join(lines)
+        progression.text(f"All candidates together: {_fmt(a['score'])} (selected: {_fmt(a['selected_score'])})")
+    progression.text("Selected components: " + ", ".join(c["name"] for c in doc["selected_components"]))
+    out.append(progression)
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    parts = sections(doc)
+    return render_markdown(parts[0].title, parts)
 
 
 def html_report(doc: dict[str, Any], plot_png: bytes) -> str:
-    """A self-contained page: the markdown tables as HTML and the plot embedded."""
-    body = []
-    for line in markdown(doc).splitlines():
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("|---") or line.startswith("|--"):
-            continue
-        elif line.startswith("| "):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    rows = "\n".join(body).replace("</p>\n<tr>", "</p>\n<table><tr>").replace("</tr>\n<p>", "</tr></table>\n<p>")
-    rows = rows.replace("</tr>\n<h2>", "</tr></table>\n<h2>")
-    image = base64.b64encode(plot_png).decode("ascii")
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>"
-        + html.escape(doc["name"])
-        + "</title><style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
-        "table{border-collapse:collapse}td{border:1px solid #ccc;padding:3px 8px}</style></head><body>"
-        + rows
-        + f"<h2>Progression</h2><img alt='baseline progression' src='data:image/png;base64,{image}'>"
-        + "</body></html>\n"
-    )
+    """A self-contained page: the tables and the plot embedded."""
+    parts = sections(doc, plot_png)
+    return render_html(parts[0].title, parts)
 
 
 def selected_recipe(doc: dict[str, Any], datasets: dict[str, Any], seed: int) -> dict[str, Any]:
