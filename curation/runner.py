@@ -455,18 +455,14 @@ def _run_global_steps(
         counts = acc.steps[label]
         for source, n in acc.steps[previous].output.items():
             counts.input[source] += n
-        cfg = configs[label]
-        if cfg is not None and cfg.step == "merge_qa":
-            found_drops, grown = find_merges(cfg, label, sidecars, drops)
-            for where, heads in grown.items():
-                patches.setdefault(where, {}).update(heads)
-        else:
-            found_drops = _global_step(cfg, label, sidecars, drops, work)
+        found_drops, grown = _global_step(configs[label], label, sidecars, drops, work)
+        for where, heads in grown.items():
+            patches.setdefault(where, {}).update(heads)
         for where, found in found_drops.items():
             for key, drop in found.items():
                 drops.setdefault(where, {})[key] = drop
                 counts.dropped[drop.source][drop.reason] += 1
-                if drop.other_source is not None and drop.reason != "merged_into_conversation":
+                if drop.other_source is not None:
                     per = pairs.setdefault(label, {}).setdefault(drop.source, {})
                     per[drop.other_source] = per.get(drop.other_source, 0) + 1
         for source in counts.input:
@@ -479,15 +475,18 @@ def _run_global_steps(
     return drops, pairs_sorted, patches
 
 
-def _global_step(cfg: Any, label: str, sidecars: list, drops: GlobalDrops, work: Path) -> GlobalDrops:
+def _global_step(cfg: Any, label: str, sidecars: list, drops: GlobalDrops, work: Path) -> tuple[GlobalDrops, Patches]:
+    """What one global step drops, and the conversations it grows (only merge_qa grows any)."""
     if cfg is None:
-        return find_global_drops("duplicate_key", label, sidecars, drops)
+        return find_global_drops("duplicate_key", label, sidecars, drops), {}
     if cfg.step == "exact_image_dedup":
-        return find_global_drops("duplicate_image", label, sidecars, drops)
+        return find_global_drops("duplicate_image", label, sidecars, drops), {}
     if cfg.step == "near_dup_images":
-        return near_duplicate_images(cfg, label, sidecars, drops)
+        return near_duplicate_images(cfg, label, sidecars, drops), {}
     if cfg.step == "near_dup_text":
-        return near_duplicate_texts(cfg, label, sidecars, drops, work)
+        return near_duplicate_texts(cfg, label, sidecars, drops, work), {}
+    if cfg.step == "merge_qa":
+        return find_merges(cfg, label, sidecars, drops)
     raise CurationError(f"global step {cfg.step!r} is not implemented by this runner")
 
 

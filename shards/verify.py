@@ -199,14 +199,7 @@ def _check_accounting(acc: dict[str, Any], samples: int, problems: list[str]) ->
     steps = acc.get("steps", [])
     for entry in steps:
         for source, c in entry["sources"].items():
-            dropped = sum(c.get("dropped", {}).values())
-            added = sum(c.get("added", {}).values())
-            if c["input"] + added != c["output"] + dropped:
-                plus = f" + added {added}" if added else ""
-                problems.append(
-                    f"accounting step {entry['step']!r}, source {source!r}: "
-                    f"input {c['input']}{plus} != output {c['output']} + dropped {dropped}"
-                )
+            _check_identity(c, f"accounting step {entry['step']!r}, source {source!r}", problems)
     for a, b in pairwise(steps):
         for source in sorted(set(a["sources"]) | set(b["sources"])):
             out = a["sources"].get(source, {}).get("output", 0)
@@ -217,14 +210,7 @@ def _check_accounting(acc: dict[str, Any], samples: int, problems: list[str]) ->
                 )
     sources = acc.get("sources", {})
     for source, c in sources.items():
-        dropped = sum(c.get("dropped", {}).values())
-        added = sum(c.get("added", {}).values())
-        if c["input"] + added != c["output"] + dropped:
-            plus = f" + added {added}" if added else ""
-            problems.append(
-                f"accounting for source {source!r}: input {c['input']}{plus} != output {c['output']} "
-                f"+ dropped {dropped}"
-            )
+        _check_identity(c, f"accounting for source {source!r}", problems)
         if not steps:
             continue
         first = steps[0]["sources"].get(source, {}).get("input", 0)
@@ -239,6 +225,15 @@ def _check_accounting(acc: dict[str, Any], samples: int, problems: list[str]) ->
         output = sum(c["output"] for c in sources.values())
         if output != samples:
             problems.append(f"accounting: sources output {output} samples, the dataset holds {samples}")
+
+
+def _check_identity(c: dict[str, Any], where: str, problems: list[str]) -> None:
+    """input + added == output + dropped."""
+    dropped = sum(c.get("dropped", {}).values())
+    added = sum(c.get("added", {}).values())
+    if c["input"] + added != c["output"] + dropped:
+        plus = f" + added {added}" if added else ""
+        problems.append(f"{where}: input {c['input']}{plus} != output {c['output']} + dropped {dropped}")
 
 
 def _one_line(text: str) -> str:

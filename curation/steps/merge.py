@@ -53,7 +53,7 @@ def find_merges(cfg: MergeQaStep, label: str, sidecars: Sidecars, already: Globa
         heads[group] = (head, head_turns + turns)
         patches.setdefault((head[0], head[1]), {}).setdefault(head[3], []).append((gid, shard, key))
         detail = f"{turns} turn(s) appended to {head[3]} ({head[5]})"
-        drops.setdefault((gid, shard), {})[key] = GlobalDrop(source, label, "merged_into_conversation", detail, head[4])
+        drops.setdefault((gid, shard), {})[key] = GlobalDrop(source, label, "merged_into_conversation", detail)
     return drops, patches
 
 
