@@ -51,18 +51,6 @@ class Evaluation:
             "stdev": statistics.pstdev(self.scores) if len(self.scores) > 1 else 0.0,
         }
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "components": self.components,
-            "trials": self.trial_ids,
-            "score": self.score,
-            "scores": self.scores,
-            "spread": self.spread,
-            "metrics": self.metrics,
-            "failed": self.failed,
-        }
-
 
 class TrialRunner:
     """Turns mixtures into trials (prepared in ``<sweep>/trials``) and runs them through the engine."""
