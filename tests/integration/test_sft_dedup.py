@@ -229,3 +229,19 @@ def test_llava_json_contamination_is_found(decontaminated, tmp_path):
         progress=False,
     )
     assert _dropped_keys(result.out) == {f"train-{k}": v for k, v in planted.expected.items()}
+
+
+def test_near_duplicate_removal_does_not_depend_on_the_workers(tmp_path):
+    """Guarantee 3: the same drops and byte-identical shards with 1 or 2 workers."""
+    from tests.builds import tree_digest
+
+    paths, _ = make_dedup_inputs(tmp_path / "in", n=12)
+    recipe = {
+        "name": "dedup",
+        "sources": [_source(n, p) for n, p in paths.items()],
+        "steps": [{"step": "near_dup_images"}, {"step": "near_dup_text", "threshold": 0.7}],
+        "output": {"kind": "sft", "max_samples_per_shard": 10},
+    }
+    one = build(validate_recipe(recipe), tmp_path / "one", workers=1, progress=False).out
+    two = build(validate_recipe(recipe), tmp_path / "two", workers=2, progress=False).out
+    assert tree_digest(one) == tree_digest(two)
