@@ -45,6 +45,37 @@ def _main(
     """Build, audit and verify vision-language training data as deterministic webdataset shards."""
 
 
+class ExecutorName(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+ExecutorOpt = Annotated[
+    ExecutorName,
+    typer.Option(
+        "--executor", "-x", help="Where partitions run: local processes, or one Ray task per partition on a cluster."
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster address (host:port, ray://host:port or auto) [default: $RAY_ADDRESS, else a Ray started "
+        "here]. Needs --executor ray.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        "-w",
+        min=1,
+        help="local: worker processes [default: 1]. "
+        "ray: most partitions running at once [default: the cluster's CPUs].",
+    ),
+]
+
+
 class AuditFormat(StrEnum):
     table = "table"
     json = "json"
@@ -57,7 +88,9 @@ def build(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output directory [default: ./out/<recipe name>].")
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes over input partitions.")] = 1,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
     limit: Annotated[int | None, typer.Option(min=0, help="Read at most N input rows in total (a prefix).")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a recipe field: dotted.path=value (repeatable).")
@@ -78,9 +111,20 @@ def build(
 
             if limit is not None:
                 raise CurationError("--limit applies to build recipes; a mixture's size comes from its targets")
-            result = build_mixture(spec, out, workers=workers, overwrite=overwrite, progress=not quiet)
+            result = build_mixture(
+                spec, out, workers=workers, overwrite=overwrite, progress=not quiet, executor=executor, address=address
+            )
         else:
-            result = run_build(spec, out, workers=workers, limit=limit, overwrite=overwrite, progress=not quiet)
+            result = run_build(
+                spec,
+                out,
+                workers=workers,
+                limit=limit,
+                overwrite=overwrite,
+                progress=not quiet,
+                executor=executor,
+                address=address,
+            )
     except KeyboardInterrupt:
         err_console.print(f"interrupted; finished partitions are kept: run the same command again to resume {out}")
         raise typer.Exit(130) from None
@@ -207,7 +251,9 @@ def schema(
 def select_cmd(
     recipe: Annotated[str, typer.Argument(help="A selection recipe (kind: selection): file or built-in name.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep directory [default: ./out/<name>].")] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Workers for building datasets.")] = 1,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a recipe field: dotted.path=value (repeatable).")
     ] = None,
@@ -223,7 +269,9 @@ def select_cmd(
         raise CurationError(
             f"{recipe} is a {spec.kind} recipe; `curate select` runs kind: selection (see curate build)"
         )
-    doc = run_selection(spec, out or Path("out") / spec.name, workers=workers, console=err_console)
+    doc = run_selection(
+        spec, out or Path("out") / spec.name, workers=workers, console=err_console, executor=executor, address=address
+    )
     _print_selection(doc)
 
 
@@ -234,7 +282,9 @@ def sweep_cmd(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Sweep directory [default: ./out/<spec name>].")
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Workers for building datasets.")] = 1,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
 ) -> None:
     """Run an ablation plan through the trial engine: every replacement of every ablated part (and the unablated
     configuration) trained and evaluated; each replacement reported against the unablated trial."""
@@ -242,7 +292,9 @@ def sweep_cmd(
     from curation.select.plans import load_spec
 
     name = load_spec(spec).name
-    doc = run_ablation(plan, spec, out or Path("out") / name, workers=workers, console=err_console)
+    doc = run_ablation(
+        plan, spec, out or Path("out") / name, workers=workers, console=err_console, executor=executor, address=address
+    )
     sys.stdout.write(ablation_markdown(doc))
 
 

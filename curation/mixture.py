@@ -71,7 +71,16 @@ def _rank(seed: int, *parts: object) -> int:
     return int.from_bytes(h, "big") >> 1
 
 
-def resolve_datasets(recipe: MixtureRecipe, out: Path, workers: int, progress: bool) -> dict[str, Path]:
+def resolve_datasets(
+    recipe: MixtureRecipe,
+    out: Path,
+    workers: int | None,
+    progress: bool,
+    executor: str = "local",
+    address: str | None = None,
+) -> dict[str, Path]:
+    """The directory of each dataset: given paths as they are; recipes and inline builds built (or resumed)
+    under ``out/_datasets/`` with the given executor."""
     from curation.runner import build, output_state
 
     dirs: dict[str, Path] = {}
@@ -91,7 +100,7 @@ def resolve_datasets(recipe: MixtureRecipe, out: Path, workers: int, progress: b
             overwrite = False
         except CurationError:  # an earlier version of that recipe: _datasets/ belongs to this mixture
             overwrite = True
-        build(sub, target, workers=workers, overwrite=overwrite, progress=progress)
+        build(sub, target, workers=workers, overwrite=overwrite, progress=progress, executor=executor, address=address)
         dirs[alias] = target
     return dirs
 
@@ -303,7 +312,14 @@ def _samples_in(tar: str) -> int:
 
 
 def build_mixture(
-    recipe: MixtureRecipe, out: Path, *, workers: int = 1, overwrite: bool = False, progress: bool = True
+    recipe: MixtureRecipe,
+    out: Path,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
 ) -> Any:
     from curation.runner import (
         LOGS,
@@ -341,7 +357,7 @@ def build_mixture(
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_json(work / "plan.json", {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()})
         check_tokenizer(recipe.tokenizer)
-        dirs = resolve_datasets(recipe, out, workers, progress)
+        dirs = resolve_datasets(recipe, out, workers, progress, executor, address)
         plans, total_tokens, identities = plan_components(recipe, dirs, out)
         selection = _selection_table(recipe, plans, dirs)
         shards = _shuffle_and_write(recipe, selection, work, out)

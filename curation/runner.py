@@ -23,7 +23,7 @@ from curation import __version__
 from curation.accounting import Accounting
 from curation.commit import Growth, commit_rejects, commit_shards
 from curation.errors import CurationError, RecipeError
-from curation.executors import run_local
+from curation.executors import Executor, open_executor
 from curation.faults import crash_point
 from curation.partition import UNIQUE_KEY, partition_dir, read_partition_stats, step_names
 from curation.progress import BuildProgress
@@ -265,11 +265,16 @@ def build(
     recipe: BuildRecipe,
     out: Path,
     *,
-    workers: int = 1,
+    workers: int | None = None,
     limit: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
 ) -> BuildResult:
+    """Build ``recipe`` into ``out``. ``executor`` runs the partitions: ``local`` (``workers`` processes,
+    default 1) or ``ray`` (one task per partition on the cluster at ``address``; ``workers`` caps how many run
+    at once, default: as many as the cluster has CPUs for). The output does not depend on either."""
     out = Path(out).resolve()
     started = time.perf_counter()
     identity = recipe.model_dump(mode="json")
@@ -298,8 +303,8 @@ def build(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CurationError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
-    with build_lock(out):
-        return _build_locked(recipe, out, rhash, plan, plan_doc, workers, overwrite, progress, started)
+    with build_lock(out), open_executor(executor, workers, address) as ex:
+        return _build_locked(recipe, out, rhash, plan, plan_doc, ex, overwrite, progress, started)
 
 
 CARD_NAME = "README.md"
@@ -333,7 +338,7 @@ def _build_locked(
     rhash: str,
     plan: list[Partition],
     plan_doc: dict[str, Any],
-    workers: int,
+    ex: Executor,
     overwrite: bool,
     progress: bool,
     started: float,
@@ -368,9 +373,12 @@ def _build_locked(
             continue
         tasks.append({"recipe": recipe_doc, "partition": p.to_dict(), "gid": gid, "work": str(work)})
     total_rows = sum(p.rows for p in plan)
+    pending = {t["gid"] for t in tasks}
+    for src in recipe.sources:  # downloads that the executor distributes itself (img2dataset on Ray)
+        ex.download(make_reader(src), [p for g, p in enumerate(plan) if g in pending and p.source == src.name])
     with BuildProgress(total_rows, recipe.name, enabled=progress) as bar:
         bar.skip(skipped_rows)
-        run_local(tasks, workers, bar.advance, lambda _r: None)
+        ex.run(tasks, bar.advance, lambda _r: None)
 
     gids = list(range(len(plan)))
     acc = Accounting(step_names(recipe)[0])
@@ -425,7 +433,7 @@ def _build_locked(
     shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
     log = _write_log(
-        out, manifest, state, workers, seconds, len(plan) - len(tasks), total_rows - skipped_rows, run_reports
+        out, manifest, state, ex.describe(), seconds, len(plan) - len(tasks), total_rows - skipped_rows, run_reports
     )
     return BuildResult(
         out, manifest, "resumed" if state == "resume" else "fresh", len(plan), len(plan) - len(tasks), seconds, log
@@ -592,7 +600,7 @@ def _write_log(
     out: Path,
     manifest: DatasetManifest,
     state: str,
-    workers: int,
+    executor: dict[str, Any],
     seconds: float,
     skipped: int,
     rows_done: int,
@@ -607,7 +615,7 @@ def _write_log(
         {
             "finished_at": now.isoformat(),
             "state": state,
-            "workers": workers,
+            "executor": executor,
             "seconds": round(seconds, 3),
             "partitions_skipped": skipped,
             "input_rows_processed": rows_done,

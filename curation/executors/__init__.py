@@ -1,5 +1,71 @@
-"""Executors run partition tasks: ``local`` (process pool) for now; Ray comes with the scale-out issue."""
+"""Executors run a build's partition tasks: ``local`` (a process pool on this machine) or ``ray`` (one Ray
+task per partition on a Ray cluster). Both run ``curation.partition.process_partition`` on the same task
+dicts and leave the same files, so the output does not depend on the executor."""
 
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from curation.errors import CurationError
 from curation.executors.local import run_local
 
-__all__ = ["run_local"]
+EXECUTORS = ("local", "ray")
+
+
+class Executor(Protocol):
+    kind: str
+
+    def run(
+        self,
+        tasks: list[dict[str, Any]],
+        on_progress: Callable[[int, int], None],
+        on_done: Callable[[dict[str, Any]], None],
+    ) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def download(self, reader: Any, partitions: list[Any]) -> None:
+        """Fetch the downloads of ``partitions`` before they run, where this executor distributes them itself."""
+
+
+class LocalExecutor:
+    kind = "local"
+
+    def __init__(self, workers: int | None) -> None:
+        self.workers = workers or 1
+
+    def run(
+        self,
+        tasks: list[dict[str, Any]],
+        on_progress: Callable[[int, int], None],
+        on_done: Callable[[dict[str, Any]], None],
+    ) -> None:
+        run_local(tasks, self.workers, on_progress, on_done)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "workers": self.workers}
+
+    def download(self, reader: Any, partitions: list[Any]) -> None:
+        """Nothing ahead: each partition task downloads its own slice."""
+
+
+@contextmanager
+def open_executor(kind: str = "local", workers: int | None = None, address: str | None = None) -> Iterator[Executor]:
+    """The executor named ``kind``; for ``ray``, connected to the cluster at ``address`` (None: ``RAY_ADDRESS``
+    or a Ray started on this machine) for the duration."""
+    if kind == "local":
+        if address is not None:
+            raise CurationError("--address names a Ray cluster; it needs --executor ray")
+        yield LocalExecutor(workers)
+    elif kind == "ray":
+        from curation.executors.ray_executor import RayExecutor
+
+        with RayExecutor(workers, address) as executor:
+            yield executor
+    else:
+        raise CurationError(f"unknown executor {kind!r}; choose one of: {', '.join(EXECUTORS)}")
+
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "open_executor", "run_local"]

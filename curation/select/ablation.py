@@ -52,7 +52,16 @@ def _config(data: dict[str, Any], what: str) -> TrialConfig:
         raise CurationError(f"{what}: {where}: {first['msg']}") from None
 
 
-def run_ablation(plan: Path, spec_path: Path, out: Path, *, workers: int = 1, console: Console | None = None) -> dict:
+def run_ablation(
+    plan: Path,
+    spec_path: Path,
+    out: Path,
+    *,
+    workers: int | None = None,
+    console: Console | None = None,
+    executor: str = "local",
+    address: str | None = None,
+) -> dict:
     from curation.mixture import resolve_datasets
     from curation.runner import build_lock
     from curation.select.engine import run_trials
@@ -78,7 +87,7 @@ def run_ablation(plan: Path, spec_path: Path, out: Path, *, workers: int = 1, co
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out):
-        dirs = resolve_datasets(base, out, workers, True)
+        dirs = resolve_datasets(base, out, workers, True, executor, address)
         store = TrialStore(out / STORE_NAME)
         launcher = make_launcher(base.launcher, out)
         tasks, rows = {}, []

@@ -32,7 +32,14 @@ def console_events(console: Console) -> Callable[[str, dict[str, Any]], None]:
 
 
 def run_selection(
-    recipe: SelectionRecipe, out: Path, *, workers: int = 1, progress: bool = True, console: Console | None = None
+    recipe: SelectionRecipe,
+    out: Path,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> dict[str, Any]:
     from curation.mixture import resolve_datasets
     from curation.runner import build_lock
@@ -45,7 +52,7 @@ def run_selection(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with build_lock(out):
-        dirs = resolve_datasets(recipe, out, workers, progress)
+        dirs = resolve_datasets(recipe, out, workers, progress, executor, address)
         store = TrialStore(out / STORE_NAME)
         launcher = make_launcher(recipe.launcher, out)
         runner = TrialRunner(recipe, out, dirs, launcher, store, console_events(console))

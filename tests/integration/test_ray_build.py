@@ -1,0 +1,214 @@
+"""Builds on a real Ray cluster (a head and a worker node started with ``ray start`` on this machine): the
+same bytes as the local executor, a killed worker's partition retried, a dead driver resumed, exact
+accounting, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from curation.errors import CurationError
+from curation.recipe import validate_recipe
+from curation.runner import build
+from shards import read_manifest, verify_dataset
+from tests.builds import CLI, demo_recipe, make_inputs, tree_digest, write_recipe
+
+ray = pytest.importorskip("ray", reason="ray is not installed (the optional `ray` extra)")
+
+from tests.ray_cluster import ENV, LocalRayCluster, start_cluster  # noqa: E402
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _recipe(root: Path) -> dict:
+    """The demo recipe with small partitions (12 of them) and the global near-duplicate steps as well."""
+    recipe = demo_recipe(root, sources__0__partition_size=60, sources__1__partition_size=30)
+    recipe["steps"] += [
+        {"step": "near_dup_images", "hash": "phash", "max_distance": 4, "scope": "all"},
+        {"step": "near_dup_text", "threshold": 0.9, "text": "qa", "scope": "all"},
+    ]
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    saved = {k: os.environ.get(k) for k in ENV}
+    os.environ.update(ENV)
+    c = start_cluster(workers=1)
+    yield c
+    c.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inputs")
+    make_inputs(root, n_captions=480, n_conversations=120)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "ds"
+    build(validate_recipe(_recipe(inputs)), out, workers=2, progress=False)
+    return out
+
+
+def _ray_build(recipe: Path, out: Path, cluster: LocalRayCluster, env: dict | None = None, *args: str):
+    cmd = [*CLI, "build", str(recipe), "--out", str(out), "-q", "--executor", "ray", "--address", cluster.address]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def _log(out: Path) -> dict:
+    return json.loads(max((out / "_logs").glob("build-*.json")).read_text())
+
+
+def test_ray_build_is_byte_identical_to_local(cluster, inputs, reference, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", _recipe(inputs))
+    out = tmp_path / "ds"
+    done = _ray_build(recipe, out, cluster)
+    assert done.returncode == 0, done.stderr
+    assert tree_digest(out) == tree_digest(reference)
+    m, ref = read_manifest(out), read_manifest(reference)
+    assert m.accounting == ref.accounting and m.duplicates == ref.duplicates
+    assert m.duplicates  # the global steps found something to compare
+    assert verify_dataset(out).ok
+    log = _log(out)
+    assert log["executor"] == {"kind": "ray", "address": cluster.address, "workers": None, "nodes": 2, "cpus": 2}
+    stats = json.loads((out / "stats.json").read_text())
+    assert len(stats["partitions"]) == 12 and log["partitions_skipped"] == 0
+
+
+def test_a_killed_worker_process_is_retried(cluster, inputs, reference, tmp_path):
+    """SIGKILL of the Ray worker running a partition (mid-partition, after 30 records): Ray runs the task
+    again, and the build is the same as an uninterrupted one, accounting included."""
+    recipe = write_recipe(tmp_path / "r.yaml", _recipe(inputs))
+    marker = tmp_path / "killed-once"
+    env = {"VLM_CURATION_CRASH_AT": "record:30", "VLM_CURATION_CRASH_ONCE": str(marker)}
+    out = tmp_path / "ds"
+    done = _ray_build(recipe, out, cluster, env)
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()  # a worker really died
+    assert tree_digest(out) == tree_digest(reference)
+    assert read_manifest(out).accounting == read_manifest(reference).accounting
+
+
+def test_a_partition_that_keeps_killing_its_worker_fails_clearly(cluster, inputs, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", _recipe(inputs))
+    out = tmp_path / "ds"
+    done = _ray_build(recipe, out, cluster, {"VLM_CURATION_CRASH_AT": "partition_staged:1"}, "--workers", "1")
+    assert done.returncode != 0
+    assert "failed on the Ray cluster 4 times" in done.stderr and "run the build again to resume" in done.stderr
+    assert "Traceback" not in done.stderr
+    again = _ray_build(recipe, out, cluster)
+    assert again.returncode == 0 and "resumed" in again.stderr, again.stderr
+
+
+def test_a_dead_driver_resumes_without_redoing_finished_partitions(cluster, inputs, reference, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", _recipe(inputs))
+    out = tmp_path / "ds"
+    cmd = [*CLI, "build", str(recipe), "--out", str(out), "-q", "--executor", "ray", "--address", cluster.address]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while _finished(out) < 3 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished = _finished(out)
+    assert not (out / "dataset.json").exists() and finished >= 3
+    done = _ray_build(recipe, out, cluster)
+    assert done.returncode == 0, done.stderr
+    log = _log(out)
+    assert log["state"] == "resume" and log["partitions_skipped"] >= finished
+    assert tree_digest(out) == tree_digest(reference)
+
+
+def _finished(out: Path) -> int:
+    work = out / "_work"
+    return sum(1 for p in work.glob("p[0-9]*") if ".tmp" not in p.name and (p / "stats.json").is_file())
+
+
+def test_a_mixture_builds_its_datasets_on_ray(cluster, inputs, tmp_path):
+    mixture = {
+        "kind": "mixture",
+        "name": "mix",
+        "datasets": {"demo": {"build": {k: v for k, v in _recipe(inputs).items() if k not in ("kind", "name")}}},
+        "components": [
+            {"name": "captions", "dataset": "demo", "target": {"answer_share": 40}},
+            {"name": "conversations", "dataset": "demo", "target": {"answer_share": 60}},
+        ],
+    }
+    recipe = write_recipe(tmp_path / "mix.yaml", mixture)
+    local = subprocess.run([*CLI, "build", str(recipe), "--out", str(tmp_path / "local"), "-q"], capture_output=True)
+    assert local.returncode == 0, local.stderr
+    on_ray = _ray_build(recipe, tmp_path / "ray", cluster)
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert tree_digest(tmp_path / "ray") == tree_digest(tmp_path / "local")
+
+
+def test_workers_caps_the_partitions_in_flight(cluster, inputs, reference, tmp_path):
+    out = tmp_path / "ds"
+    build(validate_recipe(_recipe(inputs)), out, workers=1, executor="ray", address=cluster.address, progress=False)
+    assert tree_digest(out) == tree_digest(reference)
+    assert _log(out)["executor"]["workers"] == 1
+    assert not ray.is_initialized()  # the build disconnected from the cluster it joined
+
+
+def test_address_without_ray_executor_is_an_error(inputs, tmp_path):
+    with pytest.raises(CurationError, match=r"--address .* needs --executor ray"):
+        build(validate_recipe(_recipe(inputs)), tmp_path / "ds", address="127.0.0.1:1", progress=False)
+
+
+def test_a_node_without_the_build_directory_or_another_version_refuses(tmp_path):
+    from curation import __version__
+    from curation.executors import ray_executor
+
+    class Progress:
+        class add:  # stands in for an actor method handle
+            @staticmethod
+            def remote(*_a):
+                return None
+
+    task = {"work": str(tmp_path / "elsewhere" / "_work"), "gid": 0}
+    with pytest.raises(CurationError, match=r"cannot see the build directory .* every node mounts"):
+        ray_executor._run_partition(task, Progress, __version__)
+    with pytest.raises(CurationError, match="install the same version on every node"):
+        ray_executor._run_partition(task, Progress, "0.0.0-other")
+
+
+def test_without_ray_installed_the_executor_says_how_to_get_it(monkeypatch):
+    import importlib.util
+
+    from curation.executors import ray_executor
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else object())
+    with pytest.raises(CurationError, match=r"pip install 'vlm-curation\[ray\]'"):
+        ray_executor.RayExecutor(None, None)
+
+
+def test_a_dead_worker_node_is_survived(cluster, inputs, reference, tmp_path):
+    """A worker node killed (raylet, agents and workers, SIGKILL) in the middle of a build: its partitions
+    run again on the nodes left, and the output is unchanged. (Last in this module: Ray takes a while to
+    declare the dead node dead.)"""
+    extra = cluster.add_worker()
+    recipe = write_recipe(tmp_path / "r.yaml", _recipe(inputs))
+    out = tmp_path / "ds"
+    cmd = [*CLI, "build", str(recipe), "--out", str(out), "-q", "--executor", "ray", "--address", cluster.address]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _finished(out) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cluster.kill_node(extra)
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 0, stderr
+    assert tree_digest(out) == tree_digest(reference)
