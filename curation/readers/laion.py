@@ -2,10 +2,12 @@
 
 ``plan()`` selects metadata rows out of core (``curation.laion.select``; cached by content) and splits
 the selection into download partitions of ``download.samples_per_shard`` rows, plus one partition of
-bulk drops for the rows the filters removed. ``read()`` of a download partition calls
-``img2dataset.download`` on its slice (one img2dataset shard; incremental, so a killed download resumes
-without refetching a finished shard) and converts the output in rank order: successes become ``pair``
-records, failures become drops with reasons. Subset boundaries fall on partition boundaries.
+bulk drops for the rows the filters removed. ``read()`` of a download partition downloads its slice with
+img2dataset in-process (``curation.laion.download``: one img2dataset shard, kept once finished, so a killed
+download resumes without refetching a finished shard) and converts the output in rank order: successes
+become ``pair`` records, failures become drops with reasons. On Ray, ``download_with_ray`` fetches the pending
+partitions first with img2dataset's Ray distribution (``curation.laion.ray_download``), into the same
+places, so ``read()`` only converts. Subset boundaries fall on partition boundaries.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from curation.laion.download import download_shard
+from curation.laion.ray_download import RAY_FAILED
 from curation.laion.select import select_metadata
 from curation.readers.base import Partition, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
@@ -131,9 +134,39 @@ class LaionReader:
             return
         out = Path(spec["download_dir"])
         stop = spec["start"] + partition.rows
-        if not (out / "00000_stats.json").is_file():
+        # a shard that failed in the Ray download stage is read as a failed download here (no output)
+        if not (out / "00000_stats.json").is_file() and not (out / RAY_FAILED).is_file():
             self._download(Path(spec["selection"]), spec["start"], stop, out)
         yield from self._convert(out, spec["start"], stop)
+
+    def download_with_ray(self, partitions: list[Partition]) -> None:
+        """Download the given download partitions that have no ``00000_stats.json`` yet with img2dataset's
+        Ray distribution (one Ray task per partition: ``curation.laion.ray_download``), in the driver of a
+        Ray build before its partition tasks start; Ray must be initialized. Each partition's output lands
+        where ``read()`` looks for it (``download_dir/00000.tar|.parquet|_stats.json``, its
+        ``start:start+rows`` rows, a truncated partition included), so ``read()`` then only converts. A shard
+        whose task failed is marked (``00000_ray_failed.json``): ``read()`` turns its rows into
+        ``download_failed:no_output`` drops, and the next call retries it. Nothing to do: Ray is not used."""
+        todo = [
+            p
+            for p in partitions
+            if p.spec.get("kind") == "download"
+            and p.rows > 0
+            and not (Path(p.spec["download_dir"]) / "00000_stats.json").is_file()
+        ]
+        if not todo:
+            return
+        from curation.laion.ray_download import ShardSlice, download_slices
+
+        groups: dict[tuple[str, Path], list[ShardSlice]] = {}
+        for p in todo:
+            out = Path(p.spec["download_dir"])
+            start = p.spec["start"]
+            groups.setdefault((p.spec["selection"], out.parent), []).append(
+                ShardSlice(p.index, start, start + p.rows, out)
+            )
+        for (selection, root), slices in groups.items():
+            download_slices(Path(selection), slices, self.source.download, META_COLUMNS, root / "ray-stage")
 
     def _download(self, selection: Path, start: int, stop: int, out: Path) -> None:
         table = pq.read_table(selection).slice(start, stop - start)
