@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,39 +59,75 @@ class Growth:
         return make_token_counter(self.tokenizer_type, self.tokenizer_path)
 
 
-def commit_shards(
-    work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops, growth: Growth | None = None
-) -> tuple[list[ShardInfo], dict[int, list[ShardInfo]]]:
-    """The final shards in order, and which of them each partition produced."""
+@dataclass
+class ShardCommit:
+    """One final shard: the staged shard it comes from, its name, and what it loses and gains."""
+
+    gid: int
+    staged: dict
+    stem: str
+    dropped: dict[str, Drop]
+    growth: Growth
+
+
+def plan_commit(
+    work: Path, prefix: str, gids: list[int], drops: GlobalDrops, growth: Growth | None = None
+) -> list[ShardCommit]:
+    """The final shards in dataset order (staged shards that lost every sample have none)."""
     growth = growth or Growth()
-    final: list[ShardInfo] = []
-    by_partition: dict[int, list[ShardInfo]] = {gid: [] for gid in gids}
-    index = 0
+    plan: list[ShardCommit] = []
     for gid in gids:
-        pdir = partition_dir(work, gid)
         for staged in read_partition_stats(work, gid)["shards"]:
-            number = int(staged["name"].split(".")[0])
-            dropped = drops.get((gid, number), {})
-            grows = growth.patches.get((gid, number), {})
+            where = (gid, int(staged["name"].split(".")[0]))
+            dropped = drops.get(where, {})
             if dropped and len(dropped) >= staged["samples"]:
                 continue
-            stem = f"{prefix}-{index:06d}"
-            index += 1
-            info = _done(out, stem)
-            if info is None:
-                table = pq.read_table(pdir / staged["sidecar"])
-                staged_stats = json.loads((pdir / staged["stats"]).read_text())
-                extra = {"reencoded_images": staged_stats.get("reencoded_images", 0)}
-                if not dropped and not grows:
-                    info = write_shard_metadata(
-                        out, stem, table=table, sha256=staged["sha256"], size=staged["bytes"], extra_stats=extra
-                    )
-                    os.replace(pdir / staged["name"], out / info.name)
-                else:
-                    info = _rewrite(pdir / staged["name"], out, stem, table, set(dropped), extra, growth, (gid, number))
-            final.append(info)
-            by_partition[gid].append(info)
-            crash_point("commit_shard")
+            mine = Growth({where: growth.patches[where]} if where in growth.patches else {}, growth.db,
+                          growth.tokenizer_type, growth.tokenizer_path)  # fmt: skip
+            plan.append(ShardCommit(gid, staged, f"{prefix}-{len(plan):06d}", dropped, mine))
+    return plan
+
+
+def commit_shard(work: Path, out: Path, item: ShardCommit) -> ShardInfo:
+    """Move one staged shard into place (renamed when unchanged, rewritten otherwise). Idempotent, and
+    independent of every other shard: executors may run many at once, on any node that mounts ``out``."""
+    info = _done(out, item.stem)
+    if info is not None:
+        return info
+    pdir = partition_dir(work, item.gid)
+    staged = item.staged
+    table = pq.read_table(pdir / staged["sidecar"])
+    staged_stats = json.loads((pdir / staged["stats"]).read_text())
+    extra = {"reencoded_images": staged_stats.get("reencoded_images", 0)}
+    where = (item.gid, int(staged["name"].split(".")[0]))
+    if not item.dropped and where not in item.growth.patches:
+        info = write_shard_metadata(
+            out, item.stem, table=table, sha256=staged["sha256"], size=staged["bytes"], extra_stats=extra
+        )
+        os.replace(pdir / staged["name"], out / info.name)
+        return info
+    return _rewrite(pdir / staged["name"], out, item.stem, table, set(item.dropped), extra, item.growth, where)
+
+
+def commit_shards(
+    work: Path,
+    out: Path,
+    prefix: str,
+    gids: list[int],
+    drops: GlobalDrops,
+    growth: Growth | None = None,
+    run_all: Callable[[Callable[..., ShardInfo], list[tuple]], Iterator[ShardInfo]] | None = None,
+) -> tuple[list[ShardInfo], dict[int, list[ShardInfo]]]:
+    """The final shards in order, and which of them each partition produced. ``run_all`` runs
+    ``commit_shard`` over the shards and yields the results in order (default: here, one after another)."""
+    plan = plan_commit(work, prefix, gids, drops, growth)
+    run_all = run_all or (lambda fn, args: (fn(*a) for a in args))
+    final: list[ShardInfo] = []
+    by_partition: dict[int, list[ShardInfo]] = {gid: [] for gid in gids}
+    for item, info in zip(plan, run_all(commit_shard, [(work, out, item) for item in plan]), strict=True):
+        final.append(info)
+        by_partition[item.gid].append(info)
+        crash_point("commit_shard")
     return final, by_partition
 
 

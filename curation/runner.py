@@ -396,7 +396,9 @@ def _build_locked(
 
     prefix = recipe.shard_prefix()
     grow = Growth(patches, work / "merged_turns.sqlite", recipe.tokenizer.type, recipe.tokenizer.path)
-    shards, by_partition = commit_shards(work, out, prefix, gids, drops, grow)
+    shards, by_partition = commit_shards(
+        work, out, prefix, gids, drops, grow, lambda fn, args: ex.imap(fn, args, lambda a: f"shard {a[2].stem}")
+    )
     rejects = commit_rejects(work, out, prefix, gids, drops) if recipe.output.rejects else []
     totals = _totals(out, shards)
     summary = acc.summary()

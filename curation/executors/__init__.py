@@ -29,6 +29,9 @@ class Executor(Protocol):
     def download(self, reader: Any, partitions: list[Any]) -> None:
         """Fetch the downloads of ``partitions`` before they run, where this executor distributes them itself."""
 
+    def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
+        """``fn(*a)`` for each of ``args``, results in order (``label(a)`` names one in errors)."""
+
 
 class LocalExecutor:
     kind = "local"
@@ -49,6 +52,10 @@ class LocalExecutor:
 
     def download(self, reader: Any, partitions: list[Any]) -> None:
         """Nothing ahead: each partition task downloads its own slice."""
+
+    def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
+        """In this process, one after another (the work it is used for is disk-bound)."""
+        return (fn(*a) for a in args)
 
 
 @contextmanager

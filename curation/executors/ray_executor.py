@@ -14,7 +14,7 @@ import logging
 import os
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,18 @@ class RayExecutor:
             self.connect()
             reader.download_with_ray(partitions)
 
+    def _remote(self, fn: Callable[..., Any]) -> Any:
+        import ray
+
+        env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+        return ray.remote(fn).options(
+            num_cpus=1,
+            max_retries=MAX_RETRIES,
+            retry_exceptions=False,  # an exception is a bug or bad input: the same on every try
+            scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": env} if env else None,
+        )
+
     def run(
         self,
         tasks: list[dict[str, Any]],
@@ -139,14 +151,7 @@ class RayExecutor:
         self.connect()
         import ray
 
-        env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
-        remote = ray.remote(_run_partition).options(
-            num_cpus=1,
-            max_retries=MAX_RETRIES,
-            retry_exceptions=False,  # an exception is a bug or bad input: the same on every try
-            scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": env} if env else None,
-        )
+        remote = self._remote(_run_partition)
         # On the head node: the driver may be off the cluster, and the head lives as long as the cluster does.
         progress = ray.remote(num_cpus=0, resources={HEAD_RESOURCE: 0.001})(_Progress).remote()
         waiting = deque(tasks)
@@ -161,7 +166,7 @@ class RayExecutor:
                 on_progress(*ray.get(progress.take.remote()))
                 for ref in done:
                     task = running.pop(ref)
-                    on_done(_result(ray, ref, task))
+                    on_done(_result(ray, ref, _partition_label(task)))
             on_progress(*ray.get(progress.take.remote()))
         except BaseException:  # Ctrl-C or a failed partition: stop the others; finished ones are kept
             for ref in running:
@@ -170,8 +175,33 @@ class RayExecutor:
         finally:
             ray.kill(progress)
 
+    def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
+        """``fn(*a)`` for each of ``args`` as Ray tasks (at most ``workers`` at once), results in order."""
+        if not args:
+            return
+        self.connect()
+        import ray
 
-def _result(ray: Any, ref: Any, task: dict[str, Any]) -> dict[str, Any]:
+        remote = self._remote(fn)
+        limit = self.workers or len(args)
+        refs = [remote.remote(*a) for a in args[:limit]]
+        try:
+            for i, a in enumerate(args):
+                if i + limit < len(args):
+                    refs.append(remote.remote(*args[i + limit]))
+                yield _result(ray, refs[i], label(a))
+        except BaseException:
+            for ref in refs[i + 1 :]:
+                ray.cancel(ref, force=True)
+            raise
+
+
+def _partition_label(task: dict[str, Any]) -> str:
+    part = task["partition"]
+    return f"partition {task['gid']} (source {part['source']!r}, #{part['index']})"
+
+
+def _result(ray: Any, ref: Any, what: str) -> Any:
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:  # raised inside the task: the task's own exception
@@ -180,9 +210,8 @@ def _result(ray: Any, ref: Any, task: dict[str, Any]) -> dict[str, Any]:
             raise CurationError(str(cause)) from None
         raise exc.as_instanceof_cause() from None
     except ray.exceptions.RayError as exc:  # the worker or its node died on every try, or Ray failed
-        part = task["partition"]
         raise CurationError(
-            f"partition {task['gid']} (source {part['source']!r}, #{part['index']}) failed on the Ray cluster "
+            f"{what} failed on the Ray cluster "
             f"{MAX_RETRIES + 1} times ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "finished partitions are kept: run the build again to resume"
+            "finished work is kept: run the build again to resume"
         ) from None

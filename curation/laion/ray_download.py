@@ -12,11 +12,10 @@ every Ray node must mount, as for the partition tasks); as each task finishes, t
 
 ``ray_distributor`` itself would ``ray.get`` every task at once and raise on the first failure, so this
 module submits the same remote function and collects each task on its own. A shard that fails (img2dataset's
-Downloader reports a failure, or Ray gives up on the task after its retries) gets a ``00000_ray_failed.json``
-marker instead of output: the partition task then reads it as the local path reads a failed download
-(``download_failed:no_output`` for every row) rather than downloading again, and a later Ray stage retries it.
-When no shard produced output and every one failed in Ray itself (e.g. img2dataset missing on the workers),
-the cluster cannot run img2dataset: that raises, and nothing is marked.
+Downloader reports a failure, or Ray gives up on the task after its retries) is left without output and
+logged: its partition task then downloads it itself, exactly as on the local path (same Downloader, same
+drop reasons), so a failure here costs time, never data. When no shard produced output and every one failed
+in Ray itself (e.g. img2dataset missing on the workers), the cluster cannot run img2dataset: that raises.
 
 Ray is imported only inside the functions (the ``ray`` extra).
 """
@@ -24,7 +23,6 @@ Ray is imported only inside the functions (the ``ray`` extra).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -37,7 +35,6 @@ import pyarrow.parquet as pq
 from curation.errors import CurationError
 from curation.laion.download import make_downloader, make_reader, shard_name
 
-RAY_FAILED = "00000_ray_failed.json"  # in a download_dir: img2dataset's Ray task for it failed (no output)
 _TARGET = shard_name(0)  # read() expects img2dataset shard 00000 in every download_dir
 _BATCH = 65_536  # selection rows per read while writing the shards' inputs
 _POLL_SECONDS = 0.5  # finished shards are put in place about this often
@@ -57,7 +54,7 @@ def download_slices(
     selection: Path, slices: list[ShardSlice], opts: Any, extra_columns: list[str], stage: Path
 ) -> dict[int, str]:
     """Download every slice as one Ray task (img2dataset's ``ray_download``) and put its output into
-    ``slice.out``. Returns the failed shards (shard id -> error); they are marked with ``RAY_FAILED``.
+    ``slice.out``. Returns the failed shards (shard id -> error), which their partition tasks download.
     Needs ``ray.init()`` done; ``stage`` is a scratch folder (removed first and at the end)."""
     import ray
 
@@ -156,8 +153,6 @@ def _run(reader: Any, downloader: Any, slices: dict[int, ShardSlice], staged: Pa
         raise CurationError(
             f"every img2dataset download task failed on the Ray cluster ({len(failures)} shards), e.g.: {first}"
         )
-    for k, error in failures.items():
-        _mark_failed(slices[k].out, error)
     return failures
 
 
@@ -171,11 +166,3 @@ def _install(staged: Path, k: int, out: Path) -> None:
         else:
             dst.unlink(missing_ok=True)
     os.replace(staged / f"{shard_name(k)}_stats.json", out / f"{_TARGET}_stats.json")
-    (out / RAY_FAILED).unlink(missing_ok=True)
-
-
-def _mark_failed(out: Path, error: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{RAY_FAILED}.tmp"
-    tmp.write_text(json.dumps({"error": error}, indent=1))
-    os.replace(tmp, out / RAY_FAILED)

@@ -25,7 +25,6 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from curation.laion.download import download_shard
-from curation.laion.ray_download import RAY_FAILED
 from curation.laion.select import select_metadata
 from curation.readers.base import Partition, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
@@ -134,8 +133,7 @@ class LaionReader:
             return
         out = Path(spec["download_dir"])
         stop = spec["start"] + partition.rows
-        # a shard that failed in the Ray download stage is read as a failed download here (no output)
-        if not (out / "00000_stats.json").is_file() and not (out / RAY_FAILED).is_file():
+        if not (out / "00000_stats.json").is_file():  # local executor, or a shard the Ray stage failed on
             self._download(Path(spec["selection"]), spec["start"], stop, out)
         yield from self._convert(out, spec["start"], stop)
 
@@ -145,8 +143,8 @@ class LaionReader:
         Ray build before its partition tasks start; Ray must be initialized. Each partition's output lands
         where ``read()`` looks for it (``download_dir/00000.tar|.parquet|_stats.json``, its
         ``start:start+rows`` rows, a truncated partition included), so ``read()`` then only converts. A shard
-        whose task failed is marked (``00000_ray_failed.json``): ``read()`` turns its rows into
-        ``download_failed:no_output`` drops, and the next call retries it. Nothing to do: Ray is not used."""
+        whose task failed gets no output: ``read()`` downloads it in the partition task, as locally. Nothing to
+        do: Ray is not used."""
         todo = [
             p
             for p in partitions

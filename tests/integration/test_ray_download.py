@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from curation.laion.ray_download import RAY_FAILED
 from curation.readers.base import Partition
 from curation.readers.laion import LaionReader
 from curation.recipe import LaionSource
@@ -163,7 +162,7 @@ def test_truncated_and_gapped_partitions(ray_cluster, server, tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_ray_tasks_become_drops_and_are_retried(ray_cluster, server, local_outcome, tmp_path, monkeypatch):
+def test_failed_ray_tasks_are_downloaded_by_their_partitions(ray_cluster, server, local_outcome, tmp_path, monkeypatch):
     from img2dataset import distributor
 
     meta, hits = server
@@ -177,29 +176,21 @@ def test_failed_ray_tasks_become_drops_and_are_retried(ray_cluster, server, loca
     r.download_with_ray(parts)  # no exception: the build goes on
     dirs = [Path(p.spec["download_dir"]) for p in downloads(parts)]
     assert [(d / "00000_stats.json").is_file() for d in dirs] == [True, False, False, True]
-    assert "RuntimeError: injected failure of shard 1" in json.loads((dirs[1] / RAY_FAILED).read_text())["error"]
-    assert (dirs[2] / RAY_FAILED).is_file() and not (dirs[2] / "00000.tar").exists()
+    assert not (dirs[2] / "00000.tar").exists()
+    log = (cache / "laion-download").rglob("ray-stage.log")
+    assert "RuntimeError: injected failure of shard 1" in next(log).read_text()
+    # shard 3 reported a failure after finishing its output: installed; shards 1 and 2 are downloaded by
+    # their partitions (read()), as on the local path: the outcome is the local one, nothing lost
     fetched = sum(hits.values())
-    got = outcome(r, parts, cache)
-    assert sum(hits.values()) == fetched  # read() does not download the failed shards again
-    # a failed shard's rows: download_failed:no_output drops, as the local path reads a failed download
-    for p in downloads(parts)[1:3]:
-        origin = p.spec["download_dir"].replace(str(cache), "<cache>")
-        detail = "img2dataset wrote no shard"
-        assert got[p.index] == [("drop", "download_failed:no_output", "laion", origin, None, detail, 1)] * p.rows
-    # the others (shard 3 reported a failure after finishing its output) read as the local path
-    assert {k: got[k] for k in got if k not in (1, 2)} == {k: local_outcome[k] for k in got if k not in (1, 2)}
-    # the next call (Ray working again) retries the failed shards only; then everything is the local path
     monkeypatch.setattr(distributor, "ray_download", real)
     stamp = (dirs[0] / "00000_stats.json").stat().st_mtime_ns
-    r.download_with_ray(parts)
-    assert not any((d / RAY_FAILED).exists() for d in dirs)
-    assert (dirs[0] / "00000_stats.json").stat().st_mtime_ns == stamp
     assert outcome(r, parts, cache) == local_outcome
+    assert sum(hits.values()) > fetched  # the failed shards were fetched by read()
+    assert (dirs[0] / "00000_stats.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
-def test_a_cluster_that_cannot_run_img2dataset_raises_and_marks_nothing(ray_cluster, server, tmp_path, monkeypatch):
+def test_a_cluster_that_cannot_run_img2dataset_raises(ray_cluster, server, tmp_path, monkeypatch):
     from img2dataset import distributor
 
     from curation.errors import CurationError
@@ -210,7 +201,7 @@ def test_a_cluster_that_cannot_run_img2dataset_raises_and_marks_nothing(ray_clus
     monkeypatch.setattr(distributor, "ray_download", flaky_ray_download(ray_cluster, {0: "raise", 1: "raise"}))
     with pytest.raises(CurationError, match="every img2dataset download task failed on the Ray cluster"):
         r.download_with_ray(parts)
-    assert not any((Path(p.spec["download_dir"]) / RAY_FAILED).exists() for p in parts)
+    assert not any((Path(p.spec["download_dir"]) / "00000_stats.json").exists() for p in parts)
 
 
 def test_nothing_to_download_does_not_touch_ray(tmp_path, monkeypatch):
