@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from curation.recipe import validate_recipe
 from curation.runner import build
 from shards import read_manifest, verify_dataset
 from tests.builds import CLI, demo_recipe, make_inputs, tree_digest, write_recipe
+from tests.laion_data import image_server, write_images, write_metadata
 
 ray = pytest.importorskip("ray", reason="ray is not installed (the optional `ray` extra)")
 
@@ -154,6 +156,43 @@ def test_a_mixture_builds_its_datasets_on_ray(cluster, inputs, tmp_path):
     on_ray = _ray_build(recipe, tmp_path / "ray", cluster)
     assert on_ray.returncode == 0, on_ray.stderr
     assert tree_digest(tmp_path / "ray") == tree_digest(tmp_path / "local")
+
+
+def test_a_laion_build_downloads_through_img2dataset_on_ray(cluster, tmp_path):
+    """LAION on Ray: img2dataset's Ray tasks download every partition's shard first (404s and HTML pages
+    included), then the partition tasks convert; the dataset equals a local build's, downloads included."""
+    write_images(tmp_path / "www", 12)
+    hits: Counter = Counter()
+    with image_server(tmp_path / "www", hits) as base:
+        write_metadata(tmp_path / "meta", base, 12)
+        (tmp_path / "www" / "5.jpg").unlink()
+        (tmp_path / "www" / "7.jpg").write_bytes((tmp_path / "www" / "page.jpg").read_bytes())
+
+        def recipe(cache: str) -> Path:
+            source = {
+                "name": "laion",
+                "reader": "laion",
+                "path": str(tmp_path / "meta"),
+                "sizes": [4, 8, 12],
+                "cache_dir": str(tmp_path / cache),
+                "download": {"samples_per_shard": 4, "thread_count": 4, "timeout": 2, "resize_mode": "no"},
+            }
+            doc = {"name": "laion", "sources": [source], "output": {"kind": "pair", "rejects": True}}
+            return write_recipe(tmp_path / f"{cache}.yaml", doc)
+
+        local = subprocess.run(
+            [*CLI, "build", str(recipe("lc")), "-o", str(tmp_path / "local"), "-q"], capture_output=True
+        )
+        assert local.returncode == 0, local.stderr
+        fetched_locally = sum(hits.values())
+        on_ray = _ray_build(recipe("rc"), tmp_path / "ray", cluster)
+        assert on_ray.returncode == 0, on_ray.stderr
+    assert sum(hits.values()) == 2 * fetched_locally  # each URL fetched once per build, by img2dataset on Ray
+    assert any((tmp_path / "rc").rglob("ray-stage.log"))  # the Ray download stage ran
+    ours, theirs = tree_digest(tmp_path / "ray"), tree_digest(tmp_path / "local")
+    recipe_free = {k: v for k, v in ours.items() if k not in ("dataset.json", "README.md", "stats.json")}
+    assert recipe_free == {k: v for k, v in theirs.items() if k not in ("dataset.json", "README.md", "stats.json")}
+    assert read_manifest(tmp_path / "ray").accounting == read_manifest(tmp_path / "local").accounting
 
 
 def test_workers_caps_the_partitions_in_flight(cluster, inputs, reference, tmp_path):
