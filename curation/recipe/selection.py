@@ -127,11 +127,20 @@ class LocalLauncherConfig(_Strict):
 
 
 class RayLauncherConfig(_Strict):
+    """One Ray task per trial, with ``num_gpus`` GPUs (Ray sets CUDA_VISIBLE_DEVICES) and ``num_cpus`` CPUs; the
+    sweep directory must be on a filesystem shared by the driver and every Ray node."""
+
     type: Literal["ray"]
-    address: str | None = Field(None, description="A cluster address; none starts a local Ray.")
-    num_gpus: float = Field(0, ge=0)
-    num_cpus: float = Field(1, gt=0)
-    timeout: float | None = Field(None, gt=0)
+    address: str | None = Field(
+        None,
+        description="The Ray cluster (host:port or ray://host:port) [default: RAY_ADDRESS, else a Ray started "
+        "here]; unused when this process is connected to Ray already.",
+    )
+    num_gpus: float = Field(
+        0, ge=0, description="GPUs per trial (a fraction shares a GPU; 0: CUDA_VISIBLE_DEVICES is empty)."
+    )
+    num_cpus: float = Field(1, gt=0, description="Ray CPUs per trial.")
+    timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
 
 
 class SlurmLauncherConfig(_Strict):

@@ -345,7 +345,8 @@ def test_ray_launcher(tmp_path: Path, fake: list[str]):
     ray = pytest.importorskip("ray", reason="ray is not installed (the optional `ray` extra)")
     from curation.recipe.selection import RayLauncherConfig
 
-    ray.init(num_cpus=2, include_dashboard=False)
+    # address="local": a Ray of its own, never another one running on this machine (which address=None joins)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         launcher = make_launcher(RayLauncherConfig(type="ray", num_cpus=1), tmp_path, command_prefix=fake)
         tasks = _tasks(tmp_path, {"good": {"score": 4.0}, "flaky": {"crash_first_n_attempts": 1}})
