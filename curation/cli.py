@@ -61,7 +61,7 @@ AddressOpt = Annotated[
     typer.Option(
         "--address",
         help="Ray cluster address (host:port, ray://host:port or auto) [default: $RAY_ADDRESS, else a Ray started "
-        "here]. Needs --executor ray.",
+        "here]. Needs --executor ray. select/sweep: a ray launcher without an address runs its trials there too.",
     ),
 ]
 WorkersOpt = Annotated[

@@ -99,8 +99,8 @@ class RayExecutor:
             return
         quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         try:
-            if self.address is None:
-                ray.init(include_dashboard=False, **quiet)
+            if self.address is None:  # "local": a Ray of our own, never another user's Ray on this machine
+                ray.init(address="local", include_dashboard=False, **quiet)
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:

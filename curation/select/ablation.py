@@ -89,7 +89,7 @@ def run_ablation(
     with build_lock(out):
         dirs = resolve_datasets(base, out, workers, True, executor, address)
         store = TrialStore(out / STORE_NAME)
-        launcher = make_launcher(base.launcher, out)
+        launcher = make_launcher(base.launcher, out, ray_address=address)
         tasks, rows = {}, []
         for ablation, part, replacement, cfg in configs:
             ids = []

@@ -54,7 +54,7 @@ def run_selection(
     with build_lock(out):
         dirs = resolve_datasets(recipe, out, workers, progress, executor, address)
         store = TrialStore(out / STORE_NAME)
-        launcher = make_launcher(recipe.launcher, out)
+        launcher = make_launcher(recipe.launcher, out, ray_address=address)
         runner = TrialRunner(recipe, out, dirs, launcher, store, console_events(console))
         doc = individual_select(runner, recipe)
         datasets = {alias: {"path": str(path)} for alias, path in dirs.items()}

@@ -119,11 +119,7 @@ def test_a_partition_that_keeps_killing_its_worker_fails_clearly(cluster, inputs
 def test_a_dead_driver_resumes_without_redoing_finished_partitions(cluster, inputs, reference, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", _recipe(inputs))
     out = tmp_path / "ds"
-    cmd = [*CLI, "build", str(recipe), "--out", str(out), "-q", "--executor", "ray", "--address", cluster.address]
-    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while _finished(out) < 3 and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    driver = _build_until(recipe, out, cluster, 3, stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     finished = _finished(out)
@@ -133,6 +129,16 @@ def test_a_dead_driver_resumes_without_redoing_finished_partitions(cluster, inpu
     log = _log(out)
     assert log["state"] == "resume" and log["partitions_skipped"] >= finished
     assert tree_digest(out) == tree_digest(reference)
+
+
+def _build_until(recipe: Path, out: Path, cluster: LocalRayCluster, partitions: int, **popen) -> subprocess.Popen:
+    """A Ray build started in the background, returned once ``partitions`` of its partitions are finished."""
+    cmd = [*CLI, "build", str(recipe), "--out", str(out), "-q", "--executor", "ray", "--address", cluster.address]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, **popen)
+    deadline = time.monotonic() + 120
+    while _finished(out) < partitions and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return driver
 
 
 def _finished(out: Path) -> int:
@@ -242,11 +248,7 @@ def test_a_dead_worker_node_is_survived(cluster, inputs, reference, tmp_path):
     extra = cluster.add_worker()
     recipe = write_recipe(tmp_path / "r.yaml", _recipe(inputs))
     out = tmp_path / "ds"
-    cmd = [*CLI, "build", str(recipe), "--out", str(out), "-q", "--executor", "ray", "--address", cluster.address]
-    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _finished(out) < 2 and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    driver = _build_until(recipe, out, cluster, 2, stderr=subprocess.PIPE, text=True)
     cluster.kill_node(extra)
     _, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 0, stderr

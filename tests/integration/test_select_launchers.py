@@ -367,3 +367,12 @@ def test_visible_gpus_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     assert visible_gpus() == ["2", "4"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
+
+
+def test_a_ray_launcher_without_an_address_joins_the_commands_cluster(tmp_path: Path):
+    pytest.importorskip("ray", reason="ray is not installed (the optional `ray` extra)")
+    from curation.recipe.selection import RayLauncherConfig
+
+    joined = make_launcher(RayLauncherConfig(type="ray"), tmp_path, ray_address="head:6379")
+    own = make_launcher(RayLauncherConfig(type="ray", address="other:6379"), tmp_path, ray_address="head:6379")
+    assert (joined.cfg.address, own.cfg.address) == ("head:6379", "other:6379")
