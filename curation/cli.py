@@ -318,16 +318,22 @@ def demo(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Directory for the generated inputs and the dataset.")
     ] = Path("demo-out"),
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1)] = 2,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="[default: 2 local processes; ray: the cluster's CPUs]")
+    ] = None,
+    executor: ExecutorOpt = ExecutorName.local,
+    address: AddressOpt = None,
     select: Annotated[
         bool, typer.Option("--select", help="Run the toy selection world instead (a few minutes on 2 CPU cores).")
     ] = False,
 ) -> None:
     """Generate small inputs (Pillow drawings, captions, conversations), build them, print the audit. With
-    --select: the toy world of Individual Select (helpful, neutral and poisoned candidates; a tiny VLM
-    trained per trial)."""
+    --executor ray: the same build on Ray (the output is identical). With --select: the toy world of Individual
+    Select (helpful, neutral and poisoned candidates; a tiny VLM trained per trial)."""
     if select:
-        _demo_select(out, workers)
+        if executor != ExecutorName.local:
+            raise CurationError("demo --select runs on this machine; --executor applies to the build demo")
+        _demo_select(out, workers or 2)
         return
     from curation.audit import audit, render_table
     from curation.demo import make_demo_inputs
@@ -347,7 +353,11 @@ def demo(
         ],
     )
     dataset = out / "dataset"
-    result = run_build(spec, dataset, workers=workers, overwrite=True, progress=True)
+    if executor == ExecutorName.local:
+        workers = workers or 2
+    result = run_build(
+        spec, dataset, workers=workers, overwrite=True, progress=True, executor=executor, address=address
+    )
     render_table(audit(dataset), console)
     from curation.report import write_audit_report
 
