@@ -93,6 +93,24 @@ def test_openai_engine_with_both_filter_sets(tars, tmp_path, filters):
     assert c["input"] == len(DOCS) == c["output"] + sum(c["dropped"].values())
 
 
+def test_generation_from_ray_tasks_is_the_local_build(tars, tmp_path):
+    """docmatix_generate inside Ray tasks (a Ray the build starts): same requests answered, same dataset."""
+    pytest.importorskip("ray", reason="ray is not installed (the optional `ray` extra)")
+    with ScriptedOpenAIServer(_respond) as server:
+        local = build(
+            validate_recipe(_recipe(tars, _openai(server), tmp_path / "c1")), tmp_path / "local", progress=False
+        )
+        on_ray = build(
+            validate_recipe(_recipe(tars, _openai(server), tmp_path / "c2")),
+            tmp_path / "ray",
+            executor="ray",
+            progress=False,
+        )
+    _outcomes(on_ray.out, "improved")
+    assert on_ray.manifest.accounting == local.manifest.accounting
+    assert [s.sha256 for s in on_ray.manifest.shards] == [s.sha256 for s in local.manifest.shards]
+
+
 def test_resume_never_generates_twice(tars, tmp_path):
     """Killed after the first batch of generations: the rerun asks the model only for the rest, and a rebuild
     from scratch (--overwrite) asks for nothing, all from the generation cache."""

@@ -12,7 +12,7 @@ import pytest
 
 from curation.catalog import cauldron_configs, table3_rows
 from shards import read_manifest, verify_dataset
-from tests.builds import CLI
+from tests.builds import CLI, tree_digest
 from tests.idefics3_data import make_all
 
 pytestmark = pytest.mark.slow
@@ -105,3 +105,21 @@ def test_llava665k_builds(tmp_path):
     assert c["input"] == want.input and c["output"] == want.output
     assert c["dropped"] == want.dropped  # the missing OCR-VQA image and the malformed records, by reason
     assert verify_dataset(out).ok
+
+
+def test_cauldron_filtered_on_ray_is_the_local_build(idefics3, inputs, tmp_path):
+    """The same recipe with --executor ray (a Ray started by the build): decontamination indexes, near-duplicate
+    and text-dedup global steps, the commit on Ray; every file equals the local build's."""
+    pytest.importorskip("ray", reason="ray is not installed (the optional `ray` extra)")
+    out = tmp_path / "cauldron"
+    _curate(
+        "build",
+        "cauldron_filtered",
+        "--out",
+        str(out),
+        "-q",
+        "--executor",
+        "ray",
+        *_sets(inputs, "cauldron", "benchmarks"),
+    )
+    assert tree_digest(out) == tree_digest(idefics3 / "_datasets" / "cauldron")
