@@ -1,7 +1,8 @@
 """A real Ray cluster on this machine for tests: ``ray start --head`` plus worker nodes, each node in its own
 process session (so one node can be killed without touching the others, nor any other Ray on the machine).
 
-Never ``ray stop``: it kills every Ray process of the machine, including other test sessions'.
+Never ``ray stop``: it kills every Ray process of the machine, including other test sessions'. The test
+process itself runs with ``ENV`` (set by ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -89,7 +90,6 @@ class LocalRayCluster:
 
         connected = ray.is_initialized()
         if not connected:
-            os.environ.update(ENV)
             ray.init(address=self.address, log_to_driver=False, logging_level="WARNING")
         try:
             return sum(1 for node in ray.nodes() if node.get("Alive"))

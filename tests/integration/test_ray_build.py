@@ -23,7 +23,7 @@ from tests.laion_data import image_server, write_images, write_metadata
 
 ray = pytest.importorskip("ray", reason="ray is not installed (the optional `ray` extra)")
 
-from tests.ray_cluster import ENV, LocalRayCluster, start_cluster  # noqa: E402
+from tests.ray_cluster import LocalRayCluster, start_cluster  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -40,16 +40,9 @@ def _recipe(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster():
-    saved = {k: os.environ.get(k) for k in ENV}
-    os.environ.update(ENV)
-    c = start_cluster(workers=1)
+    c = start_cluster(workers=1)  # tests/conftest.py set the Ray environment of the session (ENV)
     yield c
     c.shutdown()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
