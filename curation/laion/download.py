@@ -4,7 +4,10 @@ a pool process per call (seconds of imports each); our executor already spreads 
 
 ``make_reader`` and ``make_downloader`` build those objects from our ``Img2datasetOptions`` for both paths:
 ``download_shard`` here, and ``curation.laion.ray_download`` (img2dataset's Ray distributor, one Ray task
-per shard) when builds run on Ray.
+per shard) when builds run on Ray. Called inside a Ray task (a partition of a build on Ray: OBELICS
+documents, or a LAION shard the driver's Ray stage failed on), ``download_shard`` hands the shard to
+img2dataset's Ray task (``ray_download``) too, so every img2dataset download of a Ray build is one of
+img2dataset's own Ray tasks.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +117,29 @@ def download_shard(table: pa.Table, out: Path, opts: Any, extra_columns: list[st
         caption = "caption" in table.column_names
         reader = make_reader(slice_path, caption, extra_columns, per_shard, set(), tmp)
         downloader = make_downloader(opts, out, reader.column_list, caption, per_shard)
+        on_ray = _img2dataset_ray_task()
         for shard in reader:
-            downloader(shard)
+            if on_ray is not None:
+                on_ray(downloader, shard)
+            else:
+                downloader(shard)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _img2dataset_ray_task() -> Callable[[Any, Any], None] | None:
+    """Inside a Ray task: a function running one img2dataset shard as img2dataset's own Ray task."""
+    ray = sys.modules.get("ray")  # never imported here: only a Ray worker has it loaded already
+    if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    from img2dataset import distributor
+
+    def _on_ray(downloader: Any, shard: Any) -> None:
+        try:  # the calling task waits without holding its CPU (Ray releases it during ray.get)
+            ray.get(distributor.ray_download.remote(downloader, shard))
+        except ray.exceptions.RayError:  # that worker or node died: download here instead, as locally
+            downloader(shard)
+
+    return _on_ray
 
 
 @contextlib.contextmanager

@@ -194,6 +194,62 @@ def test_a_laion_build_downloads_through_img2dataset_on_ray(cluster, tmp_path):
     assert read_manifest(tmp_path / "ray").accounting == read_manifest(tmp_path / "local").accounting
 
 
+def test_an_obelics_build_downloads_through_img2dataset_ray_tasks(cluster, tmp_path):
+    """OBELICS on Ray: each partition task parses its documents, then hands its URL shard to img2dataset's own
+    Ray task (a nested task); the dataset equals a local build's, 404s included."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.integration.test_obelics_build import paragraph, row
+
+    write_images(tmp_path / "www", 8)
+    with image_server(tmp_path / "www") as base:
+        docs = [
+            row([("text", paragraph(i % 6)), ("image", f"{base}/{i}.jpg"), ("text", paragraph((i + 1) % 6))])
+            for i in range(7)
+        ] + [row([("text", paragraph(2)), ("image", f"{base}/missing.jpg")])]
+        (tmp_path / "data").mkdir()
+        pq.write_table(pa.Table.from_pylist(docs), tmp_path / "data" / "train-00000-of-00001.parquet")
+
+        def recipe(cache: str) -> Path:
+            source = {
+                "name": "obelics",
+                "reader": "obelics",
+                "path": str(tmp_path / "data"),
+                "partition_size": 3,
+                "cache_dir": str(tmp_path / cache),
+                "filters": {"paragraph": {"min_common_words": None}, "document": {"min_common_words": None}},
+                "download": {"thread_count": 4, "timeout": 2, "resize_mode": "no"},
+            }
+            doc = {"name": "obelics", "sources": [source], "output": {"kind": "interleaved"}}
+            return write_recipe(tmp_path / f"{cache}.yaml", doc)
+
+        local = subprocess.run(
+            [*CLI, "build", str(recipe("lc")), "-o", str(tmp_path / "local"), "-q"], capture_output=True
+        )
+        assert local.returncode == 0, local.stderr
+        on_ray = _ray_build(recipe("rc"), tmp_path / "ray", cluster)
+        assert on_ray.returncode == 0, on_ray.stderr
+    ours, theirs = tree_digest(tmp_path / "ray"), tree_digest(tmp_path / "local")
+    skip = ("dataset.json", "README.md", "stats.json")
+    assert {k: v for k, v in ours.items() if k not in skip} == {k: v for k, v in theirs.items() if k not in skip}
+    assert read_manifest(tmp_path / "ray").accounting == read_manifest(tmp_path / "local").accounting
+    assert read_manifest(tmp_path / "ray").totals["images"] == 7
+
+
+def test_downloads_inside_ray_tasks_are_img2dataset_ray_tasks(cluster):
+    from curation.laion.download import _img2dataset_ray_task
+
+    assert _img2dataset_ray_task() is None  # in a driver (or without Ray): the Downloader runs here
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+    try:
+        assert _img2dataset_ray_task() is None
+        inside = ray.remote(lambda: _img2dataset_ray_task() is not None)
+        assert ray.get(inside.remote())
+    finally:
+        ray.shutdown()
+
+
 def test_workers_caps_the_partitions_in_flight(cluster, inputs, reference, tmp_path):
     out = tmp_path / "ds"
     build(validate_recipe(_recipe(inputs)), out, workers=1, executor="ray", address=cluster.address, progress=False)
