@@ -63,7 +63,7 @@ class Growth:
 class ShardCommit:
     """One final shard: the staged shard it comes from, its name, and what it loses and gains."""
 
-    gid: int
+    where: tuple[int, int]  # (partition, staged shard number)
     staged: dict
     stem: str
     dropped: dict[str, Drop]
@@ -84,7 +84,7 @@ def plan_commit(
                 continue
             mine = Growth({where: growth.patches[where]} if where in growth.patches else {}, growth.db,
                           growth.tokenizer_type, growth.tokenizer_path)  # fmt: skip
-            plan.append(ShardCommit(gid, staged, f"{prefix}-{len(plan):06d}", dropped, mine))
+            plan.append(ShardCommit(where, staged, f"{prefix}-{len(plan):06d}", dropped, mine))
     return plan
 
 
@@ -94,12 +94,11 @@ def commit_shard(work: Path, out: Path, item: ShardCommit) -> ShardInfo:
     info = _done(out, item.stem)
     if info is not None:
         return info
-    pdir = partition_dir(work, item.gid)
-    staged = item.staged
+    where, staged = item.where, item.staged
+    pdir = partition_dir(work, where[0])
     table = pq.read_table(pdir / staged["sidecar"])
     staged_stats = json.loads((pdir / staged["stats"]).read_text())
     extra = {"reencoded_images": staged_stats.get("reencoded_images", 0)}
-    where = (item.gid, int(staged["name"].split(".")[0]))
     if not item.dropped and where not in item.growth.patches:
         info = write_shard_metadata(
             out, item.stem, table=table, sha256=staged["sha256"], size=staged["bytes"], extra_stats=extra
@@ -126,7 +125,7 @@ def commit_shards(
     by_partition: dict[int, list[ShardInfo]] = {gid: [] for gid in gids}
     for item, info in zip(plan, run_all(commit_shard, [(work, out, item) for item in plan]), strict=True):
         final.append(info)
-        by_partition[item.gid].append(info)
+        by_partition[item.where[0]].append(info)
         crash_point("commit_shard")
     return final, by_partition
 

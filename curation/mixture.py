@@ -321,6 +321,7 @@ def build_mixture(
     executor: str = "local",
     address: str | None = None,
 ) -> Any:
+    from curation.executors import check_executor
     from curation.runner import (
         LOGS,
         WORK,
@@ -333,6 +334,7 @@ def build_mixture(
         write_card,
     )
 
+    check_executor(executor, address)
     out = Path(out).resolve()
     started = time.perf_counter()
     rhash = recipe_hash(recipe)

@@ -23,7 +23,7 @@ from curation import __version__
 from curation.accounting import Accounting
 from curation.commit import Growth, commit_rejects, commit_shards
 from curation.errors import CurationError, RecipeError
-from curation.executors import Executor, open_executor
+from curation.executors import Executor, check_executor, open_executor
 from curation.faults import crash_point
 from curation.partition import UNIQUE_KEY, partition_dir, read_partition_stats, step_names
 from curation.progress import BuildProgress
@@ -275,6 +275,7 @@ def build(
     """Build ``recipe`` into ``out``. ``executor`` runs the partitions: ``local`` (``workers`` processes,
     default 1) or ``ray`` (one task per partition on the cluster at ``address``; ``workers`` caps how many run
     at once, default: as many as the cluster has CPUs for). The output does not depend on either."""
+    check_executor(executor, address)
     out = Path(out).resolve()
     started = time.perf_counter()
     identity = recipe.model_dump(mode="json")

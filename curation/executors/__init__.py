@@ -58,21 +58,26 @@ class LocalExecutor:
         return (fn(*a) for a in args)
 
 
+def check_executor(kind: str, address: str | None) -> None:
+    """A bad executor choice fails before a build writes anything."""
+    if kind not in EXECUTORS:
+        raise CurationError(f"unknown executor {kind!r}; choose one of: {', '.join(EXECUTORS)}")
+    if kind == "local" and address is not None:
+        raise CurationError("--address names a Ray cluster; it needs --executor ray")
+
+
 @contextmanager
 def open_executor(kind: str = "local", workers: int | None = None, address: str | None = None) -> Iterator[Executor]:
     """The executor named ``kind``; for ``ray``, connected to the cluster at ``address`` (None: ``RAY_ADDRESS``
     or a Ray started on this machine) for the duration."""
+    check_executor(kind, address)
     if kind == "local":
-        if address is not None:
-            raise CurationError("--address names a Ray cluster; it needs --executor ray")
         yield LocalExecutor(workers)
-    elif kind == "ray":
+    else:
         from curation.executors.ray_executor import RayExecutor
 
         with RayExecutor(workers, address) as executor:
             yield executor
-    else:
-        raise CurationError(f"unknown executor {kind!r}; choose one of: {', '.join(EXECUTORS)}")
 
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "open_executor", "run_local"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "check_executor", "open_executor"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -40,6 +41,7 @@ from typing import IO, Any, Protocol
 
 from curation.errors import CurationError
 from curation.recipe.selection import LocalLauncherConfig, RayLauncherConfig, SlurmLauncherConfig
+from shards.atomic import atomic_write_json
 
 LOG_NAME = "trial.log"
 _OOM_TEXT = re.compile(r"out of memory|OutOfMemoryError|MemoryError", re.IGNORECASE)
@@ -491,7 +493,7 @@ def _ray_trial(
             "worker_pid": os.getpid(),
             "pgid": started.proc.pid,
         }
-        _write_marker(marker, info)
+        atomic_write_json(marker, info)
         while started.proc.poll() is None:
             if started.deadline is not None and time.monotonic() >= started.deadline and not started.timed_out:
                 started.timed_out = True
@@ -507,17 +509,7 @@ def _ray_trial(
     return outcome
 
 
-def _write_marker(path: Path, info: dict[str, Any]) -> None:
-    import json
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(path)
-
-
 def _read_marker(task: TrialTask) -> dict[str, Any] | None:
-    import json
-
     try:
         info = json.loads((task.directory / RAY_MARKER).read_text())
     except (OSError, ValueError):

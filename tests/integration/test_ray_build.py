@@ -261,6 +261,7 @@ def test_workers_caps_the_partitions_in_flight(cluster, inputs, reference, tmp_p
 def test_address_without_ray_executor_is_an_error(inputs, tmp_path):
     with pytest.raises(CurationError, match=r"--address .* needs --executor ray"):
         build(validate_recipe(_recipe(inputs)), tmp_path / "ds", address="127.0.0.1:1", progress=False)
+    assert not (tmp_path / "ds").exists()  # refused before anything was written
 
 
 def test_a_node_without_the_build_directory_or_another_version_refuses(tmp_path):
