@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from curation.errors import CurationError
@@ -217,7 +218,7 @@ def verify(directory: Annotated[Path, typer.Argument(help="A built dataset direc
         console.print(f"OK: {report.summary()} verified in {time.perf_counter() - started:.1f}s")
         return
     for p in report.problems:
-        err_console.print(f"[red]problem:[/red] {p}")
+        err_console.print(f"[red]problem:[/red] {escape(str(p))}")
     raise typer.Exit(1)
 
 
@@ -444,7 +445,7 @@ def main() -> None:
     try:
         app()
     except CurationError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; run the same command again to resume")

@@ -40,6 +40,8 @@ def test_top_level_help_lists_commands():
         ),
         (["audit", "/"], "is not a built dataset"),
         (["inspect", "/"], "is not a built dataset"),
+        (["build", "/tmp/no[such]recipe.yaml"], "/tmp/no[such]recipe.yaml"),  # brackets are text, not markup
+        (["build", "demo", "--address", "h:1"], "--address names a Ray cluster; it needs --executor ray"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):
