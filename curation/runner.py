@@ -401,6 +401,7 @@ def _build_locked(
         work, out, prefix, gids, drops, grow, lambda fn, args: ex.imap(fn, args, lambda a: f"shard {a[2].stem}")
     )
     rejects = commit_rejects(work, out, prefix, gids, drops) if recipe.output.rejects else []
+    remove_stale_tmp(out)  # left by a commit task whose worker died before its retry (Ray) finished the shard
     totals = _totals(out, shards)
     summary = acc.summary()
     for source, s in summary["sources"].items():

@@ -84,12 +84,14 @@ def test_ray_build_is_byte_identical_to_local(cluster, inputs, reference, tmp_pa
     assert len(stats["partitions"]) == 12 and log["partitions_skipped"] == 0
 
 
-def test_a_killed_worker_process_is_retried(cluster, inputs, reference, tmp_path):
-    """SIGKILL of the Ray worker running a partition (mid-partition, after 30 records): Ray runs the task
-    again, and the build is the same as an uninterrupted one, accounting included."""
+@pytest.mark.parametrize("crash_at", ["record:30", "rewrite_tar_written:1"])
+def test_a_killed_worker_process_is_retried(crash_at, cluster, inputs, reference, tmp_path):
+    """SIGKILL of the Ray worker running a partition (after 30 records) or committing a shard (its rewritten
+    tar written, not yet renamed): Ray runs the task again, and the build is the same as an uninterrupted one,
+    accounting included."""
     recipe = write_recipe(tmp_path / "r.yaml", _recipe(inputs))
     marker = tmp_path / "killed-once"
-    env = {"VLM_CURATION_CRASH_AT": "record:30", "VLM_CURATION_CRASH_ONCE": str(marker)}
+    env = {"VLM_CURATION_CRASH_AT": crash_at, "VLM_CURATION_CRASH_ONCE": str(marker)}
     out = tmp_path / "ds"
     done = _ray_build(recipe, out, cluster, env)
     assert done.returncode == 0, done.stderr
