@@ -23,6 +23,7 @@ from curation.recipe.selection import LocalLauncherConfig, SlurmLauncherConfig
 from curation.select.engine import run_trials
 from curation.select.launchers import LocalLauncher, TrialOutcome, TrialTask, classify, make_launcher, visible_gpus
 from curation.select.store import TrialStore
+from tests.helpers import default_sigint
 
 FAKE_TRIAL = """
 import json, os, signal, sys, threading, time
@@ -266,7 +267,7 @@ run_trials(tasks, launcher, TrialStore(root / "trials.db"), 0)
 
 
 def _sweep(tmp_path: Path, fake: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", _SWEEP, str(tmp_path), *fake])
+    return subprocess.Popen([sys.executable, "-c", _SWEEP, str(tmp_path), *fake], preexec_fn=default_sigint)
 
 
 def _wait_for(predicate: Any, timeout: float = 20.0) -> None:
