@@ -36,7 +36,7 @@ from curation.recipe import Component, MixtureRecipe, load_recipe, recipe_hash
 from shards import ShardWriter, read_manifest
 from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
 from shards.codec import decode_sample
-from shards.manifest import MANIFEST_NAME, DatasetManifest, write_wids_index
+from shards.manifest import MANIFEST_NAME, STATS_NAME, DatasetManifest, write_wids_index
 from shards.reader import iter_members
 from shards.tarstream import TarStream
 from shards.tokens import make_token_counter
@@ -78,9 +78,11 @@ def resolve_datasets(
     progress: bool,
     executor: str = "local",
     address: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """The directory of each dataset: given paths as they are; recipes and inline builds built (or resumed)
-    under ``out/_datasets/`` with the given executor."""
+    under ``out/_datasets/`` with the given executor. A sub-build of another recipe version there is replaced
+    only with ``overwrite``, as any build is."""
     from curation.runner import build, output_state
 
     dirs: dict[str, Path] = {}
@@ -95,11 +97,15 @@ def resolve_datasets(
         if sub.kind != "build":
             raise CurationError(f"datasets.{alias}.recipe: {ref.recipe} is a {sub.kind} recipe; expected a build")
         target = out / DATASETS / alias
+        if target.resolve() != out.resolve() / DATASETS / alias:  # a symlink on the way: not ours to write
+            raise CurationError(
+                f"datasets.{alias}: {target} resolves to {target.resolve()}, outside {out}; a mixture builds its "
+                "datasets only inside its own --out"
+            )
         try:
-            output_state(target, recipe_hash(sub), overwrite=False)
-            overwrite = False
-        except CurationError:  # an earlier version of that recipe: _datasets/ belongs to this mixture
-            overwrite = True
+            output_state(target, recipe_hash(sub), overwrite=overwrite)
+        except CurationError as exc:
+            raise CurationError(f"datasets.{alias}: {exc}") from None
         build(sub, target, workers=workers, overwrite=overwrite, progress=progress, executor=executor, address=address)
         dirs[alias] = target
     return dirs
@@ -359,13 +365,13 @@ def build_mixture(
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_json(work / "plan.json", {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()})
         check_tokenizer(recipe.tokenizer)
-        dirs = resolve_datasets(recipe, out, workers, progress, executor, address)
+        dirs = resolve_datasets(recipe, out, workers, progress, executor, address, overwrite)
         plans, total_tokens, identities = plan_components(recipe, dirs, out)
         selection = _selection_table(recipe, plans, dirs)
         shards = _shuffle_and_write(recipe, selection, work, out)
         manifest = _manifest(recipe, rhash, out, shards, plans, total_tokens, identities, dirs)
         manifest.wids_index = write_wids_index(out, manifest.name, shards)
-        atomic_write_json(out / "stats.json", {"accounting": manifest.accounting, "mixture": manifest.mixture})
+        atomic_write_json(out / STATS_NAME, {"accounting": manifest.accounting, "mixture": manifest.mixture})
         manifest.write(out)
         write_card(out)
         shutil.rmtree(work, ignore_errors=True)

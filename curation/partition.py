@@ -6,19 +6,21 @@ worker leaves nothing that a rerun would mistake for finished work.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from curation.accounting import Accounting
+from curation.errors import CurationError
 from curation.faults import crash_point
 from curation.features import MinhashStager, add_image_hashes, minhash_steps, needed_hashes
-from curation.readers import Partition, make_reader
+from curation.readers import Partition, Reader, make_reader
 from curation.recipe import BuildRecipe
 from curation.rejects import RejectsWriter
 from curation.sample import Drop, Sample
@@ -85,7 +87,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
             rejects.add(step, drop)
 
     pipeline = _Pipeline(part.source, steps, acc, writer, out.kind, dropped, features)
-    for item in reader.read(part):
+    for item in read_every_row(reader, part):
         name = part.source
         n = item.count if isinstance(item, Drop) else 1
         acc.inp("read", name, n)
@@ -129,6 +131,39 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return {"gid": gid, "seconds": stats["seconds"]}
+
+
+def read_every_row(reader: Reader, part: Partition) -> Iterator[Sample | Drop]:
+    """The reader's items, holding it to the plan: every planned row leaves as a sample or a drop, whatever
+    the reader does. Rows it could not account for (it raised, or ended early because the input changed since
+    the plan) are dropped with the reason; more rows than planned is a bug in the reader."""
+    seen = 0
+    items = reader.read(part)
+    failure: Drop | None = None
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            break
+        except CurationError:  # a deliberate one-line stop (e.g. a source that cannot be opened at all)
+            raise
+        except Exception as exc:  # any other failure would lose the partition's remaining rows: count them
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+            failure = Drop("reader_error", part.source, _partition_origin(part), None, detail)
+            break
+        seen += item.count if isinstance(item, Drop) else 1
+        yield item
+    if seen > part.rows:
+        raise RuntimeError(f"reader of source {part.source!r} gave {seen} rows for a partition of {part.rows} (a bug)")
+    if seen < part.rows:
+        detail = f"the plan counted {part.rows} rows, the reader gave {seen}"
+        missing = failure or Drop("rows_missing", part.source, _partition_origin(part), None, detail)
+        yield dataclasses.replace(missing, count=part.rows - seen)
+
+
+def _partition_origin(part: Partition) -> str:
+    where = part.spec.get("file") or part.spec.get("path")
+    return f"{where}" if where else f"{part.source} partition {part.index}"
 
 
 class _Features:

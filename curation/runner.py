@@ -33,11 +33,10 @@ from curation.steps.dedup import GlobalDrops, find_global_drops
 from curation.steps.merge import Patches, find_merges, stage_merged_turns
 from curation.steps.neardup import near_duplicate_images, near_duplicate_texts
 from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
-from shards.manifest import MANIFEST_NAME, DatasetManifest, read_manifest, write_wids_index
+from shards.manifest import MANIFEST_NAME, STATS_NAME, DatasetManifest, read_manifest, write_wids_index
 from shards.tokens import TokenizerError, make_token_counter, tokenizer_fingerprint
 
 WORK = "_work"
-STATS_NAME = "stats.json"
 LOGS = "_logs"
 
 
@@ -91,6 +90,9 @@ def _owned_and_foreign(out: Path) -> tuple[list[Path], list[str]]:
     owned: list[Path] = []
     foreign: list[str] = []
     for child in sorted(out.iterdir()):
+        if child.is_symlink():  # whatever it points to is not ours: never write or delete through a link
+            foreign.append(child.name)
+            continue
         if child.name in (LOCK, LOGS):
             continue
         if (child.name in (WORK, "_datasets") and child.is_dir()) or (

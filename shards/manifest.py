@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shards.atomic import atomic_write_json
 
 MANIFEST_NAME = "dataset.json"
+STATS_NAME = "stats.json"  # a build's accounting per step and source, and per planned input partition
 FORMAT = "vlm-curation/dataset"
 FORMAT_VERSION = 1
 

@@ -58,11 +58,12 @@ class TarStream:
 
     def add(self, name: str, data: bytes) -> None:
         pad = -len(data) % BLOCK
-        self._f.write(fast_header(name, len(data)))
+        header = fast_header(name, len(data))  # one block, or more for a PAX long-name header
+        self._f.write(header)
         self._f.write(data)
         if pad:
             self._f.write(bytes(pad))
-        self.size += BLOCK + len(data) + pad
+        self.size += len(header) + len(data) + pad
 
     def add_sample(self, key: str, members: dict[str, bytes]) -> int:
         """Write ``KEY.ext`` members in sorted extension order (the webdataset convention); payload bytes."""

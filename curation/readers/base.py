@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
+import errno
 import glob
 import hashlib
 import math
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,7 @@ from schemas import RecordError, parse_record
 
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
+MAX_IMAGE_FILE_BYTES = 256 << 20  # far above any training image; bounds what one input path can make us read
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,26 @@ def expand_inputs(path: str, suffixes: tuple[str, ...], source: str) -> list[Pat
     """Files named by a file path, a directory (recursively) or a glob; sorted; loud when empty."""
     p = Path(path)
     if any(ch in path for ch in "*?["):
-        files = [Path(f) for f in glob.glob(path, recursive=True)]
+        found = [Path(f) for f in glob.glob(path, recursive=True)]
     elif p.is_dir():
-        files = [f for f in p.rglob("*") if f.is_file()]
+        found = list(p.rglob("*"))
     elif p.is_file():
         return [p]
+    elif p.exists():
+        raise CurationError(f"sources.{source}.path: {path} is not a regular file (a FIFO, device or socket)")
     else:
         raise CurationError(f"sources.{source}.path: no such file or directory: {path}")
-    files = sorted(f for f in files if f.name.endswith(suffixes) and not f.name.startswith("."))
+    # Regular files only (a FIFO named like an input would block the plan forever), each once: a glob's ``**``
+    # follows symlinked folders, and a link loop would list the same file under ever longer names.
+    files, seen = [], set()
+    named = (f for f in found if f.name.endswith(suffixes) and not f.name.startswith("."))
+    for f in sorted(named, key=lambda f: (len(f.parts), f)):  # the shortest name of a file is the one kept
+        with contextlib.suppress(OSError):
+            info = f.stat()
+            if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                files.append(f)
+    files.sort()
     if not files:
         raise CurationError(f"sources.{source}.path: no {'/'.join(suffixes)} files under {path}")
     return files
@@ -94,12 +110,41 @@ def to_jsonable(value: Any) -> Any:
     return str(value)  # Decimal, timedelta, UUID, ...
 
 
+class ImageFileError(OSError):
+    """An image file named in the input that is not taken; ``reason`` is its drop reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 def load_image_file(ref: str, image_root: str | None) -> bytes:
-    """Read an image file named in the input; raises FileNotFoundError / IsADirectoryError."""
+    """Read an image file named in the input: a regular file of at most ``MAX_IMAGE_FILE_BYTES``, checked
+    before reading (a FIFO would block, ``/dev/zero`` never ends). Raises OSError; ``image_file_drop_reason``
+    names the drop."""
     path = Path(ref)
     if not path.is_absolute() and image_root:
         path = Path(image_root) / path
-    return path.read_bytes()
+    info = path.stat()
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageFileError("not_a_regular_file", f"{path}: not a regular file (a FIFO, device or socket)")
+    if info.st_size > MAX_IMAGE_FILE_BYTES:
+        raise ImageFileError("image_file_too_large", f"{path}: {info.st_size} bytes > {MAX_IMAGE_FILE_BYTES}")
+    with path.open("rb") as f:
+        data = f.read(MAX_IMAGE_FILE_BYTES + 1)  # the file may have grown since stat
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise ImageFileError("image_file_too_large", f"{path}: more than {MAX_IMAGE_FILE_BYTES} bytes")
+    return data
+
+
+def image_file_drop_reason(exc: OSError) -> str:
+    """The drop reason of an image file that could not be read: any OSError, not only the usual ones (a
+    name too long, a symlink loop, an I/O error on a network filesystem)."""
+    if isinstance(exc, ImageFileError):
+        return exc.reason
+    return "missing_image_file" if isinstance(exc, FileNotFoundError) else "unreadable_image_file"
 
 
 def as_image_bytes(value: Any, image_root: str | None) -> bytes:
@@ -151,10 +196,8 @@ def build_record(
             refs = take("images")
             refs = [] if refs is None else (refs if isinstance(refs, list) else [refs])
             data = {"images": [as_image_bytes(r, image_root) for r in refs], "turns": _turns(take("turns"))}
-    except FileNotFoundError as exc:
-        return Drop("missing_image_file", source, origin, key, str(exc))
-    except (IsADirectoryError, PermissionError) as exc:
-        return Drop("unreadable_image_file", source, origin, key, str(exc))
+    except OSError as exc:
+        return Drop(image_file_drop_reason(exc), source, origin, key, str(exc))
     except (TypeError, ValueError) as exc:
         return Drop("invalid_image_field", source, origin, key, str(exc))
     meta = {k: to_jsonable(v) for k, v in row.items() if k not in used} if keep_extra else {}

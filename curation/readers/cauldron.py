@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from curation.catalog import category_of
 from curation.errors import CurationError
 from curation.readers.base import Partition, build_record, sanitize_key
-from curation.readers.parquet import row_group_partitions
+from curation.readers.parquet import open_parquet, row_batches, row_group_partitions
 from curation.recipe import CauldronSource
 from curation.sample import Drop, Sample
 
@@ -51,7 +51,7 @@ class CauldronReader:
         files = self._local_files()
         if files:
             for f in files:
-                _require_texts(pq.read_schema(f).names, f, self.source.name)
+                _require_texts(open_parquet(f, self.source.name).schema_arrow.names, f, self.source.name)
             extra = {"mode": "parquet", "config": self.config, "split": self.source.split}
             return row_group_partitions(self.source, files, lambda _i, _r: dict(extra))
         target = self._datasets_target()
@@ -118,18 +118,22 @@ class CauldronReader:
         image_root = self.source.image_root or str(Path(path).parent)
         row_number, emitted = spec["first_row"], 0
         try:
-            pf = pq.ParquetFile(path)
-            cols = [c for c in COLUMNS if c in pf.schema_arrow.names]
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=spec["row_groups"], columns=cols):
-                for row in batch.to_pylist():
-                    if emitted >= partition.rows:  # a --limit can cut a partition short
-                        return
-                    emitted += 1
-                    key = self._key(f"{spec['file_index']:04d}-{row_number:09d}")
-                    yield self.to_item(row, f"{path}#{row_number}", key, image_root)
-                    row_number += 1
-        except (pa.ArrowException, OSError) as exc:  # a damaged page: the rest of the partition is lost, counted
-            yield from self._lost(partition.rows - emitted, path, f"{path}: {exc}")
+            names = pq.ParquetFile(path).schema_arrow.names
+        except (pa.ArrowException, OSError) as exc:
+            yield from self._lost(partition.rows, path, f"{path}: {exc}")
+            return
+        columns = [c for c in COLUMNS if c in names]
+        for rows in row_batches(path, spec["row_groups"], columns, BATCH_ROWS):
+            if isinstance(rows, str):  # a damaged page: the rest of the partition is lost, counted
+                yield from self._lost(partition.rows - emitted, path, rows)
+                return
+            for row in rows:
+                if emitted >= partition.rows:  # a --limit can cut a partition short
+                    return
+                emitted += 1
+                key = self._key(f"{spec['file_index']:04d}-{row_number:09d}")
+                yield self.to_item(row, f"{path}#{row_number}", key, image_root)
+                row_number += 1
 
     def _read_datasets(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec

@@ -13,6 +13,10 @@ from curation.recipe.sources import Category
 
 
 # ---- mixtures -------------------------------------------------------------------------------------
+# A dataset alias names a directory under <out>/_datasets/: a plain name, never a path.
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
+
+
 class DatasetRef(_Strict):
     """A dataset a mixture draws from: an existing build (``path``), a build recipe (a file or built-in
     name, with ``set`` overrides), or a build written inline (``build``: sources, steps, output, ...); the
@@ -94,7 +98,9 @@ class MixtureRecipe(_Strict):
     description: str = ""
     seed: int = 0
     vars: dict[str, str | int | float] = Field(default_factory=dict)
-    datasets: Annotated[dict[str, DatasetRef], Field(min_length=1)]
+    datasets: Annotated[
+        dict[Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=100)], DatasetRef], Field(min_length=1)
+    ]
     components: Annotated[list[Component], Field(min_length=1)]
     total_answer_tokens: int | None = Field(
         None,

@@ -5,13 +5,17 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from curation.sample import Sample
 
+# What one image may cost to decode, all frames together: PIL's own bomb threshold for a single frame.
+MAX_DECODED_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
 
 class ImageDecode:
-    """Decode every image fully (catches truncated and corrupt files that a header probe accepts)."""
+    """Decode every image fully, every frame of an animated one (catches truncated and corrupt files, and broken
+    later frames of an APNG/GIF/WebP, that a header probe and a first-frame load accept)."""
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
@@ -22,7 +26,12 @@ class ImageDecode:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     with Image.open(io.BytesIO(data)) as im:
-                        im.load()
+                        decoded = 0
+                        for frame in ImageSequence.Iterator(im):
+                            decoded += frame.width * frame.height
+                            if decoded > MAX_DECODED_PIXELS:  # e.g. thousands of frames: a bomb in time
+                                return "image_too_many_pixels"
+                            frame.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning):
                 return "image_too_many_pixels"
             except Exception:  # PIL raises many types for corrupt data; all mean the same here
