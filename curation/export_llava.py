@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from curation.errors import CurationError
-from schemas import SftRecord
+from schemas import RecordError, SftRecord
+from shards.codec import decode_sample
 from shards.imageinfo import ImageProbeError, probe_image
-from shards.manifest import read_manifest
-from shards.reader import iter_dataset
+from shards.manifest import ShardInfo, read_manifest
+from shards.reader import TarSample, TruncatedShardError, iter_samples
 
 LLAVA_JSON = "llava.json"
 IMAGES = "images"
@@ -45,8 +47,7 @@ def export_llava(dataset_dir: Path, out_dir: Path, overwrite: bool = False) -> d
         used: set[str] = set()
         with open(staging / LLAVA_JSON, "w", encoding="utf-8") as f:
             f.write("[")
-            for record in iter_dataset(dataset_dir):
-                assert isinstance(record, SftRecord)
+            for record in _records(dataset_dir, manifest.shards, counts):
                 entry = _entry(record, staging / IMAGES, used)
                 f.write(("\n" if counts["records"] == 0 else ",\n") + json.dumps(entry, ensure_ascii=False))
                 counts["records"] += 1
@@ -60,6 +61,36 @@ def export_llava(dataset_dir: Path, out_dir: Path, overwrite: bool = False) -> d
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return counts
+
+
+def _records(dataset_dir: Path, shards: list[ShardInfo], counts: dict[str, int]) -> Iterator[SftRecord]:
+    """The dataset's records, checked: a damaged shard or a sample that does not decode as an ``sft`` record
+    stops the export with a :class:`CurationError` naming it (``--out`` is then left as it was)."""
+    for shard in shards:
+        path = dataset_dir / shard.name
+        try:
+            for sample in iter_samples(path):
+                yield _record(path, sample)
+        except (TruncatedShardError, _Unexportable) as exc:
+            stopped = f"export stopped after {counts['records']} records, --out left as it was"
+            raise CurationError(f"{exc}; {stopped}; run `curate verify {dataset_dir}`") from None
+
+
+class _Unexportable(ValueError):
+    """A sample that is not an sft record (the message names the shard and the sample)."""
+
+
+def _record(path: Path, sample: TarSample) -> SftRecord:
+    where = f"{path}: sample {sample.key[:200]!r}"
+    if sample.problem is not None:
+        raise _Unexportable(f"{where}: {sample.problem}")
+    try:
+        record = decode_sample(sample.key, sample.members, validate=True)
+    except RecordError as exc:
+        raise _Unexportable(f"{where} does not decode ({exc})") from None
+    if not isinstance(record, SftRecord):
+        raise _Unexportable(f"{where} is a {record.kind} record, not sft")
+    return record
 
 
 def _entry(record: SftRecord, images_dir: Path, used: set[str]) -> dict[str, Any]:

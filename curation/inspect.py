@@ -7,13 +7,15 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from curation.errors import CurationError
-from schemas import InterleavedRecord, PairRecord, PdfRecord, Record, SftRecord
+from schemas import InterleavedRecord, PairRecord, PdfRecord, Record, RecordError, SftRecord
 from shards import probe_image, read_manifest
+from shards.codec import decode_sample
 from shards.imageinfo import ImageProbeError
-from shards.reader import TruncatedShardError, iter_members, iter_shard
+from shards.reader import MemberError, TarSample, TruncatedShardError, iter_samples
 
 
 def _images(images: list[bytes]) -> str:
@@ -27,13 +29,17 @@ def _images(images: list[bytes]) -> str:
     return ", ".join(out) or "none"
 
 
+# Control characters are shown escaped: a sample's text must not drive the terminal (ANSI escape sequences).
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09} | {0x0A: "\\n"}
+
+
 def _clip(text: str, n: int = 300) -> str:
-    text = text.replace("\n", "\\n")
+    text = text.translate(_CONTROL)
     return text if len(text) <= n else text[:n] + "…"
 
 
 def describe(record: Record) -> str:
-    lines = [f"source: {record.source}", f"images: {_images(record.image_list())}"]
+    lines = [f"source: {_clip(record.source, 200)}", f"images: {_images(record.image_list())}"]
     if isinstance(record, PairRecord):
         lines.append(f"caption: {_clip(record.caption)}")
     elif isinstance(record, SftRecord):
@@ -52,6 +58,8 @@ def describe(record: Record) -> str:
 
 
 def inspect(directory: Path, n: int = 3, rejects: bool = False, console: Console | None = None) -> int:
+    """Print up to ``n`` samples (or rejects). A damaged shard or a sample that does not decode stops it with
+    a :class:`CurationError` naming the shard and the sample, after what could be shown was printed."""
     try:
         return _inspect(directory, n, rejects, console)
     except TruncatedShardError as exc:
@@ -64,21 +72,37 @@ def _inspect(directory: Path, n: int, rejects: bool, console: Console | None) ->
     shards = manifest.rejects if rejects else manifest.shards
     shown = 0
     for shard in shards:
-        path = Path(directory) / shard.name
-        if rejects:
-            for key, members in itertools.islice(iter_members(path), n - shown):
-                info = json.loads(members["reject.json"])
-                body = f"step: {info['step']}\nreason: {info['reason']}\norigin: {info['origin']}"
-                if info.get("detail"):
-                    body += f"\ndetail: {_clip(info['detail'], 200)}"
-                console.print(Panel(body, title=key, subtitle=shard.name))
-                shown += 1
-        else:
-            for record in itertools.islice(iter_shard(path), n - shown):
-                console.print(Panel(describe(record), title=f"{record.key} ({record.kind})", subtitle=shard.name))
-                shown += 1
+        for sample in itertools.islice(iter_samples(Path(directory) / shard.name), n - shown):
+            try:
+                title, body = _reject_panel(sample) if rejects else _sample_panel(sample)
+            except (RecordError, MemberError) as exc:
+                where = f"{Path(directory) / shard.name}: sample {sample.key[:200]!r}"
+                raise CurationError(f"{where} cannot be shown ({exc}); run `curate verify {directory}`") from None
+            console.print(Panel(body, title=title, subtitle=escape(shard.name)))
+            shown += 1
         if shown >= n:
             break
     if not shown:
         console.print("no rejects were kept (set output.rejects: true)" if rejects else "the dataset is empty")
     return shown
+
+
+def _sample_panel(sample: TarSample) -> tuple[str, str]:
+    if sample.problem is not None:
+        raise sample.problem
+    record = decode_sample(sample.key, sample.members, validate=True)
+    return f"{escape(record.key)} ({record.kind})", escape(describe(record))
+
+
+def _reject_panel(sample: TarSample) -> tuple[str, str]:
+    if sample.problem is not None:
+        raise sample.problem
+    try:
+        info = json.loads(sample.members["reject.json"])
+        fields = [("step", info["step"], 100), ("reason", info["reason"], 100), ("origin", info["origin"], 300)]
+        if info.get("detail"):
+            fields.append(("detail", info["detail"], 200))
+        body = "\n".join(f"{name}: {_clip(str(value), n)}" for name, value, n in fields)
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:
+        raise RecordError("reject.json", "bad_reject_member", f"{type(exc).__name__}: {exc}") from None
+    return escape(sample.key), escape(body)

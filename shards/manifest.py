@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from shards.atomic import atomic_write_json
 
@@ -20,11 +20,22 @@ class ManifestError(ValueError):
     """``dataset.json`` exists but is not a valid manifest (not JSON, or not the manifest's shape)."""
 
 
+def _inside(path: str) -> str:
+    """A manifest read from elsewhere names the files to read: they must lie inside the dataset directory."""
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith("/") or ".." in parts or "\\" in path or "\0" in path:
+        raise ValueError(f"{path!r} is not a relative path inside the dataset directory")
+    return path
+
+
+InsidePath = Annotated[str, AfterValidator(_inside)]
+
+
 class ShardInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="tar file name, relative to the dataset directory")
-    sidecar: str
-    stats: str
+    name: InsidePath = Field(description="tar file name, relative to the dataset directory")
+    sidecar: InsidePath
+    stats: InsidePath
     sha256: str
     samples: int
     bytes: int

@@ -4,7 +4,10 @@ A sample is ``KEY.pdf`` + ``KEY.json`` (the OCR lines of each page); IDL samples
 and ``KEY.ocr``, which are ignored. Members are grouped the webdataset way: the key is the member path
 up to the first dot of its file name (a leading ``./`` removed), the extension the rest (lower-cased);
 consecutive members with the same key form one sample, and a repeated extension starts a new sample.
-Members whose file name has no dot, and non-file members, belong to no sample.
+Members whose file name has no dot, and members that are not plain regular files (links, devices, FIFOs,
+directories, sparse files), belong to no sample and are never read. Member sizes are checked before a
+member is read (:func:`shards.reader.read_member`): over :data:`MAX_MEMBER_BYTES` is a drop, past the end
+of the file is damage.
 
 The OCR JSON comes in two layouts, detected per sample (``variant: auto``) from its first page, or fixed
 by the source's ``variant``:
@@ -23,14 +26,14 @@ is read up to the damage, and every sample the plan counted beyond it becomes a 
 A sample is only emitted once the next sample starts or the end-of-archive marker is seen, so a sample
 whose last members were cut off is counted as damaged, not read half.
 
-Drop reasons, checked in this order: ``missing_member:pdf``, ``missing_member:json``, ``invalid_ocr_json``
+Drop reasons, checked in this order: ``missing_member:pdf``, ``missing_member:json``, ``member_too_large``
+(the PDF or JSON member is over the cap), ``invalid_ocr_json``
 (not JSON, or not the layout above), ``pdf_encrypted`` (needs a password), ``pdf_corrupt`` (pypdfium2
 cannot open it, or it has no pages), ``too_many_pages`` (the PDF has more than ``max_pages``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tarfile
@@ -43,13 +46,18 @@ import pypdfium2.raw as pdfium_c
 
 from curation.errors import CurationError
 from curation.readers.base import Partition, expand_inputs, sanitize_key
+from curation.readers.jsontext import JsonRecordError, loads_bytes
 from curation.sample import Drop, Sample
 from schemas import PageLine, RecordError, parse_record
+from shards.reader import ClampedFile, MemberError, member_kind, open_regular, read_member
 
 # webdataset's ``base_plus_ext``: key = path up to the first dot of the file name, extension = the rest.
 _MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 _PASSWORD_ERRORS = (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY)
 _RAW_LIMIT = 10_000  # characters of a bad JSON member kept for rejects/
+# A PDF or OCR JSON member bigger than this is dropped unread: PDFA/IDL documents are typically a few MB,
+# and pypdfium2 holds a whole PDF in memory next to its bytes.
+MAX_MEMBER_BYTES = 256 << 20
 
 
 # ---- reading order -------------------------------------------------------------------------------
@@ -101,8 +109,8 @@ def _is_number(v: Any) -> bool:
 def parse_ocr_json(data: bytes, variant: str = "auto") -> tuple[list[list[PageLine]], str]:
     """(lines of each page in reading order, the variant). Raises :class:`OcrJsonError`."""
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        doc = loads_bytes(data)  # strict and bounded, as every input JSON
+    except JsonRecordError as exc:
         raise OcrJsonError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("pages"), list):
         raise OcrJsonError("expected an object with a 'pages' list")
@@ -168,7 +176,7 @@ def _groups(tar: tarfile.TarFile, *, strict: bool) -> Iterator[tuple[str, dict[s
     members: dict[str, tarfile.TarInfo] = {}
     try:
         for info in tar:
-            if not info.isfile():
+            if member_kind(info) is not None:  # links, devices, directories, sparse files: never read
                 continue
             name = info.name
             while name.startswith("./"):
@@ -198,7 +206,7 @@ def count_samples(path: Path, source: str) -> int:
     """Samples in a tar, from its headers only. A tar that cannot be opened is a :class:`CurationError`;
     one damaged further on counts the samples seen before the damage (reading them reports the rest)."""
     try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+        with open_regular(path) as raw, tarfile.open(fileobj=ClampedFile(raw), mode="r:") as tar:
             return sum(1 for _ in _groups(tar, strict=False))
     except (tarfile.TarError, OSError, EOFError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -227,7 +235,7 @@ class PdfaReader:
         name = self.source.name
         emitted = 0
         try:
-            with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:") as tar:
+            with open_regular(path) as raw, tarfile.open(fileobj=ClampedFile(raw), mode="r:") as tar:
                 for key, members in _groups(tar, strict=True):
                     if emitted >= partition.rows:  # a --limit can cut a partition short
                         return
@@ -250,8 +258,11 @@ class PdfaReader:
             if ext not in members:
                 detail = f"sample {raw_key!r} has members {sorted(members)}"
                 return Drop(f"missing_member:{ext}", src.name, origin, key, detail)
-        pdf = _read_member(tar, members["pdf"])
-        text = _read_member(tar, members["json"])
+        try:
+            pdf = _read_member(tar, members["pdf"])
+            text = _read_member(tar, members["json"])
+        except MemberError as exc:
+            return Drop(exc.reason, src.name, origin, key, str(exc)[:500])
         try:
             pages, variant = parse_ocr_json(text, src.variant)
         except OcrJsonError as exc:
@@ -282,10 +293,5 @@ class PdfaReader:
 
 
 def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
-    f = tar.extractfile(info)
-    if f is None:
-        return b""
-    data = f.read()
-    if len(data) != info.size:
-        raise tarfile.ReadError(f"member {info.name} is cut off ({len(data)} of {info.size} bytes)")
-    return data
+    """The member's bytes; :class:`MemberError` over the cap, ``tarfile.ReadError`` past the end of the file."""
+    return read_member(tar, info, tar.fileobj.size, MAX_MEMBER_BYTES)  # fileobj: the ClampedFile it was opened on

@@ -4,7 +4,6 @@ has one exact release there, inside the range pyproject.toml asks for, so a fres
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
