@@ -10,12 +10,24 @@ A real HTTP server (``ThreadingHTTPServer`` in a thread, port 0) answering ``POS
 - ``("sleep", seconds)`` or ``("sleep", seconds, reply)``: wait, then answer ``reply`` (default ``""``),
   to provoke client timeouts and out-of-order completion.
 
+Misbehaving servers (each bounded: a handler never outlives the server, nor ``HOLD_LIMIT`` seconds):
+
+- ``("stall",)``: read the request, never answer;
+- ``("drip", interval, reply)``: the headers at once, then the body one byte every ``interval`` seconds;
+- ``("reset", reply)``: the headers and half the body, then a TCP reset;
+- ``("length", delta, reply)``: a Content-Length ``delta`` bytes off the body's (negative: shorter, the rest
+  of the body follows anyway; positive: longer, and the connection closes after the body);
+- ``("unsized", reply)``: no Content-Length, the body runs until the connection closes (legal HTTP/1.1).
+
 Every request is recorded (``.requests``: path, headers, parsed body).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +35,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Reply = Any  # str | tuple[int, dict | str] | tuple["sleep", float] | tuple["sleep", float, Reply]
+Reply = Any  # str | tuple[int, dict | str] | tuple["sleep", float] | tuple["sleep", float, Reply] | ...
 Script = Callable[[dict], Reply] | list
+HOLD_LIMIT = 30.0  # seconds a stalling or dripping handler may hold its connection at most
 
 
 @dataclass
@@ -88,6 +101,7 @@ class ScriptedOpenAIServer:
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.closing = threading.Event()  # set on exit: stalling and dripping handlers let go
 
     @property
     def base_url(self) -> str:
@@ -100,7 +114,7 @@ class ScriptedOpenAIServer:
 
     def __enter__(self) -> ScriptedOpenAIServer:
         handler = type("Handler", (_Handler,), {"server_ref": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False  # sleeping handlers must not hold up shutdown
         self._thread = threading.Thread(
@@ -111,6 +125,7 @@ class ScriptedOpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         assert self._httpd is not None and self._thread is not None
+        self.closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -128,6 +143,13 @@ class ScriptedOpenAIServer:
             self.requests.append(request)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 128  # listen backlog: socketserver's 5 drops the SYNs of a burst of connections
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # a client that went away: not news
+        pass
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_ref: ScriptedOpenAIServer
@@ -138,18 +160,59 @@ class _Handler(BaseHTTPRequestHandler):
     def _headers(self) -> dict[str, str]:
         return {name.lower(): value for name, value in self.headers.items()}
 
+    def _head(self, status: int, length: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(length))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+
     def _send(self, status: int, body: dict | str, headers: dict[str, str] | None = None) -> None:
-        payload = (json.dumps(body) if isinstance(body, dict) else body).encode()
+        payload = _payload(body)
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
+            self._head(status, len(payload), headers)
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
             pass
+
+    def _misbehave(self, reply: tuple, body: dict) -> None:
+        """The misbehaving replies (see the module docstring); the connection closes after them, but for a
+        shorter Content-Length (its surplus bytes wait on the live connection)."""
+        self.close_connection = True
+        if reply[0] == "stall":
+            self.server_ref.closing.wait(HOLD_LIMIT)
+            return
+        payload = _payload(chat_completion(reply[-1], body) if isinstance(reply[-1], str) else reply[-1])
+        act = {"drip": self._drip, "reset": self._reset, "unsized": self._unsized, "length": self._length}[reply[0]]
+        with contextlib.suppress(OSError):  # the client gave up first
+            act(payload, *reply[1:-1])
+
+    def _drip(self, payload: bytes, interval: float) -> None:
+        self._head(200, len(payload))
+        stop = time.monotonic() + HOLD_LIMIT
+        for i in range(len(payload)):
+            if self.server_ref.closing.wait(float(interval)) or time.monotonic() > stop:
+                return
+            self.wfile.write(payload[i : i + 1])
+
+    def _reset(self, payload: bytes) -> None:
+        self._head(200, len(payload))
+        self.wfile.write(payload[: len(payload) // 2])
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()  # linger 0: the peer gets RST
+
+    def _unsized(self, payload: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _length(self, payload: bytes, delta: int) -> None:
+        self.close_connection = int(delta) > 0
+        self._head(200, len(payload) + int(delta))
+        self.wfile.write(payload)
 
     def do_GET(self) -> None:
         self.server_ref._record(RecordedRequest("GET", self.path, self._headers()))
@@ -178,6 +241,8 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(reply, tuple) and reply and reply[0] == "sleep":
             time.sleep(float(reply[1]))
             self._answer(reply[2] if len(reply) > 2 else "", body)
+        elif isinstance(reply, tuple) and reply and reply[0] in ("stall", "drip", "reset", "length", "unsized"):
+            self._misbehave(reply, body)
         elif isinstance(reply, str):
             self._send(200, chat_completion(reply, body))
         elif isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], int):
@@ -188,3 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, payload, headers)
         else:
             raise TypeError(f"scripted server: cannot answer {reply!r}")
+
+
+def _payload(body: dict | str) -> bytes:
+    return (json.dumps(body) if isinstance(body, dict) else body).encode("utf-8", "surrogatepass")

@@ -5,8 +5,12 @@ Per document: page texts (OCR lines joined with ' \\n ') -> chunks of at most ``
 the document as ``page_too_long``) -> one prompt variant chosen from the document key -> one request per
 chunk. Requests of ``batch_documents`` documents go to the engine together; finished generations are
 stored in the generation cache at once (a rerun reuses them), failures drop the document as
-``generation_failed:<reason>``. Outputs are parsed (Q#/A#, or JSON with structured output) and filtered
-(every discarded pair counted by rule); kept pairs become the turns, the rendered pages the images.
+``generation_failed:<reason>``. Model output is untrusted: every generation is repaired before it is stored or
+used (``curation.docmatix.untrusted``: lone surrogates, control characters, bogus token counts; each repair
+counted by kind in ``repairs``), a reply longer than ``max_reply_chars`` drops its document as
+``generation_too_long``, and at most ``MAX_PAIRS`` pairs per document reach the filters (the rest are discarded
+as ``too_many_pairs``). Outputs are parsed (Q#/A#, or JSON with structured output) and filtered (every discarded
+pair counted by rule); kept pairs become the turns, the rendered pages the images.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from curation.docmatix.engines import ChatRequest, Generation, GenerationFailure
 from curation.docmatix.filters import apply_filters
 from curation.docmatix.parse import parse_qa, parse_qa_json
 from curation.docmatix.text import JSON_SCHEMA, Chunk, build_messages, choose_variant, chunk_pages, page_texts
+from curation.docmatix.untrusted import clean_text, max_reply_chars, replace_surrogates, sanitize_generation
 from curation.faults import crash_point
 from curation.recipe import DocmatixGenerateStep
 from curation.sample import Sample
@@ -35,6 +40,8 @@ COUNTS = ("documents", "chunks", "requests", "prompt_tokens", "completion_tokens
 # ... and what this run did (throughput; they live in the run log only).
 RUN_COUNTS = ("generated_requests", "cached_requests", "generated_prompt_tokens", "generated_completion_tokens")
 RUN_ONLY = (*RUN_COUNTS, "engine_seconds")
+MAX_PAIRS = 100  # question/answer pairs of one document that reach the filters (turns of one sample)
+Result = Generation | GenerationFailure
 
 
 class _Document:
@@ -62,6 +69,9 @@ class DocmatixGenerate:
         self.counts: Counter[str] = Counter()
         self.discarded: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
+        # requests whose generation needed each repair (documents, for prompt_invalid_unicode)
+        self.repairs: Counter[str] = Counter()
+        self.max_chars = max_reply_chars(cfg.sampling.max_tokens)
         self.engine_seconds = 0.0
 
     # -- tokens ---------------------------------------------------------------------------------------
@@ -90,7 +100,7 @@ class DocmatixGenerate:
         if not isinstance(record, PdfRecord):
             return sample  # not a document: passes unchanged (the output kind check catches mistakes)
         self.counts["documents"] += 1
-        pages = page_texts(record)
+        pages = self._sendable(page_texts(record))
         if not any(p.strip() for p in pages):
             return "no_text"
         chunks = chunk_pages(pages, self._count, self.cfg.chunking)
@@ -113,56 +123,102 @@ class DocmatixGenerate:
         self.counts["chunks"] += len(chunks)
         return _Document(sample, chunks, variant.id, requests)
 
-    def _generate(self, requests: list[ChatRequest], docs: list[_Document]) -> list[Generation | GenerationFailure]:
-        """Cached generations, and the engine for the rest; new generations are stored at once."""
+    def _sendable(self, pages: list[str]) -> list[str]:
+        """Page texts every engine can send: a lone surrogate (from a ``\\ud800`` escape in the OCR JSON) would
+        fail the request on every run (counted per document in ``repairs.prompt_invalid_unicode``)."""
+        sendable = [replace_surrogates(page) for page in pages]
+        if sendable != pages:
+            self.repairs["prompt_invalid_unicode"] += 1
+        return sendable
+
+    def _generate(self, requests: list[ChatRequest], docs: list[_Document]) -> list[Result]:
+        """Cached generations, and the engine for the rest; new generations are repaired and stored at once."""
         keys = [request_key(self.identity, r) for r in requests]
-        cached = self.cache.get_many(sorted(set(keys)))
+        cached = {k: self._accept(g) for k, g in self.cache.get_many(sorted(set(keys))).items()}
         todo: dict[str, int] = {}  # key -> the first request with it (identical chunks are generated once)
         for i, k in enumerate(keys):
             if k not in cached and k not in todo:
                 todo[k] = i
         self.counts["requests"] += len(requests)
         self.counts["cached_requests"] += sum(1 for k in keys if k in cached)
+        failures: dict[str, GenerationFailure] = {}
         if todo:
-            started = time.perf_counter()
-            fresh = self.engine.generate([requests[i] for i in todo.values()])
-            self.engine_seconds += time.perf_counter() - started
-            self.cache.put_many([(k, g) for k, g in zip(todo, fresh, strict=True) if isinstance(g, Generation)])
+            fresh = dict(zip(todo, self._ask([requests[i] for i in todo.values()]), strict=True))
+            self.cache.put_many([(k, g) for k, g in fresh.items() if isinstance(g, Generation)])
             crash_point("generation_batch")
-            for k, g in zip(todo, fresh, strict=True):
+            for k, g in fresh.items():
                 if isinstance(g, Generation):
                     cached[k] = g
                     self.counts["generated_requests"] += 1
                     self.counts["generated_prompt_tokens"] += g.prompt_tokens
                     self.counts["generated_completion_tokens"] += g.completion_tokens
-            failures = {k: g for k, g in zip(todo, fresh, strict=True) if isinstance(g, GenerationFailure)}
-        else:
-            failures = {}
+                else:
+                    failures[k] = g
         out = [cached.get(k) or failures[k] for k in keys]
         for g in out:
             if isinstance(g, Generation):
                 self.counts["prompt_tokens"] += g.prompt_tokens
                 self.counts["completion_tokens"] += g.completion_tokens
+                self.repairs.update(g.repairs)
         return out
 
-    def _finish(self, doc: _Document, generations: list[Generation | GenerationFailure]) -> Sample | str:
+    def _ask(self, requests: list[ChatRequest]) -> list[Result]:
+        """The engine's results for ``requests``, each repaired (``_accept``) before anything else sees it."""
+        started = time.perf_counter()
+        results = self.engine.generate(requests)
+        self.engine_seconds += time.perf_counter() - started
+        if len(results) != len(requests):  # an engine bug: fail these requests, not the build
+            detail = f"the engine returned {len(results)} results for {len(requests)} requests"
+            return [GenerationFailure("engine_error", detail)] * len(requests)
+        return [self._accept(r) for r in results]
+
+    def _accept(self, result: object) -> Result:
+        """Where a reply enters the pipeline: a repaired Generation, or a failure (what is neither)."""
+        if isinstance(result, GenerationFailure):
+            return result
+        if isinstance(result, Generation):
+            repaired = sanitize_generation(result, self.max_chars)
+            if repaired is not None:
+                return repaired
+        return GenerationFailure("invalid_response", f"not a text generation: {type(result).__name__}")
+
+    def _pairs(self, generation: Generation) -> list[tuple[str, str]]:
+        """Parsed pairs; strings decoded from JSON are repaired like reply text (counted in ``repairs``)."""
+        pairs = None
+        if getattr(self.cfg.engine, "structured_output", False):
+            pairs = parse_qa_json(generation.text)
+            if pairs is None:
+                self.counts["json_fallbacks"] += 1
+        if pairs is None:
+            return parse_qa(generation.text)  # its text is repaired already
+        cleaned: list[tuple[str, str]] = []
+        repairs: set[str] = set()
+        for question, answer in pairs:
+            (question, q_repairs), (answer, a_repairs) = clean_text(question), clean_text(answer)
+            repairs.update(q_repairs, a_repairs)
+            cleaned.append((question, answer))
+        self.repairs.update(repairs - set(generation.repairs))
+        return cleaned
+
+    def _finish(self, doc: _Document, generations: list[Result]) -> Sample | str:
         failed = [g for g in generations if isinstance(g, GenerationFailure)]
         if failed:
             self.failures[failed[0].reason] += 1
             return f"generation_failed:{failed[0].reason}"
-        record = doc.sample.record
+        texts = [g for g in generations if isinstance(g, Generation)]
+        if any("truncated" in g.repairs for g in texts):
+            return "generation_too_long"
         source_text = "\n".join(c.text for c in doc.chunks)
         kept: list[tuple[str, str]] = []
         discarded: Counter[str] = Counter()
-        for generation in generations:
-            pairs = None
-            if getattr(self.cfg.engine, "structured_output", False):
-                pairs = parse_qa_json(generation.text)
-                if pairs is None:
-                    self.counts["json_fallbacks"] += 1
-            if pairs is None:
-                pairs = parse_qa(generation.text)
+        room = MAX_PAIRS
+        for generation in texts:
+            pairs = self._pairs(generation)
             self.counts["pairs_parsed"] += len(pairs)
+            if len(pairs) > room:
+                discarded["too_many_pairs"] += len(pairs) - room
+                pairs = pairs[:room]
+            room -= len(pairs)
             result = apply_filters(pairs, self.cfg.filters, source_text, self.cfg.grounding)
             kept += result.kept
             discarded.update(result.discarded)
@@ -170,6 +226,10 @@ class DocmatixGenerate:
         self.counts["pairs_kept"] += len(kept)
         if not kept:
             return "no_qa_pairs" if not sum(discarded.values()) else "all_pairs_discarded"
+        return self._render(doc, kept, discarded)
+
+    def _render(self, doc: _Document, kept: list[tuple[str, str]], discarded: Counter[str]) -> Sample | str:
+        record = doc.sample.record
         pages = [(i, "") for i in range(len(record.pages))]
         try:
             rendered = render_pages(record.pdf, pages, self.cfg.dpi, self.cfg.max_side, self.cfg.image_format)
@@ -204,6 +264,7 @@ class DocmatixGenerate:
             **{k: self.counts[k] for k in (*COUNTS, *RUN_COUNTS)},
             "discarded": dict(sorted(self.discarded.items())),
             "failures": dict(sorted(self.failures.items())),
+            "repairs": dict(sorted(self.repairs.items())),
             "engine_seconds": round(self.engine_seconds, 3),
         }
 

@@ -162,13 +162,21 @@ def openai_engine(server: ScriptedOpenAIServer, **overrides):
 
 
 def run_openai(script, requests=None, **overrides):
-    with ScriptedOpenAIServer(script) as server:
+    results, server, _ = timed_openai(script, requests, **overrides)
+    return results, server
+
+
+def timed_openai(script, requests=None, retry_after_ms: float | None = 10.0, **overrides):
+    """Results, the server, and the seconds ``generate`` took (the engine's start left out)."""
+    with ScriptedOpenAIServer(script, retry_after_ms=retry_after_ms) as server:
         engine = openai_engine(server, **overrides)
         try:
+            started = time.perf_counter()
             results = engine.generate(requests or [request("Q1: what?")])
+            seconds = time.perf_counter() - started
         finally:
             engine.close()
-    return results, server
+    return results, server, seconds
 
 
 def test_openai_order_concurrency_key_and_usage(monkeypatch):
@@ -236,6 +244,26 @@ def test_openai_timeout_and_connection_failures():
     (refused,) = engine.generate([request("x")])
     engine.close()
     assert refused.reason == "connection"
+
+
+def test_openai_timeout_bounds_the_whole_request():
+    """A body dripped a byte every 50 ms never waits a read out (httpx's timeouts are per read): the timeout is
+    a deadline on the request, retries included."""
+    (dripped,), server, seconds = timed_openai([("drip", 0.05, "Q1: slowly A1: yes")] * 3, timeout=0.5, max_retries=2)
+    assert dripped.reason == "timeout" and seconds < 1.0
+    assert len(server.chat_requests) == 1  # the deadline passed: nothing is retried
+
+    busy = [(503, error_body(503, "busy"))] * 50
+    (failed,), server, seconds = timed_openai(busy, retry_after_ms=200, timeout=0.5, max_retries=40)
+    assert failed.reason == "http_503" and seconds < 1.0
+    assert len(server.chat_requests) == 3  # at 0, 0.2 and 0.4 s: a wait to 0.6 s would pass the deadline
+
+
+def test_openai_retry_after_beyond_the_deadline_is_not_waited_for():
+    script = [(429, error_body(429, "come back in a minute")), "never"]
+    (limited,), server, seconds = timed_openai(script, retry_after_ms=60_000, timeout=2.0, max_retries=3)
+    assert limited.reason == "rate_limited" and seconds < 1.0
+    assert len(server.chat_requests) == 1
 
 
 NO_CHOICES = {"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}

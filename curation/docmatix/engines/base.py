@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from curation.docmatix.untrusted import clean_text
 from curation.errors import CurationError
 
 FAILURE_REASONS = (
@@ -23,6 +24,7 @@ FAILURE_REASONS = (
     "connection",
     "invalid_response",
     "context_too_long",
+    "response_too_large",
     "engine_error",
 )  # plus "http_<status code>"
 
@@ -46,6 +48,7 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length" | whatever the engine reports
+    repairs: tuple[str, ...] = ()  # what the pipeline repaired in the reply (curation.docmatix.untrusted)
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class EngineConfigError(CurationError, ValueError):
 def one_line(exc: BaseException | str, limit: int = 500) -> str:
     """An exception as a short single line (failure details end up in reject logs)."""
     text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    text = " ".join(text.split())
+    text = " ".join(clean_text(text)[0].split())  # a server's error message is untrusted text too
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
