@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from curation.errors import CurationError
+from curation.errors import CurationError, is_disk_full
 
 app = typer.Typer(
     name="curate",
@@ -102,30 +105,12 @@ def build(
     """Build a dataset from a recipe. Rerunning resumes an interrupted build (finished partitions are kept)."""
     from curation.audit import audit, render_table
     from curation.recipe import load_recipe
-    from curation.runner import build as run_build
 
     spec = load_recipe(recipe, set_ or [])
     out = out or Path("out") / spec.name
     try:
-        if spec.kind == "mixture":
-            from curation.mixture import build_mixture
-
-            if limit is not None:
-                raise CurationError("--limit applies to build recipes; a mixture's size comes from its targets")
-            result = build_mixture(
-                spec, out, workers=workers, overwrite=overwrite, progress=not quiet, executor=executor, address=address
-            )
-        else:
-            result = run_build(
-                spec,
-                out,
-                workers=workers,
-                limit=limit,
-                overwrite=overwrite,
-                progress=not quiet,
-                executor=executor,
-                address=address,
-            )
+        with _writing(out):
+            result = _build_or_mix(spec, out, workers, executor, address, limit, overwrite, quiet)
     except KeyboardInterrupt:
         err_console.print(f"interrupted; finished partitions are kept: run the same command again to resume {out}")
         raise typer.Exit(130) from None
@@ -147,6 +132,39 @@ def build(
     _print_generation(result.log)
     if not quiet:
         render_table(audit(out), console)
+
+
+def _build_or_mix(
+    spec: Any,
+    out: Path,
+    workers: int | None,
+    executor: ExecutorName,
+    address: str | None,
+    limit: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> Any:
+    """``curate build``'s work: a mixture, or a build recipe."""
+    from curation.runner import build as run_build
+
+    if spec.kind == "mixture":
+        from curation.mixture import build_mixture
+
+        if limit is not None:
+            raise CurationError("--limit applies to build recipes; a mixture's size comes from its targets")
+        return build_mixture(
+            spec, out, workers=workers, overwrite=overwrite, progress=not quiet, executor=executor, address=address
+        )
+    return run_build(
+        spec,
+        out,
+        workers=workers,
+        limit=limit,
+        overwrite=overwrite,
+        progress=not quiet,
+        executor=executor,
+        address=address,
+    )
 
 
 @app.command("audit")
@@ -181,7 +199,8 @@ def audit_cmd(
     if html is not None:
         from curation.report import write_audit_report
 
-        files = _manifest_call(lambda d: write_audit_report(d, html, html.with_suffix(".md")), directory)
+        with _writing(html):
+            files = _manifest_call(lambda d: write_audit_report(d, html, html.with_suffix(".md")), directory)
         err_console.print(f"report: {files['html']} (and {files['md']})")
     report = _manifest_call(audit, directory)
     if format is AuditFormat.json:
@@ -242,7 +261,8 @@ def schema(
 
     text = json.dumps(recipe_json_schema(), indent=2) + "\n"
     if out:
-        out.write_text(text)
+        with _writing(out):
+            out.write_text(text)
         err_console.print(f"wrote {out}")
     else:
         sys.stdout.write(text)
@@ -270,9 +290,9 @@ def select_cmd(
         raise CurationError(
             f"{recipe} is a {spec.kind} recipe; `curate select` runs kind: selection (see curate build)"
         )
-    doc = run_selection(
-        spec, out or Path("out") / spec.name, workers=workers, console=err_console, executor=executor, address=address
-    )
+    out = out or Path("out") / spec.name
+    with _writing(out):
+        doc = run_selection(spec, out, workers=workers, console=err_console, executor=executor, address=address)
     _print_selection(doc)
 
 
@@ -292,10 +312,9 @@ def sweep_cmd(
     from curation.select.ablation import ablation_markdown, run_ablation
     from curation.select.plans import load_spec
 
-    name = load_spec(spec).name
-    doc = run_ablation(
-        plan, spec, out or Path("out") / name, workers=workers, console=err_console, executor=executor, address=address
-    )
+    out = out or Path("out") / load_spec(spec).name
+    with _writing(out):
+        doc = run_ablation(plan, spec, out, workers=workers, console=err_console, executor=executor, address=address)
     sys.stdout.write(ablation_markdown(doc))
 
 
@@ -334,8 +353,14 @@ def demo(
     if select:
         if executor != ExecutorName.local:
             raise CurationError("demo --select runs on this machine; --executor applies to the build demo")
-        _demo_select(out, workers or 2)
+        with _writing(out):
+            _demo_select(out, workers or 2)
         return
+    with _writing(out):
+        _demo_build(out, workers, executor, address)
+
+
+def _demo_build(out: Path, workers: int | None, executor: ExecutorName, address: str | None) -> None:
     from curation.audit import audit, render_table
     from curation.demo import make_demo_inputs
     from curation.recipe import load_recipe
@@ -387,7 +412,8 @@ def export(
     from curation.export_llava import LLAVA_JSON, export_llava
 
     started = time.perf_counter()
-    counts = export_llava(dataset, out, overwrite=overwrite)
+    with _writing(out):
+        counts = export_llava(dataset, out, overwrite=overwrite)
     console.print(
         f"wrote {out / LLAVA_JSON}: {counts['records']} records, {counts['images']} images, "
         f"{counts['text_only']} text-only ({time.perf_counter() - started:.1f}s)"
@@ -426,11 +452,39 @@ def _print_generation(log: Path | None) -> None:
         )
 
 
+def os_error_message(exc: OSError, where: Path | None = None) -> str:
+    """One line for an OSError that reached the CLI: the path, the system's words, and for a full disk what
+    to do. ``where``: the directory being written, for errors that name no file (a failed write())."""
+    path = exc.filename or where
+    name = errno.errorcode.get(exc.errno or 0, "")
+    what = f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+    line = f"{path}: {what}" if path else what
+    if is_disk_full(exc):
+        line += "; free space (or raise the quota or file-size limit) and rerun the same command: finished work is kept"
+    return line
+
+
+@contextmanager
+def _writing(where: Path) -> Iterator[None]:
+    """A full disk while a command writes under ``where`` is a one-line error naming it."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise CurationError(os_error_message(exc, where)) from None
+
+
 def _manifest_call(fn, directory: Path):
     try:
         return fn(directory)
     except (FileNotFoundError, ValueError) as exc:  # no dataset.json, or a corrupt one (ManifestError)
         raise CurationError(str(exc)) from None
+
+
+def _print_error(message: str) -> None:
+    """The one way the CLI reports a failure: ``error: <message>`` on stderr."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -445,7 +499,10 @@ def main() -> None:
     try:
         app()
     except CurationError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _print_error(str(exc))
+        sys.exit(2)
+    except OSError as exc:  # the environment (a full disk, a permission, a vanished file): no traceback either
+        _print_error(os_error_message(exc))
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; run the same command again to resume")

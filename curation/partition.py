@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.accounting import Accounting
-from curation.errors import CurationError
+from curation.errors import CurationError, is_disk_full
 from curation.faults import crash_point
 from curation.features import MinhashStager, add_image_hashes, minhash_steps, needed_hashes
 from curation.readers import Partition, Reader, make_reader
@@ -147,6 +147,11 @@ def read_every_row(reader: Reader, part: Partition) -> Iterator[Sample | Drop]:
             break
         except CurationError:  # a deliberate one-line stop (e.g. a source that cannot be opened at all)
             raise
+        except OSError as exc:
+            if is_disk_full(exc):  # the environment, not the data: stop; the rerun resumes
+                raise
+            failure = Drop("reader_error", part.source, _partition_origin(part), None, f"OSError: {exc}"[:500])
+            break
         except Exception as exc:  # any other failure would lose the partition's remaining rows: count them
             detail = f"{type(exc).__name__}: {exc}"[:500]
             failure = Drop("reader_error", part.source, _partition_origin(part), None, detail)
@@ -248,6 +253,8 @@ class _Pipeline:
             self.dropped("write", Drop("duplicate_key", source, sample.origin, record.key, str(exc), record))
             return
         except (OSError, ValueError, SyntaxError) as exc:  # pair re-encoding of an image that only looked fine
+            if isinstance(exc, OSError) and exc.errno is not None:  # the system failed writing (a full disk, an
+                raise  # I/O error), not the image: Pillow's decoding errors carry no errno
             self.dropped("write", Drop("image_corrupt", source, sample.origin, record.key, str(exc), record))
             return
         self.features.minhash.add(record, where)

@@ -98,8 +98,9 @@ def read_manifest(directory: Path) -> DatasetManifest:
         raise FileNotFoundError(f"{directory} is not a built dataset (no {MANIFEST_NAME})")
     try:
         doc = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path}: not a valid {MANIFEST_NAME} ({_one_line(str(exc))})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
+        detail = "nested too deep" if isinstance(exc, RecursionError) else _one_line(str(exc))
+        raise ManifestError(f"{path}: not a valid {MANIFEST_NAME} ({detail})") from None
     try:
         return DatasetManifest.model_validate(doc)
     except ValidationError as exc:

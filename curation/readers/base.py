@@ -133,9 +133,9 @@ def load_image_file(ref: str, image_root: str | None) -> bytes:
     if info.st_size > MAX_IMAGE_FILE_BYTES:
         raise ImageFileError("image_file_too_large", f"{path}: {info.st_size} bytes > {MAX_IMAGE_FILE_BYTES}")
     with path.open("rb") as f:
-        data = f.read(MAX_IMAGE_FILE_BYTES + 1)  # the file may have grown since stat
-    if len(data) > MAX_IMAGE_FILE_BYTES:
-        raise ImageFileError("image_file_too_large", f"{path}: more than {MAX_IMAGE_FILE_BYTES} bytes")
+        data = f.read(info.st_size + 1)  # one byte more: the file may have grown since stat
+    if len(data) > info.st_size:
+        raise ImageFileError("unreadable_image_file", f"{path}: changed while it was read")
     return data
 
 

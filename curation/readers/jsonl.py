@@ -1,11 +1,22 @@
-"""JSON lines + an image folder. One JSON object per line; blank lines are skipped (not counted)."""
+"""JSON lines + an image folder. One JSON object per line; blank lines are skipped (not counted). What a line
+is, and how strictly it is parsed, is :mod:`curation.readers.jsontext`'s, shared by ``plan()`` and ``read()``."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
+from itertools import islice
+from typing import Any
 
 from curation.readers.base import Partition, RowReader, default_key, expand_inputs
+from curation.readers.jsontext import (
+    TOO_LARGE,
+    JsonRecordError,
+    Line,
+    iter_lines,
+    loads_bytes,
+    not_an_object,
+    too_large_detail,
+)
 from curation.sample import Drop, Sample
 
 
@@ -16,14 +27,12 @@ class JsonlReader(RowReader):
         size = self.source.partition_size
         for file_index, path in enumerate(expand_inputs(self.source.path, (".jsonl", ".json"), self.source.name)):
             starts: list[int] = []
-            n = offset = 0
+            n = 0
             with open(path, "rb") as f:
-                for line in f:
-                    if line.strip():
-                        if n % size == 0:
-                            starts.append(offset)
-                        n += 1
-                    offset += len(line)
+                for line in iter_lines(f):
+                    if n % size == 0:
+                        starts.append(line.offset)
+                    n += 1
             for i, byte_offset in enumerate(starts):
                 start = i * size
                 spec = {
@@ -38,29 +47,27 @@ class JsonlReader(RowReader):
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec
+        rows = min(partition.rows, spec["stop"] - spec["start"])
+        with open(spec["file"], "rb") as f:  # straight to the partition's offset: no rescan from line 0
+            for ordinal, line in enumerate(islice(iter_lines(f, spec["offset"]), rows), spec["start"]):
+                yield self._item(spec, ordinal, line)
+
+    def _item(self, spec: dict[str, Any], ordinal: int, line: Line) -> Sample | Drop:
+        """A line as a Sample, or a Drop naming what is wrong with it."""
         src = self.source
-        ordinal = spec["start"] - 1
-        with open(spec["file"], "rb") as f:
-            f.seek(spec["offset"])  # straight to the partition: no rescan from line 0
-            for line in f:
-                if not line.strip():
-                    continue
-                ordinal += 1
-                if ordinal >= spec["stop"]:
-                    break
-                origin = f"{spec['file']}:{ordinal + 1}"
-                row_key = default_key(self.source.name, spec["file"], spec["file_index"], ordinal)
-                try:
-                    row = json.loads(line)
-                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-                    raw = {"line": line[:10_000].decode("utf-8", "replace")}
-                    yield Drop("invalid_json", src.name, origin, row_key, str(exc)[:500], raw=raw)
-                    continue
-                if not isinstance(row, dict):
-                    raw = {"line": line[:10_000].decode("utf-8", "replace")}
-                    yield Drop("invalid_json", src.name, origin, row_key, "line is not a JSON object", raw=raw)
-                    continue
-                item = self.to_item(row, origin, row_key)
-                if isinstance(item, Drop):
-                    item.raw = {"line": line[:10_000].decode("utf-8", "replace")}
-                yield item
+        origin = f"{spec['file']}:{ordinal + 1}"
+        row_key = default_key(src.name, spec["file"], spec["file_index"], ordinal)
+        raw = {"line": line.raw()}
+        if line.too_large:
+            detail = too_large_detail("a line", line.length)
+            return Drop(TOO_LARGE, src.name, origin, row_key, detail, raw=raw)
+        try:
+            row = loads_bytes(line.data)
+        except JsonRecordError as exc:
+            return Drop("invalid_json", src.name, origin, row_key, str(exc)[:500], raw=raw)
+        if not isinstance(row, dict):
+            return Drop("invalid_json", src.name, origin, row_key, not_an_object(row), raw=raw)
+        item = self.to_item(row, origin, row_key)
+        if isinstance(item, Drop):
+            item.raw = raw
+        return item

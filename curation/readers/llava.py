@@ -6,7 +6,9 @@ first element; ``read()`` seeks there and decodes one element at a time, so no w
 
 A JSON list is scanned as Latin-1 text: every byte is one character, so string indices are byte offsets, and
 UTF-8 multi-byte sequences (all bytes >= 0x80) can never be mistaken for JSON structure. ``read()`` re-decodes
-an element as UTF-8 when it is not plain ASCII.
+an element as UTF-8 when it is not plain ASCII. Elements and lines are parsed as strictly, and within the same
+bounds, as every input JSON (:mod:`curation.readers.jsontext`): an element over ``MAX_RECORD_BYTES`` is a
+``record_too_large`` drop, skipped without being held in memory.
 """
 
 from __future__ import annotations
@@ -20,15 +22,34 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from curation.errors import CurationError
-from curation.readers.base import Partition, default_key, expand_inputs, load_image_file, sanitize_key, to_jsonable
+from curation.readers.base import (
+    Partition,
+    default_key,
+    expand_inputs,
+    image_file_drop_reason,
+    load_image_file,
+    sanitize_key,
+    to_jsonable,
+)
+from curation.readers.jsontext import (
+    BOM,
+    DECODER,
+    MAX_RECORD_BYTES,
+    TOO_LARGE,
+    JsonRecordError,
+    check_depth,
+    error_text,
+    iter_lines,
+    loads_bytes,
+    not_an_object,
+    too_large_detail,
+)
 from curation.sample import Drop, Sample
 from schemas import RecordError, parse_record
 
 CHUNK = 1 << 20
-MAX_ELEMENT_BYTES = 64 << 20  # a bigger list element is taken as a structural error (e.g. an unclosed string)
 RAW_CHARS = 10_000  # how much of a bad element/line a reject keeps
 
-_DECODER = json.JSONDecoder()
 _NON_WS = re.compile(r"[^ \t\n\r]")
 _STRUCT = re.compile(r'["\[\]{}]')
 _STRING_STOP = re.compile(r'["\\]')
@@ -48,13 +69,14 @@ class Element:
     value: Any = None
     error: str | None = None
     fatal: bool = False
-    text: str | None = None  # the element's bytes as Latin-1 text, when asked for
+    text: str | None = None  # the element's bytes as Latin-1 text, when asked for (its head when too large)
+    too_large: bool = False
 
 
 def list_start(f: BinaryIO) -> int | None:
     """Offset just after the opening ``[`` of a JSON list file; None when the file is empty."""
     head = f.read(4096)
-    skip = 3 if head.startswith(b"\xef\xbb\xbf") else 0  # UTF-8 byte order mark
+    skip = len(BOM) if head.startswith(BOM) else 0
     m = re.compile(rb"[^ \t\n\r]").search(head, skip)
     if m is None:
         if len(head) < 4096:
@@ -109,14 +131,16 @@ class ListScanner:
                 return
 
     def _more(self) -> bool:
-        """Append the next chunk (at least as much as is buffered: growth is geometric); False at end of file."""
+        """Append the next chunk (as much as is buffered: growth is geometric, but never much past the record
+        limit: a pending element that long is skipped, not held); False at end of file."""
         if self.eof:
             return False
         if self.pos > CHUNK:  # drop what is consumed
             self.buf = self.buf[self.pos :]
             self.base += self.pos
             self.pos = 0
-        data = self.f.read(max(CHUNK, len(self.buf) - self.pos))
+        pending = len(self.buf) - self.pos
+        data = self.f.read(max(CHUNK, min(pending, MAX_RECORD_BYTES + 1 - pending)))
         if not data:
             self.eof = True
             return False
@@ -134,79 +158,110 @@ class ListScanner:
             if not self._more():
                 return None
 
-    def _fatal(self, detail: str) -> Element:
-        return Element(
-            self.base + self.pos,
-            error=f"{detail}; the file is unreadable from byte {self.base + self.pos} on",
-            fatal=True,
-        )
+    def _fatal(self, detail: str, start: int | None = None) -> Element:
+        """The last element: the rest of the file from ``start`` (default: here) cannot be read."""
+        at = self.base + self.pos if start is None else start
+        return Element(at, error=f"{detail}; the file is unreadable from byte {at} on", fatal=True)
 
     def _element(self) -> Element:
         start = self.base + self.pos
         while True:
             error = None
             try:
-                value, end = _DECODER.raw_decode(self.buf, self.pos)
+                value, end = DECODER.raw_decode(self.buf, self.pos)
             except json.JSONDecodeError as exc:
                 error = f"{exc.msg} at byte {self.base + exc.pos}"
-            except RecursionError:
-                error = "nested too deeply"
+            except (ValueError, RecursionError) as exc:  # an integer past the digit limit, NaN, a duplicate key
+                error = error_text(exc)
             else:
                 if end < len(self.buf) or self.eof or self.buf[self.pos] in '[{"':
                     return self._take(start, end, value=value)
                 self._more()  # a number or literal at the end of the buffer may go on in the next chunk
                 continue
-            end = _element_end(self.buf, self.pos)
+            end = _Span(self.buf[self.pos]).end(self.buf, self.pos)
             if end is not None:  # the whole element is buffered: its content is broken, its structure is not
                 return self._take(start, end, error=error or "invalid JSON")
-            if len(self.buf) - self.pos > MAX_ELEMENT_BYTES:
-                return self._fatal(f"an element longer than {MAX_ELEMENT_BYTES >> 20} MiB or never closed")
+            if len(self.buf) - self.pos > MAX_RECORD_BYTES:
+                return self._skip_large(start)
             if not self._more():
                 return self._fatal(f"an element never ends: {error or 'truncated'}")
 
     def _take(self, start: int, end: int, **kw: Any) -> Element:
+        if end - self.pos > MAX_RECORD_BYTES:  # parsed whole, as the buffer grew past the limit: still too large
+            head = self.buf[self.pos : self.pos + RAW_CHARS] if self.keep_text else None
+            size, self.pos = end - self.pos, end
+            return Element(start, error=too_large_detail("an element", size), text=head, too_large=True)
         text = self.buf[self.pos : end] if self.keep_text else None
         self.pos = end
         return Element(start, text=text, **kw)
 
+    def _skip_large(self, start: int) -> Element:
+        """Past an element over MAX_RECORD_BYTES without holding it: its structure alone is followed, chunk by
+        chunk, to where it ends."""
+        head = self.buf[self.pos : self.pos + RAW_CHARS] if self.keep_text else None
+        span = _Span(self.buf[self.pos])
+        i = self.pos
+        while (end := span.end(self.buf, i)) is None:
+            self.base += len(self.buf)
+            self.buf, self.pos, i = "", 0, 0
+            if not self._more():
+                return self._fatal("an element never ends", start)
+        self.pos = end
+        return Element(start, error=too_large_detail("an element", self.base + end - start), text=head, too_large=True)
 
-def _element_end(buf: str, pos: int) -> int | None:
-    """End of the value at ``pos`` judged by brackets and strings alone (its content may be invalid JSON);
-    None when the buffer ends first."""
-    if buf[pos] not in '[{"':
-        m = _SCALAR_END.search(buf, pos)  # a bare word or number: up to the next separator
-        return m.start() if m else None
-    depth, i, n = 0, pos, len(buf)
-    while True:
-        m = _STRUCT.search(buf, i)
-        if m is None:
-            return None
-        ch, i = m.group(), m.end()
-        if ch == '"':
-            while True:
+
+class _Span:
+    """Where a JSON value ends, judged by brackets and strings alone (its content may be invalid JSON). Keeps
+    its state between calls, so a value can be followed across buffers without holding them."""
+
+    def __init__(self, first: str) -> None:
+        self.scalar = first not in '[{"'  # a bare word or number: up to the next separator
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False  # the buffer ended just after a backslash inside a string
+
+    def end(self, buf: str, i: int) -> int | None:
+        """The index just past the value, or None when ``buf`` ends first (call again with the next buffer)."""
+        if self.scalar:
+            m = _SCALAR_END.search(buf, i)
+            return m.start() if m else None
+        while True:
+            if self.escaped:
+                if i >= len(buf):
+                    return None
+                i, self.escaped = i + 1, False
+            if self.in_string:
                 s = _STRING_STOP.search(buf, i)
                 if s is None:
                     return None
                 i = s.end()
-                if s.group() == '"':
-                    break
-                i += 1  # skip the escaped character
-                if i > n:
-                    return None
-        elif ch in "[{":
-            depth += 1
-        else:
-            depth -= 1
-        if depth <= 0:
-            return i
+                if s.group() == "\\":
+                    self.escaped = True
+                    continue
+                self.in_string = False
+                if self.depth <= 0:
+                    return i
+                continue
+            m = _STRUCT.search(buf, i)
+            if m is None:
+                return None
+            ch, i = m.group(), m.end()
+            if ch == '"':
+                self.in_string = True
+            elif ch in "[{":
+                self.depth += 1
+            else:
+                self.depth -= 1
+                if self.depth <= 0:
+                    return i
 
 
 def element_value(element: Element) -> Any:
-    """The element's value decoded as UTF-8 (the scan decoded it as Latin-1). Raises ValueError."""
+    """The element's value decoded as UTF-8 (the scan decoded it as Latin-1). Raises JsonRecordError."""
     assert element.text is not None
     if element.text.isascii():
-        return element.value
-    return json.loads(element.text.encode("latin-1"))  # UnicodeDecodeError / JSONDecodeError are ValueErrors
+        return check_depth(element.value, element.text)
+    return loads_bytes(element.text.encode("latin-1"))
 
 
 # ---- conversations ------------------------------------------------------------------------------------------
@@ -345,19 +400,19 @@ def parse_conversation(row: dict[str, Any], fields: dict[str, str]) -> Conversat
 
 # ---- the reader ---------------------------------------------------------------------------------------------
 def _file_format(path: Path) -> str:
-    """``list`` (one JSON list) or ``lines`` (JSON lines: ``.jsonl``, or a ``.json`` whose first line is an
-    object). Loud for a ``.json`` that is neither (e.g. one pretty-printed object)."""
+    """``list`` (one JSON list) or ``lines`` (JSON lines: ``.jsonl``, or a ``.json`` whose first line is one
+    object: it starts with ``{`` and ends with ``}``, valid or not). Loud for a ``.json`` that is neither (e.g.
+    one pretty-printed object)."""
     if path.name.endswith(".jsonl"):
         return "lines"
     with open(path, "rb") as f:
-        first = f.readline(1 << 20).removeprefix(b"\xef\xbb\xbf").strip()
-    if not first.startswith(b"{"):
-        return "list"
-    try:
-        json.loads(first)
-    except ValueError:
-        raise CurationError(f"{path}: neither a JSON list nor JSON lines (one object per line)") from None
-    return "lines"
+        head = f.read(4096).removeprefix(BOM).lstrip()
+        if not head.startswith(b"{"):
+            return "list"
+        first = next(iter_lines(f), None)  # a line, as the reader splits them (bounded in length)
+    if first is not None and (first.too_large or first.data.strip().endswith(b"}")):
+        return "lines"
+    raise CurationError(f"{path}: neither a JSON list nor JSON lines (one object per line)")
 
 
 class LlavaReader:
@@ -398,8 +453,8 @@ class LlavaReader:
         try:
             with open(spec["file"], "rb") as f:
                 raw_items = _read_lines(f, spec) if spec["format"] == "lines" else _read_list(f, spec)
-                for row, raw, error in islice(raw_items, rows):
-                    yield self._item(spec, ordinal, row, raw, error)
+                for raw_item in islice(raw_items, rows):
+                    yield self._item(spec, ordinal, raw_item)
                     ordinal += 1
         except OSError as exc:
             detail = f"{type(exc).__name__}: {exc}"
@@ -414,13 +469,14 @@ class LlavaReader:
         origin = f"{spec['file']}:{ordinal + 1}" if spec["format"] == "lines" else f"{spec['file']}[{ordinal}]"
         return origin, default_key(self.source.name, spec["file"], spec["file_index"], ordinal)
 
-    def _item(self, spec: dict[str, Any], ordinal: int, row: Any, raw: str, error: str | None) -> Sample | Drop:
+    def _item(self, spec: dict[str, Any], ordinal: int, raw_item: RawItem) -> Sample | Drop:
         src = self.source
+        row, raw, error, reason = raw_item
         origin, default_key = self._where(spec, ordinal)
         if error is None and not isinstance(row, dict):
-            error = f"a JSON {type(row).__name__}, not an object"
+            error = not_an_object(row)
         if error is not None:
-            return Drop("invalid_json", src.name, origin, default_key, error[:500], raw={"text": raw[:RAW_CHARS]})
+            return Drop(reason, src.name, origin, default_key, error[:500], raw={"text": raw[:RAW_CHARS]})
         item = self.to_item(row, origin, default_key)
         if isinstance(item, Drop):
             item.raw = {"text": raw[:RAW_CHARS]}
@@ -439,10 +495,8 @@ class LlavaReader:
             return Drop(exc.reason, src.name, origin, key, str(exc))
         try:
             images = [load_image_file(ref, src.image_root) for ref in conv.image_refs]
-        except FileNotFoundError as exc:
-            return Drop("missing_image_file", src.name, origin, key, str(exc))
-        except OSError as exc:  # a directory, no permission, ...
-            return Drop("unreadable_image_file", src.name, origin, key, str(exc))
+        except OSError as exc:  # missing, a directory, a FIFO, too large, no permission, ...
+            return Drop(image_file_drop_reason(exc), src.name, origin, key, str(exc))
         meta = {k: to_jsonable(v) for k, v in row.items() if k not in conv.used} if src.keep_extra else {}
         if conv.image_refs:
             meta["image_paths"] = to_jsonable(conv.image_value)
@@ -477,42 +531,41 @@ def _plan_list(path: Path, size: int) -> tuple[list[tuple[int, str | None]], int
 def _plan_lines(path: Path, size: int) -> tuple[list[tuple[int, str | None]], int]:
     """(offset of each partition's first non-blank line, number of non-blank lines)."""
     starts: list[tuple[int, str | None]] = []
-    n = offset = 0
+    n = 0
     with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                if n % size == 0:
-                    starts.append((offset, None))
-                n += 1
-            offset += len(line)
+        for line in iter_lines(f):
+            if n % size == 0:
+                starts.append((line.offset, None))
+            n += 1
     return starts, n
 
 
-RawItem = tuple[Any, str, str | None]  # (value, raw text for rejects, error)
+RawItem = tuple[Any, str, str | None, str]  # (value, raw text for rejects, error, drop reason if no good object)
 
 
 def _read_list(f: BinaryIO, spec: dict[str, Any]) -> Iterator[RawItem]:
     if spec.get("fatal"):
-        yield None, "", spec["fatal"]
+        yield None, "", spec["fatal"], "invalid_json"
         return
     for element in ListScanner(f, spec["offset"], keep_text=True):
         raw = (element.text or "")[:RAW_CHARS].encode("latin-1").decode("utf-8", "replace")
         if element.error is not None:
-            yield None, raw, element.error
+            yield None, raw, element.error, TOO_LARGE if element.too_large else "invalid_json"
             continue
         try:
-            yield element_value(element), raw, None
-        except (ValueError, RecursionError) as exc:
-            yield None, raw, f"{type(exc).__name__}: {exc}"
+            yield element_value(element), raw, None, "invalid_json"
+        except JsonRecordError as exc:
+            yield None, raw, str(exc), "invalid_json"
 
 
 def _read_lines(f: BinaryIO, spec: dict[str, Any]) -> Iterator[RawItem]:
-    f.seek(spec["offset"])  # straight to the partition: no rescan from line 0
-    for line in f:
-        if not line.strip():
+    for line in iter_lines(f, spec["offset"]):  # straight to the partition: no rescan from line 0
+        raw = line.raw()
+        if line.too_large:
+            detail = too_large_detail("a line", line.length)
+            yield None, raw, detail, TOO_LARGE
             continue
-        raw = line[:RAW_CHARS].decode("utf-8", "replace")
         try:
-            yield json.loads(line), raw, None
-        except (ValueError, RecursionError) as exc:
-            yield None, raw, f"{type(exc).__name__}: {exc}"
+            yield loads_bytes(line.data), raw, None, "invalid_json"
+        except JsonRecordError as exc:
+            yield None, raw, str(exc), "invalid_json"

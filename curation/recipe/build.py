@@ -6,15 +6,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.recipe.common import _check_unique, _Strict
+from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
 from curation.recipe.sources import RecordKind, Source
 from curation.recipe.steps import GLOBAL_STEPS, RESERVED_STEP_NAMES, Step, step_label
+
+MAX_SOURCES = 1_000
+"""Sources of one build: each is planned and accounted for separately, at least one partition each. A corpus of
+many files is one source whose path is a directory or a glob."""
 
 
 # ---- output and the recipe ----------------------------------------------------------------------
 class Output(_Strict):
     kind: RecordKind = Field(description="Record kind of every sample in the dataset.")
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$", description="Shard prefix (recipe name).")
+    name: str | None = Field(None, pattern=NAME_PATTERN, max_length=NAME_MAX, description="Shard prefix (recipe name).")
     max_samples_per_shard: int = Field(10_000, ge=1)
     max_bytes_per_shard: int = Field(1 << 30, ge=1024)
     pair_image_format: Literal["jpg", "png", "webp"] = Field(
@@ -38,7 +42,7 @@ class Tokenizer(_Strict):
         description="regex: words and punctuation (fast default); tokenizer_json: a local tokenizer.json "
         "(tokenizers); transformers: a local tokenizer directory (AutoTokenizer, offline).",
     )
-    path: str | None = Field(None, description="tokenizer.json file or tokenizer directory.")
+    path: PathStr | None = Field(None, description="tokenizer.json file or tokenizer directory.")
 
     @model_validator(mode="after")
     def _path(self) -> Tokenizer:
@@ -51,7 +55,7 @@ class Tokenizer(_Strict):
 
 class BuildRecipe(_Strict):
     kind: Literal["build"] = "build"
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     description: str = ""
     seed: int = 0
     sources: Annotated[list[Source], Field(min_length=1)]
@@ -61,6 +65,16 @@ class BuildRecipe(_Strict):
     vars: dict[str, str | int | float] = Field(
         default_factory=dict, description="Values substituted for ${name} in the recipe's strings (--set vars.x=...)."
     )
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _not_too_many(cls, sources: Any) -> Any:
+        if isinstance(sources, list) and len(sources) > MAX_SOURCES:  # said before 10,000 sources are validated
+            raise ValueError(
+                f"{len(sources):,} sources; a build takes at most {MAX_SOURCES:,} (one source can read a directory "
+                "or a glob of many files)"
+            )
+        return sources
 
     @field_validator("sources")
     @classmethod

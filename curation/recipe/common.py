@@ -1,16 +1,47 @@
-"""Shared pieces of the recipe models: the strict base model and the checks several models use."""
+"""Shared pieces of the recipe models: the strict base model, name and path types, and the checks several
+models use."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from collections import Counter
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+NAME_MAX = 100
+"""Longest name (recipe, output, source, step, benchmark): names become parts of file names (shard prefixes,
+subset indexes, step files), and a file name has at most 255 bytes."""
+
+NAME_PATTERN = r"^[A-Za-z0-9_\-]+$"
+DOTTED_NAME_PATTERN = r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$"  # may hold dots, never start with one ('.', '..')
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _file_name_safe(value: str) -> str:
+    if value in (".", "..") or "/" in value or "\\" in value or not value.isprintable():
+        raise ValueError("a name is part of file names: no '/', '\\', control characters, and not '.' or '..'")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("an empty path; give a file, a directory or a glob")
+    return value
+
+
+Label = Annotated[str, Field(min_length=1, max_length=NAME_MAX), AfterValidator(_file_name_safe)]
+"""A free-form name that becomes part of file names (step labels)."""
+
+PathStr = Annotated[str, AfterValidator(_not_blank)]
+"""A filesystem path (or glob, or hub id) given in a recipe: never empty or blank (that would mean the
+working directory, silently)."""
+
+
 def _check_unique(what: str, names: list[str]) -> None:
-    dup = sorted({n for n in names if names.count(n) > 1})
+    dup = sorted(n for n, count in Counter(names).items() if count > 1)
     if dup:
         raise ValueError(f"{what} names must be unique; repeated: {', '.join(dup)}")
 

@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from curation.recipe.common import _check_unique, _Strict
+from curation.recipe.common import Label, PathStr, _check_unique, _Strict
 
 
 class TransformersEngineConfig(_Strict):
@@ -110,7 +110,7 @@ class DocmatixGenerateStep(_Strict):
 
     converts: ClassVar[tuple[str, str]] = ("pdf", "sft")
     batched: ClassVar[bool] = True
-    name: str | None = Field(None, description="Label in the accounting (defaults to the step type).")
+    name: Label | None = Field(None, description="Label in the accounting (defaults to the step type).")
     step: Literal["docmatix_generate"]
     engine: EngineConfig
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -124,7 +124,7 @@ class DocmatixGenerateStep(_Strict):
     dpi: int = Field(150, ge=10, le=600)
     max_side: int = Field(2940, ge=64, description="Longest side of a rendered page, in pixels.")
     image_format: Literal["png", "jpg"] = "png"
-    cache_dir: str | None = Field(
+    cache_dir: PathStr | None = Field(
         None,
         description="Where generations persist [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation]/docmatix.",
     )

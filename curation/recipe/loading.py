@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
+import stat
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -13,16 +15,77 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from curation.errors import RecipeError
+from curation.errors import CurationError, RecipeError
 from curation.recipe.build import BuildRecipe
 from curation.recipe.mixture import MixtureRecipe
 from curation.recipe.selection import RECIPE_KINDS, SelectionRecipe
 from shards.atomic import content_sha256
 
-
 # ---- loading ---------------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2 booleans: only true/false (so `resize_mode: no` stays the string 'no')."""
+MAX_RECIPE_BYTES = 4 << 20  # recipes are hand-written YAML: kilobytes; 10,000 sources are ~1 MB
+MAX_YAML_NODES = 1_000_000  # values after aliases are expanded: a "billion laughs" stops here, not in pydantic
+MAX_YAML_DEPTH = 64  # recipes nest ~8 deep; what walks a recipe next (substitution, pydantic) recurses
+
+
+class YamlLimitError(yaml.YAMLError):
+    """A YAML document over MAX_YAML_NODES (aliases counted once per use) or MAX_YAML_DEPTH, or an alias
+    inside the node it names."""
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when built with it: 8x faster
+    """YAML with YAML 1.2 booleans: only true/false (so `resize_mode: no` stays the string 'no'), and bounded:
+    the composed document is measured as if its aliases were copies, and refused past the limits before
+    anything is built from it."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded(node)
+        return node
+
+
+_SCALAR = (1, 1)  # a scalar's expanded size and height
+
+
+def _check_expanded(root: yaml.Node) -> None:
+    """YamlLimitError when ``root``, its aliases expanded, has more than MAX_YAML_NODES nodes or is deeper than
+    MAX_YAML_DEPTH, or holds an alias to a node around it. One pass over the distinct nodes: each node's
+    expanded size and height are computed once (post-order), however often aliases repeat it."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, height)
+    open_nodes: set[int] = set()  # on the current path: an alias to one of these is a cycle
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            open_nodes.discard(id(node))
+            sub = [_SCALAR if isinstance(c, yaml.ScalarNode) else measured[id(c)] for c in _children(node)]
+            size, height = 1 + sum(n for n, _ in sub), 1 + max((h for _, h in sub), default=0)
+            if size > MAX_YAML_NODES:
+                raise YamlLimitError(
+                    f"{_at(node.start_mark)}: expands to more than {MAX_YAML_NODES:,} values (each use of an "
+                    "alias counts its whole node)"
+                )
+            if height > MAX_YAML_DEPTH:
+                raise YamlLimitError(f"{_at(node.start_mark)}: nested deeper than {MAX_YAML_DEPTH} levels")
+            measured[id(node)] = size, height
+        elif id(node) in open_nodes:
+            raise YamlLimitError(f"{_at(node.start_mark)}: an alias to a node that holds it (a cycle)")
+        elif id(node) not in measured:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in _children(node) if not isinstance(c, yaml.ScalarNode))
+
+
+def _at(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -35,7 +98,47 @@ _Loader.add_implicit_resolver(
 
 
 def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    """One YAML document; ``yaml.YAMLError`` (:class:`YamlLimitError` past the limits) when it cannot be."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:  # the pure-Python composer (no libyaml) recurses per level
+        raise YamlLimitError(f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+
+
+def read_text_file(path: str | Path, what: str = "recipe", error: type[CurationError] = RecipeError) -> str:
+    """A recipe-sized UTF-8 text file (a recipe, a sweep spec, a plan), or ``error`` saying
+    "PATH: cannot read the WHAT (why)". Never opens a FIFO or a device: it could block, or never end."""
+
+    def fail(why: str) -> CurationError:
+        return error(f"{path}: cannot read the {what} ({why})")
+
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise fail("a directory")
+        if not stat.S_ISREG(mode):
+            raise fail("not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise fail(exc.strerror or str(exc)) from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise fail(str(exc)) from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise fail(f"larger than {MAX_RECIPE_BYTES >> 20} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything is at ``path``; False for a name the system refuses (too long, ...)."""
+    try:
+        path.stat()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 PATH_KEYS = ("path", "image_root", "cache_dir", "common_words")
@@ -85,15 +188,15 @@ def builtin_recipes() -> dict[str, str]:
 
 def _read_recipe_text(ref: str) -> tuple[str, Path | None]:
     path = Path(ref)
-    if path.suffix in (".yaml", ".yml") or path.is_file() or (path.exists() and ref not in builtin_recipes()):
-        if not path.is_file():
+    if path.suffix in (".yaml", ".yml") or (_exists(path) and (path.is_file() or ref not in builtin_recipes())):
+        if not _exists(path):
             raise RecipeError(f"recipe file not found: {ref}")
-        return path.read_text(), path.resolve().parent
+        return read_text_file(path), path.resolve().parent
     names = builtin_recipes()
     if ref not in names:
         hint = difflib.get_close_matches(ref, names, n=1)
         extra = f"; did you mean {hint[0]!r}?" if hint else f"; built-in recipes: {', '.join(names)}"
-        raise RecipeError(f"no recipe file or built-in recipe named {ref!r}{extra}")
+        raise RecipeError(f"no recipe file or built-in recipe named {ref[:200]!r}{extra}")
     return (resources.files("recipes") / f"{ref}.yaml").read_text(), None
 
 
@@ -135,7 +238,7 @@ def _substitute_vars(data: dict[str, Any], base: Path | None, from_cwd: set[str]
     walk(data, "")
     for container, key in _path_slots(data):
         value = container[key]
-        if not isinstance(value, str) or not value or Path(value).is_absolute() or "://" in value:
+        if not isinstance(value, str) or not value.strip() or Path(value).is_absolute() or "://" in value:
             continue
         var = leading.get((id(container), key))
         if var is not None and var in from_cwd:
@@ -155,6 +258,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     except yaml.YAMLError as exc:
         raise RecipeError(f"--set {dotted}: cannot parse value {raw!r}: {' '.join(str(exc).split())}") from None
     parts = dotted.strip().split(".")
+    if len(parts) > MAX_YAML_DEPTH:  # each part is a level of the recipe: the same bound as its YAML
+        raise RecipeError(f"--set {dotted[:100]}...: deeper than {MAX_YAML_DEPTH} levels")
     node: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -171,7 +276,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
                     parts[-1] in (*PATH_KEYS, *BENCHMARK_PATH_KEYS)
                     and parts[0] != "vars"
                     and isinstance(value, str)
-                    and value
+                    and value.strip()  # a blank path stays blank: validation names it
                     and not Path(value).is_absolute()
                     and "${" not in value
                 ):
@@ -229,18 +334,26 @@ def _format_error(exc: ValidationError, data: dict[str, Any], model: type[BaseMo
             expected = err.get("ctx", {}).get("expected", "")
             tags = [t.strip(" '") for t in str(expected).replace(" or ", ",").split(",")]
             hint = difflib.get_close_matches(str(err.get("input")), tags, n=1)
-            msg = f"got {err.get('input')!r}, expected {expected}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            msg = f"got {_short(err.get('input'))}, expected {expected}" + (
+                f"; did you mean {hint[0]!r}?" if hint else ""
+            )
         elif err["type"] == "union_tag_not_found":
             tag = err.get("ctx", {}).get("discriminator", "type").strip("'")
             msg = f"missing {tag!r}: say which {tag} this is"
         elif "input" in err and not isinstance(err["input"], dict | list):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {_short(err['input'])})"
         msg = msg.removeprefix("Value error, ")
         lines.append(f"{path or '<recipe>'}: {msg}")
     more = len(exc.errors()) - 5
     if more > 0:
         lines.append(f"... and {more} more")
     return "; ".join(lines)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error line quotes a bad value, not a whole one."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-1]}"
 
 
 def _yaml_loc(data: Any, loc: list[Any]) -> list[Any]:
@@ -306,6 +419,8 @@ def load_recipe(ref: str, overrides: list[str] | None = None) -> Any:
     text, base = _read_recipe_text(ref)
     try:
         data = load_yaml(text)
+    except YamlLimitError as exc:
+        raise RecipeError(f"{ref}: {exc}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{ref}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
@@ -326,7 +441,7 @@ def validate_recipe(data: dict[str, Any], ref: str = "recipe", substitute: bool 
         data = copy.deepcopy(data)
         _substitute_vars(data, None, set())
     kind = data.get("kind", "build")
-    if kind not in RECIPE_KINDS:
+    if not isinstance(kind, str) or kind not in RECIPE_KINDS:
         hint = difflib.get_close_matches(str(kind), RECIPE_KINDS, n=1)
         raise RecipeError(
             f"{ref}: kind: unknown recipe kind {kind!r}"

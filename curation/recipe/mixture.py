@@ -8,9 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
-from curation.recipe.common import _check_unique, _Strict
+from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
 from curation.recipe.sources import Category
-
 
 # ---- mixtures -------------------------------------------------------------------------------------
 # A dataset alias names a directory under <out>/_datasets/: a plain name, never a path.
@@ -22,8 +21,8 @@ class DatasetRef(_Strict):
     name, with ``set`` overrides), or a build written inline (``build``: sources, steps, output, ...); the
     last two are built first into ``<out>/_datasets/<alias>``."""
 
-    path: str | None = Field(None, description="A dataset directory built by this toolkit.")
-    recipe: str | None = Field(None, description="A build recipe file or built-in name, built before mixing.")
+    path: PathStr | None = Field(None, description="A dataset directory built by this toolkit.")
+    recipe: PathStr | None = Field(None, description="A build recipe file or built-in name, built before mixing.")
     set: list[str] = Field(default_factory=list, description="--set overrides for that recipe (dotted.path=value).")
     build: BuildRecipe | None = Field(None, description="A build recipe inline (its name defaults to the alias).")
 
@@ -70,7 +69,9 @@ class Target(_Strict):
 
 
 class Component(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9\-]+(_[A-Za-z0-9\-]+)*$", description="No double underscores.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9\-]+(_[A-Za-z0-9\-]+)*$", max_length=NAME_MAX, description="No double underscores."
+    )
     dataset: str = Field(description="An alias under datasets.")
     sources: list[str] | None = Field(None, description="Sources of that dataset [default: [name]].")
     category: Category | None = Field(None, description="[default: the category the dataset records]")
@@ -81,7 +82,7 @@ class Component(_Strict):
 
 
 class MixtureOutput(_Strict):
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_\-]+$", description="Shard prefix (recipe name).")
+    name: str | None = Field(None, pattern=NAME_PATTERN, max_length=NAME_MAX, description="Shard prefix (recipe name).")
     max_samples_per_shard: int = Field(10_000, ge=1)
     max_bytes_per_shard: int = Field(1 << 30, ge=1024)
     bucket_bytes: int = Field(
@@ -94,12 +95,12 @@ class MixtureRecipe(_Strict):
     seeded subsampling), shuffled globally (seeded, out of core) into mixture shards."""
 
     kind: Literal["mixture"]
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     description: str = ""
     seed: int = 0
     vars: dict[str, str | int | float] = Field(default_factory=dict)
     datasets: Annotated[
-        dict[Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=100)], DatasetRef], Field(min_length=1)
+        dict[Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=NAME_MAX)], DatasetRef], Field(min_length=1)
     ]
     components: Annotated[list[Component], Field(min_length=1)]
     total_answer_tokens: int | None = Field(

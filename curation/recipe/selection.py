@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
-from curation.recipe.common import _check_unique, _Strict
+from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
 from curation.recipe.mixture import Component, DatasetRef, MixtureRecipe, name_inline_builds
 
 
@@ -65,8 +65,8 @@ class BenchmarkSet(_Strict):
     ``meta`` (``metric``: vqa_accuracy | anls | multiple_choice | mme; ``references``; ``options``; MME's
     ``subtask``, ``image_id``, ``category``)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    shards: str = Field(description="A dataset directory built by this toolkit.")
+    name: str = Field(pattern=DOTTED_NAME_PATTERN, max_length=NAME_MAX)
+    shards: PathStr = Field(description="A dataset directory built by this toolkit.")
     limit: int | None = Field(None, ge=1, description="Evaluate on the first N samples only.")
 
 
@@ -162,12 +162,12 @@ LauncherConfig = Annotated[LocalLauncherConfig | RayLauncherConfig | SlurmLaunch
 
 # ---- the sweep -----------------------------------------------------------------------------------
 class Candidate(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     components: Annotated[list[Component], Field(min_length=1)]
 
 
 class Category(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     candidates: Annotated[list[Candidate], Field(min_length=1)]
 
 
@@ -183,7 +183,7 @@ class DecisionConfig(_Strict):
 
 class SelectionRecipe(_Strict):
     kind: Literal["selection"]
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     description: str = ""
     seed: int = 0
     vars: dict[str, str | int | float] = Field(default_factory=dict)

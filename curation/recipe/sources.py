@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from curation.obelics.filters import ObelicsFilterConfig
-from curation.recipe.common import _Strict
+from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, PathStr, _Strict
 from schemas import KINDS
 
 RecordKind = Literal["pair", "interleaved", "pdf", "sft"]
@@ -29,7 +29,10 @@ Category = Literal[
 
 
 class SourceBase(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$", description="Source name, used in accounting.")]
+    name: Annotated[
+        str,
+        Field(pattern=DOTTED_NAME_PATTERN, max_length=NAME_MAX, description="Source name, used in accounting."),
+    ]
     category: Category | None = Field(
         None, description="Table 3 task category (the Cauldron reader fills it in for the 50 known configs)."
     )
@@ -61,9 +64,9 @@ class _RowSource(SourceBase):
 
 class JsonlSource(_RowSource):
     reader: Literal["jsonl"]
-    path: str = Field(description="A .jsonl file, a directory of them, or a glob.")
+    path: PathStr = Field(description="A .jsonl file, a directory of them, or a glob.")
     record: Literal["pair", "sft"] = "pair"
-    image_root: str | None = Field(None, description="Directory that relative image paths start from.")
+    image_root: PathStr | None = Field(None, description="Directory that relative image paths start from.")
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="Record field -> input field, e.g. {caption: text, image: file_name, key: id}.",
@@ -73,23 +76,23 @@ class JsonlSource(_RowSource):
 
 class ParquetSource(_RowSource):
     reader: Literal["parquet"]
-    path: str = Field(description="A .parquet file, a directory of them, or a glob.")
+    path: PathStr = Field(description="A .parquet file, a directory of them, or a glob.")
     record: Literal["pair", "sft"] = "pair"
-    image_root: str | None = None
+    image_root: PathStr | None = None
     fields: dict[str, str] = Field(default_factory=dict)
     keep_extra: bool = True
 
 
 class ShardsSource(SourceBase):
     reader: Literal["shards"]
-    path: str = Field(description="A dataset directory built by this toolkit.")
+    path: PathStr = Field(description="A dataset directory built by this toolkit.")
 
 
 class PdfaSource(SourceBase):
     """PDFA (``pdfa-eng-wds``) or IDL (``idl-wds``) webdataset tars: ``KEY.pdf`` + ``KEY.json`` OCR lines."""
 
     reader: Literal["pdfa"]
-    path: str = Field(description="A .tar file, a directory of them, or a glob.")
+    path: PathStr = Field(description="A .tar file, a directory of them, or a glob.")
     variant: Literal["auto", "pdfa", "idl"] = Field("auto", description="JSON layout; auto-detected per sample.")
     max_pages: int | None = Field(None, ge=1, description="Drop documents with more pages (Docmatix used 4).")
 
@@ -136,12 +139,12 @@ class LaionSource(SourceBase):
     """LAION metadata parquet -> filtered, hash-ordered nested subsets -> img2dataset -> pair records."""
 
     reader: Literal["laion"]
-    path: str = Field(description="LAION metadata: a .parquet file, a directory of them, or a glob.")
+    path: PathStr = Field(description="LAION metadata: a .parquet file, a directory of them, or a glob.")
     sizes: list[int] = Field(PAPER_LAION_SIZES, description="Nested subset sizes (each a prefix of the next).")
     seed: int = Field(0, description="Seeds the hash order that picks the subsets.")
     filters: LaionFilters = Field(default_factory=LaionFilters)
     download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
-    cache_dir: str | None = Field(
+    cache_dir: PathStr | None = Field(
         None,
         description="Selections and downloads are cached here [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation].",
     )
@@ -164,12 +167,12 @@ class ObelicsSource(SourceBase):
     back by URL -> ``interleaved`` records. ``partition_size`` counts documents (whole row groups)."""
 
     reader: Literal["obelics"]
-    path: str = Field(description="OBELICS parquet: a file, a directory of them, or a glob.")
+    path: PathStr = Field(description="OBELICS parquet: a file, a directory of them, or a glob.")
     filters: ObelicsFilterConfig = Field(default_factory=ObelicsFilterConfig)
     max_url_occurrences: int | None = Field(10, ge=1, description="Remove image URLs seen more often corpus-wide.")
-    common_words: str | None = Field(None, description="A larger common-words list (one word per line).")
+    common_words: PathStr | None = Field(None, description="A larger common-words list (one word per line).")
     download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
-    cache_dir: str | None = None
+    cache_dir: PathStr | None = None
 
 
 class CauldronSource(SourceBase):
@@ -179,10 +182,12 @@ class CauldronSource(SourceBase):
     directory, or a hub id (when online)."""
 
     reader: Literal["cauldron"]
-    path: str = Field(description="Local root (<config>/*.parquet), a saved dataset, a dataset directory or hub id.")
+    path: PathStr = Field(
+        description="Local root (<config>/*.parquet), a saved dataset, a dataset directory or hub id."
+    )
     config: str | None = Field(None, description="Config (subset) name [default: the source name].")
     split: str = Field("train", description="Split to read (parquet files named <split>-*.parquet).")
-    image_root: str | None = Field(None, description="Directory that relative image paths start from.")
+    image_root: PathStr | None = Field(None, description="Directory that relative image paths start from.")
 
     def config_name(self) -> str:
         return self.config or self.name
@@ -194,8 +199,8 @@ class LlavaSource(SourceBase):
     text-only samples; missing image files are drops."""
 
     reader: Literal["llava"]
-    path: str = Field(description="A .json (list) or .jsonl file, a directory of them, or a glob.")
-    image_root: str | None = Field(None, description="Directory that the records' image paths start from.")
+    path: PathStr = Field(description="A .json (list) or .jsonl file, a directory of them, or a glob.")
+    image_root: PathStr | None = Field(None, description="Directory that the records' image paths start from.")
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="Input field names: key (id), image, conversations; or user + assistant (+ system) for "

@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.recipe.common import _check_bounds, _check_unique, _Strict
+from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, Label, PathStr, _check_bounds, _check_unique, _Strict
 from curation.recipe.generation import DocmatixGenerateStep
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -23,7 +23,7 @@ def step_label(steps: list[Any], i: int) -> str:
 
 
 class StepBase(_Strict):
-    name: str | None = Field(None, description="Label in the accounting (defaults to the step type).")
+    name: Label | None = Field(None, description="Label in the accounting (defaults to the step type).")
 
 
 class TextLengthStep(StepBase):
@@ -132,10 +132,10 @@ class Benchmark(_Strict):
     """An evaluation set: one of our built datasets (``shards``), or an image folder plus a questions jsonl
     (``{"image": relative path, "question": text}`` per line; either may be absent)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    shards: str | None = Field(None, description="A dataset directory built by this toolkit (sft or pair).")
-    images: str | None = Field(None, description="A folder of benchmark images (all image files, recursively).")
-    questions: str | None = Field(None, description="A jsonl of benchmark questions (and their image paths).")
+    name: str = Field(pattern=DOTTED_NAME_PATTERN, max_length=NAME_MAX)
+    shards: PathStr | None = Field(None, description="A dataset directory built by this toolkit (sft or pair).")
+    images: PathStr | None = Field(None, description="A folder of benchmark images (all image files, recursively).")
+    questions: PathStr | None = Field(None, description="A jsonl of benchmark questions (and their image paths).")
 
     @model_validator(mode="after")
     def _one_layout(self) -> Benchmark:

@@ -29,7 +29,7 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from curation.errors import CurationError, RecipeError
-from curation.recipe import load_yaml
+from curation.recipe import load_yaml, read_text_file
 from curation.recipe.common import _Strict
 
 SUPPORTED_ACTIONS = ("REPLACE",)
@@ -226,11 +226,7 @@ def parse_plan(text: str, source: str = "plan") -> list[Ablation]:
 
 def load_plan(path: str | Path) -> list[Ablation]:
     """``parse_plan`` of a plan file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PlanError(f"{path}: cannot read the plan ({exc.strerror or exc})") from None
-    return parse_plan(text, source=str(path))
+    return parse_plan(read_text_file(path, "plan", PlanError), source=str(path))
 
 
 # ---- the sweep spec ----------------------------------------------------------------------------------
@@ -403,10 +399,7 @@ def validate_spec(data: Any, source: str = "spec") -> SweepSpec:
 
 def load_spec(path: str | Path) -> SweepSpec:
     """A sweep spec from a YAML file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read the sweep spec ({exc.strerror or exc})") from None
+    text = read_text_file(path, "sweep spec")
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:

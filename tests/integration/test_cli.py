@@ -43,6 +43,10 @@ def test_top_level_help_lists_commands():
         (["inspect", "/"], "is not a built dataset"),
         (["build", "/tmp/no[such]recipe.yaml"], "/tmp/no[such]recipe.yaml"),  # brackets are text, not markup
         (["build", "demo", "--address", "h:1"], "--address names a Ray cluster; it needs --executor ray"),
+        (["build", "demo", "--set", "sources.captions.path="], "sources.0.path: an empty path"),  # not the cwd
+        (["build", "demo", "--set", "name=" + "x" * 300], "name: String should have at most 100 characters"),
+        (["build", "/dev/zero"], "/dev/zero: cannot read the recipe (not a regular file)"),
+        (["schema", "--out", "/dev/full"], "/dev/full: No space left on device (ENOSPC); free space"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(args, message, tmp_path):

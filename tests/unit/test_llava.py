@@ -211,7 +211,7 @@ def test_image_drops(tmp_path):
         ("llava-x-0000-000000005", "invalid_json"),  # no id could be read: the default key
     ]
     assert "0439023521.jpg" in items[1].detail and items[1].origin.endswith("x.json[1]")
-    assert items[5].detail == "a JSON str, not an object"
+    assert items[5].detail == "a JSON string, not an object"
 
 
 # ---- streaming partitions -----------------------------------------------------------------------------------
@@ -448,3 +448,37 @@ def test_field_mapping_errors(tmp_path, fields, message):
     with pytest.raises(RecipeError, match="sources") as exc:
         validate_recipe(recipe)
     assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
+def test_an_element_over_the_limit_is_skipped_by_its_structure_alone(tmp_path, monkeypatch, chunk):
+    """Brackets, quotes and escapes inside the big element's strings, cut anywhere by the chunks, do not end it."""
+    monkeypatch.setattr(llava, "CHUNK", chunk)
+    monkeypatch.setattr(llava, "MAX_RECORD_BYTES", 300)
+    rows = conv_rows(2)
+    big = json.dumps({"id": "big", "t": ['a"]}[{\\ ,' * 40, {"x": "]]]"}]})
+    path = tmp_path / "big.json"
+    path.write_text(f"[{json.dumps(rows[0])},\n{big} ,{json.dumps(rows[1])}]")
+    reader = LlavaReader(source(path, partition_size=1))
+    items = read_all(reader)
+    assert [type(i).__name__ for i in items] == ["Sample", "Drop", "Sample"]
+    assert items[1].reason == "record_too_large" and f"{len(big):,} bytes" in items[1].detail
+    assert items[1].raw["text"].startswith('{"id": "big"')  # the reject keeps the element's head
+
+
+@pytest.mark.parametrize("sep", ["\r", "\r\n", "\n"])
+def test_a_json_file_of_lines_is_recognised_whatever_its_line_ends(tmp_path, sep):
+    rows = [json.dumps(r) for r in conv_rows(3)]
+    rows[1] = '{"id": "r0001", "n": NaN}'  # the first line decides the format; a bad later line is a drop
+    path = tmp_path / "lines.json"
+    path.write_bytes(b"\xef\xbb\xbf" + sep.join(rows).encode() + sep.encode())
+    items = read_all(LlavaReader(source(path, partition_size=2)))
+    assert [type(i).__name__ for i in items] == ["Sample", "Drop", "Sample"]
+    assert items[1].reason == "invalid_json" and "NaN is not valid JSON" in items[1].detail
+
+
+def test_a_first_line_that_is_one_broken_object_still_means_json_lines(tmp_path):
+    path = tmp_path / "lines.json"
+    path.write_text('{"id": "a", "n": ' + "9" * 5000 + "}\n" + json.dumps(conv_rows(1)[0]) + "\n")
+    items = read_all(LlavaReader(source(path)))
+    assert [type(i).__name__ for i in items] == ["Drop", "Sample"] and "4300 digits" in items[0].detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -14,10 +15,12 @@ from curation.recipe import (
     apply_override,
     builtin_recipes,
     load_recipe,
+    load_yaml,
     recipe_hash,
     recipe_json_schema,
     validate_recipe,
 )
+from curation.recipe.loading import YamlLimitError
 
 BASE = {
     "name": "t",
@@ -282,3 +285,79 @@ def test_unknown_recipe_variable_is_a_clear_error(tmp_path):
     path = _vars_recipe(tmp_path, VARS_RECIPE.replace("${root}/a.jsonl", "${rot}/a.jsonl"))
     with pytest.raises(RecipeError, match=r"sources\.0\.path: unknown variable \$\{rot\}; did you mean \$\{root\}\?"):
         load_recipe(str(path))
+
+
+# ---- hostile recipes: bounded loading, names that become file names, paths that are never empty -----------
+def test_aliases_are_counted_as_copies_and_a_bomb_is_refused_before_anything_is_built():
+    shared = "steps: &s [{step: image_decode}]\nother: *s\n"
+    assert load_yaml(shared) == {"steps": [{"step": "image_decode"}], "other": [{"step": "image_decode"}]}
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)
+    )
+    with pytest.raises(YamlLimitError, match=r"line 6, column 5: expands to more than 1,000,000 values"):
+        load_yaml(bomb)  # a5 expands to 1,111,111 nodes: refused there, long before a9's 10^9 leaves
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: &x [1, *x]\n", "an alias to a node that holds it"),
+        ("a: &x {b: *x}\n", "an alias to a node that holds it"),
+        ("a: " + "[" * 65 + "]" * 65, "nested deeper than 64 levels"),
+        ("&r [&s [*s]]", "an alias to a node that holds it"),
+    ],
+)
+def test_cycles_and_deep_nesting_are_refused(text, message):
+    with pytest.raises(YamlLimitError, match=message):
+        load_yaml(text)
+
+
+def test_yaml_1_2_booleans_survive_the_fast_loader():
+    assert load_yaml("a: no\nb: yes\nc: true\nd: off\ne: False\n") == {
+        "a": "no", "b": "yes", "c": True, "d": "off", "e": False
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: p.write_bytes(b"name: \xc3\x28\n"),
+            r"cannot read the recipe \(not UTF-8 text: byte 0xc3 at offset 6\)",
+        ),
+        (lambda p: p.write_bytes(b"#" * ((4 << 20) + 1)), r"cannot read the recipe \(larger than 4 MiB\)"),
+        (lambda p: p.mkdir(), r"cannot read the recipe \(a directory\)"),
+        (lambda p: os.mkfifo(p), r"cannot read the recipe \(not a regular file\)"),
+    ],
+)
+def test_a_recipe_file_that_cannot_be_read_is_a_recipe_error(tmp_path, make, message):
+    path = tmp_path / "r.yaml"
+    make(path)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(str(path))
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"name": "x" * 101}, "name: String should have at most 100 characters"),
+        ({"output": {"kind": "pair", "name": "a/b"}}, "output.name: String should match pattern"),
+        ({"sources": [{**BASE["sources"][0], "name": ".."}]}, "sources.0.name: String should match pattern"),
+        ({"steps": [{"step": "image_decode", "name": "a/b"}]}, "steps.0.name: a name is part of file names"),
+        ({"steps": [{"step": "image_decode", "name": "."}]}, "steps.0.name: a name is part of file names"),
+        ({"sources": [{**BASE["sources"][0], "path": " "}]}, "sources.0.path: an empty path"),
+        ({"tokenizer": {"type": "tokenizer_json", "path": ""}}, "tokenizer.path: an empty path"),
+        ({"sources": [{**BASE["sources"][0], "name": f"s{i}"} for i in range(1001)]}, "1,001 sources; a build takes"),
+    ],
+)
+def test_names_and_paths_that_would_break_files_are_refused(change, expected):
+    assert expected in _err(_with(**change))
+
+
+def test_an_empty_set_path_is_refused_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    for override in ("sources.caps.path=", "sources.caps.path=' '"):
+        with pytest.raises(RecipeError, match=r"sources\.0\.path: an empty path"):
+            load_recipe(str(path), [override])
