@@ -2,7 +2,8 @@
 WebDatasetSampleWriter, as its pool workers run them. ``img2dataset.download()`` would start a logger and
 a pool process per call (seconds of imports each); our executor already spreads partitions over processes.
 
-``make_reader`` and ``make_downloader`` build those objects from our ``Img2datasetOptions`` for both paths:
+``make_reader`` and ``make_downloader`` build those objects from our ``Img2datasetOptions`` for both paths
+(the Downloader fetches each URL with ``curation.laion.fetch``, not with img2dataset's own fetch):
 ``download_shard`` here, and ``curation.laion.ray_download`` (img2dataset's Ray distributor, one Ray task
 per shard) when builds run on Ray. Called inside a Ray task (a partition of a build on Ray: OBELICS
 documents, or a LAION shard the driver's Ray stage failed on), ``download_shard`` hands the shard to
@@ -70,11 +71,13 @@ def make_reader(
 
 def make_downloader(opts: Any, output_folder: Path, column_list: list[str], caption: bool, per_shard: int) -> Any:
     """img2dataset's Downloader (webdataset writer, sha256, exif) with the Resizer and the download options of
-    ``opts`` (``Img2datasetOptions``); it writes shard N as ``output_folder/NNNNN.tar|.parquet|_stats.json``."""
+    ``opts`` (``Img2datasetOptions``), fetching with ``curation.laion.fetch`` (http(s) only, ``timeout`` per
+    whole attempt, size and pixel limits); it writes shard N as ``output_folder/NNNNN.tar|.parquet|_stats.json``."""
     _quiet_imports()
-    from img2dataset.downloader import Downloader
     from img2dataset.resizer import Resizer
     from img2dataset.writer import WebDatasetSampleWriter
+
+    from curation.laion.fetch import GuardedDownloader
 
     resizer = Resizer(
         image_size=opts.image_size,
@@ -84,7 +87,7 @@ def make_downloader(opts: Any, output_folder: Path, column_list: list[str], capt
         encode_format=opts.encode_format,
     )
     directives = DEFAULT_OPT_OUTS if opts.disallowed_header_directives is None else opts.disallowed_header_directives
-    return Downloader(
+    return GuardedDownloader(
         sample_writer_class=WebDatasetSampleWriter,
         resizer=resizer,
         thread_count=opts.thread_count,

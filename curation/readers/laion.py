@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +24,13 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from curation.laion.download import download_shard
+from curation.laion.failures import row_failure
 from curation.laion.select import select_metadata
 from curation.readers.base import Partition, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
 from schemas import PairRecord
 from shards.atomic import content_sha256
+from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 
 # selection columns carried through img2dataset (it reserves original_width/height for the real download)
 META_COLUMNS = ["rank", "similarity", "punsafe", "pwatermark", "declared_width", "declared_height", "license"]
@@ -49,20 +50,6 @@ def subset_label(n: int) -> str:
 def _short_hash(obj: Any) -> str:
     """A short content hash naming a cache directory."""
     return content_sha256(obj)[:16]
-
-
-def error_category(message: str | None) -> str:
-    """A short, stable reason for an img2dataset error message."""
-    m = (message or "").lower()
-    if match := re.search(r"http error (\d{3})", m):
-        return f"http_{match.group(1)}"
-    if "x-robots-tag" in m or "disallowed" in m:
-        return "opted_out"
-    if "timed out" in m or "timeout" in m:
-        return "timeout"
-    if "connection refused" in m or "name or service not known" in m or "urlopen error" in m:
-        return "unreachable"
-    return "other"
 
 
 class LaionReader:
@@ -179,6 +166,7 @@ class LaionReader:
             return
         rows = sorted(pq.read_table(table_file).to_pylist(), key=lambda r: r["rank"])
         seen = set()
+        tar_size = tar_file.stat().st_size if tar_file.is_file() else 0
         with tarfile.open(tar_file) if tar_file.is_file() else contextlib.nullcontext() as tar:
             members = {m.name: m for m in tar.getmembers()} if tar is not None else {}
             for row in rows:
@@ -186,21 +174,18 @@ class LaionReader:
                 seen.add(rank)
                 key = sanitize_key(f"{name}-{rank:010d}")
                 origin = f"{row.get('url')}"
-                if row["status"] == "failed_to_download":
-                    yield Drop(
-                        f"download_failed:{error_category(row.get('error_message'))}",
-                        name,
-                        origin,
-                        key,
-                        str(row.get("error_message"))[:300],
-                    )
-                    continue
-                if row["status"] != "success":
-                    yield Drop("resize_failed", name, origin, key, str(row.get("error_message"))[:300])
+                if (failure := row_failure(row)) is not None:
+                    yield Drop(failure[0], name, origin, key, failure[1])
                     continue
                 image, caption = members.get(f"{row['key']}.{ext}"), members.get(f"{row['key']}.txt")
                 if image is None or caption is None:
                     yield Drop("download_missing", name, origin, key, "img2dataset listed a success without files")
+                    continue
+                try:
+                    image_bytes = read_member(tar, image, tar_size, MAX_MEMBER_BYTES)
+                    caption_bytes = read_member(tar, caption, tar_size, MAX_MEMBER_BYTES)
+                except MemberError as exc:
+                    yield Drop(exc.reason, name, origin, key, str(exc)[:300])
                     continue
                 meta = {
                     "url": row.get("url"),
@@ -214,8 +199,8 @@ class LaionReader:
                     key=key,
                     source=name,
                     meta={k: v for k, v in meta.items() if v is not None},
-                    image=tar.extractfile(image).read(),
-                    caption=tar.extractfile(caption).read().decode("utf-8"),
+                    image=image_bytes,
+                    caption=caption_bytes.decode("utf-8"),
                 )
                 yield Sample(record, origin)
         for _ in range(stop - start - len(seen)):

@@ -5,11 +5,14 @@ overused ones, and splits the files into partitions of whole row groups. ``read(
 every document of its partition with the original OBELICS rules (``curation.obelics``), downloads the
 distinct image URLs of the surviving documents as one img2dataset shard (cached: never fetched twice),
 joins the images back by URL, removes the images that failed (texts made adjacent are merged with
-"\\n\\n", as in OBELICS) and drops a document left without an image. Output: ``interleaved`` records.
+"\\n\\n", as in OBELICS) and drops a document left without an image. A downloaded image whose real size
+fails the image rules (``min_side``, ``max_side``, ``max_aspect_ratio``) is removed too: the metadata has
+the sizes the crawl saw, a server may now send a 1x1 pixel. Output: ``interleaved`` records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
 from collections import Counter
@@ -21,13 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.laion.download import download_shard
+from curation.laion.failures import row_failure
 from curation.obelics import ObelicsDocument, WordLists, clean_document, count_image_urls
-from curation.obelics.filters import PARAGRAPH_SEPARATOR
+from curation.obelics.filters import PARAGRAPH_SEPARATOR, check_image
 from curation.readers.base import Partition, default_key, expand_inputs
-from curation.readers.laion import _short_hash, cache_root, error_category
+from curation.readers.laion import _short_hash, cache_root
 from curation.readers.parquet import row_group_partitions
 from curation.sample import Drop, Sample
 from schemas import InterleavedRecord
+from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 
 
 class ObelicsReader:
@@ -95,14 +100,17 @@ class ObelicsReader:
         out = Path(spec["download_dir"])
         if not (out / "00000_stats.json").is_file():
             download_shard(pa.table({"url": urls}), out, src.download, [])
-        fetched, failures = self._fetched(out, src.download.encode_format)
+        fetched, failures = self._fetched(out, urls)
         # 3. join back by URL
-        with tarfile.open(out / "00000.tar") as tar:
-            members = {m.name: m for m in tar.getmembers()}
+        tar_file = out / "00000.tar"
+        tar_size = tar_file.stat().st_size if tar_file.is_file() else 0
+        with tarfile.open(tar_file) if tar_file.is_file() else contextlib.nullcontext() as tar:
+            members = {m.name: m for m in tar.getmembers()} if tar is not None else {}
+            ext = src.download.encode_format
             for key, origin, doc, removed in kept:
+                failed: Counter[str] = Counter()
                 texts: list[str | None] = []
                 images: list[bytes | None] = []
-                failed: Counter[str] = Counter()
                 for text, url in zip(doc.texts, doc.images, strict=True):
                     if text is not None:
                         if texts and texts[-1] is not None:
@@ -111,12 +119,15 @@ class ObelicsReader:
                             texts.append(text)
                             images.append(None)
                         continue
-                    member = members.get(f"{fetched[url]}.{src.download.encode_format}") if url in fetched else None
+                    member = members.get(f"{fetched[url]}.{ext}") if url in fetched else None
                     if member is None:
                         failed[failures.get(url, "download_missing")] += 1
                         continue
+                    image = _image_bytes(tar, member, tar_size, failed)
+                    if image is None:
+                        continue
                     texts.append(None)
-                    images.append(tar.extractfile(member).read())
+                    images.append(image)
                 if not any(im is not None for im in images):
                     yield Drop("no_image_downloaded", src.name, origin, key, json.dumps(dict(failed)))
                     continue
@@ -126,15 +137,34 @@ class ObelicsReader:
                 )
                 yield Sample(record, origin)
 
-    @staticmethod
-    def _fetched(out: Path, ext: str) -> tuple[dict[str, str], dict[str, str]]:
-        """url -> img2dataset key of the successes; url -> reason of the failures."""
+    def _fetched(self, out: Path, urls: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """url -> img2dataset key of the successes; url -> reason of the failures. A downloaded image whose real
+        size fails the image rules fails too (the metadata has the sizes the crawl saw, not what came back)."""
+        table = out / "00000.parquet"
+        if not (out / "00000_stats.json").is_file() or not table.is_file():
+            return {}, dict.fromkeys(urls, "download_failed:no_output")
         fetched, failures = {}, {}
-        for row in pq.read_table(out / "00000.parquet").to_pylist():
-            if row["status"] == "success":
-                fetched[row["url"]] = row["key"]
-            elif row["status"] == "failed_to_download":
-                failures[row["url"]] = f"download_failed:{error_category(row.get('error_message'))}"
+        for row in pq.read_table(table).to_pylist():
+            url = row["url"]
+            failure = row_failure(row)
+            if failure is None and (reason := check_image(_real_size(row), self.source.filters.image)):
+                failure = reason, "real size"
+            if failure is None:
+                fetched[url] = row["key"]
             else:
-                failures[row["url"]] = "resize_failed"
+                failures[url] = failure[0]
         return fetched, failures
+
+
+def _real_size(row: dict[str, Any]) -> dict[str, Any]:
+    """The decoded size img2dataset recorded, as image metadata (no format: the bytes decoded)."""
+    return {"original_width": row.get("original_width"), "original_height": row.get("original_height")}
+
+
+def _image_bytes(tar: Any, member: Any, tar_size: int, failed: Counter[str]) -> bytes | None:
+    """The member's bytes, or None when it cannot be read (counted in ``failed``)."""
+    try:
+        return read_member(tar, member, tar_size, MAX_MEMBER_BYTES)
+    except MemberError as exc:
+        failed[exc.reason] += 1
+        return None
