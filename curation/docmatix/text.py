@@ -1,5 +1,5 @@
-"""PDF text -> chunks -> chat messages: the input side of Docmatix generation (FORMATS.md, "How Docmatix was
-generated").
+"""PDF text -> chunks -> chat messages: the input side of Docmatix generation (as the Docmatix
+dataset was generated: docs/docmatix.md).
 
 Page and chunk separators and the chunking rule follow the published generation script, quirks included, so
 that a recipe with the Docmatix settings sends the model the same texts.

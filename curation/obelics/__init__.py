@@ -1,7 +1,7 @@
 """OBELICS (interleaved web documents): parsing rows of the released parquet files and the original
 OBELICS quality filters (paragraph, document and image level) as pure functions. A pipeline calls
 ``ObelicsDocument.from_row`` then ``clean_document``; the corpus-wide image-URL rule needs
-``count_image_urls`` + ``overused_urls`` first. Thresholds: FORMATS.md, "OBELICS"."""
+``count_image_urls`` + ``overused_urls`` first. Thresholds: docs/sources.md, "obelics"."""
 
 from curation.obelics.document import (
     END_OF_DOCUMENT,

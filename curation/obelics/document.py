@@ -1,7 +1,7 @@
 """One OBELICS web document, parsed from a row of the released parquet files, and its
 ``END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED`` cleanup.
 
-The parquet layout (see FORMATS.md, "OBELICS"): ``images`` list<string|null> (image URLs), ``texts``
+The parquet layout (docs/sources.md, "obelics"): ``images`` list<string|null> (image URLs), ``texts``
 list<string|null>, ``metadata`` a JSON string holding a list of the same length (null at text
 positions, an object at image positions), ``general_metadata`` a JSON string holding an object
 (``url``, ``warc_filename``, ``warc_record_offset``, ``warc_record_length``). At every index exactly

@@ -1,5 +1,5 @@
 """Quality filters for OBELICS web documents: the original OBELICS paragraph-, document- and
-image-level rules (thresholds in FORMATS.md, "OBELICS"), as pure functions.
+image-level rules (the paper's thresholds; docs/sources.md, "obelics"), as pure functions.
 
 Definitions shared by every signal below:
 

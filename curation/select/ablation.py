@@ -1,6 +1,7 @@
 """Ablation sweeps: ``curate sweep PLAN.md --spec SPEC.yaml``.
 
-The plan (the format of ../shared/papers/ablation-plan-*.md) names ablated parts and their replacement values;
+The plan (the format of tests/fixtures/ablation_plans/*.md; docs/selection.md) names ablated parts and
+their replacement values;
 the spec maps each part to a key of the unablated trial configuration (``base``) and the plan's metrics to
 the evaluator's. Every (replacement, seed) and the unablated configuration become trials of the same engine
 as Individual Select (cached, retried, resumable); the report gives each replacement against the unablated

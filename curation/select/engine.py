@@ -1,4 +1,5 @@
-"""Run a sweep's trials through a launcher, with the store as the memory of what is done (DESIGN guarantee 7).
+"""Run a sweep's trials through a launcher, with the store as the memory of what is done: a finished trial
+is never run again.
 
 A trial already ``ok`` in the store is a cache hit and is not run. The others run; a failed attempt is
 retried up to ``retries`` more times in this run (its retry is queued while the other trials go on), and a

@@ -185,7 +185,7 @@ def test_toy_world_accepts_the_helpful_and_rejects_the_poisoned(tmp_path):
     assert rerun.returncode == 0 and " started" not in rerun.stderr and "cached" in rerun.stderr
 
 
-PLANS = Path(__file__).parents[1] / "fixtures" / "ablation_plans"  # copies of ../shared/papers/ablation-plan-*.md
+PLANS = Path(__file__).parents[1] / "fixtures" / "ablation_plans"  # three real ablation plans
 ABLATION_TRAIN = r"""
 import json, os, sys, pathlib
 out = sys.argv[1]

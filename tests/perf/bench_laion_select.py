@@ -1,6 +1,7 @@
 """Benchmark: LAION metadata filters + nested-subset selection over 10,000,000 synthetic metadata rows.
 
-Writes 20 parquet parts (half in the "original" layout, half "joined", as in FORMATS.md) with realistic
+Writes 20 parquet parts (half in the "original" layout, half "joined": the two layouts LAION metadata is
+published in) with realistic
 URL and caption lengths, then runs ``curation.laion.select.select_metadata`` (DuckDB, out of core) in a
 child process that reports its own peak RSS, and, as the reference in the same script, a bare DuckDB scan
 that reads the same columns (``count(*)``, ``sum(length(URL))``, ``sum(length(TEXT))``). Targets: selection

@@ -24,7 +24,7 @@ from curation.select.plans import (
     validate_spec,
 )
 
-PAPERS = Path(__file__).parents[1] / "fixtures" / "ablation_plans"  # copies of ../shared/papers/ablation-plan-*.md
+PAPERS = Path(__file__).parents[1] / "fixtures" / "ablation_plans"  # three real ablation plans
 
 
 def _real(name: str) -> list[Ablation]:

@@ -119,7 +119,7 @@ def test_builds_offline_and_loads_with_the_auto_classes(tiny, processor):
     assert isinstance(model, Idefics3ForConditionalGeneration)
     assert isinstance(processor, Idefics3Processor)
     n = sum(p.numel() for p in model.parameters())
-    assert n == 104_624  # ~1e5: the README and DESIGN.md quote this number
+    assert n == 104_624  # ~1e5: docs/selection.md quotes this number
     assert model.config.vision_config.image_size == 32 and model.config.scale_factor == 2
     assert processor.image_seq_len == 4 and processor.image_processor.do_image_splitting is False
     assert model.config.image_token_id == processor.image_token_id
