@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from curation.readers.jsontext import JsonRecordError, loads, loads_bytes
+
 END_OF_DOCUMENT = "END_OF_DOCUMENT_TOKEN_TO_BE_REPLACED"
 PARAGRAPH_SEPARATOR = "\n\n"
 
@@ -95,12 +97,10 @@ def _as_list(value: Any, column: str) -> list:
 
 
 def _decode_json(value: Any, column: str, want: type) -> Any:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="strict")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
+    if isinstance(value, bytes | str):
+        try:  # strict and bounded: UTF-8, nesting depth, digits (a hostile row is a drop, not a crash)
+            value = loads_bytes(value) if isinstance(value, bytes) else loads(value)
+        except JsonRecordError as e:
             raise ValueError(f"OBELICS column {column!r} is not valid JSON: {e}") from e
     elif want is list:
         value = _as_list(value, column) if value is not None else value

@@ -266,6 +266,8 @@ def _readme_configs(root: Path) -> list[str]:
     """Config names declared in a dataset card's YAML header (``configs: [{config_name: ...}]``)."""
     import yaml
 
+    from curation.recipe.loading import load_yaml
+
     readme = root / "README.md"
     if not readme.is_file():
         return []
@@ -274,7 +276,7 @@ def _readme_configs(root: Path) -> list[str]:
     if not match:
         return []
     try:
-        header = yaml.safe_load(match.group(1)) or {}
+        header = load_yaml(match.group(1)) or {}  # bounded: a card is input, and may be an alias bomb
     except yaml.YAMLError:
         return []
     configs = header.get("configs") if isinstance(header, dict) else None

@@ -10,7 +10,6 @@ Reasons name the benchmark: ``contaminated_image:<bench>``, ``contaminated_quest
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator
@@ -21,10 +20,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.errors import CurationError
+from curation.readers.jsontext import MAX_RECORD_BYTES, JsonRecordError, iter_lines, loads_bytes
 from curation.recipe import Benchmark, DecontaminateStep
 from curation.sample import Sample
 from schemas import SftRecord
 from shards.atomic import tmp_path
+from shards.reader import open_regular
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _WORD = re.compile(r"\w+")
@@ -86,13 +87,13 @@ def _bench_items(bench: Benchmark, method: str) -> Iterator[tuple[str, int | Non
             except ValueError:
                 continue
     if bench.questions:
-        with open(bench.questions, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+        with open_regular(Path(bench.questions)) as f:
+            for number, line in enumerate(iter_lines(f), 1):
+                if line.too_large:
+                    raise CurationError(f"{bench.questions}:{number}: a line over {MAX_RECORD_BYTES} bytes")
                 try:
-                    row = json.loads(line)
-                except ValueError as exc:
+                    row = loads_bytes(line.data)
+                except JsonRecordError as exc:
                     raise CurationError(f"{bench.questions}:{number}: not valid JSON ({exc})") from None
                 question = row.get("question") if isinstance(row, dict) else None
                 if isinstance(question, str) and question.strip():
