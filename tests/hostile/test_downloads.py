@@ -451,12 +451,7 @@ def test_laion_build_keeps_or_drops_every_url_of_a_hostile_server_in_bounded_tim
                 "output.rejects=true",
             ],
         )
-        started = time.monotonic()
-        with writes_only_under(tmp_path, "out", "cache"), never_opened(secret, Path("/etc/passwd")):
-            build(recipe, tmp_path / "out", workers=1, progress=False)
-        elapsed = time.monotonic() - started
-        wait_for_slow_clients(held)
-    check_bounded(held, elapsed)
+        _build_watched(recipe, tmp_path, secret, held)
     out = tmp_path / "out"
     audited = check_accounting(out, "laion", len(cases))
     kept = {r.meta["url"] for r in iter_dataset(out)}
@@ -468,6 +463,16 @@ def test_laion_build_keeps_or_drops_every_url_of_a_hostile_server_in_bounded_tim
     assert sum(audited["dropped"].values()) + audited["samples"] == len(cases)
     assert audited["samples"] == sum(o == "kept" for _, o in cases.values())
     assert Counter(r for r, _ in dropped.values()) == expected_drops == Counter(audited["dropped"])
+
+
+def _build_watched(recipe: Any, tmp_path: Path, secret: Path, held: dict[str, float]) -> None:
+    """Build into ``tmp_path/out``: writes only under out/ and cache/, never a ``file:`` read, in bounded time."""
+    started = time.monotonic()
+    with writes_only_under(tmp_path, "out", "cache"), never_opened(secret, Path("/etc/passwd")):
+        build(recipe, tmp_path / "out", workers=1, progress=False)
+    elapsed = time.monotonic() - started
+    wait_for_slow_clients(held)
+    check_bounded(held, elapsed)
 
 
 def _obelics_rows(base: str, cases: dict[str, tuple[str, str]]) -> list[dict]:
@@ -499,12 +504,7 @@ def test_obelics_build_keeps_or_drops_every_image_of_a_hostile_server_in_bounded
                 "output.rejects=true",
             ],
         )
-        started = time.monotonic()
-        with writes_only_under(tmp_path, "out", "cache"), never_opened(secret, Path("/etc/passwd")):
-            build(recipe, tmp_path / "out", workers=1, progress=False)
-        elapsed = time.monotonic() - started
-        wait_for_slow_clients(held)
-    check_bounded(held, elapsed)
+        _build_watched(recipe, tmp_path, secret, held)
     out = tmp_path / "out"
     audited = check_accounting(out, "obelics", len(rows))
     docs = list(iter_dataset(out))
