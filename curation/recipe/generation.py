@@ -28,8 +28,12 @@ class OpenAIEngineConfig(_Strict):
     model: str = Field(description="The model name the endpoint serves.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
-    timeout: float = Field(300.0, gt=0, description="Seconds per request.")
-    max_retries: int = Field(5, ge=0, description="Retries per request (exponential backoff) on errors/timeouts.")
+    timeout: float = Field(
+        300.0, gt=0, description="Seconds per request: a deadline on the whole request, retries included."
+    )
+    max_retries: int = Field(
+        5, ge=0, description="Retries per request (backoff, or Retry-After) on connection errors, 408/409/429 and 5xx."
+    )
     structured_output: bool = Field(False, description="Ask for JSON ({qa: [{question, answer}]}) by schema.")
 
 

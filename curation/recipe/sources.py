@@ -126,7 +126,7 @@ class Img2datasetOptions(_Strict):
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
     encode_quality: int = Field(95, ge=1, le=100)
     thread_count: int = Field(64, ge=1)
-    timeout: int = Field(10, ge=1, description="Seconds per URL.")
+    timeout: int = Field(10, ge=1, description="Seconds per attempt of a URL: the whole response, redirects included.")
     retries: int = Field(0, ge=0)
     samples_per_shard: int = Field(10_000, ge=1, description="Rows per download partition; divides every size.")
     disallowed_header_directives: list[str] | None = Field(
