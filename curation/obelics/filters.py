@@ -44,7 +44,7 @@ from math import isfinite, isqrt
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from curation.obelics.document import PARAGRAPH_SEPARATOR, ObelicsDocument, strip_end_of_document
@@ -298,22 +298,24 @@ class ParagraphFilterConfig(_Config):
     default and off at paragraph level in the original; no models can be downloaded here.
     """
 
-    min_words: int | None = Field(4, ge=0)
-    max_words: int | None = Field(1_000, ge=0)
-    char_repetition_n: int = Field(10, ge=1)
-    max_char_repetition: float | None = Field(0.1, ge=0.0)
-    word_repetition_n: int = Field(5, ge=1)
-    max_word_repetition: float | None = Field(0.1, ge=0.0)
-    max_special_characters: float | None = Field(0.3, ge=0.0)
-    min_stopwords: float | None = Field(0.3, ge=0.0)
-    max_flagged_words: float | None = Field(0.01, ge=0.0)
-    min_punctuation: float | None = Field(0.001, ge=0.0)
-    punctuation_min_tokens: int | None = Field(12, ge=0, description="check punctuation only at >= this many tokens")
-    min_common_words: float | None = Field(0.8, ge=0.0)
-    spam_words_drop_at: float | None = Field(0.12, ge=0.0, description="drop when spam-word ratio >= this")
-    lang_id_scorer: Scorer = Field(None, exclude=True)
+    min_words: int | None = Field(default=4, ge=0)
+    max_words: int | None = Field(default=1_000, ge=0)
+    char_repetition_n: int = Field(default=10, ge=1)
+    max_char_repetition: float | None = Field(default=0.1, ge=0.0)
+    word_repetition_n: int = Field(default=5, ge=1)
+    max_word_repetition: float | None = Field(default=0.1, ge=0.0)
+    max_special_characters: float | None = Field(default=0.3, ge=0.0)
+    min_stopwords: float | None = Field(default=0.3, ge=0.0)
+    max_flagged_words: float | None = Field(default=0.01, ge=0.0)
+    min_punctuation: float | None = Field(default=0.001, ge=0.0)
+    punctuation_min_tokens: int | None = Field(
+        default=12, ge=0, description="check punctuation only at >= this many tokens"
+    )
+    min_common_words: float | None = Field(default=0.8, ge=0.0)
+    spam_words_drop_at: float | None = Field(default=0.12, ge=0.0, description="drop when spam-word ratio >= this")
+    lang_id_scorer: Scorer = Field(default=None, exclude=True)
     min_lang_id: float | None = 0.8
-    perplexity_scorer: Scorer = Field(None, exclude=True)
+    perplexity_scorer: Scorer = Field(default=None, exclude=True)
     max_perplexity: float | None = 1_500.0
 
 
@@ -327,24 +329,26 @@ class DocumentFilterConfig(_Config):
     ``TextScorer``), None (off) by default, and the thresholds apply only when a scorer is given.
     """
 
-    min_words: int | None = Field(10, ge=0)
-    max_words: int | None = Field(2_000, ge=0)
-    char_repetition_n: int = Field(10, ge=1)
-    max_char_repetition: float | None = Field(0.1, ge=0.0)
-    word_repetition_n: int = Field(5, ge=1)
-    max_word_repetition: float | None = Field(0.2, ge=0.0)
-    max_special_characters: float | None = Field(0.275, ge=0.0)
-    min_stopwords: float | None = Field(0.35, ge=0.0)
-    max_flagged_words: float | None = Field(0.01, ge=0.0)
-    min_punctuation: float | None = Field(0.03, ge=0.0)
-    punctuation_min_tokens: int | None = Field(None, ge=0, description="check punctuation only at >= this many tokens")
-    min_common_words: float | None = Field(0.9, ge=0.0)
-    lang_id_scorer: Scorer = Field(None, exclude=True)
+    min_words: int | None = Field(default=10, ge=0)
+    max_words: int | None = Field(default=2_000, ge=0)
+    char_repetition_n: int = Field(default=10, ge=1)
+    max_char_repetition: float | None = Field(default=0.1, ge=0.0)
+    word_repetition_n: int = Field(default=5, ge=1)
+    max_word_repetition: float | None = Field(default=0.2, ge=0.0)
+    max_special_characters: float | None = Field(default=0.275, ge=0.0)
+    min_stopwords: float | None = Field(default=0.35, ge=0.0)
+    max_flagged_words: float | None = Field(default=0.01, ge=0.0)
+    min_punctuation: float | None = Field(default=0.03, ge=0.0)
+    punctuation_min_tokens: int | None = Field(
+        default=None, ge=0, description="check punctuation only at >= this many tokens"
+    )
+    min_common_words: float | None = Field(default=0.9, ge=0.0)
+    lang_id_scorer: Scorer = Field(default=None, exclude=True)
     min_lang_id: float | None = 0.8
-    perplexity_scorer: Scorer = Field(None, exclude=True)
+    perplexity_scorer: Scorer = Field(default=None, exclude=True)
     max_perplexity: float | None = 1_500.0
-    min_images: int | None = Field(1, ge=0)
-    max_images: int | None = Field(30, ge=0)
+    min_images: int | None = Field(default=1, ge=0)
+    max_images: int | None = Field(default=30, ge=0)
     require_text_and_image: bool = True
 
 
@@ -355,15 +359,20 @@ class ImageFilterConfig(_Config):
     and pass the set to ``clean_document``."""
 
     formats: frozenset[str] | None = frozenset({"jpg", "jpeg", "png", "webp"})
-    min_side: int | None = Field(150, ge=0)
-    max_side: int | None = Field(20_000, ge=0)
-    max_aspect_ratio: float | None = Field(2.0, ge=1.0)
-    max_url_occurrences: int | None = Field(10, ge=0)
+    min_side: int | None = Field(default=150, ge=0)
+    max_side: int | None = Field(default=20_000, ge=0)
+    max_aspect_ratio: float | None = Field(default=2.0, ge=1.0)
+    max_url_occurrences: int | None = Field(default=10, ge=0)
 
     @field_validator("formats")
     @classmethod
     def _lowercase_formats(cls, v: frozenset[str] | None) -> frozenset[str] | None:
         return None if v is None else frozenset(f.strip().lower().lstrip(".") for f in v)
+
+    @field_serializer("formats")
+    def _sorted_formats(self, v: frozenset[str] | None) -> list[str] | None:
+        """A set dumps in string-hash order, which changes per process: sorted, the recipe's identity is stable."""
+        return None if v is None else sorted(v)
 
 
 class ObelicsFilterConfig(_Config):
@@ -574,7 +583,7 @@ def count_image_urls(
     paths = [os.fspath(p) for p in parquet_paths]
     if not paths:
         raise ValueError("count_image_urls: no parquet files given")
-    config: dict[str, str | int] = {}
+    config: dict[str, str | bool | int | float | list[str]] = {}  # what duckdb.connect(config=) takes
     if memory_limit is not None:
         config["memory_limit"] = memory_limit
     if temp_directory is not None:

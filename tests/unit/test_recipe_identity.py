@@ -1,0 +1,28 @@
+"""A recipe's identity (its sha256, which decides whether a build resumes) is the same in every process:
+nothing in it may follow Python's per-process string hashing (a set dumped in iteration order did)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from curation.recipe.loading import builtin_recipes
+
+_PRINT = """
+from curation.recipe import load_recipe
+from curation.recipe.loading import builtin_recipes, recipe_hash
+for name in sorted(builtin_recipes()):
+    print(name, recipe_hash(load_recipe(name)))
+"""
+
+
+def test_every_builtin_recipe_hashes_the_same_whatever_the_hash_seed():
+    runs = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", _PRINT], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(out.stdout)
+    assert len(runs[0].splitlines()) == len(builtin_recipes())
+    assert runs[0] == runs[1] == runs[2]
