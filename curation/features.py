@@ -11,22 +11,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.recipe import BuildRecipe, DecontaminateStep, NearDupImagesStep, NearDupTextStep, step_label
+from curation.recipe import BuildRecipe, step_label
 from curation.sample import Sample
 from schemas import Record, SftRecord
 
 
 def needed_hashes(recipe: BuildRecipe) -> list[str]:
-    """Hash methods the sidecars must carry for this recipe."""
+    """Hash methods the sidecars must carry for this recipe: the output's, and what its steps declare."""
+    from curation.steps import step_class
+
     methods = set(recipe.output.image_hashes)
     for step in recipe.steps:
-        if isinstance(step, NearDupImagesStep) or (isinstance(step, DecontaminateStep) and step.match != "question"):
-            methods.add(step.hash)
+        methods |= step_class(step).image_hashes(step)
     return sorted(methods)
 
 
-def minhash_steps(recipe: BuildRecipe) -> list[tuple[str, NearDupTextStep]]:
-    return [(step_label(recipe.steps, i), s) for i, s in enumerate(recipe.steps) if isinstance(s, NearDupTextStep)]
+def minhash_steps(recipe: BuildRecipe) -> list[tuple[str, str, Any]]:
+    """(label, text, config) of the steps whose MinHash signatures the workers stage."""
+    from curation.steps import step_class
+
+    found = []
+    for i, step in enumerate(recipe.steps):
+        text = step_class(step).minhash_text(step)
+        if text is not None:
+            found.append((step_label(recipe.steps, i), text, step))
+    return found
 
 
 def add_image_hashes(sample: Sample, methods: list[str]) -> None:
@@ -60,17 +69,17 @@ def minhash_file(label: str) -> str:
 class MinhashStager:
     """Collects (shard, index, signature) per near_dup_text step while a partition is written."""
 
-    def __init__(self, steps: list[tuple[str, NearDupTextStep]]) -> None:
+    def __init__(self, steps: list[tuple[str, str, Any]]) -> None:
         self.steps = steps
         self.rows: dict[str, dict[str, list[Any]]] = {
-            label: {"shard": [], "index": [], "sig": []} for label, _ in steps
+            label: {"shard": [], "index": [], "sig": []} for label, _, _ in steps
         }
 
     def add(self, record: Record, where: tuple[str, int]) -> None:
         from curation.neardup.minhash import minhash_signature
 
-        for label, cfg in self.steps:
-            sig = minhash_signature(conversation_text(record, cfg.text), cfg.num_perm, cfg.shingle_words)
+        for label, text, cfg in self.steps:
+            sig = minhash_signature(conversation_text(record, text), cfg.num_perm, cfg.shingle_words)
             rows = self.rows[label]
             rows["shard"].append(where[0])
             rows["index"].append(where[1])

@@ -24,7 +24,7 @@ from curation.readers import Partition, Reader, make_reader
 from curation.recipe import BuildRecipe
 from curation.rejects import RejectsWriter
 from curation.sample import Drop, Sample
-from curation.steps import build_steps
+from curation.steps import BatchedStep, build_steps, is_global, step_label
 from shards import ShardWriter
 from shards.atomic import atomic_write_json
 from shards.imageinfo import ImageProbeError, probe_image
@@ -41,13 +41,10 @@ def partition_dir(work: Path, gid: int) -> Path:
 
 def step_names(recipe: BuildRecipe) -> tuple[list[str], list[str]]:
     """(record-level accounting steps in order, global steps in order)."""
-    from curation.recipe import GLOBAL_STEPS
-    from curation.steps import step_label
-
     record = ["read", "probe"]
     glob = [UNIQUE_KEY]
     for i, s in enumerate(recipe.steps):
-        (glob if s.step in GLOBAL_STEPS else record).append(step_label(recipe.steps, i))
+        (glob if is_global(s) else record).append(step_label(recipe.steps, i))
     return [*record, "write"], glob
 
 
@@ -61,7 +58,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     source = next(s for s in recipe.sources if s.name == part.source)
     reader = make_reader(source)
-    steps = build_steps(recipe.steps, {"work": work, "tokenizer": (recipe.tokenizer.type, recipe.tokenizer.path)})
+    steps = build_steps(recipe.steps, work, (recipe.tokenizer.type, recipe.tokenizer.path))
     names, _ = step_names(recipe)
     acc = Accounting(names)
     out = recipe.output
@@ -103,8 +100,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
         pipeline.feed(item)
     pipeline.finish()
     for _, step in steps:
-        if hasattr(step, "close"):
-            step.close()
+        step.close()
     writer.close()
     features.minhash.write(tmp)
     reject_shards = rejects.close() if rejects is not None else []
@@ -209,7 +205,7 @@ class _Pipeline:
     def _run_from(self, position: int, sample: Sample) -> None:
         for i in range(position, len(self.steps)):
             label, step = self.steps[i]
-            if getattr(step, "batch_size", None):
+            if isinstance(step, BatchedStep):
                 batch = self.waiting.setdefault(i, [])
                 batch.append(sample)
                 if len(batch) >= step.batch_size:
@@ -263,7 +259,8 @@ class _Pipeline:
 
 def _step_reports(steps) -> dict[str, Any]:
     """What steps report about their work (e.g. generation counts and timings), by step label."""
-    return {label: step.report() for label, step in steps if hasattr(step, "report")}
+    reports = {label: step.report() for label, step in steps}
+    return {label: report for label, report in reports.items() if report is not None}
 
 
 def read_partition_stats(work: Path, gid: int) -> dict[str, Any]:

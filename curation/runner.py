@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from curation import __version__
 from curation.accounting import Accounting
@@ -28,10 +28,11 @@ from curation.faults import crash_point
 from curation.partition import UNIQUE_KEY, partition_dir, read_partition_stats, step_names
 from curation.progress import BuildProgress
 from curation.readers import Partition, make_reader
-from curation.recipe import GLOBAL_STEPS, STEP_CLASSES, BuildRecipe, step_label
-from curation.steps.dedup import GlobalDrops, find_global_drops
-from curation.steps.merge import Patches, find_merges, stage_merged_turns
-from curation.steps.neardup import near_duplicate_images, near_duplicate_texts
+from curation.recipe import BuildRecipe, step_label
+from curation.steps import GlobalStep, RecordStep, is_global, step_class
+from curation.steps.contract import registered_steps
+from curation.steps.dedup import GlobalDrops, UniqueKey
+from curation.steps.merge import Patches, stage_merged_turns
 from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
 from shards.manifest import MANIFEST_NAME, STATS_NAME, DatasetManifest, read_manifest, write_wids_index
 from shards.tokens import TokenizerError, make_token_counter, tokenizer_fingerprint
@@ -175,30 +176,24 @@ def _check_sources_outside(recipe: BuildRecipe, out: Path) -> None:
 
 
 def _check_kinds(recipe: BuildRecipe, readers: dict[str, Any]) -> None:
-    """Follow each source's record kind through the steps: conversions, kind-specific options, output."""
+    """Follow each source's record kind through the steps, as each step class declares what it takes and
+    makes, to the output kind."""
     for src in recipe.sources:
         kind = readers[src.name].record_kind()
         for i, step in enumerate(recipe.steps):
-            converts = getattr(step, "converts", None)  # a step that changes the record kind declares it
-            if converts and converts[0] == kind:
-                kind = converts[1]
-            if step.step == "qa_filter" and kind != "sft":
+            cls = step_class(step)
+            problem = cls.kind_error(step, kind)
+            if problem:
                 raise RecipeError(
-                    f"steps.{i} (qa_filter) needs sft records, but source {src.name!r} has {kind} records at this "
-                    "step; convert them first (e.g. pair_to_sft) or remove the step"
+                    f"steps.{i} ({step.step}) {problem}, but source {src.name!r} has {kind} records at this step; "
+                    "convert them first (e.g. pair_to_sft) or change the step"
                 )
-            if step.step == "text_length":
-                need = {"caption": "pair", "answers": "sft", "questions": "sft"}.get(step.field)
-                if need and kind != need:
-                    raise RecipeError(
-                        f"steps.{i}.field: {step.field!r} needs {need} records, but source {src.name!r} has "
-                        f"{kind} records at this step; use field: all"
-                    )
+            kind = cls.output_kind(kind)
         if kind != recipe.output.kind:
             fixes = [
-                name
-                for name, cls in STEP_CLASSES.items()
-                if getattr(cls, "converts", None) == (kind, recipe.output.kind)
+                get_args(cfg.model_fields["step"].annotation)[0]  # the step's type, as a recipe names it
+                for cfg, cls in registered_steps().items()
+                if cls.converts == (kind, recipe.output.kind)
             ]
             fix = f" (add a {fixes[0]!r} step)" if fixes else ""
             raise RecipeError(
@@ -216,20 +211,14 @@ def check_tokenizer(tokenizer: Any) -> str:
 
 
 def _check_step_inputs(recipe: BuildRecipe) -> None:
-    from curation.steps.decontaminate import check_benchmarks
-
     for i, step in enumerate(recipe.steps):
-        if step.step == "decontaminate":
-            check_benchmarks(step, f"steps.{i}")
+        step_class(step).check_inputs(step, f"steps.{i}")
 
 
 def _prepare_steps(recipe: BuildRecipe, work: Path) -> None:
-    """Build-wide inputs of record steps, made once before the partitions run (e.g. benchmark indexes)."""
-    from curation.steps.decontaminate import prepare_benchmarks
-
+    """Build-wide inputs of steps, made once before the partitions run (e.g. benchmark indexes)."""
     for i, step in enumerate(recipe.steps):
-        if step.step == "decontaminate":
-            prepare_benchmarks(step, step_label(recipe.steps, i), work)
+        step_class(step).prepare(step, step_label(recipe.steps, i), work)
 
 
 def plan_partitions(recipe: BuildRecipe, limit: int | None) -> list[Partition]:
@@ -421,7 +410,9 @@ def _build_locked(
         accounting=summary,
         duplicates=duplicate_pairs,
         categories=_categories(recipe),
-        reports=_without_run_only(merge_reports([read_partition_stats(work, g).get("reports", {}) for g in gids])),
+        reports=_without_run_only(
+            recipe, merge_reports([read_partition_stats(work, g).get("reports", {}) for g in gids])
+        ),
     )
     done_now = {t["gid"] for t in tasks}
     run_reports = merge_reports([read_partition_stats(work, g).get("reports", {}) for g in gids if g in done_now])
@@ -439,7 +430,14 @@ def _build_locked(
     shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
     log = _write_log(
-        out, manifest, state, ex.describe(), seconds, len(plan) - len(tasks), total_rows - skipped_rows, run_reports
+        out,
+        manifest,
+        state,
+        ex.describe(),
+        seconds,
+        len(plan) - len(tasks),
+        total_rows - skipped_rows,
+        _with_throughput(recipe, run_reports, seconds),
     )
     return BuildResult(
         out, manifest, "resumed" if state == "resume" else "fresh", len(plan), len(plan) - len(tasks), seconds, log
@@ -453,8 +451,8 @@ def _run_global_steps(
     Returns the drops, per step how many samples of each source duplicated a sample of which source, and the
     conversations that ``merge_qa`` grows."""
     _, global_labels = step_names(recipe)
-    configs = {UNIQUE_KEY: None}
-    configs.update({step_label(recipe.steps, i): s for i, s in enumerate(recipe.steps) if s.step in GLOBAL_STEPS})
+    configs: dict[str, Any] = {UNIQUE_KEY: None}
+    configs.update({step_label(recipe.steps, i): s for i, s in enumerate(recipe.steps) if is_global(s)})
     sidecars = [
         (gid, int(s["name"].split(".")[0]), partition_dir(work, gid) / s["sidecar"])
         for gid in gids
@@ -490,18 +488,10 @@ def _run_global_steps(
 
 
 def _global_step(cfg: Any, label: str, sidecars: list, drops: GlobalDrops, work: Path) -> tuple[GlobalDrops, Patches]:
-    """What one global step drops, and the conversations it grows (only merge_qa grows any)."""
-    if cfg is None:
-        return find_global_drops("duplicate_key", label, sidecars, drops), {}
-    if cfg.step == "exact_image_dedup":
-        return find_global_drops("duplicate_image", label, sidecars, drops), {}
-    if cfg.step == "near_dup_images":
-        return near_duplicate_images(cfg, label, sidecars, drops), {}
-    if cfg.step == "near_dup_text":
-        return near_duplicate_texts(cfg, label, sidecars, drops, work), {}
-    if cfg.step == "merge_qa":
-        return find_merges(cfg, label, sidecars, drops)
-    raise CurationError(f"global step {cfg.step!r} is not implemented by this runner")
+    """What one global step drops, and the conversations it grows; ``None`` is the always-on unique_key."""
+    cls = UniqueKey if cfg is None else step_class(cfg)
+    assert issubclass(cls, GlobalStep)
+    return cls.find(cfg, label, sidecars, drops, work)
 
 
 def _categories(recipe: BuildRecipe) -> dict[str, str]:
@@ -571,35 +561,28 @@ def merge_reports(reports: list[dict[str, dict[str, Any]]]) -> dict[str, dict[st
     return merged
 
 
-RUN_ONLY_REPORT_KEYS = ("generated_requests", "cached_requests", "generated_prompt_tokens",
-                        "generated_completion_tokens", "engine_seconds")  # fmt: skip
+def _record_step_classes(recipe: BuildRecipe) -> dict[str, type[RecordStep]]:
+    classes = {step_label(recipe.steps, i): step_class(s) for i, s in enumerate(recipe.steps)}
+    return {label: cls for label, cls in classes.items() if issubclass(cls, RecordStep)}
 
 
-def _without_run_only(reports: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _without_run_only(recipe: BuildRecipe, reports: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The manifest keeps what the output depends on, not what a particular run did (cache hits, timings)."""
-    return {label: {k: v for k, v in r.items() if k not in RUN_ONLY_REPORT_KEYS} for label, r in reports.items()}
-
-
-def throughput(report: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """Rates of a generation step over a run's wall-clock ``seconds`` (and over the engine's own time)."""
-    engine = report.get("engine_seconds") or 0.0
-    discarded = report.get("discarded", {})
-    parsed = report.get("pairs_parsed", 0)
+    classes = _record_step_classes(recipe)
     return {
-        "documents": report.get("documents", 0),
-        "generated_requests": report.get("generated_requests", 0),
-        "cached_requests": report.get("cached_requests", 0),
-        "documents_per_s": round(report.get("documents", 0) / seconds, 3) if seconds else None,
-        "prompt_tokens_per_s": round(report.get("generated_prompt_tokens", 0) / seconds, 1) if seconds else None,
-        "generated_tokens_per_s": round(report.get("generated_completion_tokens", 0) / seconds, 1) if seconds else None,
-        "engine_seconds": engine,
-        "generated_tokens_per_engine_s": round(report.get("generated_completion_tokens", 0) / engine, 1)
-        if engine
-        else None,
-        "pairs_parsed": parsed,
-        "pairs_kept": report.get("pairs_kept", 0),
-        "discard_rate_by_rule": {r: round(n / parsed, 4) for r, n in sorted(discarded.items())} if parsed else {},
+        label: {k: v for k, v in r.items() if k not in classes[label].run_only_report_keys}
+        for label, r in reports.items()
     }
+
+
+def _with_throughput(recipe: BuildRecipe, reports: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Each step's report of this run, with the rates its class derives from it (for the run log)."""
+    classes = _record_step_classes(recipe)
+    out = {}
+    for label, report in reports.items():
+        rates = classes[label].throughput(report, seconds)
+        out[label] = report if rates is None else {**report, "throughput": rates}
+    return out
 
 
 def _write_log(
@@ -628,10 +611,7 @@ def _write_log(
             "rows_per_second": round(rows_done / seconds, 1) if seconds else None,
             "samples": manifest.totals["samples"],
             "recipe_sha256": manifest.recipe_sha256,
-            "steps": {
-                label: {**r, "throughput": throughput(r, seconds)} if "engine_seconds" in r else r
-                for label, r in (reports or {}).items()
-            },
+            "steps": reports or {},
         },
     )
     return path

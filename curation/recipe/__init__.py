@@ -70,12 +70,11 @@ from curation.recipe.sources import (
     SourceBase,
 )
 from curation.recipe.steps import (
-    GLOBAL_STEPS,
     RESERVED_STEP_NAMES,
-    STEP_CLASSES,
     Benchmark,
     DecontaminateStep,
     ExactImageDedupStep,
+    GlobalStepBase,
     ImageDecodeStep,
     ImageSizeStep,
     MergeQaStep,
@@ -92,13 +91,11 @@ from curation.recipe.steps import (
 
 __all__ = [
     "BENCHMARK_PATH_KEYS",
-    "GLOBAL_STEPS",
     "PAPER_LAION_SIZES",
     "PATH_KEYS",
     "RECIPE_KINDS",
     "RECORD_FIELDS",
     "RESERVED_STEP_NAMES",
-    "STEP_CLASSES",
     "Benchmark",
     "BenchmarkSet",
     "BuildRecipe",
@@ -116,6 +113,7 @@ __all__ = [
     "EngineConfig",
     "EvaluatorConfig",
     "ExactImageDedupStep",
+    "GlobalStepBase",
     "GroundingConfig",
     "HarnessEvaluatorConfig",
     "ImageDecodeStep",

@@ -8,7 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
 from curation.recipe.sources import RecordKind, Source
-from curation.recipe.steps import GLOBAL_STEPS, RESERVED_STEP_NAMES, Step, step_label
+from curation.recipe.steps import RESERVED_STEP_NAMES, GlobalStepBase, Step, step_label
 
 MAX_SOURCES = 1_000
 """Sources of one build: each is planned and accounted for separately, at least one partition each. A corpus of
@@ -18,13 +18,15 @@ many files is one source whose path is a directory or a glob."""
 # ---- output and the recipe ----------------------------------------------------------------------
 class Output(_Strict):
     kind: RecordKind = Field(description="Record kind of every sample in the dataset.")
-    name: str | None = Field(None, pattern=NAME_PATTERN, max_length=NAME_MAX, description="Shard prefix (recipe name).")
-    max_samples_per_shard: int = Field(10_000, ge=1)
-    max_bytes_per_shard: int = Field(1 << 30, ge=1024)
-    pair_image_format: Literal["jpg", "png", "webp"] = Field(
-        "jpg", description="Pair images are stored as KEY.<format>; other formats are re-encoded."
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=NAME_MAX, description="Shard prefix (recipe name)."
     )
-    rejects: bool = Field(False, description="Also write dropped samples (with reasons) to rejects/ shards.")
+    max_samples_per_shard: int = Field(default=10_000, ge=1)
+    max_bytes_per_shard: int = Field(default=1 << 30, ge=1024)
+    pair_image_format: Literal["jpg", "png", "webp"] = Field(
+        default="jpg", description="Pair images are stored as KEY.<format>; other formats are re-encoded."
+    )
+    rejects: bool = Field(default=False, description="Also write dropped samples (with reasons) to rejects/ shards.")
     sidecar_scores: list[str] = Field(
         default_factory=list, description="Numeric meta keys copied into the sidecar's `scores` column."
     )
@@ -38,11 +40,11 @@ class Tokenizer(_Strict):
     """Counts text and answer tokens in the sidecars (and so the mixture shares)."""
 
     type: Literal["regex", "tokenizer_json", "transformers"] = Field(
-        "regex",
+        default="regex",
         description="regex: words and punctuation (fast default); tokenizer_json: a local tokenizer.json "
         "(tokenizers); transformers: a local tokenizer directory (AutoTokenizer, offline).",
     )
-    path: PathStr | None = Field(None, description="tokenizer.json file or tokenizer directory.")
+    path: PathStr | None = Field(default=None, description="tokenizer.json file or tokenizer directory.")
 
     @model_validator(mode="after")
     def _path(self) -> Tokenizer:
@@ -96,7 +98,7 @@ class BuildRecipe(_Strict):
     def _global_steps_last(self) -> BuildRecipe:
         seen_global = None
         for i, step in enumerate(self.steps):
-            if step.step in GLOBAL_STEPS:
+            if isinstance(step, GlobalStepBase):
                 seen_global = i
             elif seen_global is not None:
                 raise ValueError(

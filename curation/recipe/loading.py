@@ -10,7 +10,7 @@ import stat
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -32,7 +32,13 @@ class YamlLimitError(yaml.YAMLError):
     inside the node it names."""
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when built with it: 8x faster
+if TYPE_CHECKING:  # the C loader has the pure-Python one's API: type-check against that
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it: 8x faster
+
+
+class _Loader(_SafeLoader):
     """YAML with YAML 1.2 booleans: only true/false (so `resize_mode: no` stays the string 'no'), and bounded:
     the composed document is measured as if its aliases were copies, and refused past the limits before
     anything is built from it."""
@@ -327,7 +333,7 @@ def _format_error(exc: ValidationError, data: dict[str, Any], model: type[BaseMo
             expected = err.get("ctx", {}).get("expected_tags", "")
             tags = [t.strip(" '") for t in str(expected).split(",")]
             hint = difflib.get_close_matches(str(err.get("ctx", {}).get("tag", "")), tags, n=1)
-            msg = f"unknown type {err['ctx'].get('tag')!r}" + (
+            msg = f"unknown type {err.get('ctx', {}).get('tag')!r}" + (
                 f"; did you mean {hint[0]!r}?" if hint else f"; expected one of {expected}"
             )
         elif err["type"] == "literal_error":

@@ -21,10 +21,14 @@ class DatasetRef(_Strict):
     name, with ``set`` overrides), or a build written inline (``build``: sources, steps, output, ...); the
     last two are built first into ``<out>/_datasets/<alias>``."""
 
-    path: PathStr | None = Field(None, description="A dataset directory built by this toolkit.")
-    recipe: PathStr | None = Field(None, description="A build recipe file or built-in name, built before mixing.")
+    path: PathStr | None = Field(default=None, description="A dataset directory built by this toolkit.")
+    recipe: PathStr | None = Field(
+        default=None, description="A build recipe file or built-in name, built before mixing."
+    )
     set: list[str] = Field(default_factory=list, description="--set overrides for that recipe (dotted.path=value).")
-    build: BuildRecipe | None = Field(None, description="A build recipe inline (its name defaults to the alias).")
+    build: BuildRecipe | None = Field(
+        default=None, description="A build recipe inline (its name defaults to the alias)."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> DatasetRef:
@@ -53,9 +57,11 @@ class Target(_Strict):
     """Exactly one: a share of the mixture's answer tokens (in percent, Table 3's `% mix`), a number of
     samples, or a number of epochs over the component's samples."""
 
-    answer_share: float | None = Field(None, gt=0.0, le=100.0, description="Percent of the mixture's answer tokens.")
-    samples: int | None = Field(None, ge=0)
-    epochs: float | None = Field(None, ge=0.0)
+    answer_share: float | None = Field(
+        default=None, gt=0.0, le=100.0, description="Percent of the mixture's answer tokens."
+    )
+    samples: int | None = Field(default=None, ge=0)
+    epochs: float | None = Field(default=None, ge=0.0)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Target:
@@ -73,8 +79,8 @@ class Component(_Strict):
         pattern=r"^[A-Za-z0-9\-]+(_[A-Za-z0-9\-]+)*$", max_length=NAME_MAX, description="No double underscores."
     )
     dataset: str = Field(description="An alias under datasets.")
-    sources: list[str] | None = Field(None, description="Sources of that dataset [default: [name]].")
-    category: Category | None = Field(None, description="[default: the category the dataset records]")
+    sources: list[str] | None = Field(default=None, description="Sources of that dataset [default: [name]].")
+    category: Category | None = Field(default=None, description="[default: the category the dataset records]")
     target: Target
 
     def source_names(self) -> list[str]:
@@ -82,11 +88,13 @@ class Component(_Strict):
 
 
 class MixtureOutput(_Strict):
-    name: str | None = Field(None, pattern=NAME_PATTERN, max_length=NAME_MAX, description="Shard prefix (recipe name).")
-    max_samples_per_shard: int = Field(10_000, ge=1)
-    max_bytes_per_shard: int = Field(1 << 30, ge=1024)
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=NAME_MAX, description="Shard prefix (recipe name)."
+    )
+    max_samples_per_shard: int = Field(default=10_000, ge=1)
+    max_bytes_per_shard: int = Field(default=1 << 30, ge=1024)
     bucket_bytes: int = Field(
-        256 << 20, ge=1 << 16, description="The out-of-core shuffle holds one bucket of this size in memory."
+        default=256 << 20, ge=1 << 16, description="The out-of-core shuffle holds one bucket of this size in memory."
     )
 
 
@@ -104,7 +112,7 @@ class MixtureRecipe(_Strict):
     ]
     components: Annotated[list[Component], Field(min_length=1)]
     total_answer_tokens: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Size of a mixture whose targets are all shares [default: the answer tokens available].",
     )

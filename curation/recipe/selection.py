@@ -14,10 +14,10 @@ from curation.recipe.mixture import Component, DatasetRef, MixtureRecipe, name_i
 
 # ---- trainer -------------------------------------------------------------------------------------
 class PeftConfig(_Strict):
-    method: Literal["lora", "dora", "none"] = Field("lora", description="none: train all parameters.")
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    method: Literal["lora", "dora", "none"] = Field(default="lora", description="none: train all parameters.")
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
@@ -27,20 +27,20 @@ class ReferenceTrainerConfig(_Strict):
     type: Literal["reference"]
     model: str = Field(description="A local model directory (model + processor).")
     peft: PeftConfig = Field(default_factory=PeftConfig)
-    epochs: float = Field(1.0, gt=0.0, description="Passes over the trial's mixture (fractions allowed).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(8, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
-    learning_rate: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    epochs: float = Field(default=1.0, gt=0.0, description="Passes over the trial's mixture (fractions allowed).")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=1e-4, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    warmup_ratio: float = Field(default=0.03, ge=0.0, lt=1.0)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    neftune_alpha: float | None = Field(None, gt=0.0, description="NEFTune noise on input embeddings (e.g. 5).")
-    max_length: int = Field(2048, ge=16, description="Tokens per sample (longer ones are truncated).")
+    neftune_alpha: float | None = Field(default=None, gt=0.0, description="NEFTune noise on input embeddings (e.g. 5).")
+    max_length: int = Field(default=2048, ge=16, description="Tokens per sample (longer ones are truncated).")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    device: str = Field("auto", description="auto (cuda when visible, else cpu), cpu, cuda.")
+    device: str = Field(default="auto", description="auto (cuda when visible, else cpu), cpu, cuda.")
     processes: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        1,
+        default=1,
         description='Processes per trial through torchrun (data parallel); "auto" = one per visible GPU, 1 on CPU.',
     )
 
@@ -67,7 +67,7 @@ class BenchmarkSet(_Strict):
 
     name: str = Field(pattern=DOTTED_NAME_PATTERN, max_length=NAME_MAX)
     shards: PathStr = Field(description="A dataset directory built by this toolkit.")
-    limit: int | None = Field(None, ge=1, description="Evaluate on the first N samples only.")
+    limit: int | None = Field(default=None, ge=1, description="Evaluate on the first N samples only.")
 
 
 class ScoreConfig(_Strict):
@@ -83,8 +83,8 @@ class ScoreConfig(_Strict):
 class BuiltinEvaluatorConfig(_Strict):
     type: Literal["builtin"]
     benchmarks: Annotated[list[BenchmarkSet], Field(min_length=1)]
-    max_new_tokens: int = Field(16, ge=1)
-    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1)
 
     @model_validator(mode="after")
     def _unique(self) -> BuiltinEvaluatorConfig:
@@ -121,9 +121,9 @@ class LocalLauncherConfig(_Strict):
     CUDA_VISIBLE_DEVICES); CPU trials when there is no GPU (``gpus_per_trial: 0``)."""
 
     type: Literal["local"]
-    gpus_per_trial: int = Field(0, ge=0)
-    max_concurrent: int = Field(1, ge=1)
-    timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
+    gpus_per_trial: int = Field(default=0, ge=0)
+    max_concurrent: int = Field(default=1, ge=1)
+    timeout: float | None = Field(default=None, gt=0, description="Seconds before a trial is killed (timeout).")
 
 
 class RayLauncherConfig(_Strict):
@@ -132,15 +132,15 @@ class RayLauncherConfig(_Strict):
 
     type: Literal["ray"]
     address: str | None = Field(
-        None,
+        default=None,
         description="The Ray cluster (host:port or ray://host:port) [default: RAY_ADDRESS, else a Ray started "
         "here]; unused when this process is connected to Ray already.",
     )
     num_gpus: float = Field(
-        0, ge=0, description="GPUs per trial (a fraction shares a GPU; 0: CUDA_VISIBLE_DEVICES is empty)."
+        default=0, ge=0, description="GPUs per trial (a fraction shares a GPU; 0: CUDA_VISIBLE_DEVICES is empty)."
     )
-    num_cpus: float = Field(1, gt=0, description="Ray CPUs per trial.")
-    timeout: float | None = Field(None, gt=0, description="Seconds before a trial is killed (timeout).")
+    num_cpus: float = Field(default=1, gt=0, description="Ray CPUs per trial.")
+    timeout: float | None = Field(default=None, gt=0, description="Seconds before a trial is killed (timeout).")
 
 
 class SlurmLauncherConfig(_Strict):
@@ -148,13 +148,15 @@ class SlurmLauncherConfig(_Strict):
 
     type: Literal["slurm"]
     partition: str | None = None
-    gpus_per_node: int = Field(1, ge=0)
-    cpus_per_task: int = Field(8, ge=1)
-    mem_gb: int = Field(64, ge=1)
-    timeout_min: int = Field(240, ge=1)
-    folder: str | None = Field(None, description="submitit logs [default: <sweep>/slurm].")
+    gpus_per_node: int = Field(default=1, ge=0)
+    cpus_per_task: int = Field(default=8, ge=1)
+    mem_gb: int = Field(default=64, ge=1)
+    timeout_min: int = Field(default=240, ge=1)
+    folder: str | None = Field(default=None, description="submitit logs [default: <sweep>/slurm].")
     additional_parameters: dict[str, Any] = Field(default_factory=dict)
-    executor: Literal["slurm", "local", "debug"] = Field("slurm", description="local/debug: submitit without Slurm.")
+    executor: Literal["slurm", "local", "debug"] = Field(
+        default="slurm", description="local/debug: submitit without Slurm."
+    )
 
 
 LauncherConfig = Annotated[LocalLauncherConfig | RayLauncherConfig | SlurmLauncherConfig, Field(discriminator="type")]
@@ -178,7 +180,7 @@ class Baseline(_Strict):
 class DecisionConfig(_Strict):
     """A candidate is accepted when its (mean) score >= the baseline's - ``tolerance`` ("comparable" counts)."""
 
-    tolerance: float = Field(0.0, ge=0.0)
+    tolerance: float = Field(default=0.0, ge=0.0)
 
 
 class SelectionRecipe(_Strict):
@@ -198,8 +200,8 @@ class SelectionRecipe(_Strict):
         default_factory=lambda: [0], min_length=1, description="One trial per seed; decisions on the mean."
     )
     launcher: LauncherConfig = Field(default_factory=lambda: LocalLauncherConfig(type="local"))
-    retries: int = Field(1, ge=0, description="Extra attempts of a failed trial.")
-    final_all_candidates: bool = Field(False, description="Also train baseline + every candidate (Table 5).")
+    retries: int = Field(default=1, ge=0, description="Extra attempts of a failed trial.")
+    final_all_candidates: bool = Field(default=False, description="Also train baseline + every candidate (Table 5).")
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
 
     @model_validator(mode="before")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -34,12 +34,14 @@ class SourceBase(_Strict):
         Field(pattern=DOTTED_NAME_PATTERN, max_length=NAME_MAX, description="Source name, used in accounting."),
     ]
     category: Category | None = Field(
-        None, description="Table 3 task category (the Cauldron reader fills it in for the 50 known configs)."
+        default=None, description="Table 3 task category (the Cauldron reader fills it in for the 50 known configs)."
     )
-    limit: int | None = Field(None, ge=0, description="Read at most this many input rows of this source.")
-    partition_size: int = Field(10_000, ge=1, description="Input rows per partition (the unit of work/resume).")
-    license: str | None = Field(None, description="The source's licence as declared (shown in the dataset card).")
-    citation: str | None = Field(None, description="How to cite the source (shown in the dataset card).")
+    limit: int | None = Field(default=None, ge=0, description="Read at most this many input rows of this source.")
+    partition_size: int = Field(default=10_000, ge=1, description="Input rows per partition (the unit of work/resume).")
+    license: str | None = Field(
+        default=None, description="The source's licence as declared (shown in the dataset card)."
+    )
+    citation: str | None = Field(default=None, description="How to cite the source (shown in the dataset card).")
 
 
 RECORD_FIELDS = {"pair": ("key", "image", "caption"), "sft": ("key", "images", "turns")}
@@ -56,6 +58,10 @@ def _check_field_names(fields: dict[str, str], valid: tuple[str, ...], what: str
 
 
 class _RowSource(SourceBase):
+    if TYPE_CHECKING:  # declared by each subclass (a field here would change the models)
+        record: Literal["pair", "sft"]
+        fields: dict[str, str]
+
     @model_validator(mode="after")
     def _known_fields(self) -> _RowSource:
         _check_field_names(self.fields, RECORD_FIELDS[self.record], f"a field of {self.record} records")
@@ -66,12 +72,12 @@ class JsonlSource(_RowSource):
     reader: Literal["jsonl"]
     path: PathStr = Field(description="A .jsonl file, a directory of them, or a glob.")
     record: Literal["pair", "sft"] = "pair"
-    image_root: PathStr | None = Field(None, description="Directory that relative image paths start from.")
+    image_root: PathStr | None = Field(default=None, description="Directory that relative image paths start from.")
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="Record field -> input field, e.g. {caption: text, image: file_name, key: id}.",
     )
-    keep_extra: bool = Field(True, description="Keep unmapped input fields in the record's meta.")
+    keep_extra: bool = Field(default=True, description="Keep unmapped input fields in the record's meta.")
 
 
 class ParquetSource(_RowSource):
@@ -93,8 +99,10 @@ class PdfaSource(SourceBase):
 
     reader: Literal["pdfa"]
     path: PathStr = Field(description="A .tar file, a directory of them, or a glob.")
-    variant: Literal["auto", "pdfa", "idl"] = Field("auto", description="JSON layout; auto-detected per sample.")
-    max_pages: int | None = Field(None, ge=1, description="Drop documents with more pages (Docmatix used 4).")
+    variant: Literal["auto", "pdfa", "idl"] = Field(
+        default="auto", description="JSON layout; auto-detected per sample."
+    )
+    max_pages: int | None = Field(default=None, ge=1, description="Drop documents with more pages (Docmatix used 4).")
 
 
 PAPER_LAION_SIZES = [1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000, 50_000_000, 100_000_000]
@@ -104,33 +112,39 @@ class LaionFilters(_Strict):
     """Metadata filters, each a drop reason; a filter whose column is absent from every file is skipped and
     reported. ``None`` turns a filter off."""
 
-    min_similarity: float | None = Field(0.28, description="CLIP image-text similarity minimum (low_similarity).")
-    nsfw_tags: list[str] = Field(["NSFW"], description="Drop rows with these NSFW tags (original layout).")
-    max_punsafe: float | None = Field(0.5, description="Drop rows above this punsafe (joined layout).")
-    max_pwatermark: float | None = Field(0.8, description="Drop rows above this pwatermark (watermark).")
-    min_side: int | None = Field(64, ge=1, description="Declared WIDTH/HEIGHT; unknown sizes pass (too_small).")
-    max_aspect_ratio: float | None = Field(3.0, ge=1.0)
-    min_words: int | None = Field(2, ge=0, description="Caption words (caption_too_short).")
-    max_words: int | None = Field(None, ge=1, description="Caption words (caption_too_long).")
-    languages: list[str] | None = Field(None, description="Keep these LANGUAGE values (multi/nolang parts).")
-    min_aesthetic: float | None = Field(None, description="AESTHETIC_SCORE / aesthetic minimum (low_aesthetic).")
-    dedup_urls: bool = Field(True, description="Keep one row per URL (the first in hash order): duplicate_url.")
+    min_similarity: float | None = Field(
+        default=0.28, description="CLIP image-text similarity minimum (low_similarity)."
+    )
+    nsfw_tags: list[str] = Field(default=["NSFW"], description="Drop rows with these NSFW tags (original layout).")
+    max_punsafe: float | None = Field(default=0.5, description="Drop rows above this punsafe (joined layout).")
+    max_pwatermark: float | None = Field(default=0.8, description="Drop rows above this pwatermark (watermark).")
+    min_side: int | None = Field(default=64, ge=1, description="Declared WIDTH/HEIGHT; unknown sizes pass (too_small).")
+    max_aspect_ratio: float | None = Field(default=3.0, ge=1.0)
+    min_words: int | None = Field(default=2, ge=0, description="Caption words (caption_too_short).")
+    max_words: int | None = Field(default=None, ge=1, description="Caption words (caption_too_long).")
+    languages: list[str] | None = Field(default=None, description="Keep these LANGUAGE values (multi/nolang parts).")
+    min_aesthetic: float | None = Field(
+        default=None, description="AESTHETIC_SCORE / aesthetic minimum (low_aesthetic)."
+    )
+    dedup_urls: bool = Field(default=True, description="Keep one row per URL (the first in hash order): duplicate_url.")
 
 
 class Img2datasetOptions(_Strict):
     """Passed to img2dataset.download (called for real, one shard per partition)."""
 
-    image_size: int = Field(512, ge=16)
+    image_size: int = Field(default=512, ge=16)
     resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "keep_ratio"
     resize_only_if_bigger: bool = True
     encode_format: Literal["jpg", "png", "webp"] = "jpg"
-    encode_quality: int = Field(95, ge=1, le=100)
-    thread_count: int = Field(64, ge=1)
-    timeout: int = Field(10, ge=1, description="Seconds per attempt of a URL: the whole response, redirects included.")
-    retries: int = Field(0, ge=0)
-    samples_per_shard: int = Field(10_000, ge=1, description="Rows per download partition; divides every size.")
+    encode_quality: int = Field(default=95, ge=1, le=100)
+    thread_count: int = Field(default=64, ge=1)
+    timeout: int = Field(
+        default=10, ge=1, description="Seconds per attempt of a URL: the whole response, redirects included."
+    )
+    retries: int = Field(default=0, ge=0)
+    samples_per_shard: int = Field(default=10_000, ge=1, description="Rows per download partition; divides every size.")
     disallowed_header_directives: list[str] | None = Field(
-        None, description="X-Robots-Tag opt-outs honoured; null = img2dataset's default (noai, noimageai, ...)."
+        default=None, description="X-Robots-Tag opt-outs honoured; null = img2dataset's default (noai, noimageai, ...)."
     )
     user_agent_token: str | None = None
 
@@ -140,12 +154,12 @@ class LaionSource(SourceBase):
 
     reader: Literal["laion"]
     path: PathStr = Field(description="LAION metadata: a .parquet file, a directory of them, or a glob.")
-    sizes: list[int] = Field(PAPER_LAION_SIZES, description="Nested subset sizes (each a prefix of the next).")
-    seed: int = Field(0, description="Seeds the hash order that picks the subsets.")
+    sizes: list[int] = Field(default=PAPER_LAION_SIZES, description="Nested subset sizes (each a prefix of the next).")
+    seed: int = Field(default=0, description="Seeds the hash order that picks the subsets.")
     filters: LaionFilters = Field(default_factory=LaionFilters)
     download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
     cache_dir: PathStr | None = Field(
-        None,
+        default=None,
         description="Selections and downloads are cached here [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation].",
     )
 
@@ -169,8 +183,10 @@ class ObelicsSource(SourceBase):
     reader: Literal["obelics"]
     path: PathStr = Field(description="OBELICS parquet: a file, a directory of them, or a glob.")
     filters: ObelicsFilterConfig = Field(default_factory=ObelicsFilterConfig)
-    max_url_occurrences: int | None = Field(10, ge=1, description="Remove image URLs seen more often corpus-wide.")
-    common_words: PathStr | None = Field(None, description="A larger common-words list (one word per line).")
+    max_url_occurrences: int | None = Field(
+        default=10, ge=1, description="Remove image URLs seen more often corpus-wide."
+    )
+    common_words: PathStr | None = Field(default=None, description="A larger common-words list (one word per line).")
     download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
     cache_dir: PathStr | None = None
 
@@ -185,9 +201,9 @@ class CauldronSource(SourceBase):
     path: PathStr = Field(
         description="Local root (<config>/*.parquet), a saved dataset, a dataset directory or hub id."
     )
-    config: str | None = Field(None, description="Config (subset) name [default: the source name].")
-    split: str = Field("train", description="Split to read (parquet files named <split>-*.parquet).")
-    image_root: PathStr | None = Field(None, description="Directory that relative image paths start from.")
+    config: str | None = Field(default=None, description="Config (subset) name [default: the source name].")
+    split: str = Field(default="train", description="Split to read (parquet files named <split>-*.parquet).")
+    image_root: PathStr | None = Field(default=None, description="Directory that relative image paths start from.")
 
     def config_name(self) -> str:
         return self.config or self.name
@@ -200,13 +216,13 @@ class LlavaSource(SourceBase):
 
     reader: Literal["llava"]
     path: PathStr = Field(description="A .json (list) or .jsonl file, a directory of them, or a glob.")
-    image_root: PathStr | None = Field(None, description="Directory that the records' image paths start from.")
+    image_root: PathStr | None = Field(default=None, description="Directory that the records' image paths start from.")
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="Input field names: key (id), image, conversations; or user + assistant (+ system) for "
         "single-turn instruction records, e.g. {user: query, assistant: response}.",
     )
-    keep_extra: bool = Field(True, description="Keep unmapped input fields in the record's meta.")
+    keep_extra: bool = Field(default=True, description="Keep unmapped input fields in the record's meta.")
 
     @model_validator(mode="after")
     def _known_fields(self) -> LlavaSource:

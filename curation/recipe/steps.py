@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +24,10 @@ def step_label(steps: list[Any], i: int) -> str:
 
 class StepBase(_Strict):
     name: Label | None = Field(None, description="Label in the accounting (defaults to the step type).")
+
+
+class GlobalStepBase(StepBase):
+    """The config of a step over the whole dataset: it runs after every record step, so it comes last."""
 
 
 class TextLengthStep(StepBase):
@@ -60,7 +64,6 @@ class ImageSizeStep(StepBase):
 
 
 class PairToSftStep(StepBase):
-    converts: ClassVar[tuple[str, str]] = ("pair", "sft")
     step: Literal["pair_to_sft"]
     prompt: str = Field("Describe the image.", description="The user turn; the caption becomes the answer.")
 
@@ -69,7 +72,6 @@ class PdfToTranscriptionStep(StepBase):
     """A ``pdf`` record becomes an ``sft`` record: rendered page images, one turn per page (prompt -> the
     page's text in reading order), as in Idefics3's pretraining stage 2."""
 
-    converts: ClassVar[tuple[str, str]] = ("pdf", "sft")
     step: Literal["pdf_to_transcription"]
     dpi: int = Field(150, ge=10, le=600)
     max_side: int = Field(2940, ge=64, description="Longest side of a rendered page, in pixels.")
@@ -77,7 +79,7 @@ class PdfToTranscriptionStep(StepBase):
     image_format: Literal["png", "jpg"] = "png"
 
 
-class ExactImageDedupStep(StepBase):
+class ExactImageDedupStep(GlobalStepBase):
     step: Literal["exact_image_dedup"]
 
 
@@ -103,7 +105,7 @@ class QaFilterStep(StepBase):
         return self
 
 
-class NearDupImagesStep(StepBase):
+class NearDupImagesStep(GlobalStepBase):
     """Perceptual near-duplicate images across the build (global): a sample whose images are all within
     ``max_distance`` bits of an earlier sample's images (same count, same order) is dropped."""
 
@@ -113,7 +115,7 @@ class NearDupImagesStep(StepBase):
     scope: Literal["all", "source"] = Field("all", description="all: across every source; source: within each.")
 
 
-class NearDupTextStep(StepBase):
+class NearDupTextStep(GlobalStepBase):
     """MinHash-LSH near-duplicate conversations (global, datasketch): estimated Jaccard similarity of word
     shingles >= ``threshold`` to an earlier sample drops the later one."""
 
@@ -170,7 +172,7 @@ class DecontaminateStep(StepBase):
         return benchmarks
 
 
-class MergeQaStep(StepBase):
+class MergeQaStep(GlobalStepBase):
     """QA pairs on the same image(s) become one multi-turn conversation (the Cauldron convention): samples of
     a source with identical images (sha256) merge into the first, in dataset order (global)."""
 
@@ -194,7 +196,3 @@ Step = Annotated[
     | DocmatixGenerateStep,
     Field(discriminator="step"),
 ]
-GLOBAL_STEPS = {"exact_image_dedup", "near_dup_images", "near_dup_text", "merge_qa"}
-STEP_CLASSES: dict[str, type[StepBase]] = {
-    get_args(cls.model_fields["step"].annotation)[0]: cls for cls in get_args(get_args(Step)[0])
-}

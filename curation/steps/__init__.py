@@ -1,5 +1,16 @@
-"""Steps: small functions of a sample returning the sample (maybe changed) or a drop reason."""
+"""Steps: what a build does to samples, each class declaring what the runner needs (``contract``)."""
 
-from curation.steps.base import RecordStep, build_steps, step_label
+from curation.steps.base import build_steps, is_global, step_label
+from curation.steps.contract import BatchedStep, GlobalStep, RecordStep, Step, StepContext, step_class
 
-__all__ = ["RecordStep", "build_steps", "step_label"]
+__all__ = [
+    "BatchedStep",
+    "GlobalStep",
+    "RecordStep",
+    "Step",
+    "StepContext",
+    "build_steps",
+    "is_global",
+    "step_class",
+    "step_label",
+]

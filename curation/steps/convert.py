@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from curation.recipe.steps import PairToSftStep
 from curation.sample import Sample
+from curation.steps.contract import RecordStep
 from schemas import PairRecord, SftRecord, Turn
 
 
-class PairToSft:
+class PairToSft(RecordStep):
     """A caption becomes a one-turn conversation: the prompt asks, the caption answers."""
 
-    def __init__(self, cfg) -> None:
-        self.prompt = cfg.prompt
+    config = PairToSftStep
+    converts: ClassVar[tuple[str, str] | None] = ("pair", "sft")
 
     def __call__(self, sample: Sample) -> Sample | str:
         r = sample.record
@@ -21,6 +25,6 @@ class PairToSft:
             source=r.source,
             meta=r.meta,
             images=[r.image],
-            turns=[Turn.model_construct(user=self.prompt, assistant=r.caption)],
+            turns=[Turn.model_construct(user=self.cfg.prompt, assistant=r.caption)],
         )
         return Sample(sft, sample.origin, sample.infos)

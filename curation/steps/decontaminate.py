@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +23,7 @@ from curation.errors import CurationError
 from curation.readers.jsontext import MAX_RECORD_BYTES, JsonRecordError, iter_lines, loads_bytes
 from curation.recipe import Benchmark, DecontaminateStep
 from curation.sample import Sample
+from curation.steps.contract import RecordStep, StepContext
 from schemas import SftRecord
 from shards.atomic import tmp_path
 from shards.reader import open_regular
@@ -127,18 +128,35 @@ def prepare_benchmarks(cfg: DecontaminateStep, label: str, work: Path) -> Path:
     return path
 
 
-class Decontaminate:
-    """The record step: loads the prepared benchmark index of its step from ``context['work']``."""
+class Decontaminate(RecordStep):
+    """The record step: loads the benchmark index prepared for its step in the build's work directory."""
 
-    takes_context = True
+    config = DecontaminateStep
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "contaminated_image:": "an image within max_distance of the named benchmark's image (match: image...)",
+        "contaminated_question:": "a question overlapping the named benchmark's question (match: ...question)",
+        "contaminated_image_and_question:": "both, with the same benchmark (match: image_and_question)",
+    }
 
-    def __init__(self, cfg: DecontaminateStep, context: dict[str, Any]) -> None:
+    @classmethod
+    def check_inputs(cls, cfg: DecontaminateStep, where: str) -> None:
+        check_benchmarks(cfg, where)
+
+    @classmethod
+    def prepare(cls, cfg: DecontaminateStep, label: str, work: Path) -> None:
+        prepare_benchmarks(cfg, label, work)
+
+    @classmethod
+    def image_hashes(cls, cfg: DecontaminateStep) -> set[str]:
+        return set() if cfg.match == "question" else {cfg.hash}
+
+    def __init__(self, cfg: DecontaminateStep, context: StepContext) -> None:
         from curation.neardup.hashing import to_unsigned
         from curation.neardup.index import MultiIndexHash
 
-        self.cfg = cfg
+        super().__init__(cfg, context)
         self.order = {b.name: i for i, b in enumerate(cfg.benchmarks)}
-        table = pq.read_table(index_path(Path(context["work"]), context["label"])).to_pylist()
+        table = pq.read_table(index_path(context.work, context.label)).to_pylist()
         self.image_index = MultiIndexHash(cfg.max_distance)
         self.image_bench: list[str] = []
         self.questions: list[tuple[str, frozenset]] = []

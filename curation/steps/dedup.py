@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
+
+from curation.recipe.steps import ExactImageDedupStep
+from curation.steps.contract import GlobalStep
+
+if TYPE_CHECKING:
+    from curation.steps.merge import Patches
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class GlobalDrop:
 
 Where = tuple[int, int]  # (partition id, shard number)
 GlobalDrops = dict[Where, dict[str, GlobalDrop]]
+Sidecars = list[tuple[int, int, Path]]  # (partition id, shard number, staged sidecar), in dataset order
 
 _ROWS = """
     SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source, r.origin, r.n_images,
@@ -82,3 +90,30 @@ def find_global_drops(
     for gid, shard, key, source, detail, other in rows:
         found.setdefault((gid, shard), {})[key] = GlobalDrop(source, step, reason, detail, other)
     return found
+
+
+class UniqueKey(GlobalStep):
+    """Always on, first of the global steps (no recipe config): keys must be unique for webdataset and wids."""
+
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "duplicate_key": "a key already used earlier in the dataset (the first one wins)"
+    }
+
+    @classmethod
+    def find(
+        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
+    ) -> tuple[GlobalDrops, Patches]:
+        return find_global_drops("duplicate_key", label, sidecars, already), {}
+
+
+class ExactImageDedup(GlobalStep):
+    config = ExactImageDedupStep
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "duplicate_image": "the same images (sha256 of each) as an earlier sample"
+    }
+
+    @classmethod
+    def find(
+        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
+    ) -> tuple[GlobalDrops, Patches]:
+        return find_global_drops("duplicate_image", label, sidecars, already), {}

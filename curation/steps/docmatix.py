@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from curation.docmatix.cache import GenerationCache, default_cache_dir, request_key
 from curation.docmatix.engines import ChatRequest, Generation, GenerationFailure, make_engine
@@ -29,6 +29,7 @@ from curation.docmatix.untrusted import clean_text, max_reply_chars, replace_sur
 from curation.faults import crash_point
 from curation.recipe import DocmatixGenerateStep
 from curation.sample import Sample
+from curation.steps.contract import BatchedStep, StepContext
 from curation.steps.pdf import RenderError, render_pages
 from schemas import PdfRecord, SftRecord, Turn
 from shards.imageinfo import ImageProbeError, probe_image
@@ -55,16 +56,27 @@ class _Document:
         self.keys: list[str] = []
 
 
-class DocmatixGenerate:
-    takes_context = True
+class DocmatixGenerate(BatchedStep):
+    config = DocmatixGenerateStep
+    converts: ClassVar[tuple[str, str] | None] = ("pdf", "sft")
+    kinds: ClassVar[frozenset[str] | None] = frozenset({"pdf"})
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "no_text": "no page with text",
+        "page_too_long": "a page alone is longer than a chunk",
+        "generation_failed:": "the engine failed for a chunk (the reason: timeout, http_503, response_too_large, ...)",
+        "generation_too_long": "a reply longer than max_reply_chars (a server ignoring max_tokens)",
+        "no_qa_pairs": "the replies hold no question/answer pair",
+        "all_pairs_discarded": "every parsed pair was discarded by the filters",
+        "pdf_unrenderable": "pdfium cannot render the pages",
+    }
+    run_only_report_keys: ClassVar[tuple[str, ...]] = (*RUN_COUNTS, "engine_seconds")
 
-    def __init__(self, cfg: DocmatixGenerateStep, context: dict[str, Any]) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: DocmatixGenerateStep, context: StepContext) -> None:
+        super().__init__(cfg, context)
         self.batch_size = cfg.batch_documents
         self.engine = make_engine(cfg.engine)
         self.identity = self.engine.identity()
-        tokenizer = context.get("tokenizer") or ("regex", None)
-        self._fallback_counter = make_token_counter(*tokenizer)
+        self._fallback_counter = make_token_counter(*context.tokenizer)
         self.cache = GenerationCache(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir())
         self.counts: Counter[str] = Counter()
         self.discarded: Counter[str] = Counter()
@@ -266,6 +278,30 @@ class DocmatixGenerate:
             "failures": dict(sorted(self.failures.items())),
             "repairs": dict(sorted(self.repairs.items())),
             "engine_seconds": round(self.engine_seconds, 3),
+        }
+
+    @classmethod
+    def throughput(cls, report: dict[str, Any], seconds: float) -> dict[str, Any] | None:
+        """Rates of a generation step over a run's wall-clock ``seconds`` (and over the engine's own time)."""
+        engine = report.get("engine_seconds") or 0.0
+        discarded = report.get("discarded", {})
+        parsed = report.get("pairs_parsed", 0)
+        return {
+            "documents": report.get("documents", 0),
+            "generated_requests": report.get("generated_requests", 0),
+            "cached_requests": report.get("cached_requests", 0),
+            "documents_per_s": round(report.get("documents", 0) / seconds, 3) if seconds else None,
+            "prompt_tokens_per_s": round(report.get("generated_prompt_tokens", 0) / seconds, 1) if seconds else None,
+            "generated_tokens_per_s": round(report.get("generated_completion_tokens", 0) / seconds, 1)
+            if seconds
+            else None,
+            "engine_seconds": engine,
+            "generated_tokens_per_engine_s": round(report.get("generated_completion_tokens", 0) / engine, 1)
+            if engine
+            else None,
+            "pairs_parsed": parsed,
+            "pairs_kept": report.get("pairs_kept", 0),
+            "discard_rate_by_rule": {r: round(n / parsed, 4) for r, n in sorted(discarded.items())} if parsed else {},
         }
 
     def close(self) -> None:

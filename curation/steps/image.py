@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import ClassVar
 
 from PIL import Image, ImageSequence
 
+from curation.recipe.steps import ImageDecodeStep, ImageSizeStep
 from curation.sample import Sample
+from curation.steps.contract import RecordStep
 
 # What one image may cost to decode, all frames together: PIL's own bomb threshold for a single frame.
 MAX_DECODED_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
-class ImageDecode:
+class ImageDecode(RecordStep):
     """Decode every image fully, every frame of an animated one (catches truncated and corrupt files, and broken
     later frames of an APNG/GIF/WebP, that a header probe and a first-frame load accept)."""
 
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
+    config = ImageDecodeStep
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "image_corrupt": "an image (or one of its frames) does not decode",
+        "image_too_many_pixels": "a frame over PIL's bomb threshold, or all frames together over twice it",
+    }
 
     def __call__(self, sample: Sample) -> Sample | str:
         for data in sample.record.image_list():
@@ -39,9 +45,13 @@ class ImageDecode:
         return sample
 
 
-class ImageSize:
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
+class ImageSize(RecordStep):
+    config = ImageSizeStep
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "image_too_small": "an image's shorter side is below min_side",
+        "image_too_large": "an image's longer side is above max_side",
+        "aspect_ratio_too_high": "an image's long side over its short side is above max_aspect_ratio",
+    }
 
     def __call__(self, sample: Sample) -> Sample | str:
         c = self.cfg

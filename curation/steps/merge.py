@@ -13,13 +13,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 from curation.recipe import MergeQaStep
-from curation.steps.dedup import GlobalDrop, GlobalDrops, Where, connect_sidecars
+from curation.steps.contract import GlobalStep
+from curation.steps.dedup import GlobalDrop, GlobalDrops, Sidecars, Where, connect_sidecars
 from shards.codec import decode_sample
 from shards.reader import iter_members
 
-Sidecars = list[tuple[int, int, Path]]
 Head = tuple[int, int, str]  # (partition, shard number, key) of the conversation that grows
 Patches = dict[Where, dict[str, list[tuple[int, int, str]]]]  # head's shard -> head key -> merged samples
 
@@ -95,3 +96,16 @@ def merged_turns(db: Path, where: Where, head_key: str) -> Iterator[tuple[str, s
         )
     finally:
         con.close()
+
+
+class MergeQa(GlobalStep):
+    config = MergeQaStep
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "merged_into_conversation": "its turns were appended to the first sample with the same images"
+    }
+
+    @classmethod
+    def find(
+        cls, cfg: MergeQaStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
+    ) -> tuple[GlobalDrops, Patches]:
+        return find_merges(cfg, label, sidecars, already)

@@ -9,14 +9,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from curation.features import minhash_file
 from curation.recipe import NearDupImagesStep, NearDupTextStep
-from curation.steps.dedup import GlobalDrop, GlobalDrops, connect_sidecars
-
-Sidecars = list[tuple[int, int, Path]]
+from curation.steps.contract import GlobalStep
+from curation.steps.dedup import GlobalDrop, GlobalDrops, Sidecars, connect_sidecars
+from curation.steps.merge import Patches
 
 _ROWS = """
     SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source, r.origin, r.{column} AS hashes,
@@ -93,3 +94,37 @@ def near_duplicate_texts(
             row[4], label, "near_duplicate_text", detail, other[4]
         )
     return found
+
+
+class NearDupImages(GlobalStep):
+    config = NearDupImagesStep
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "near_duplicate_image": "every image within max_distance bits of an earlier kept sample's"
+    }
+
+    @classmethod
+    def image_hashes(cls, cfg: NearDupImagesStep) -> set[str]:
+        return {cfg.hash}
+
+    @classmethod
+    def find(
+        cls, cfg: NearDupImagesStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
+    ) -> tuple[GlobalDrops, Patches]:
+        return near_duplicate_images(cfg, label, sidecars, already), {}
+
+
+class NearDupText(GlobalStep):
+    config = NearDupTextStep
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "near_duplicate_text": "MinHash Jaccard similarity to an earlier kept sample >= threshold"
+    }
+
+    @classmethod
+    def minhash_text(cls, cfg: NearDupTextStep) -> str | None:
+        return cfg.text
+
+    @classmethod
+    def find(
+        cls, cfg: NearDupTextStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
+    ) -> tuple[GlobalDrops, Patches]:
+        return near_duplicate_texts(cfg, label, sidecars, already, work), {}

@@ -18,10 +18,13 @@ the same PDF gives the same bytes. A PDF that pypdfium2 cannot open or render is
 from __future__ import annotations
 
 import io
+from typing import ClassVar
 
 import pypdfium2 as pdfium
 
+from curation.recipe.steps import PdfToTranscriptionStep
 from curation.sample import Sample
+from curation.steps.contract import RecordStep
 from schemas import PdfRecord, SftRecord, Turn
 from shards.imageinfo import ImageProbeError, probe_image
 
@@ -88,9 +91,13 @@ def render_pages(
         doc.close()
 
 
-class PdfToTranscription:
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
+class PdfToTranscription(RecordStep):
+    config = PdfToTranscriptionStep
+    converts: ClassVar[tuple[str, str] | None] = ("pdf", "sft")
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "no_text": "no page of the PDF has transcribed text",
+        "pdf_unrenderable": "pdfium cannot render the pages",
+    }
 
     def __call__(self, sample: Sample) -> Sample | str:
         r = sample.record

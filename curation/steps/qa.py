@@ -7,7 +7,11 @@ A sample with images may have blank questions (captioning: the image is the ques
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from curation.recipe.steps import QaFilterStep
 from curation.sample import Sample
+from curation.steps.contract import RecordStep
 from schemas import SftRecord
 
 # Per-turn reasons, by precedence (the lowest rank found over all turns wins).
@@ -26,9 +30,20 @@ def _normal(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-class QaFilter:
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
+class QaFilter(RecordStep):
+    config = QaFilterStep
+    kinds: ClassVar[frozenset[str] | None] = frozenset({"sft"})
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "too_few_turns": "fewer turns than min_turns",
+        "too_many_turns": "more turns than max_turns",
+        "empty_answer": "a turn's answer is blank",
+        "answer_too_short": "a turn's answer is shorter than min_answer_chars",
+        "answer_too_long": "a turn's answer is longer than max_answer_chars",
+        "empty_question": "a turn's question is blank in a sample without images",
+        "question_too_short": "a turn's question is shorter than min_question_chars",
+        "question_too_long": "a turn's question is longer than max_question_chars",
+        "repeated_turn": "the same question and answer twice in one conversation (repeated_turns: drop)",
+    }
 
     def _turn_rank(self, question: str, answer: str, has_images: bool) -> int | None:
         """Rank in ``_TURN_REASONS`` of this turn's first failing check, or None."""

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
+from curation.recipe.steps import TextLengthStep
 from curation.sample import Sample
+from curation.steps.contract import RecordStep
 from schemas import PairRecord, SftRecord
 
+_FIELD_KIND = {"caption": "pair", "answers": "sft", "questions": "sft"}
 
-class TextLength:
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
+
+class TextLength(RecordStep):
+    config = TextLengthStep
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "text_too_short": "fewer characters than min_chars (whitespace stripped)",
+        "text_too_long": "more characters than max_chars",
+        "too_few_words": "fewer words than min_words",
+        "too_many_words": "more words than max_words",
+    }
+
+    @classmethod
+    def kind_error(cls, cfg: Any, kind: str) -> str | None:
+        need = _FIELD_KIND.get(cfg.field)
+        return f"field {cfg.field!r} needs {need} records (or field: all)" if need and kind != need else None
 
     def _texts(self, sample: Sample) -> list[str]:
         r = sample.record

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from curation.recipe import load_recipe
+from curation.recipe import ImageDecodeStep, load_recipe
 from curation.recipe.loading import builtin_recipes
 from curation.runner import build
 from curation.sample import Sample
+from curation.steps.contract import StepContext
 from curation.steps.image import ImageDecode
 from schemas import SftRecord, Turn
 from shards.reader import iter_dataset
@@ -54,7 +55,9 @@ def test_every_builtin_recipe_that_keeps_images_decodes_them(name: str):
 )
 def test_image_decode_decodes_every_frame(image: bytes, verdict: str):
     record = SftRecord(key="k", source="s", images=[image], turns=[Turn(user="q", assistant="a")])
-    result = ImageDecode(None)(Sample(record, "o"))
+    result = ImageDecode(ImageDecodeStep(step="image_decode"), StepContext("image_decode", Path(".")))(
+        Sample(record, "o")
+    )
     assert (result if isinstance(result, str) else "kept") == verdict
 
 

@@ -28,6 +28,7 @@ from curation.docmatix.untrusted import clean_text, max_reply_chars, sanitize_ge
 from curation.recipe import validate_recipe
 from curation.recipe.generation import OpenAIEngineConfig
 from curation.runner import build
+from curation.steps.contract import StepContext
 from shards import read_manifest, verify_dataset
 from shards.reader import iter_dataset
 from tests.builds import CLI
@@ -408,7 +409,8 @@ def test_a_prompt_with_a_lone_surrogate_is_sent_repaired(tmp_path):
     record = PdfRecord(key="000000", source="pdfa", pdf=pdf, pages=[Page(lines=lines)])
     with ScriptedOpenAIServer(by_name({"plain": HOSTILE_CONTENT["plain"][0]})) as server:
         engine = {"type": "openai", "base_url": server.base_url, "model": "m"}
-        step = DocmatixGenerate(validate_recipe(recipe(tmp_path, engine, tmp_path / "cache")).steps[0], {})
+        cfg = validate_recipe(recipe(tmp_path, engine, tmp_path / "cache")).steps[0]
+        step = DocmatixGenerate(cfg, StepContext("docmatix_generate", tmp_path))
         (result,) = step.process_batch([Sample(record, "test")])
         step.close()
     assert isinstance(result, Sample) and [(t.user, t.assistant) for t in result.record.turns] == [

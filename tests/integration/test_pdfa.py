@@ -19,6 +19,7 @@ from curation.readers.pdfa import PdfaReader, reading_order
 from curation.recipe import load_recipe, validate_recipe
 from curation.runner import build
 from curation.sample import Drop, Sample
+from curation.steps.contract import StepContext
 from schemas import PageLine, PdfRecord, SftRecord
 from shards import iter_dataset, read_manifest, verify_dataset
 from shards.imageinfo import probe_image
@@ -370,11 +371,12 @@ def test_members_are_grouped_the_webdataset_way(tmp_path):
 
 
 # ---- the step on its own -------------------------------------------------------------------------
-def test_transcription_step_on_records_from_anywhere():
+def test_transcription_step_on_records_from_anywhere(tmp_path):
     from curation.recipe import PdfToTranscriptionStep
     from curation.steps.pdf import PdfToTranscription
 
-    step = PdfToTranscription(PdfToTranscriptionStep(step="pdf_to_transcription", dpi=36, max_side=64))
+    cfg = PdfToTranscriptionStep(step="pdf_to_transcription", dpi=36, max_side=64)
+    step = PdfToTranscription(cfg, StepContext("pdf_to_transcription", tmp_path))
 
     def record(pdf: bytes, pages: list[list[str]]) -> Sample:
         lines = [[{"text": t, "bbox": (0.1, 0.1 + 0.1 * i, 0.5, 0.05)} for i, t in enumerate(p)] for p in pages]

@@ -34,6 +34,7 @@ from curation.neardup.hashing import image_hash, to_unsigned  # noqa: E402
 from curation.recipe import DecontaminateStep, validate_recipe  # noqa: E402
 from curation.runner import build  # noqa: E402
 from curation.sample import Sample  # noqa: E402
+from curation.steps.contract import StepContext  # noqa: E402
 from curation.steps.decontaminate import Decontaminate, ngrams, prepare_benchmarks  # noqa: E402
 from schemas import SftRecord, Turn  # noqa: E402
 from tests.sft_data import VARIANTS, answer, drawing, encode, question  # noqa: E402
@@ -119,7 +120,7 @@ def main() -> None:
             return sum(1 for rec in records for b in rec.images if image_hash(b) >= 0)
 
         def step() -> list[str]:
-            s = Decontaminate(cfg, {"work": work, "label": "decontaminate"})
+            s = Decontaminate(cfg, StepContext("decontaminate", work))
             out = []
             for rec in records:
                 res = s(Sample(rec, ""))

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from curation.docmatix.text import build_messages, choose_variant, page_texts  # noqa: E402
 from curation.recipe import load_recipe  # noqa: E402
 from curation.sample import Sample  # noqa: E402
+from curation.steps.contract import StepContext  # noqa: E402
 from curation.steps.docmatix import DocmatixGenerate  # noqa: E402
 from curation.steps.pdf import render_pages  # noqa: E402
 from schemas import Page, PageLine, PdfRecord  # noqa: E402
@@ -82,7 +83,7 @@ def main() -> None:
 
         def pipeline(repeat: int) -> dict:
             data = cfg.model_copy(update={"cache_dir": str(root / f"cache{repeat}")})
-            step = DocmatixGenerate(data, {"tokenizer": ("regex", None)})
+            step = DocmatixGenerate(data, StepContext("docmatix_generate", Path(".")))
             started = time.perf_counter()
             for i in range(0, len(docs), args.batch):
                 step.process_batch([Sample(d, "") for d in docs[i : i + args.batch]])

@@ -10,6 +10,7 @@ import pytest
 
 from curation.recipe import DecontaminateStep
 from curation.sample import Sample
+from curation.steps.contract import StepContext
 from curation.steps.decontaminate import Decontaminate, ngrams, prepare_benchmarks
 from schemas import SftRecord, Turn
 
@@ -36,7 +37,7 @@ def test_rarest_gram_index_matches_a_full_comparison(tmp_path, ngram, min_overla
         }
     )
     prepare_benchmarks(cfg, "d", tmp_path)
-    step = Decontaminate(cfg, {"work": tmp_path, "label": "d"})
+    step = Decontaminate(cfg, StepContext("d", tmp_path))
     bench_grams = [g for q in bench if (w := ngrams(q, ngram))[0] >= 3 for g in [w[1]]]
     found = 0
     for i in range(400):

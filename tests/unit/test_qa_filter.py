@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from curation.recipe import QaFilterStep
 from curation.sample import Sample
 from curation.steps import build_steps
+from curation.steps.contract import StepContext
 from curation.steps.qa import QaFilter
 from schemas import PairRecord, SftRecord
 
@@ -14,7 +17,7 @@ IMAGE = b"\x89PNG not decoded by this step"
 
 
 def qa(**cfg) -> QaFilter:
-    return QaFilter(QaFilterStep.model_validate({"step": "qa_filter", **cfg}))
+    return QaFilter(QaFilterStep.model_validate({"step": "qa_filter", **cfg}), StepContext("qa_filter", Path(".")))
 
 
 def sample(*turns: tuple[str, str], images: int = 0) -> Sample:
@@ -38,7 +41,7 @@ def test_a_passing_sample_is_returned_unchanged():
 
 
 def test_the_step_is_registered_under_qa_filter():
-    [(label, step)] = build_steps([QaFilterStep.model_validate({"step": "qa_filter"})])
+    [(label, step)] = build_steps([QaFilterStep.model_validate({"step": "qa_filter"})], Path("."))
     assert label == "qa_filter" and isinstance(step, QaFilter)
 
 

@@ -1,0 +1,17 @@
+"""Every step class of the toolkit, imported here so that each registers for its recipe config
+(``curation.steps.contract.step_class``)."""
+
+from curation.steps.convert import PairToSft
+from curation.steps.decontaminate import Decontaminate
+from curation.steps.dedup import ExactImageDedup, UniqueKey
+from curation.steps.docmatix import DocmatixGenerate
+from curation.steps.image import ImageDecode, ImageSize
+from curation.steps.merge import MergeQa
+from curation.steps.neardup import NearDupImages, NearDupText
+from curation.steps.pdf import PdfToTranscription
+from curation.steps.qa import QaFilter
+from curation.steps.text import TextLength
+
+RECORD_STEPS = (TextLength, ImageDecode, ImageSize, PairToSft, PdfToTranscription, QaFilter, Decontaminate)
+BATCHED_STEPS = (DocmatixGenerate,)
+GLOBAL_STEPS = (UniqueKey, ExactImageDedup, NearDupImages, NearDupText, MergeQa)

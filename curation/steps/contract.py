@@ -1,0 +1,160 @@
+"""The step contract: everything the build runner needs to know of a recipe step is declared by the step's own
+class, and a step is found by the class of its recipe config (``ImageDecodeStep`` -> ``ImageDecode``), never by
+a name or a string. Three kinds:
+
+- :class:`RecordStep`: one sample in, the sample (maybe changed) or a drop reason out, in the workers.
+- :class:`BatchedStep`: samples gathered into batches for one call (an LLM, a model), in the workers.
+- :class:`GlobalStep`: over the staged sidecars of the whole build, in the driver, after every partition.
+
+Adding a step is one module with its class plus its config model in ``curation/recipe/steps.py`` (see
+docs/architecture.md, "Adding a step").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from curation.recipe.steps import GlobalStepBase
+from curation.sample import Sample
+
+if TYPE_CHECKING:
+    from curation.steps.dedup import GlobalDrops, Sidecars
+    from curation.steps.merge import Patches
+
+_BY_CONFIG: dict[type[Any], type[Step]] = {}
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step instance may use of its build: its accounting label, the build's work directory (indexes
+    prepared before the partitions, caches) and the recipe's tokenizer (type, path)."""
+
+    label: str
+    work: Path
+    tokenizer: tuple[str, str | None] = ("regex", None)
+
+
+class Step(ABC):
+    """Declared by every step class (class attributes; the defaults suit a plain filter):
+
+    - ``config``: the recipe model it implements (registers the class);
+    - ``drop_reasons``: every reason it can emit, with a one-line meaning (a key ending in ``:`` is a prefix:
+      ``contaminated_image:`` stands for ``contaminated_image:<benchmark>``);
+    - ``kinds``: the record kinds it accepts (None: any); ``converts``: (from kind, to kind) when it changes it.
+    """
+
+    config: ClassVar[type[Any]]  # a recipe step model (pydantic)
+    drop_reasons: ClassVar[dict[str, str]] = {}
+    kinds: ClassVar[frozenset[str] | None] = None
+    converts: ClassVar[tuple[str, str] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        config = cls.__dict__.get("config")
+        if config is not None:
+            if config in _BY_CONFIG:
+                raise TypeError(
+                    f"{config.__name__} is implemented twice: {_BY_CONFIG[config].__name__}, {cls.__name__}"
+                )
+            if issubclass(cls, GlobalStep) != issubclass(config, GlobalStepBase):  # the recipe orders steps by it
+                raise TypeError(f"{cls.__name__} and its config {config.__name__} disagree on being a global step")
+            _BY_CONFIG[config] = cls
+
+    @classmethod
+    def kind_error(cls, cfg: Any, kind: str) -> str | None:
+        """Why this step cannot take ``kind`` records (as configured), or None."""
+        if cls.kinds is not None and kind not in cls.kinds:
+            return f"needs {' or '.join(sorted(cls.kinds))} records"
+        return None
+
+    @classmethod
+    def output_kind(cls, kind: str) -> str:
+        return cls.converts[1] if cls.converts is not None and cls.converts[0] == kind else kind
+
+    @classmethod
+    def check_inputs(cls, cfg: Any, where: str) -> None:
+        """Before anything is written: the step's own inputs exist and are usable (raise CurationError)."""
+        return None
+
+    @classmethod
+    def prepare(cls, cfg: Any, label: str, work: Path) -> None:
+        """Once per build, before the partitions run: build-wide inputs (e.g. a benchmark index in ``work``)."""
+        return None
+
+    @classmethod
+    def image_hashes(cls, cfg: Any) -> set[str]:
+        """Perceptual-hash methods the workers must compute into the sidecars for this step."""
+        return set()
+
+    @classmethod
+    def minhash_text(cls, cfg: Any) -> str | None:
+        """The text (``qa``, ``questions``, ``answers``) whose MinHash signatures the workers must stage."""
+        return None
+
+
+class RecordStep(Step):
+    """A step run on each sample in the workers."""
+
+    # Report keys that describe one run (cache hits, timings), not the output: kept out of dataset.json.
+    run_only_report_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Any, context: StepContext) -> None:
+        self.cfg = cfg
+        self.context = context
+
+    @abstractmethod
+    def __call__(self, sample: Sample) -> Sample | str:
+        """The sample (maybe changed), or the reason it is dropped."""
+
+    def report(self) -> dict[str, Any] | None:
+        """What the step reports about its work in this partition (numbers add up across partitions)."""
+        return None
+
+    def close(self) -> None:
+        """Release what the step holds (engines, caches) at the end of a partition."""
+
+    @classmethod
+    def throughput(cls, report: dict[str, Any], seconds: float) -> dict[str, Any] | None:
+        """Rates for the run log, from the merged report of a run of ``seconds``."""
+        return None
+
+
+class BatchedStep(RecordStep):
+    """A step that takes samples in batches of ``batch_size`` (the partition's last batch may be smaller);
+    results come back in the order of the batch."""
+
+    batch_size: int
+
+    def __call__(self, sample: Sample) -> Sample | str:
+        return self.process_batch([sample])[0]
+
+    @abstractmethod
+    def process_batch(self, samples: list[Sample]) -> list[Sample | str]: ...
+
+
+class GlobalStep(Step):
+    """A step over the whole build's staged sidecars, in dataset order; it sees no sample an earlier global
+    step dropped."""
+
+    @classmethod
+    @abstractmethod
+    def find(
+        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
+    ) -> tuple[GlobalDrops, Patches]:
+        """The samples it drops, and the conversations it grows (head shard -> head key -> merged samples)."""
+
+
+def step_class(cfg: Any) -> type[Step]:
+    """The class implementing a recipe step config."""
+    import curation.steps.catalog  # noqa: F401 - registers every step class
+
+    return _BY_CONFIG[type(cfg)]
+
+
+def registered_steps() -> dict[type[Any], type[Step]]:
+    import curation.steps.catalog  # noqa: F401 - registers every step class
+
+    return dict(_BY_CONFIG)
