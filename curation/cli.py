@@ -107,7 +107,7 @@ def build(
     from curation.recipe import load_recipe
 
     spec = load_recipe(recipe, set_ or [])
-    out = out or Path("out") / spec.name
+    out = out or Path("out", spec.name)
     try:
         with _writing(out):
             result = _build_or_mix(spec, out, workers, executor, address, limit, overwrite, quiet)
@@ -290,7 +290,7 @@ def select_cmd(
         raise CurationError(
             f"{recipe} is a {spec.kind} recipe; `curate select` runs kind: selection (see curate build)"
         )
-    out = out or Path("out") / spec.name
+    out = out or Path("out", spec.name)
     with _writing(out):
         doc = run_selection(spec, out, workers=workers, console=err_console, executor=executor, address=address)
     _print_selection(doc)

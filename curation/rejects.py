@@ -44,12 +44,11 @@ class RejectsWriter:
         self.index = start_index
         self.shards: list[ShardInfo] = []
         self._rows: list[dict] = []
-        self._tar = None
+        self._tar: TarStream | None = None
         self._count = 0
 
     def add(self, step: str, drop: Drop) -> None:
-        if self._tar is None:
-            self._open()
+        tar = self._open() if self._tar is None else self._tar
         self._count += 1
         key = f"{self._count:09d}_{(drop.key or 'none')[:180]}"
         members: dict[str, bytes] = {}
@@ -74,7 +73,7 @@ class RejectsWriter:
         }
         row = {k: (_utf8(v).decode("utf-8") if isinstance(v, str) else v) for k, v in row.items()}
         members["reject.json"] = _utf8(canonical_json(row))
-        self._tar.add_sample(key, members)
+        tar.add_sample(key, members)
         self._rows.append(row)
         if len(self._rows) >= self.max_samples:
             self._close_shard()
@@ -84,7 +83,7 @@ class RejectsWriter:
             self._close_shard()
         return self.shards
 
-    def _open(self) -> None:
+    def _open(self) -> TarStream:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._stem = f"{self.prefix}-rejects-{self.index:06d}"
         self.index += 1
@@ -92,12 +91,14 @@ class RejectsWriter:
         self._file = open(self._tmp, "wb")  # noqa: SIM115
         self._hashing = HashingWriter(self._file)
         self._tar = TarStream(self._hashing)
+        return self._tar
 
     def _close_shard(self) -> None:
         import pyarrow.parquet as pq
 
         from shards.atomic import atomic_write_json
 
+        assert self._tar is not None  # callers close an open shard only
         self._tar.close()
         self._file.close()
         sidecar = self.directory / f"{self._stem}.parquet"

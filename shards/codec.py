@@ -14,7 +14,7 @@ members (``datasets.load_dataset("webdataset")`` requires it):
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -24,6 +24,11 @@ from shards.atomic import canonical_json
 
 PAIR_IMAGE_EXTS = ("jpg", "png", "webp")
 _BINARY_FIELDS = ("image", "images", "pdf")
+
+
+def _packb(images: list[bytes]) -> bytes:
+    """``msgpack.packb``, typed: it returns bytes (msgpack's untyped code also lets pyright infer None)."""
+    return cast(bytes, msgpack.packb(images))
 
 
 def _json_member(record: Record, **fields: Any) -> bytes:
@@ -41,10 +46,10 @@ def encode_record(record: Record, pair_image_ext: str = "jpg") -> dict[str, byte
         }
     if isinstance(record, SftRecord):
         turns = [{"user": t.user, "assistant": t.assistant} for t in record.turns]
-        return {"images.mp": msgpack.packb(list(record.images)), "json": _json_member(record, turns=turns)}
+        return {"images.mp": _packb(list(record.images)), "json": _json_member(record, turns=turns)}
     if isinstance(record, InterleavedRecord):
         images = [im for im in record.images if im is not None]
-        return {"images.mp": msgpack.packb(images), "json": _json_member(record, texts=list(record.texts))}
+        return {"images.mp": _packb(images), "json": _json_member(record, texts=list(record.texts))}
     if isinstance(record, PdfRecord):
         pages = [{"lines": [{"text": ln.text, "bbox": list(ln.bbox)} for ln in p.lines]} for p in record.pages]
         return {"pdf": record.pdf, "json": _json_member(record, pages=pages)}

@@ -39,7 +39,7 @@ class ShardInfo(BaseModel):
     sha256: str
     samples: int
     bytes: int
-    sidecar_sha256: str | None = Field(None, description="sha256 of the sidecar parquet (absent in old builds)")
+    sidecar_sha256: str | None = Field(default=None, description="sha256 of the sidecar parquet (absent in old builds)")
 
     @classmethod
     def from_stats(cls, stem: str, stats: dict[str, Any], folder: str = "") -> ShardInfo:
@@ -82,7 +82,7 @@ class DatasetManifest(BaseModel):
         default_factory=dict, description="Per step: what it reports about its work (e.g. generation counts)."
     )
     mixture: dict[str, Any] | None = Field(
-        None, description="Mixture builds: per component its target, what was available and what was selected."
+        default=None, description="Mixture builds: per component its target, what was available and what was selected."
     )
 
     def write(self, directory: Path) -> Path:

@@ -16,7 +16,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from schemas import Record
 from shards.codec import decode_sample
@@ -56,7 +56,10 @@ class MemberError(ValueError):
 
 class ClampedFile:
     """A read-only file whose reads never ask for more than the bytes left in it: ``tarfile`` reads a PAX or
-    long-name header with one ``read(size)``, and a buffered read allocates ``size`` up front."""
+    long-name header with one ``read(size)``, and a buffered read allocates ``size`` up front.
+
+    ``tarfile.open(fileobj=cast(BinaryIO, clamped))``: typeshed asks a fileobj for ``write``/``close`` too,
+    which reading never calls."""
 
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
@@ -155,7 +158,10 @@ def iter_samples(path: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterat
     current: TarSample | None = None
     count = 0
     try:
-        with open_regular(path) as raw, tarfile.open(fileobj=(clamped := ClampedFile(raw)), mode="r|") as tar:
+        with (
+            open_regular(path) as raw,
+            tarfile.open(fileobj=cast(BinaryIO, clamped := ClampedFile(raw)), mode="r|") as tar,
+        ):
             for info in tar:
                 parts = split_name(info.name)
                 if parts is None:

@@ -11,7 +11,7 @@ checks the headers are byte-identical to ``tarfile``'s.
 from __future__ import annotations
 
 import tarfile
-from typing import BinaryIO
+from typing import Protocol
 
 BLOCK = tarfile.BLOCKSIZE  # 512
 RECORD = tarfile.RECORDSIZE  # 20 blocks
@@ -49,10 +49,16 @@ def fast_header(name: str, size: int) -> bytes:
     return bytes(h)
 
 
+class Writable(Protocol):
+    """What a TarStream writes to: a binary file, or a wrapper such as ``shards.atomic.HashingWriter``."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class TarStream:
     """Append-only tar writer over a binary file object; ``size`` counts bytes written."""
 
-    def __init__(self, f: BinaryIO) -> None:
+    def __init__(self, f: Writable) -> None:
         self._f = f
         self.size = 0
 

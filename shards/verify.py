@@ -178,10 +178,11 @@ def _check_totals(manifest: DatasetManifest, shard_stats: list[dict[str, Any] | 
     complete = all(s is not None for s in shard_stats)  # a missing stats file is reported already
     for key in _STATS_TOTALS:
         values = [s.get(key) for s in shard_stats if s is not None]
+        ints = [v for v in values if isinstance(v, int)]
         if not complete:
             computed[key] = None
-        elif all(isinstance(v, int) for v in values):
-            computed[key] = sum(values)
+        elif len(ints) == len(values):
+            computed[key] = sum(ints)
         else:
             problems.append(f"shard stats lack an integer {key!r} (needed for totals.{key})")
             computed[key] = None

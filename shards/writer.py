@@ -237,9 +237,9 @@ def write_shard_metadata(
     os.replace(tmp, sidecar)
 
     def total(column: str) -> int:
-        return int(pc.sum(table.column(column)).as_py() or 0)
+        return int(pc.sum(table.column(column)).as_py() or 0)  # pyright: ignore[reportAttributeAccessIssue]  # pyarrow.compute is dynamic
 
-    counts = pc.value_counts(table.column("source")).to_pylist()
+    counts = pc.value_counts(table.column("source")).to_pylist()  # pyright: ignore[reportAttributeAccessIssue]  # pyarrow.compute is dynamic
     stats = {
         "shard": name,
         "samples": table.num_rows,

@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -155,7 +155,8 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
     def https_open(self, req: urllib.request.Request) -> Any:
-        return self.do_open(_connection_factory(_HTTPSConnection, req), req, context=self._context)
+        context = self._context  # pyright: ignore[reportAttributeAccessIssue]  # typeshed omits _context
+        return self.do_open(_connection_factory(_HTTPSConnection, req), req, context=context)
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
@@ -168,7 +169,7 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
             raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl[:200]!r}: {problem}", headers, fp)
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None:
-            new.deadline = getattr(req, "deadline", math.inf)
+            cast(Any, new).deadline = getattr(req, "deadline", math.inf)  # ours: Request does not declare it
         return new
 
 

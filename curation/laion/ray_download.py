@@ -119,6 +119,7 @@ def _write_inputs(selection: Path, slices: list[ShardSlice], inputs: Path) -> tu
 
 def _run(reader: Any, downloader: Any, slices: dict[int, ShardSlice], staged: Path, log: Any) -> dict[int, str]:
     import ray
+    import ray.exceptions
     from img2dataset import distributor
 
     remote = distributor.ray_download.options(

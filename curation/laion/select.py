@@ -111,7 +111,9 @@ def select_metadata(files: list[Path], filters: Any, max_rows: int, seed: int, o
     dedup = getattr(filters, "dedup_urls", True)
     if dedup:
         con.execute(f"CREATE TEMP TABLE firsts AS SELECT h, min(pos) AS pos FROM ({passing}) GROUP BY h", args)
-        unique = con.execute("SELECT count(*) FROM firsts").fetchone()[0]
+        row = con.execute("SELECT count(*) FROM firsts").fetchone()
+        assert row is not None  # count(*) is always one row
+        unique = row[0]
         selected_sql = f"SELECT p.* FROM ({passing}) p SEMI JOIN firsts f ON p.h = f.h AND p.pos = f.pos"
     else:
         unique = passed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable, Sequence
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -35,7 +36,8 @@ def shingles(text: str, n: int) -> set[bytes]:
 @lru_cache(maxsize=8)
 def _permutations(num_perm: int, seed: int) -> np.ndarray:
     """datasketch draws the permutations from a seeded RNG in every constructor; reuse them instead."""
-    return MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
+    # cast: datasketch declares the attribute as any array-like; it is the (2, num_perm) uint64 array
+    return cast(np.ndarray, MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations)
 
 
 def minhash_signature(text: str, num_perm: int = 128, shingle_words: int = 3, seed: int = 1) -> np.ndarray | None:
@@ -97,7 +99,8 @@ def greedy_text_dedup(
         lsh = lshs.get(group)
         if lsh is None:
             lsh = lshs[group] = MinHashLSH(threshold=lsh_threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
-        match = next((j for j in sorted(lsh.query(m)) if m.jaccard(kept[j]) >= threshold), -1)
+        candidates = cast("list[int]", lsh.query(m))  # the keys inserted below: sample indexes
+        match = next((j for j in sorted(candidates) if m.jaccard(kept[j]) >= threshold), -1)
         if match < 0:
             lsh.insert(i, m, check_duplication=False)
             kept[i] = m

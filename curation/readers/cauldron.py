@@ -16,7 +16,7 @@ import difflib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -175,6 +175,7 @@ class CauldronReader:
             keep_extra=False,
         )
         if isinstance(item, Sample):
+            texts = cast("list[dict[str, Any]]", texts)  # a Sample: build_record accepted them as turns
             item.record.meta.update(turn_meta(texts, self.config))
         return item
 
@@ -202,8 +203,9 @@ def open_dataset(spec: dict[str, Any], source: str) -> Any:
                 ds = datasets.load_from_disk(path)
                 if isinstance(ds, datasets.DatasetDict):
                     if split not in ds:
+                        splits = cast("list[str]", sorted(ds))  # a saved DatasetDict's split names are str
                         raise CurationError(
-                            f"sources.{source}: no split {split!r} in {path}{_hint(split, sorted(ds), 'splits')}"
+                            f"sources.{source}: no split {split!r} in {path}{_hint(split, splits, 'splits')}"
                         )
                     ds = ds[split]
                 return ds

@@ -181,6 +181,7 @@ class LaionReader:
                 if image is None or caption is None:
                     yield Drop("download_missing", name, origin, key, "img2dataset listed a success without files")
                     continue
+                assert tar is not None  # the members found come from it
                 try:
                     image_bytes = read_member(tar, image, tar_size, MAX_MEMBER_BYTES)
                     caption_bytes = read_member(tar, caption, tar_size, MAX_MEMBER_BYTES)

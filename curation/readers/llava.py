@@ -360,6 +360,14 @@ def parse_turns(conversation: Any, name: str = "conversations") -> tuple[list[di
     return turns, system
 
 
+def _string_field(row: dict[str, Any], name: str) -> str:
+    value = row.get(name)
+    if not isinstance(value, str):
+        what = "missing" if value is None else f"a {type(value).__name__}, not a string"
+        raise Malformed(f"field {name!r} is {what}")
+    return value
+
+
 def parse_conversation(row: dict[str, Any], fields: dict[str, str]) -> Conversation:
     """A LLaVA-style row as a :class:`Conversation`; raises :class:`Malformed`. ``fields`` maps key, image,
     conversations, user, assistant and system to the row's field names."""
@@ -371,12 +379,8 @@ def parse_conversation(row: dict[str, Any], fields: dict[str, str]) -> Conversat
     system: str | None = None
     if "user" in fields:  # single-turn instruction records (MetaMathQA, Alpaca)
         used |= {fields["user"], fields["assistant"]}
-        values = [row.get(fields["user"]), row.get(fields["assistant"])]
-        for name, value in zip((fields["user"], fields["assistant"]), values, strict=True):
-            if not isinstance(value, str):
-                what = "missing" if value is None else f"a {type(value).__name__}, not a string"
-                raise Malformed(f"field {name!r} is {what}")
-        turns = [{"user": values[0], "assistant": values[1]}]
+        user, assistant = _string_field(row, fields["user"]), _string_field(row, fields["assistant"])
+        turns = [{"user": user, "assistant": assistant}]
     else:
         conv_name = fields.get("conversations")
         if conv_name is None:

@@ -119,6 +119,7 @@ class ObelicsReader:
                             texts.append(text)
                             images.append(None)
                         continue
+                    assert url is not None  # an ObelicsDocument holds a text or an image at each position
                     member = members.get(f"{fetched[url]}.{ext}") if url in fetched else None
                     if member is None:
                         failed[failures.get(url, "download_missing")] += 1

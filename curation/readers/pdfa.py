@@ -39,7 +39,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
@@ -136,7 +136,8 @@ def parse_ocr_json(data: bytes, variant: str = "auto") -> tuple[list[list[PageLi
                 raise OcrJsonError(f"{where}.text[{j}] is a {type(text).__name__}, not a string")
             if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
                 raise OcrJsonError(f"{where}.bbox[{j}] is not [x, y, w, h] of finite numbers")
-            lines.append(PageLine(text=text, bbox=tuple(float(v) for v in box)))
+            x, y, w, h = (float(v) for v in box)
+            lines.append(PageLine(text=text, bbox=(x, y, w, h)))
         out.append(reading_order(lines))
     return out, variant
 
@@ -206,7 +207,7 @@ def count_samples(path: Path, source: str) -> int:
     """Samples in a tar, from its headers only. A tar that cannot be opened is a :class:`CurationError`;
     one damaged further on counts the samples seen before the damage (reading them reports the rest)."""
     try:
-        with open_regular(path) as raw, tarfile.open(fileobj=ClampedFile(raw), mode="r:") as tar:
+        with open_regular(path) as raw, tarfile.open(fileobj=cast(BinaryIO, ClampedFile(raw)), mode="r:") as tar:
             return sum(1 for _ in _groups(tar, strict=False))
     except (tarfile.TarError, OSError, EOFError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -235,7 +236,7 @@ class PdfaReader:
         name = self.source.name
         emitted = 0
         try:
-            with open_regular(path) as raw, tarfile.open(fileobj=ClampedFile(raw), mode="r:") as tar:
+            with open_regular(path) as raw, tarfile.open(fileobj=cast(BinaryIO, ClampedFile(raw)), mode="r:") as tar:
                 for key, members in _groups(tar, strict=True):
                     if emitted >= partition.rows:  # a --limit can cut a partition short
                         return
@@ -294,4 +295,5 @@ class PdfaReader:
 
 def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
     """The member's bytes; :class:`MemberError` over the cap, ``tarfile.ReadError`` past the end of the file."""
-    return read_member(tar, info, tar.fileobj.size, MAX_MEMBER_BYTES)  # fileobj: the ClampedFile it was opened on
+    size = cast(ClampedFile, tar.fileobj).size  # fileobj: the ClampedFile it was opened on
+    return read_member(tar, info, size, MAX_MEMBER_BYTES)

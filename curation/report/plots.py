@@ -78,7 +78,7 @@ def share_bars(rows: dict[str, dict[str, Any]], achieved: str, target: str | Non
     h = 0.4 if has_target else 0.8
     shift = h / 2 if has_target else 0
     ax.barh([y - shift for y in ys], [rows[n][achieved] or 0 for n in names], h, label="achieved")
-    if has_target:
+    if has_target and target is not None:  # (has_target implies it; this tells the type checker)
         ax.barh([y + h / 2 for y in ys], [rows[n].get(target) or 0 for n in names], h, label="target")
         ax.legend(fontsize=8)
     labels = [f"{n} ({rows[n]['category']})" if rows[n].get("category") else n for n in names]

@@ -35,7 +35,7 @@ class TrialConfig(_Strict):
     evaluator: EvaluatorConfig
     score: ScoreConfig
     launcher: LauncherConfig = Field(default_factory=lambda: LocalLauncherConfig(type="local"))
-    retries: int = Field(1, ge=0)
+    retries: int = Field(default=1, ge=0)
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
 
     @model_validator(mode="before")
@@ -77,7 +77,7 @@ def run_ablation(
     spec = load_spec(spec_path)
     variants = expand(spec, ablations)
     base = _config(unablated(spec), "spec base")
-    configs = [("unablated", None, None, base)]
+    configs: list[tuple[str, str | None, str | None, TrialConfig]] = [("unablated", None, None, base)]
     for v in variants:
         cfg = _config(v.config, f"ablation {v.ablation!r}, replacement {v.replacement!r}")
         if cfg.datasets != base.datasets:
@@ -108,7 +108,7 @@ def run_ablation(
         records = run_trials(list(tasks.values()), launcher, store, base.retries, console_events(console))
     mapping = metric_keys(spec, ablations)
     for row in rows:
-        ok = [records[t].result for t in row["trials"] if records[t].status == "ok"]
+        ok = [res for t in row["trials"] if records[t].status == "ok" and (res := records[t].result) is not None]
         row["failed"] = [{"trial": t, "error": records[t].error, "log": str(records[t].log)} for t in row["trials"]
                          if records[t].status != "ok"]  # fmt: skip
         row["score"] = statistics.fmean(r["score"] for r in ok) if ok else None

@@ -32,9 +32,11 @@ def load_benchmark(bench: BenchmarkSet) -> list[SftRecord]:
     if not records:
         raise CurationError(f"benchmark {bench.name}: {path} holds no records")
     metric = None
+    checked: list[SftRecord] = []
     for rec in records:
         if not isinstance(rec, SftRecord):
             raise CurationError(f"benchmark {bench.name}: record {rec.key} is a {rec.kind} record, not sft")
+        checked.append(rec)
         this = _check_record(bench.name, rec)
         if metric is None:
             metric = this
@@ -43,7 +45,7 @@ def load_benchmark(bench: BenchmarkSet) -> list[SftRecord]:
                 f"benchmark {bench.name}: mixed metrics ({metric!r} and {this!r} at record {rec.key}); "
                 "one metric per benchmark"
             )
-    return records
+    return checked
 
 
 def _check_record(bench: str, rec: SftRecord) -> str:

@@ -91,6 +91,7 @@ class TrialRunner:
             for tid in ev.trial_ids:
                 rec = records[tid]
                 if rec.status == "ok":
+                    assert rec.result is not None  # mark_ok always stores one
                     ev.scores.append(float(rec.result["score"]))
                     per_seed.append(rec.result["metrics"])
                 else:
@@ -111,16 +112,18 @@ def individual_select(runner: TrialRunner, recipe: SelectionRecipe) -> dict[str,
     progression = [{"step": "baseline", "score": base.score, "components": base.components, "metrics": base.metrics}]
     categories = []
     for category in recipe.categories:
+        base_score = base.score
+        assert base_score is not None  # base.ok (checked where it ran)
         candidates = runner.run(
             [(f"{category.name}/{c.name}", baseline + list(c.components)) for c in category.candidates]
         )
         rows, accepted = [], []
         for cand, ev in zip(category.candidates, candidates, strict=True):
-            if not ev.ok:
+            if ev.score is None:  # not ev.ok
                 decision = "rejected"
                 why = "failed"
             else:
-                decision = "accepted" if ev.score >= base.score - tolerance else "rejected"
+                decision = "accepted" if ev.score >= base_score - tolerance else "rejected"
                 why = "score"
             if decision == "accepted":
                 accepted.append(cand)
@@ -129,7 +132,7 @@ def individual_select(runner: TrialRunner, recipe: SelectionRecipe) -> dict[str,
                     "name": cand.name,
                     "score": ev.score,
                     "baseline_score": base.score,
-                    "delta": None if ev.score is None else ev.score - base.score,
+                    "delta": None if ev.score is None else ev.score - base_score,
                     "decision": decision,
                     "reason": why,
                     "spread": ev.spread,

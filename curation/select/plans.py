@@ -272,7 +272,8 @@ def _slot(config: dict[str, Any], key: str) -> tuple[Any, str | int]:
         else:
             raise LookupError(f"key {key!r} is not in the base: {here} is a {type(node).__name__}, not a mapping")
         walked.append(part)
-        node = slot[0][slot[1]]
+        container: Any = slot[0]  # a dict (str key) or a list (int index)
+        node = container[slot[1]]
     return slot
 
 
@@ -281,7 +282,7 @@ class PartMapping(_Strict):
 
     key: str = Field(description="Dotted path into the base, e.g. trainer.peft.r (list items by index: a.0.b).")
     values: dict[str, Any] | None = Field(
-        None,
+        default=None,
         description="Replacement text -> config value (matched ignoring case and spacing; numbers by value). "
         "A replacement not listed is parsed as a YAML scalar: 0.05 -> 0.05, LoRA -> 'LoRA'.",
     )
@@ -346,11 +347,12 @@ class SweepSpec(_Strict):
     def _in_base(cls, parts: dict[str, PartMapping], info: ValidationInfo) -> dict[str, PartMapping]:
         _unique("part", list(parts))
         base = info.data.get("base")
-        for name, mapping in parts.items() if isinstance(base, dict) else ():
-            try:
-                _slot(base, mapping.key)
-            except LookupError as exc:
-                raise ValueError(f"{name!r}: {exc}") from None
+        if isinstance(base, dict):
+            for name, mapping in parts.items():
+                try:
+                    _slot(base, mapping.key)
+                except LookupError as exc:
+                    raise ValueError(f"{name!r}: {exc}") from None
         return parts
 
     @field_validator("metrics")

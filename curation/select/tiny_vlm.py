@@ -106,7 +106,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, image_size: int) -> Idefics
         text_config=text,
         scale_factor=SCALE_FACTOR,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
-        pad_token_id=ids["pad"],
+        pad_token_id=ids["pad"],  # pyright: ignore[reportCallIssue]  # transformers configs accept **kwargs
         tie_word_embeddings=False,
     )
 

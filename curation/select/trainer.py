@@ -369,6 +369,7 @@ def _read_config(path: Path) -> ReferenceTrainerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    assert __doc__ is not None  # the module has a docstring
     parser = argparse.ArgumentParser(prog="python -m curation.select.trainer", description=__doc__.split("\n")[0])
     parser.add_argument("--mixture", type=Path, required=True, help="the mixture manifest (parquet)")
     parser.add_argument("--config", type=Path, required=True, help="a ReferenceTrainerConfig as JSON")

@@ -107,7 +107,9 @@ def parse_completion(body: bytes) -> Generation | GenerationFailure:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         return GenerationFailure("invalid_response", "the response's message has no content")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        usage = {}
     return Generation(
         text=content,
         prompt_tokens=_number(usage.get("prompt_tokens")),

@@ -53,7 +53,8 @@ class TransformersEngine:
             self.tokenizer = AutoTokenizer.from_pretrained(
                 self.model_dir, local_files_only=True, trust_remote_code=cfg.trust_remote_code, padding_side="left"
             )
-            self.model = AutoModelForCausalLM.from_pretrained(
+            # Any: transformers' declared types miss what the model does (.to(device), .generate); None once closed
+            self.model: Any = AutoModelForCausalLM.from_pretrained(
                 self.model_dir,
                 local_files_only=True,
                 trust_remote_code=cfg.trust_remote_code,

@@ -32,10 +32,10 @@ ENGINE_SEED = 0  # LLM(seed=...): fixed; each request carries its own sampling s
 def _structured_output_factory() -> tuple[str, Any] | None:
     """(SamplingParams keyword, params class) for JSON-schema constrained decoding, whichever this vLLM has."""
     try:
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import StructuredOutputsParams  # pyright: ignore[reportMissingImports]  # optional gpu extra
     except ImportError:
         try:
-            from vllm.sampling_params import GuidedDecodingParams
+            from vllm.sampling_params import GuidedDecodingParams  # pyright: ignore[reportMissingImports]  # optional gpu extra
         except ImportError:
             return None
         return "guided_decoding", GuidedDecodingParams
@@ -47,7 +47,7 @@ class VllmEngine:
 
     def __init__(self, cfg: Any) -> None:
         try:
-            import vllm
+            import vllm  # pyright: ignore[reportMissingImports]  # optional gpu extra
         except ImportError:
             raise EngineConfigError(NOT_INSTALLED) from None
         self.cfg = cfg
@@ -58,7 +58,7 @@ class VllmEngine:
         local = Path(os.path.expanduser(cfg.model))
         self._fingerprint = fingerprint_model_dir(local) if local.is_dir() else None
         try:
-            self.llm = vllm.LLM(
+            self.llm: Any = vllm.LLM(  # None once closed
                 model=str(local.resolve()) if local.is_dir() else cfg.model,
                 tensor_parallel_size=cfg.tensor_parallel_size,
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
