@@ -20,9 +20,9 @@ from curation.faults import crash_point
 from curation.partition import partition_dir, read_partition_stats
 from curation.rejects import RejectsWriter
 from curation.sample import Drop
-from curation.steps.dedup import GlobalDrops
+from curation.steps.dedup import GlobalDrop, GlobalDrops
 from curation.steps.merge import merged_turns
-from schemas import Turn
+from schemas import SftRecord, Turn
 from shards.atomic import HashingWriter, tmp_path
 from shards.codec import decode_sample, encode_record
 from shards.manifest import ShardInfo
@@ -52,6 +52,7 @@ class Growth:
         if key not in self.patches.get(where, {}):
             return None
         record = decode_sample(key, members)
+        assert isinstance(record, SftRecord) and self.db is not None  # merge_qa grows sft conversations only
         extra = [Turn.model_construct(user=u, assistant=a) for u, a in merged_turns(self.db, where, key)]
         return encode_record(record.model_copy(update={"turns": [*record.turns, *extra]}))
 
@@ -66,7 +67,7 @@ class ShardCommit:
     where: tuple[int, int]  # (partition, staged shard number)
     staged: dict
     stem: str
-    dropped: dict[str, Drop]
+    dropped: dict[str, GlobalDrop]  # key -> why a global step dropped it
     growth: Growth
 
 
@@ -157,7 +158,9 @@ def _rewrite(
         f.flush()
         os.fsync(f.fileno())
     crash_point("rewrite_tar_written")
-    kept = table.filter(pc.invert(pc.is_in(table.column("key"), pa.array(sorted(dropped), pa.string()))))
+    keys = pa.array(sorted(dropped), pa.string())
+    gone = pc.is_in(table.column("key"), keys)  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
+    kept = table.filter(pc.invert(gone))  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
     if grown:
         kept = _update_rows(kept, grown)
     index = kept.schema.get_field_index("index")

@@ -19,9 +19,9 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
@@ -32,7 +32,7 @@ from curation import __version__
 from curation.accounting import Accounting
 from curation.errors import CurationError
 from curation.faults import crash_point
-from curation.recipe import Component, MixtureRecipe, load_recipe, recipe_hash
+from curation.recipe import Component, DatasetRef, MixtureRecipe, load_recipe, recipe_hash
 from shards import ShardWriter, read_manifest
 from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
 from shards.codec import decode_sample
@@ -51,7 +51,7 @@ class ComponentPlan:
     rows: pa.Table  # shard, idx, key, source, answer_tokens of the available samples, in dataset order
     target_tokens: float | None = None  # share components (and, once known, every component)
     repeats: int = 0
-    sampled: np.ndarray | None = None  # row numbers of the fractional subsample
+    sampled: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # the fractional subsample
 
     @property
     def available(self) -> int:
@@ -62,7 +62,7 @@ class ComponentPlan:
         return int(np.sum(self.rows.column("answer_tokens").to_numpy()))
 
     def output_samples(self) -> int:
-        return self.repeats * self.available + (0 if self.sampled is None else len(self.sampled))
+        return self.repeats * self.available + len(self.sampled)
 
 
 def _rank(seed: int, *parts: object) -> int:
@@ -71,8 +71,15 @@ def _rank(seed: int, *parts: object) -> int:
     return int.from_bytes(h, "big") >> 1
 
 
+class HasDatasets(Protocol):
+    """A recipe naming datasets (a mixture, a selection sweep, an ablation's trial configuration)."""
+
+    @property
+    def datasets(self) -> dict[str, DatasetRef]: ...
+
+
 def resolve_datasets(
-    recipe: MixtureRecipe,
+    recipe: HasDatasets,
     out: Path,
     workers: int | None,
     progress: bool,
@@ -93,7 +100,8 @@ def resolve_datasets(
                 raise CurationError(f"datasets.{alias}.path: {path} is not a built dataset (no {MANIFEST_NAME})")
             dirs[alias] = path
             continue
-        sub = ref.build if ref.build is not None else load_recipe(ref.recipe, ref.set)
+        assert ref.build is not None or ref.recipe is not None  # DatasetRef holds exactly one of path, recipe, build
+        sub = ref.build if ref.build is not None else load_recipe(str(ref.recipe), ref.set)
         if sub.kind != "build":
             raise CurationError(f"datasets.{alias}.recipe: {ref.recipe} is a {sub.kind} recipe; expected a build")
         target = out / DATASETS / alias
@@ -195,6 +203,7 @@ def _plan_fixed(seed: int, p: ComponentPlan) -> None:
     if t.samples is not None:
         p.repeats, extra = divmod(t.samples, n)
     else:
+        assert t.epochs is not None  # a target is exactly one of answer_share, samples, epochs
         p.repeats = math.floor(t.epochs)
         extra = round((t.epochs - p.repeats) * n)
     p.sampled = np.sort(_order(seed, p)[:extra])
@@ -202,6 +211,7 @@ def _plan_fixed(seed: int, p: ComponentPlan) -> None:
 
 def _plan_tokens(seed: int, p: ComponentPlan) -> None:
     tokens = p.rows.column("answer_tokens").to_numpy()
+    assert p.target_tokens is not None  # set for share components before they are planned
     p.repeats = int(p.target_tokens // p.available_tokens)
     rest = p.target_tokens - p.repeats * p.available_tokens
     order = _order(seed, p)
@@ -258,7 +268,7 @@ def _shuffle_and_write(recipe: MixtureRecipe, selection: pa.Table, work: Path, o
         "CREATE TABLE placed AS SELECT *, row_number() OVER (ORDER BY rank, component, key, repeat) - 1 AS pos "
         "FROM selection"
     )
-    total = con.execute("SELECT count(*) FROM placed").fetchone()[0]
+    (total,) = con.execute("SELECT count(*) FROM placed").fetchone() or (0,)
     tars = [r[0] for r in con.execute("SELECT DISTINCT tar FROM placed ORDER BY tar").fetchall()]
     copies_per_tar = dict(con.execute("SELECT tar, count(*) FROM placed GROUP BY tar").fetchall())
     # Bytes the copies will take (a repeated sample counts as often as it is copied).
@@ -431,7 +441,7 @@ def _manifest(
             "answer_tokens": achieved.get(name, 0),
             "achieved_share": round(100.0 * achieved.get(name, 0) / all_tokens, 4) if all_tokens else 0.0,
         }
-        if c.target.answer_share is not None:
+        if c.target.answer_share is not None and p.target_tokens is not None:
             entry["target_share"] = round(100.0 * p.target_tokens / total_tokens, 4)
             entry["target_answer_tokens"] = round(p.target_tokens, 1)
         components[name] = entry

@@ -501,7 +501,7 @@ def _categories(recipe: BuildRecipe) -> dict[str, str]:
         category = src.category
         if category is None:
             reader = make_reader(src)
-            category = reader.category() if hasattr(reader, "category") else None
+            category = reader.category()
         if category:
             out[src.name] = category
     return out
@@ -514,8 +514,6 @@ def _write_subsets(
     subsets: dict[str, dict[str, Any]] = {}
     for src in recipe.sources:
         reader = make_reader(src)
-        if not hasattr(reader, "subsets"):
-            continue
         gids = [g for g, p in enumerate(plan) if p.source == src.name and p.spec.get("kind") == "download"]
         for label, n_partitions in reader.subsets().items():
             shards = [s for g in gids[:n_partitions] for s in by_partition[g]]

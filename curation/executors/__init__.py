@@ -31,6 +31,7 @@ class Executor(Protocol):
 
     def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
         """``fn(*a)`` for each of ``args``, results in order (``label(a)`` names one in errors)."""
+        ...
 
 
 class LocalExecutor:

@@ -124,7 +124,7 @@ class RayExecutor:
     def download(self, reader: Any, partitions: list[Any]) -> None:
         """Sources that download (LAION via img2dataset) fetch their pending partitions with their own Ray
         distribution before the partition tasks start; the tasks then read the finished downloads."""
-        if partitions and hasattr(reader, "download_with_ray"):
+        if partitions and reader.downloads_with_ray:
             self.connect()
             reader.download_with_ray(partitions)
 
@@ -153,7 +153,7 @@ class RayExecutor:
 
         remote = self._remote(_run_partition)
         # On the head node: the driver may be off the cluster, and the head lives as long as the cluster does.
-        progress = ray.remote(num_cpus=0, resources={HEAD_RESOURCE: 0.001})(_Progress).remote()
+        progress: Any = ray.remote(num_cpus=0, resources={HEAD_RESOURCE: 0.001})(_Progress).remote()  # an actor
         waiting = deque(tasks)
         running: dict[Any, dict[str, Any]] = {}
         limit = self.workers or len(tasks)
@@ -185,6 +185,7 @@ class RayExecutor:
         remote = self._remote(fn)
         limit = self.workers or len(args)
         refs = [remote.remote(*a) for a in args[:limit]]
+        i = -1
         try:
             for i, a in enumerate(args):
                 if i + limit < len(args):

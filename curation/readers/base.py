@@ -11,10 +11,11 @@ import hashlib
 import math
 import re
 import stat
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 from curation.errors import CurationError
 from curation.sample import Drop, Sample
@@ -38,12 +39,33 @@ class Partition:
         return {"source": self.source, "index": self.index, "rows": self.rows, "spec": self.spec}
 
 
-class Reader(Protocol):
+class Reader(ABC):
+    """The source contract: a reader plans its input into partitions with exact row counts and reads one
+    partition; what a source may add (a category, nested subsets, its own Ray downloads) has a default here."""
+
+    # Whether ``download_with_ray`` fetches pending partitions through Ray before the partition tasks run.
+    downloads_with_ray: ClassVar[bool] = False
+
+    @abstractmethod
     def plan(self) -> list[Partition]: ...
 
+    @abstractmethod
     def read(self, partition: Partition) -> Iterator[Sample | Drop]: ...
 
+    @abstractmethod
     def record_kind(self) -> str: ...
+
+    def category(self) -> str | None:
+        """The task category of the source's samples when the reader knows it (the Cauldron's configs)."""
+        return None
+
+    def subsets(self) -> dict[str, int]:
+        """Nested subsets the source declares: label -> number of its first partitions (LAION sizes)."""
+        return {}
+
+    def download_with_ray(self, partitions: list[Partition]) -> None:
+        """Fetch what ``partitions`` need with the source's own Ray distribution (``downloads_with_ray``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no Ray download stage")
 
 
 def expand_inputs(path: str, suffixes: tuple[str, ...], source: str) -> list[Path]:
@@ -217,7 +239,7 @@ def _turns(value: Any) -> Any:
     return value
 
 
-class RowReader:
+class RowReader(Reader):
     """Shared by readers of row-shaped inputs (jsonl, parquet): rows become records via ``build_record``."""
 
     def __init__(self, source: Any) -> None:

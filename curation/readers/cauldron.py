@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from curation.catalog import category_of
 from curation.errors import CurationError
-from curation.readers.base import Partition, build_record, sanitize_key
+from curation.readers.base import Partition, Reader, build_record, sanitize_key
 from curation.readers.parquet import open_parquet, row_batches, row_group_partitions
 from curation.recipe import CauldronSource
 from curation.sample import Drop, Sample
@@ -34,7 +34,7 @@ SPLIT_NAMES = {"train", "test", "validation", "valid", "dev", "eval"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
-class CauldronReader:
+class CauldronReader(Reader):
     def __init__(self, source: CauldronSource) -> None:
         self.source = source
         self.config = source.config_name()

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from curation.laion.download import download_shard
 from curation.laion.failures import row_failure
 from curation.laion.select import select_metadata
-from curation.readers.base import Partition, expand_inputs, sanitize_key
+from curation.readers.base import Partition, Reader, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
 from schemas import PairRecord
 from shards.atomic import content_sha256
@@ -52,7 +52,9 @@ def _short_hash(obj: Any) -> str:
     return content_sha256(obj)[:16]
 
 
-class LaionReader:
+class LaionReader(Reader):
+    downloads_with_ray = True
+
     def __init__(self, source: Any) -> None:
         self.source = source
 

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from curation.errors import CurationError
 from curation.readers.base import (
     Partition,
+    Reader,
     default_key,
     expand_inputs,
     image_file_drop_reason,
@@ -419,7 +420,7 @@ def _file_format(path: Path) -> str:
     raise CurationError(f"{path}: neither a JSON list nor JSON lines (one object per line)")
 
 
-class LlavaReader:
+class LlavaReader(Reader):
     def __init__(self, source: Any) -> None:
         self.source = source
 

@@ -27,7 +27,7 @@ from curation.laion.download import download_shard
 from curation.laion.failures import row_failure
 from curation.obelics import ObelicsDocument, WordLists, clean_document, count_image_urls
 from curation.obelics.filters import PARAGRAPH_SEPARATOR, check_image
-from curation.readers.base import Partition, default_key, expand_inputs
+from curation.readers.base import Partition, Reader, default_key, expand_inputs
 from curation.readers.laion import _short_hash, cache_root
 from curation.readers.parquet import row_group_partitions
 from curation.sample import Drop, Sample
@@ -35,7 +35,7 @@ from schemas import InterleavedRecord
 from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 
 
-class ObelicsReader:
+class ObelicsReader(Reader):
     def __init__(self, source: Any) -> None:
         self.source = source
 

@@ -45,7 +45,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from curation.errors import CurationError
-from curation.readers.base import Partition, expand_inputs, sanitize_key
+from curation.readers.base import Partition, Reader, expand_inputs, sanitize_key
 from curation.readers.jsontext import JsonRecordError, loads_bytes
 from curation.sample import Drop, Sample
 from schemas import PageLine, RecordError, parse_record
@@ -214,7 +214,7 @@ def count_samples(path: Path, source: str) -> int:
         raise CurationError(f"sources.{source}: {path} is not a readable tar file ({detail})") from None
 
 
-class PdfaReader:
+class PdfaReader(Reader):
     def __init__(self, source) -> None:
         self.source = source
 

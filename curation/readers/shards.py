@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from curation.errors import CurationError
-from curation.readers.base import Partition
+from curation.readers.base import Partition, Reader
 from curation.sample import Drop, Sample
 from schemas import RecordError
 from schemas.records import KEY_PATTERN
@@ -33,7 +33,7 @@ MAX_ROW_DROPS = 1_000_000
 _KEY_OK = re.compile(KEY_PATTERN)
 
 
-class ShardsReader:
+class ShardsReader(Reader):
     def __init__(self, source) -> None:
         self.source = source
         try:

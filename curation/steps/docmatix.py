@@ -242,6 +242,7 @@ class DocmatixGenerate(BatchedStep):
 
     def _render(self, doc: _Document, kept: list[tuple[str, str]], discarded: Counter[str]) -> Sample | str:
         record = doc.sample.record
+        assert isinstance(record, PdfRecord)  # _prepare passes other records through before any document is made
         pages = [(i, "") for i in range(len(record.pages))]
         try:
             rendered = render_pages(record.pdf, pages, self.cfg.dpi, self.cfg.max_side, self.cfg.image_format)

@@ -18,6 +18,7 @@ from typing import ClassVar
 from curation.recipe import MergeQaStep
 from curation.steps.contract import GlobalStep
 from curation.steps.dedup import GlobalDrop, GlobalDrops, Sidecars, Where, connect_sidecars
+from schemas import SftRecord
 from shards.codec import decode_sample
 from shards.reader import iter_members
 
@@ -78,6 +79,7 @@ def stage_merged_turns(patches: Patches, shard_paths: dict[Where, Path], db: Pat
                 continue
             (hg, hs, head_key), seq = keys[key]
             record = decode_sample(key, members)
+            assert isinstance(record, SftRecord)  # the merge query selects sft samples only
             con.executemany(
                 "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(hg, hs, head_key, seq, pos, t.user, t.assistant) for pos, t in enumerate(record.turns)],

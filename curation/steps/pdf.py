@@ -77,7 +77,7 @@ def render_pages(
                 if not (width_pt > 0 and height_pt > 0):
                     raise RenderError(f"page {i} has size {width_pt} x {height_pt}")
                 w, h, scale = page_pixels(width_pt, height_pt, dpi, max_side)
-                image = page.render(scale=scale).to_pil()
+                image = page.render(scale=scale).to_pil()  # pyright: ignore[reportArgumentType]  # pdfium: float scale
             finally:
                 page.close()
             # pypdfium2 sizes the bitmap with ceil(); the extra edge pixel (if any) is cut off.
