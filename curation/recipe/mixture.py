@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
 from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
@@ -123,6 +124,17 @@ class MixtureRecipe(_Strict):
     @classmethod
     def _inline_build_names(cls, data: Any) -> Any:
         return name_inline_builds(data)
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _plain_aliases(cls, datasets: Any) -> Any:
+        for alias in datasets if isinstance(datasets, dict) else ():
+            if not (isinstance(alias, str) and re.match(ALIAS_PATTERN, alias) and len(alias) <= 100):
+                raise ValueError(
+                    f"dataset alias {str(alias)[:80]!r} is not a plain name (letters, digits, _ and -, at most 100): "
+                    "it names a folder under the mixture's _datasets/, never a path"
+                )
+        return datasets
 
     @model_validator(mode="after")
     def _consistent(self) -> MixtureRecipe:
