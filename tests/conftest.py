@@ -1,9 +1,19 @@
-"""Session-wide settings. Ray reads RAY_AUTH_MODE once per process and its token check must agree between a
-driver and the Ray it joins or starts: every Ray of the test session (``ray.init`` here, ``ray start``
-clusters, CLI subprocesses) runs with the same settings, set before any test imports Ray."""
+"""Session-wide settings.
+
+- Ray reads RAY_AUTH_MODE once per process and its token check must agree between a driver and the Ray it joins
+  or starts: every Ray of the test session (``ray.init`` here, ``ray start`` clusters, CLI subprocesses) runs with
+  the same settings, set before any test imports Ray.
+- SIGINT as a terminal has it: a non-interactive shell starts a background job with SIGINT ignored, every child
+  inherits that, and a child Python then raises no KeyboardInterrupt, neither on a test's Ctrl-C nor on Ray's
+  cancel of a task (which interrupts the worker the same way). The product rightly keeps an ignored SIGINT
+  ignored; the suite restores the default once, here, for everything it starts.
+"""
 
 import os
+import signal
 
 from tests.ray_cluster import ENV
 
 os.environ.update(ENV)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import signal
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,13 +14,6 @@ from shards.writer import ShardWriter
 
 # Not a real PDF: the shards must carry any bytes exactly (NUL, 0xff, CR/LF included).
 PDF_BYTES = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj <<>> endobj\n\x00\xff\r\n%%EOF\n"
-
-
-def default_sigint() -> None:
-    """``preexec_fn`` for a child a test sends SIGINT (Ctrl-C): a non-interactive shell starts background jobs
-    with SIGINT ignored, children inherit that, and Python then raises no KeyboardInterrupt. The product rightly
-    keeps an ignored SIGINT ignored, so the test restores the default in the child, as a terminal would have it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (16, 12), seed: int = 0, mode: str = "RGB") -> bytes:

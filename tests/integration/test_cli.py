@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests.builds import CLI
-from tests.helpers import default_sigint
 
 
 def curate(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -265,7 +264,6 @@ def test_ctrl_c_stops_a_multi_worker_build_quickly_and_it_resumes(big_inputs, tm
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        preexec_fn=default_sigint,
     )
     kids = _wait_for_workers(proc)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C

@@ -23,7 +23,6 @@ from curation.recipe.selection import LocalLauncherConfig, SlurmLauncherConfig
 from curation.select.engine import run_trials
 from curation.select.launchers import LocalLauncher, TrialOutcome, TrialTask, classify, make_launcher, visible_gpus
 from curation.select.store import TrialStore
-from tests.helpers import default_sigint
 
 FAKE_TRIAL = """
 import json, os, signal, sys, threading, time
@@ -267,7 +266,7 @@ run_trials(tasks, launcher, TrialStore(root / "trials.db"), 0)
 
 
 def _sweep(tmp_path: Path, fake: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", _SWEEP, str(tmp_path), *fake], preexec_fn=default_sigint)
+    return subprocess.Popen([sys.executable, "-c", _SWEEP, str(tmp_path), *fake])
 
 
 def _wait_for(predicate: Any, timeout: float = 20.0) -> None:

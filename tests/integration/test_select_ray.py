@@ -26,7 +26,6 @@ from curation.recipe.selection import RayLauncherConfig
 from curation.select.engine import run_trials
 from curation.select.launchers import RAY_MARKER, RayLauncher, TrialOutcome, TrialTask, make_launcher, ray_misfit
 from curation.select.store import TrialStore
-from tests.helpers import default_sigint
 
 FAKE_TRIAL = r"""
 import json, os, subprocess, sys, threading, time
@@ -331,7 +330,7 @@ def test_ctrl_c_in_a_driver_kills_its_trials(tmp_path: Path, fake: list[str], ra
     long = {"sleep": 120, "child": True, "watch_parent": False}
     tasks = _tasks(tmp_path, {"a": long, "b": long})
     address = ray_cluster.address_info["gcs_address"]
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, address, str(tmp_path), *fake], preexec_fn=default_sigint)
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, address, str(tmp_path), *fake])
     try:
         _wait_for(lambda: all(len(_starts(t)) == 1 for t in tasks))
         driver.send_signal(signal.SIGINT)
