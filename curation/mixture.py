@@ -34,7 +34,7 @@ from curation.errors import CurationError
 from curation.faults import crash_point
 from curation.recipe import Component, DatasetRef, MixtureRecipe, load_recipe, recipe_hash
 from shards import ShardWriter, read_manifest
-from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
+from shards.atomic import atomic_write_json, canonical_json, content_sha256, remove_stale_tmp
 from shards.codec import decode_sample
 from shards.manifest import MANIFEST_NAME, STATS_NAME, DatasetManifest, write_wids_index
 from shards.reader import iter_members
@@ -65,9 +65,13 @@ class ComponentPlan:
         return self.repeats * self.available + len(self.sampled)
 
 
-def _rank(seed: int, *parts: object) -> int:
-    """A stable 63-bit rank (blake2b, not Python's hash or numpy's generators: same across versions)."""
-    h = hashlib.blake2b(repr((seed, *parts)).encode("utf-8"), digest_size=8).digest()
+def _rank(seed: int, *parts: str | int) -> int:
+    """A stable 63-bit rank: blake2b of the canonical JSON of (seed, *parts) as plain ints and strings (not
+    Python's hash, numpy's generators or ``repr``, whose form differs between numpy and Python scalars)."""
+    plain = [seed, *parts]
+    if not all(type(x) in (int, str) for x in plain):
+        raise TypeError(f"ranks hash plain ints and strings only, got {[type(x).__name__ for x in plain]}")
+    h = hashlib.blake2b(canonical_json(plain).encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(h, "big") >> 1
 
 

@@ -95,6 +95,9 @@ NOTES = [
     "Re-recorded once, for a named change: obelics' recipe dumped filters.image.formats (a set) in the order of "
     "Python's per-process string hashes, so its dataset.json and recipe_sha256 varied between processes; the set "
     "is now written sorted (tests/unit/test_recipe_identity.py).",
+    "Re-recorded once more, for a named change: the mixture's sampling and shuffle ranks hash the canonical JSON "
+    "of plain values instead of their repr (tests/unit/test_mixture_rank.py), so idefics3_sft's selection and "
+    "shard order changed.",
     "Every build runs with one worker (the output does not depend on workers; `curate demo` uses 2).",
     "Recorded with the versions below (python {python}); the test skips when an installed version differs.",
 ]
