@@ -23,7 +23,7 @@ Thresholds are inclusive: ``max_*`` passes at equality, ``min_*`` passes at equa
 drops a paragraph at ``ratio >= spam_words_drop_at`` (as the original kept ``ratio < 0.12``).
 
 Language identification and perplexity (the original used a fastText lid model and a KenLM model)
-need models that cannot be downloaded here, so they are **hooks**: pass any callable
+need models the toolkit does not ship, so they are **hooks**: pass any callable
 ``(text) -> float`` as ``lang_id_scorer`` / ``perplexity_scorer`` in the configs. Both are ``None``
 (off) by default; with no scorer the threshold is ignored.
 """
@@ -278,7 +278,7 @@ class TextScorer(Protocol):
     - perplexity: the perplexity of the text under a language model (the original: KenLM trained on
       Wikipedia, SentencePiece-tokenized, lower is better).
 
-    No models can be downloaded here, so none is provided and both hooks are off by default.
+    The toolkit ships no such model, so both hooks are off by default.
     """
 
     def __call__(self, text: str) -> float: ...
@@ -295,7 +295,7 @@ class ParagraphFilterConfig(_Config):
     """Paragraph-level rules (defaults: the original OBELICS thresholds). ``None`` disables a rule.
 
     ``lang_id_scorer`` / ``perplexity_scorer`` are model hooks (see ``TextScorer``), off (None) by
-    default and off at paragraph level in the original; no models can be downloaded here.
+    default and off at paragraph level in the original (the toolkit ships no such model).
     """
 
     min_words: int | None = Field(default=4, ge=0)
@@ -324,8 +324,8 @@ class DocumentFilterConfig(_Config):
     image count and the "at least one text and one image" rule that ``clean_document`` enforces.
     Defaults: the original OBELICS thresholds. ``None`` disables a rule.
 
-    The original used fastText language id (en, >= 0.8) and KenLM perplexity (<= 1500) here; no
-    models can be downloaded here, so ``lang_id_scorer`` / ``perplexity_scorer`` are hooks (see
+    The original used fastText language id (en, >= 0.8) and KenLM perplexity (<= 1500) here; the
+    toolkit ships no such model, so ``lang_id_scorer`` / ``perplexity_scorer`` are hooks (see
     ``TextScorer``), None (off) by default, and the thresholds apply only when a scorer is given.
     """
 

@@ -92,28 +92,27 @@ def find_global_drops(
     return found
 
 
-class UniqueKey(GlobalStep):
+class _ExactDuplicates(GlobalStep):
+    """A duplicate found by one of the DuckDB queries above: its one drop reason names the query."""
+
+    @classmethod
+    def find(
+        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
+    ) -> tuple[GlobalDrops, Patches]:
+        (reason,) = cls.drop_reasons
+        return find_global_drops(reason, label, sidecars, already), {}
+
+
+class UniqueKey(_ExactDuplicates):
     """Always on, first of the global steps (no recipe config): keys must be unique for webdataset and wids."""
 
     drop_reasons: ClassVar[dict[str, str]] = {
         "duplicate_key": "a key already used earlier in the dataset (the first one wins)"
     }
 
-    @classmethod
-    def find(
-        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
-    ) -> tuple[GlobalDrops, Patches]:
-        return find_global_drops("duplicate_key", label, sidecars, already), {}
 
-
-class ExactImageDedup(GlobalStep):
+class ExactImageDedup(_ExactDuplicates):
     config = ExactImageDedupStep
     drop_reasons: ClassVar[dict[str, str]] = {
         "duplicate_image": "the same images (sha256 of each) as an earlier sample"
     }
-
-    @classmethod
-    def find(
-        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
-    ) -> tuple[GlobalDrops, Patches]:
-        return find_global_drops("duplicate_image", label, sidecars, already), {}
