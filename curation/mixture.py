@@ -34,7 +34,7 @@ from curation.errors import CurationError
 from curation.faults import crash_point
 from curation.recipe import Component, DatasetRef, MixtureRecipe, load_recipe, recipe_hash
 from shards import ShardWriter, read_manifest
-from shards.atomic import atomic_write_json, canonical_json, content_sha256, remove_stale_tmp
+from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
 from shards.codec import decode_sample
 from shards.manifest import MANIFEST_NAME, STATS_NAME, DatasetManifest, write_wids_index
 from shards.reader import iter_members
@@ -65,13 +65,17 @@ class ComponentPlan:
         return self.repeats * self.available + len(self.sampled)
 
 
+# canonical_json's encoding, built once: ranks are computed per row and per output copy.
+_CANONICAL = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+
+
 def _rank(seed: int, *parts: str | int) -> int:
     """A stable 63-bit rank: blake2b of the canonical JSON of (seed, *parts) as plain ints and strings (not
     Python's hash, numpy's generators or ``repr``, whose form differs between numpy and Python scalars)."""
     plain = [seed, *parts]
     if not all(type(x) in (int, str) for x in plain):
         raise TypeError(f"ranks hash plain ints and strings only, got {[type(x).__name__ for x in plain]}")
-    h = hashlib.blake2b(canonical_json(plain).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    h = hashlib.blake2b(_CANONICAL(plain).encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(h, "big") >> 1
 
 
@@ -114,11 +118,16 @@ def resolve_datasets(
                 f"datasets.{alias}: {target} resolves to {target.resolve()}, outside {out}; a mixture builds its "
                 "datasets only inside its own --out"
             )
-        try:
-            output_state(target, recipe_hash(sub), overwrite=overwrite)
+        try:  # an up-to-date sub-build is kept even with overwrite; only another version is replaced
+            output_state(target, recipe_hash(sub), overwrite=False)
+            replace = False
         except CurationError as exc:
-            raise CurationError(f"datasets.{alias}: {exc}") from None
-        build(sub, target, workers=workers, overwrite=overwrite, progress=progress, executor=executor, address=address)
+            if not overwrite:
+                raise CurationError(
+                    f"datasets.{alias}: {exc} (remove {target} to rebuild it, or pass --overwrite to curate build)"
+                ) from None
+            replace = True
+        build(sub, target, workers=workers, overwrite=replace, progress=progress, executor=executor, address=address)
         dirs[alias] = target
     return dirs
 

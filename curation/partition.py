@@ -143,12 +143,9 @@ def read_every_row(reader: Reader, part: Partition) -> Iterator[Sample | Drop]:
             break
         except CurationError:  # a deliberate one-line stop (e.g. a source that cannot be opened at all)
             raise
-        except OSError as exc:
+        except Exception as exc:  # any other failure would lose the partition's remaining rows: count them
             if is_disk_full(exc):  # the environment, not the data: stop; the rerun resumes
                 raise
-            failure = Drop("reader_error", part.source, _partition_origin(part), None, f"OSError: {exc}"[:500])
-            break
-        except Exception as exc:  # any other failure would lose the partition's remaining rows: count them
             detail = f"{type(exc).__name__}: {exc}"[:500]
             failure = Drop("reader_error", part.source, _partition_origin(part), None, detail)
             break

@@ -187,8 +187,9 @@ class LaionReader(Reader):
                 try:
                     image_bytes = read_member(tar, image, tar_size, MAX_MEMBER_BYTES)
                     caption_bytes = read_member(tar, caption, tar_size, MAX_MEMBER_BYTES)
-                except MemberError as exc:
-                    yield Drop(exc.reason, name, origin, key, str(exc)[:300])
+                except (MemberError, tarfile.ReadError) as exc:  # not a regular file, too large, or cut off
+                    reason = exc.reason if isinstance(exc, MemberError) else "shard_damaged"
+                    yield Drop(reason, name, origin, key, str(exc)[:300])
                     continue
                 meta = {
                     "url": row.get("url"),

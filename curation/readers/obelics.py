@@ -166,6 +166,6 @@ def _image_bytes(tar: Any, member: Any, tar_size: int, failed: Counter[str]) -> 
     """The member's bytes, or None when it cannot be read (counted in ``failed``)."""
     try:
         return read_member(tar, member, tar_size, MAX_MEMBER_BYTES)
-    except MemberError as exc:
-        failed[exc.reason] += 1
+    except (MemberError, tarfile.ReadError) as exc:  # not a regular file, too large, or cut off
+        failed[exc.reason if isinstance(exc, MemberError) else "shard_damaged"] += 1
         return None

@@ -6,15 +6,27 @@ import difflib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
 from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
 from curation.recipe.sources import Category
 
 # ---- mixtures -------------------------------------------------------------------------------------
+_ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+def _plain_alias(alias: str) -> str:
+    if not (_ALIAS.match(alias) and len(alias) <= NAME_MAX):
+        raise ValueError(
+            f"dataset alias {alias[:80]!r} is not a plain name (letters, digits, _ and -, at most {NAME_MAX}): it "
+            "names a folder under _datasets/ of the output, never a path"
+        )
+    return alias
+
+
 # A dataset alias names a directory under <out>/_datasets/: a plain name, never a path.
-ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
+DatasetAlias = Annotated[str, AfterValidator(_plain_alias)]
 
 
 class DatasetRef(_Strict):
@@ -108,9 +120,7 @@ class MixtureRecipe(_Strict):
     description: str = ""
     seed: int = 0
     vars: dict[str, str | int | float] = Field(default_factory=dict)
-    datasets: Annotated[
-        dict[Annotated[str, Field(pattern=ALIAS_PATTERN, max_length=NAME_MAX)], DatasetRef], Field(min_length=1)
-    ]
+    datasets: Annotated[dict[DatasetAlias, DatasetRef], Field(min_length=1)]
     components: Annotated[list[Component], Field(min_length=1)]
     total_answer_tokens: int | None = Field(
         default=None,
@@ -124,17 +134,6 @@ class MixtureRecipe(_Strict):
     @classmethod
     def _inline_build_names(cls, data: Any) -> Any:
         return name_inline_builds(data)
-
-    @field_validator("datasets", mode="before")
-    @classmethod
-    def _plain_aliases(cls, datasets: Any) -> Any:
-        for alias in datasets if isinstance(datasets, dict) else ():
-            if not (isinstance(alias, str) and re.match(ALIAS_PATTERN, alias) and len(alias) <= 100):
-                raise ValueError(
-                    f"dataset alias {str(alias)[:80]!r} is not a plain name (letters, digits, _ and -, at most 100): "
-                    "it names a folder under the mixture's _datasets/, never a path"
-                )
-        return datasets
 
     @model_validator(mode="after")
     def _consistent(self) -> MixtureRecipe:

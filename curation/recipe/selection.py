@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
 from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
-from curation.recipe.mixture import Component, DatasetRef, MixtureRecipe, name_inline_builds
+from curation.recipe.mixture import Component, DatasetAlias, DatasetRef, MixtureRecipe, name_inline_builds
 
 
 # ---- trainer -------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class SelectionRecipe(_Strict):
     description: str = ""
     seed: int = 0
     vars: dict[str, str | int | float] = Field(default_factory=dict)
-    datasets: Annotated[dict[str, DatasetRef], Field(min_length=1)]
+    datasets: Annotated[dict[DatasetAlias, DatasetRef], Field(min_length=1)]
     baseline: Baseline
     categories: Annotated[list[Category], Field(min_length=1)]
     trainer: TrainerConfig

@@ -23,13 +23,13 @@ from rich.console import Console
 from curation.errors import CurationError
 from curation.recipe.build import Tokenizer
 from curation.recipe.common import _Strict
-from curation.recipe.mixture import Component, DatasetRef, name_inline_builds
+from curation.recipe.mixture import Component, DatasetAlias, DatasetRef, name_inline_builds
 from curation.recipe.selection import EvaluatorConfig, LauncherConfig, LocalLauncherConfig, ScoreConfig, TrainerConfig
 from shards.atomic import atomic_write_bytes, atomic_write_json
 
 
 class TrialConfig(_Strict):
-    datasets: Annotated[dict[str, DatasetRef], Field(min_length=1)]
+    datasets: Annotated[dict[DatasetAlias, DatasetRef], Field(min_length=1)]
     components: Annotated[list[Component], Field(min_length=1)]
     trainer: TrainerConfig
     evaluator: EvaluatorConfig

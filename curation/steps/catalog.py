@@ -1,5 +1,6 @@
 """Every step class of the toolkit, imported here so that each registers for its recipe config
 (``curation.steps.contract.step_class``)."""
+# ruff: noqa: F401
 
 from curation.steps.convert import PairToSft
 from curation.steps.decontaminate import Decontaminate
@@ -11,7 +12,3 @@ from curation.steps.neardup import NearDupImages, NearDupText
 from curation.steps.pdf import PdfToTranscription
 from curation.steps.qa import QaFilter
 from curation.steps.text import TextLength
-
-RECORD_STEPS = (TextLength, ImageDecode, ImageSize, PairToSft, PdfToTranscription, QaFilter, Decontaminate)
-BATCHED_STEPS = (DocmatixGenerate,)
-GLOBAL_STEPS = (UniqueKey, ExactImageDedup, NearDupImages, NearDupText, MergeQa)

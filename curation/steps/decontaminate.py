@@ -89,13 +89,14 @@ def _bench_items(bench: Benchmark, method: str) -> Iterator[tuple[str, int | Non
                 continue
     if bench.questions:
         with open_regular(Path(bench.questions)) as f:
-            for number, line in enumerate(iter_lines(f), 1):
+            for line in iter_lines(f):
+                where = f"{bench.questions}, the line at byte {line.offset}"  # blank lines are not counted
                 if line.too_large:
-                    raise CurationError(f"{bench.questions}:{number}: a line over {MAX_RECORD_BYTES} bytes")
+                    raise CurationError(f"{where}: longer than {MAX_RECORD_BYTES} bytes")
                 try:
                     row = loads_bytes(line.data)
                 except JsonRecordError as exc:
-                    raise CurationError(f"{bench.questions}:{number}: not valid JSON ({exc})") from None
+                    raise CurationError(f"{where}: not valid JSON ({exc})") from None
                 question = row.get("question") if isinstance(row, dict) else None
                 if isinstance(question, str) and question.strip():
                     yield "question", None, question

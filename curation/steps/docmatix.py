@@ -69,7 +69,7 @@ class DocmatixGenerate(BatchedStep):
         "all_pairs_discarded": "every parsed pair was discarded by the filters",
         "pdf_unrenderable": "pdfium cannot render the pages",
     }
-    run_only_report_keys: ClassVar[tuple[str, ...]] = (*RUN_COUNTS, "engine_seconds")
+    run_only_report_keys: ClassVar[tuple[str, ...]] = RUN_ONLY
 
     def __init__(self, cfg: DocmatixGenerateStep, context: StepContext) -> None:
         super().__init__(cfg, context)

@@ -34,8 +34,8 @@ def test_hostile_obelics_metadata_is_a_value_error_for_that_document(case: str):
 def test_a_hostile_benchmark_question_file_is_one_line(tmp_path: Path, case: str):
     path = tmp_path / "questions.jsonl"
     line = HOSTILE[case]
-    path.write_bytes(b'{"question": "fine?"}\n' + (line if isinstance(line, bytes) else line.encode()) + b"\n")
-    with pytest.raises(CurationError, match=r"questions.jsonl:2: not valid JSON") as err:
+    path.write_bytes(b'{"question": "fine?"}\n\n' + (line if isinstance(line, bytes) else line.encode()) + b"\n")
+    with pytest.raises(CurationError, match=r"questions.jsonl, the line at byte 23: not valid JSON") as err:
         list(_bench_items(Benchmark(name="b", questions=str(path)), "phash"))
     assert "\n" not in str(err.value)
 

@@ -45,7 +45,7 @@ def _mixture(alias: str, build_recipe: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("alias", ["/abs/path", "../../elsewhere", "a/b", "..", ".hidden", "a.b", "x" * 101])
 def test_a_dataset_alias_must_be_a_plain_name(tmp_path: Path, alias: str):
-    with pytest.raises(RecipeError, match=r"datasets: dataset alias .* is not a plain name"):
+    with pytest.raises(RecipeError, match=r"dataset alias .* is not a plain name"):
         validate_recipe(_mixture(alias, _build_recipe(_inputs(tmp_path))))
 
 
@@ -96,3 +96,12 @@ def test_a_sub_build_of_another_recipe_version_is_replaced_only_with_overwrite(t
     assert tree_digest(out / "_datasets" / "sub") == sub_before
     build_mixture(mixture, out, overwrite=True, progress=False)
     assert tree_digest(out / "_datasets" / "sub") != sub_before
+
+
+def test_overwrite_keeps_an_up_to_date_sub_build(tmp_path: Path):
+    out = tmp_path / "out"
+    mixture = validate_recipe(_mixture("sub", _build_recipe(_inputs(tmp_path))))
+    build_mixture(mixture, out, progress=False)
+    before = (out / "_datasets" / "sub" / "dataset.json").stat().st_mtime_ns
+    build_mixture(mixture, out, overwrite=True, progress=False)  # the mixture is redone, its sub-build is current
+    assert (out / "_datasets" / "sub" / "dataset.json").stat().st_mtime_ns == before

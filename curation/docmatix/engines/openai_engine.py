@@ -6,8 +6,9 @@ the ``concurrency`` slots (connecting, waiting, reading a body however slowly it
 backoff), not the client's per-read timeout: requests run as asyncio tasks on the engine's own event loop, each
 under ``asyncio.wait_for``. Each attempt opens its own connection (``Connection: close``). Retries (``max_retries``:
 exponential backoff with jitter, honouring ``retry-after-ms``/``Retry-After``) are this module's own, on
-connection errors, 408/409/429 and 5xx, and only while the deadline leaves time for the wait. Bodies are
-read up to ``untrusted.max_response_bytes`` and parsed here, every field checked. What fails becomes a
+connection errors, 408/409/429 and 5xx, and only while the deadline leaves time for the wait. A successful
+response's body is read up to ``untrusted.max_response_bytes`` and parsed here, every field checked (the body of
+an error status is read by the client itself: only the deadline bounds it). What fails becomes a
 ``GenerationFailure``: ``timeout``, ``rate_limited``, ``http_<status>``, ``connection`` (refused, reset, a body
 shorter than its Content-Length), ``response_too_large``, ``invalid_response`` (not JSON, no choices, no
 string content) or ``context_too_long`` (a 400 whose message says the prompt exceeds the context, as vLLM's
