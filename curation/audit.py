@@ -9,9 +9,9 @@ from typing import Any
 
 import duckdb
 from rich.console import Console
-from rich.table import Table
 
 from curation.errors import CurationError
+from curation.report.table import Table, markdown_table, rich_table
 from shards import read_manifest
 
 PER_SOURCE_SQL = """
@@ -153,8 +153,8 @@ def _target_text(target: dict[str, Any]) -> str:
 MIXTURE_HEADERS = ["component", "category", "target", "target %", "achieved %", "epochs", "samples"]
 
 
-def _mixture_table_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [
+def mixture_table(report: dict[str, Any]) -> Table:
+    rows = [
         [
             name,
             c["category"] or "",
@@ -166,27 +166,31 @@ def _mixture_table_rows(report: dict[str, Any]) -> list[list[str]]:
         ]
         for name, c in report["mixture"].items()
     ]
+    return Table("mixture: target versus achieved", MIXTURE_HEADERS, rows, numeric=(3, 4, 5, 6))
 
 
-def _duplicate_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [
+def duplicates_table(report: dict[str, Any]) -> Table:
+    rows = [
         [step, source, other, f"{n:,}"]
         for step, per in report["duplicates"].items()
         for source, others in per.items()
         for other, n in others.items()
     ]
+    return Table("duplicates per source pair", ["step", "dropped from", "duplicate of", "samples"], rows, numeric=(3,))
 
 
-def _contamination_rows(report: dict[str, Any]) -> list[list[str]]:
-    return [
+def contamination_table(report: dict[str, Any]) -> Table:
+    rows = [
         [bench, source, what, f"{n:,}"]
         for bench, per in report["contamination"].items()
         for source, kinds in per.items()
         for what, n in sorted(kinds.items())
     ]
+    headers = ["benchmark", "source", "matched on", "samples"]
+    return Table("benchmark contamination removed", headers, rows, numeric=(3,))
 
 
-def _generation_rows(report: dict[str, Any]) -> list[list[str]]:
+def generation_table(report: dict[str, Any]) -> Table:
     rows = []
     for label, r in report.get("generation", {}).items():
         parsed = r.get("pairs_parsed", 0)
@@ -203,36 +207,18 @@ def _generation_rows(report: dict[str, Any]) -> list[list[str]]:
             rows.append([label, f"discarded: {rule}", f"{n:,}", f"{100 * n / parsed:.1f}%" if parsed else ""])
         for reason, n in r.get("failures", {}).items():
             rows.append([label, f"failed documents: {reason}", f"{n:,}", ""])
-    return rows
+    return Table("generated QA pairs", ["step", "pairs", "count", "% of parsed"], rows, numeric=(2, 3))
 
 
-SECTIONS = [
-    ("mixture: target versus achieved", MIXTURE_HEADERS, _mixture_table_rows),
-    ("duplicates per source pair", ["step", "dropped from", "duplicate of", "samples"], _duplicate_rows),
-    ("benchmark contamination removed", ["benchmark", "source", "matched on", "samples"], _contamination_rows),
-    ("generated QA pairs", ["step", "pairs", "count", "% of parsed"], _generation_rows),
-]
+def drops_table(report: dict[str, Any]) -> Table:
+    rows = [
+        [step, reason, f"{n:,}"] for step, reasons in report["dropped_by_step"].items() for reason, n in reasons.items()
+    ]
+    return Table("drops by step and reason", ["step", "reason", "samples"], rows, numeric=(2,))
 
 
-def _source_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for name, s in report["sources"].items():
-        rows.append(
-            [
-                name,
-                s.get("category") or "",
-                f"{s['input']:,}",
-                f"{s['samples']:,}",
-                f"{sum(s['dropped'].values()):,}",
-                f"{s['images']:,}",
-                f"{s['qa_pairs']:,}",
-                f"{s['text_tokens']:,}",
-                f"{s['answer_tokens']:,}",
-                f"{s['mix_pct']:.2f}",
-            ]
-        )
-    return rows
-
+SECTIONS = (mixture_table, duplicates_table, contamination_table, generation_table)
+"""The audit's tables after the per-source one (the audit report and the dataset card show them too)."""
 
 HEADERS = [
     "source",
@@ -248,34 +234,33 @@ HEADERS = [
 ]
 
 
+def sources_table(report: dict[str, Any], title: str | None = None) -> Table:
+    rows = [
+        [
+            name,
+            s.get("category") or "",
+            f"{s['input']:,}",
+            f"{s['samples']:,}",
+            f"{sum(s['dropped'].values()):,}",
+            f"{s['images']:,}",
+            f"{s['qa_pairs']:,}",
+            f"{s['text_tokens']:,}",
+            f"{s['answer_tokens']:,}",
+            f"{s['mix_pct']:.2f}",
+        ]
+        for name, s in report["sources"].items()
+    ]
+    return Table(title, HEADERS, rows, numeric=range(2, len(HEADERS)))
+
+
 def render_table(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
-    t = Table(
-        title=f"{report['dataset']} ({report['kind']}): {report['samples']:,} samples in {report['shards']} shards"
-    )
-    for i, h in enumerate(HEADERS):
-        t.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
-    for row in _source_rows(report):
-        t.add_row(*row)
-    console.print(t)
-    for title, headers, rows_of in SECTIONS:
-        rows = rows_of(report)
-        if rows:
-            extra = Table(title=title)
-            for i, h in enumerate(headers):
-                extra.add_column(h, justify="right" if i == len(headers) - 1 or "%" in h else "left")
-            for row in rows:
-                extra.add_row(*row)
-            console.print(extra)
-    if report["dropped_by_step"]:
-        d = Table(title="drops by step and reason")
-        for h in ("step", "reason", "samples"):
-            d.add_column(h, justify="right" if h == "samples" else "left")
-        for step, reasons in report["dropped_by_step"].items():
-            for reason, n in reasons.items():
-                d.add_row(step, reason, f"{n:,}")
-        console.print(d)
-    else:
+    title = f"{report['dataset']} ({report['kind']}): {report['samples']:,} samples in {report['shards']} shards"
+    console.print(rich_table(sources_table(report, title), no_wrap=True))
+    for table in (*(of(report) for of in SECTIONS), drops_table(report)):
+        if table.rows:
+            console.print(rich_table(table))
+    if not report["dropped_by_step"]:
         console.print("no samples dropped")
 
 
@@ -285,25 +270,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['samples']:,} samples in {report['shards']} shards, from {report['input']:,} inputs.",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|",
+        *markdown_table(sources_table(report)),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in _source_rows(report)]
-    for title, headers, rows_of in SECTIONS:
-        rows = rows_of(report)
-        if rows:
-            lines += [
-                "",
-                f"### {title}",
-                "",
-                "| " + " | ".join(headers) + " |",
-                "|" + "|".join(["---"] * len(headers)) + "|",
-            ]
-            lines += ["| " + " | ".join(r) + " |" for r in rows]
-    if report["dropped_by_step"]:
-        lines += ["", "| step | reason | samples |", "|---|---|---:|"]
-        for step, reasons in report["dropped_by_step"].items():
-            lines += [f"| {step} | {reason} | {n:,} |" for reason, n in reasons.items()]
+    for table in (*(of(report) for of in SECTIONS), drops_table(report)):
+        if table.rows:
+            lines += ["", *markdown_table(table)]
     return "\n".join(lines) + "\n"
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from curation.audit import audit
+from curation.report.table import Table, markdown_table, rich_table
 from shards import read_manifest
 
 SOURCE_METRICS = ("samples", "answer_tokens", "text_tokens", "images", "mix_pct")
@@ -166,27 +166,17 @@ def _mixture_rows(doc: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-def _sections(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+MIXTURE_HEADERS = ["component", "target % A", "target % B", "achieved % A", "achieved % B", "Δ pp"]
+MIXTURE_HEADERS += ["samples A", "samples B", "Δ"]
+
+
+def _tables(doc: dict[str, Any]) -> list[Table]:
     return [
-        ("sources", SOURCE_HEADERS, _source_rows(doc)),
-        ("totals", ["total", "A", "B", "Δ", "Δ %"], _total_rows(doc)),
-        ("drops by step and reason", ["step", "reason", "A", "B", "Δ", "Δ %"], _drop_rows(doc)),
-        ("shards", ["compared", "status", "shards", "names"], _shard_rows(doc)),
-        (
-            "mixture: achieved shares",
-            [
-                "component",
-                "target % A",
-                "target % B",
-                "achieved % A",
-                "achieved % B",
-                "Δ pp",
-                "samples A",
-                "samples B",
-                "Δ",
-            ],
-            _mixture_rows(doc),
-        ),
+        Table("sources", SOURCE_HEADERS, _source_rows(doc), numeric=range(2, len(SOURCE_HEADERS))),
+        Table("totals", ["total", "A", "B", "Δ", "Δ %"], _total_rows(doc), numeric=range(1, 5)),
+        Table("drops by step and reason", ["step", "reason", "A", "B", "Δ", "Δ %"], _drop_rows(doc), range(2, 6)),
+        Table("shards", ["compared", "status", "shards", "names"], _shard_rows(doc), numeric=(2,)),
+        Table("mixture: achieved shares", MIXTURE_HEADERS, _mixture_rows(doc), range(1, len(MIXTURE_HEADERS))),
     ]
 
 
@@ -205,12 +195,9 @@ def render_compare_markdown(doc: dict[str, Any]) -> str:
     if doc["sources_added"] or doc["sources_removed"]:
         added, removed = ", ".join(doc["sources_added"]) or "none", ", ".join(doc["sources_removed"]) or "none"
         lines += ["", f"Sources added: {added}; removed: {removed}."]
-    for title, headers, rows in _sections(doc):
-        if not rows:
-            continue
-        lines += ["", f"### {title}", "", "| " + " | ".join(headers) + " |"]
-        lines.append("|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|")
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    for table in _tables(doc):
+        if table.rows:
+            lines += ["", *markdown_table(table)]
     return "\n".join(lines) + "\n"
 
 
@@ -218,12 +205,6 @@ def render_compare_table(doc: dict[str, Any], console: Console | None = None) ->
     """The comparison as rich tables."""
     console = console or Console()
     console.print(_summary(doc))
-    for title, headers, rows in _sections(doc):
-        if not rows:
-            continue
-        t = Table(title=title)
-        for i, h in enumerate(headers):
-            t.add_column(h, justify="left" if i == 0 or h in ("status", "names", "reason") else "right")
-        for row in rows:
-            t.add_row(*row)
-        console.print(t)
+    for table in _tables(doc):
+        if table.rows:
+            console.print(rich_table(table))

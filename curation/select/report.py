@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from curation.report.html import Section, render_html, render_markdown
+from curation.report.blocks import Section, render_html, render_markdown
 from shards.atomic import atomic_write_bytes, atomic_write_json
 
 
@@ -57,13 +57,13 @@ def sections(doc: dict[str, Any], plot_png: bytes | None = None) -> list[Section
             decision = c["decision"] + (" (trial failed)" if c["reason"] == "failed" else "")
             deltas = [_fmt(c["metric_deltas"].get(m)) for m in metric_names]
             rows.append([c["name"], _fmt(c["score"]), _fmt(c["delta"]), *deltas, decision])
-        sec.table("candidates", ["candidate", "score", "Δ score", *[f"Δ {m}" for m in metric_names], "decision"], rows)
+        headers = ["candidate", "score", "Δ score", *[f"Δ {m}" for m in metric_names], "decision"]
+        sec.table("candidates", headers, rows, numeric=range(1, len(headers) - 1))
         sec.text(f"Merged baseline score: {_fmt(cat['merged_score'])}")
         out.append(sec)
     progression = Section("progression", "Baseline progression")
-    progression.table(
-        "score after each category", ["step", "score"], [[p["step"], _fmt(p["score"])] for p in doc["progression"]]
-    )
+    steps = [[p["step"], _fmt(p["score"])] for p in doc["progression"]]
+    progression.table("score after each category", ["step", "score"], steps, numeric=(1,))
     if plot_png is not None:
         progression.image("baseline progression", "data:image/png;base64," + base64.b64encode(plot_png).decode("ascii"))
     if "all_candidates" in doc:
