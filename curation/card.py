@@ -4,17 +4,18 @@ Deterministic (no dates, no absolute paths): a rebuild of the same recipe writes
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from curation.audit import SECTIONS, audit
+from curation.audit import SECTIONS, audit, drops_table
+from curation.output_dir import CARD_NAME
+from curation.report.table import Table, markdown_table
 from shards import read_manifest
 from shards.atomic import atomic_write_bytes
 from shards.manifest import DatasetManifest
-
-CARD_NAME = "README.md"
 
 MEMBERS = {
     "pair": [
@@ -142,17 +143,6 @@ def card_header(manifest: DatasetManifest, report: dict[str, Any], info: dict[st
     }
 
 
-def _table(headers: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
-    align = ["---" if i < right_from else "---:" for i in range(len(headers))]
-    return ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"] + [
-        "| " + " | ".join(_cell(c) for c in r) + " |" for r in rows
-    ]
-
-
-def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
-
-
 def _sources_section(report: dict[str, Any], info: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for name, s in report["sources"].items():
@@ -181,7 +171,7 @@ def _sources_section(report: dict[str, Any], info: dict[str, dict[str, Any]]) ->
         "answer tokens",
         "% answer tokens",
     ]
-    return ["## Sources", "", *_table(headers, rows, right_from=5), ""]
+    return ["## Sources", "", *markdown_table(Table(None, headers, rows, numeric=range(5, len(headers)))), ""]
 
 
 def _features_section(manifest: DatasetManifest) -> list[str]:
@@ -195,11 +185,11 @@ def _features_section(manifest: DatasetManifest) -> list[str]:
         "",
         f"Each sample of this `{manifest.kind}` dataset has the same tar members:",
         "",
-        *_table(["member", "content"], members, right_from=9),
+        *markdown_table(Table(None, ["member", "content"], members)),
         "",
         "Each shard `NAME-NNNNNN.tar` has a parquet sidecar `NAME-NNNNNN.parquet` with one row per sample:",
         "",
-        *_table(["column", "type", "description"], columns, right_from=9),
+        *markdown_table(Table(None, ["column", "type", "description"], columns)),
         "",
     ]
 
@@ -216,21 +206,20 @@ def _sizes_section(report: dict[str, Any], manifest: DatasetManifest) -> list[st
         ["input rows", f"{report['input']:,}"],
     ]
     tok = (manifest.recipe.get("tokenizer") or {}).get("type", "regex")
-    return ["## Size", "", *_table(["", "total"], rows), "", f"Tokens are counted with the `{tok}` tokenizer.", ""]
+    sizes = markdown_table(Table(None, ["", "total"], rows, numeric=(1,)))
+    return ["## Size", "", *sizes, "", f"Tokens are counted with the `{tok}` tokenizer.", ""]
 
 
 def _drops_section(report: dict[str, Any]) -> list[str]:
-    if not report["dropped_by_step"]:
+    drops = drops_table(report)
+    if not drops.rows:
         return ["## Filtering", "", "No samples were dropped.", ""]
-    rows = [
-        [step, reason, f"{n:,}"] for step, reasons in report["dropped_by_step"].items() for reason, n in reasons.items()
-    ]
     return [
         "## Filtering",
         "",
         "Samples dropped, by step and reason:",
         "",
-        *_table(["step", "reason", "samples"], rows, 2),
+        *markdown_table(replace(drops, title=None)),
         "",
     ]
 
@@ -243,11 +232,11 @@ def _extra_sections(report: dict[str, Any]) -> list[str]:
         "mixture: target versus achieved": "## Mixture",
     }
     lines: list[str] = []
-    for title, headers, rows_of in SECTIONS:
-        rows = rows_of(report)
-        if rows:
+    for table in (of(report) for of in SECTIONS):
+        if table.rows:
+            title = table.title or ""
             note = ["Shares are of the mixture's answer tokens.", ""] if title.startswith("mixture") else []
-            lines += [titles.get(title, f"## {title}"), "", *note, *_table(headers, rows, len(headers) - 1), ""]
+            lines += [titles.get(title, f"## {title}"), "", *note, *markdown_table(replace(table, title=None)), ""]
     return lines
 
 

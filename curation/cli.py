@@ -120,7 +120,7 @@ def build(
     else:
         note = (
             f", resumed ({result.partitions_skipped}/{result.partitions} partitions were done)"
-            if result.state == "resumed"
+            if result.state == "resume"
             else ""
         )
         err_console.print(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,19 +17,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.faults import crash_point
-from curation.partition import partition_dir, read_partition_stats
+from curation.messages import Staged, StagedShard
 from curation.rejects import RejectsWriter
 from curation.sample import Drop
-from curation.steps.dedup import GlobalDrop, GlobalDrops
-from curation.steps.merge import merged_turns
-from schemas import SftRecord, Turn
+from curation.steps.contract import ShardRewrite
+from curation.steps.dedup import GlobalDrop, GlobalDrops, Where
 from shards.atomic import HashingWriter, tmp_path
-from shards.codec import decode_sample, encode_record
+from shards.codec import decode_sample
 from shards.manifest import ShardInfo
 from shards.reader import iter_members
 from shards.tarstream import TarStream
-from shards.tokens import count_record, make_token_counter
+from shards.tokens import TokenCounter, count_record, make_token_counter
 from shards.writer import write_shard_metadata
+
+Tokenizer = tuple[str, str | None]  # (type, path) of the recipe's tokenizer: grown samples are counted again
 
 
 def _done(out: Path, stem: str) -> ShardInfo | None:
@@ -38,127 +39,104 @@ def _done(out: Path, stem: str) -> ShardInfo | None:
     return ShardInfo.from_stats(stem, json.loads((out / f"{stem}.stats.json").read_text()))
 
 
-@dataclass
-class Growth:
-    """Conversations that ``merge_qa`` grows: per staged shard, head key -> merged samples (turns in ``db``)."""
-
-    patches: dict[tuple[int, int], dict[str, list]] = field(default_factory=dict)
-    db: Path | None = None
-    tokenizer_type: str = "regex"
-    tokenizer_path: str | None = None
-
-    def apply(self, where: tuple[int, int], key: str, members: dict[str, bytes]) -> dict[str, bytes] | None:
-        """The head's members with the merged turns appended (None when ``key`` does not grow)."""
-        if key not in self.patches.get(where, {}):
-            return None
-        record = decode_sample(key, members)
-        assert isinstance(record, SftRecord) and self.db is not None  # merge_qa grows sft conversations only
-        extra = [Turn.model_construct(user=u, assistant=a) for u, a in merged_turns(self.db, where, key)]
-        return encode_record(record.model_copy(update={"turns": [*record.turns, *extra]}))
-
-    def counter(self):
-        return make_token_counter(self.tokenizer_type, self.tokenizer_path)
-
-
-@dataclass
+@dataclass(frozen=True)
 class ShardCommit:
-    """One final shard: the staged shard it comes from, its name, and what it loses and gains."""
+    """One final shard: the staged shard it comes from, its name, and what it loses and how it changes."""
 
-    where: tuple[int, int]  # (partition, staged shard number)
-    staged: dict
+    staged: StagedShard
     stem: str
     dropped: dict[str, GlobalDrop]  # key -> why a global step dropped it
-    growth: Growth
+    rewrites: tuple[ShardRewrite, ...]  # of this shard only, applied in order
+    tokenizer: Tokenizer
+
+    @property
+    def unchanged(self) -> bool:
+        return not self.dropped and not self.rewrites
 
 
 def plan_commit(
-    work: Path, prefix: str, gids: list[int], drops: GlobalDrops, growth: Growth | None = None
+    staged: list[StagedShard],
+    prefix: str,
+    drops: GlobalDrops,
+    rewrites: list[ShardRewrite] | None = None,
+    tokenizer: Tokenizer = ("regex", None),
 ) -> list[ShardCommit]:
     """The final shards in dataset order (staged shards that lost every sample have none)."""
-    growth = growth or Growth()
     plan: list[ShardCommit] = []
-    for gid in gids:
-        for staged in read_partition_stats(work, gid)["shards"]:
-            where = (gid, int(staged["name"].split(".")[0]))
-            dropped = drops.get(where, {})
-            if dropped and len(dropped) >= staged["samples"]:
-                continue
-            mine = Growth({where: growth.patches[where]} if where in growth.patches else {}, growth.db,
-                          growth.tokenizer_type, growth.tokenizer_path)  # fmt: skip
-            plan.append(ShardCommit(where, staged, f"{prefix}-{len(plan):06d}", dropped, mine))
+    for shard in staged:
+        dropped = drops.get(shard.where, {})
+        if dropped and len(dropped) >= shard.info.samples:
+            continue
+        mine = tuple(r.only(shard.where) for r in rewrites or () if shard.where in r.shards())
+        plan.append(ShardCommit(shard, f"{prefix}-{len(plan):06d}", dropped, mine, tokenizer))
     return plan
 
 
-def commit_shard(work: Path, out: Path, item: ShardCommit) -> ShardInfo:
+def commit_shard(out: Path, item: ShardCommit) -> ShardInfo:
     """Move one staged shard into place (renamed when unchanged, rewritten otherwise). Idempotent, and
     independent of every other shard: executors may run many at once, on any node that mounts ``out``."""
     info = _done(out, item.stem)
     if info is not None:
         return info
-    where, staged = item.where, item.staged
-    pdir = partition_dir(work, where[0])
-    table = pq.read_table(pdir / staged["sidecar"])
-    staged_stats = json.loads((pdir / staged["stats"]).read_text())
-    extra = {"reencoded_images": staged_stats.get("reencoded_images", 0)}
-    if not item.dropped and where not in item.growth.patches:
+    staged = item.staged
+    table = pq.read_table(staged.sidecar)
+    extra = {"reencoded_images": json.loads(staged.stats.read_text()).get("reencoded_images", 0)}
+    if item.unchanged:
         info = write_shard_metadata(
-            out, item.stem, table=table, sha256=staged["sha256"], size=staged["bytes"], extra_stats=extra
+            out, item.stem, table=table, sha256=staged.info.sha256, size=staged.info.bytes, extra_stats=extra
         )
-        os.replace(pdir / staged["name"], out / info.name)
+        os.replace(staged.tar, out / info.name)
         return info
-    return _rewrite(pdir / staged["name"], out, item.stem, table, set(item.dropped), extra, item.growth, where)
+    return _rewrite(item, out, table, extra)
 
 
 def commit_shards(
-    work: Path,
+    plan: list[ShardCommit],
     out: Path,
-    prefix: str,
-    gids: list[int],
-    drops: GlobalDrops,
-    growth: Growth | None = None,
     run_all: Callable[[Callable[..., ShardInfo], list[tuple]], Iterator[ShardInfo]] | None = None,
-) -> tuple[list[ShardInfo], dict[int, list[ShardInfo]]]:
-    """The final shards in order, and which of them each partition produced. ``run_all`` runs
-    ``commit_shard`` over the shards and yields the results in order (default: here, one after another)."""
-    plan = plan_commit(work, prefix, gids, drops, growth)
+) -> list[ShardInfo]:
+    """The final shards, in order. ``run_all`` runs ``commit_shard`` over the shards and yields the results
+    in order (default: here, one after another)."""
     run_all = run_all or (lambda fn, args: (fn(*a) for a in args))
     final: list[ShardInfo] = []
-    by_partition: dict[int, list[ShardInfo]] = {gid: [] for gid in gids}
-    for item, info in zip(plan, run_all(commit_shard, [(work, out, item) for item in plan]), strict=True):
+    for info in run_all(commit_shard, [(out, item) for item in plan]):
         final.append(info)
-        by_partition[item.where[0]].append(info)
         crash_point("commit_shard")
-    return final, by_partition
+    if len(final) != len(plan):
+        raise RuntimeError(f"the commit returned {len(final)} shards for a plan of {len(plan)} (a bug)")
+    return final
 
 
-def _rewrite(
-    src: Path,
-    out: Path,
-    stem: str,
-    table: pa.Table,
-    dropped: set[str],
-    extra: dict,
-    growth: Growth,
-    where: tuple[int, int],
-) -> ShardInfo:
-    """Write the shard without its dropped samples and with its grown conversations."""
-    tmp = tmp_path(out / f"{stem}.tar")
+def shards_by_partition(plan: list[ShardCommit], final: list[ShardInfo]) -> dict[int, list[ShardInfo]]:
+    """The final shards each partition produced (partitions whose samples all left have none)."""
+    by_partition: dict[int, list[ShardInfo]] = {}
+    for item, info in zip(plan, final, strict=True):
+        by_partition.setdefault(item.staged.partition, []).append(info)
+    return by_partition
+
+
+def _rewrite(item: ShardCommit, out: Path, table: pa.Table, extra: dict) -> ShardInfo:
+    """Write the shard without its dropped samples and with its rewritten ones."""
+    tmp = tmp_path(out / f"{item.stem}.tar")
+    where = item.staged.where
+    counter: TokenCounter | None = None
     grown: dict[str, dict[str, int]] = {}
     with open(tmp, "wb") as f:
         hashing = HashingWriter(f)
         tar = TarStream(hashing)
-        for key, members in iter_members(src):
-            if key in dropped:
+        for key, members in iter_members(item.staged.tar):
+            if key in item.dropped:
                 continue
-            patched = growth.apply(where, key, members)
+            patched = _apply(item.rewrites, where, key, members)
             nbytes = tar.add_sample(key, patched or members)
             if patched is not None:
-                grown[key] = _sidecar_counts(decode_sample(key, patched), nbytes, growth.counter())
+                counter = counter or make_token_counter(*item.tokenizer)
+                grown[key] = _sidecar_counts(decode_sample(key, patched), nbytes, counter)
         tar.close()
         f.flush()
         os.fsync(f.fileno())
     crash_point("rewrite_tar_written")
-    keys = pa.array(sorted(dropped), pa.string())
+    keys = pa.array(sorted(item.dropped), pa.string())
     gone = pc.is_in(table.column("key"), keys)  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
     kept = table.filter(pc.invert(gone))  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
     if grown:
@@ -166,10 +144,19 @@ def _rewrite(
     index = kept.schema.get_field_index("index")
     kept = kept.set_column(index, kept.schema.field(index), pa.array(range(kept.num_rows), pa.int32()))
     info = write_shard_metadata(
-        out, stem, table=kept, sha256=hashing.sha256.hexdigest(), size=hashing.size, extra_stats=extra
+        out, item.stem, table=kept, sha256=hashing.sha256.hexdigest(), size=hashing.size, extra_stats=extra
     )
     os.replace(tmp, out / info.name)
     return info
+
+
+def _apply(
+    rewrites: tuple[ShardRewrite, ...], where: Where, key: str, members: dict[str, bytes]
+) -> dict[str, bytes] | None:
+    changed = None
+    for rewrite in rewrites:
+        changed = rewrite.apply(where, key, changed or members) or changed
+    return changed
 
 
 def _sidecar_counts(record, nbytes: int, counter) -> dict[str, int]:
@@ -192,44 +179,38 @@ def _update_rows(table: pa.Table, grown: dict[str, dict[str, int]]) -> pa.Table:
     return table
 
 
-def commit_rejects(work: Path, out: Path, prefix: str, gids: list[int], drops: GlobalDrops) -> list[ShardInfo]:
+def commit_rejects(staged: Staged, out: Path, prefix: str, drops: GlobalDrops) -> list[ShardInfo]:
     """Partition rejects (renamed), then rejects of global steps (rewritten, deterministic)."""
     rdir = out / "rejects"
     rdir.mkdir(parents=True, exist_ok=True)
     infos: list[ShardInfo] = []
-    index = 0
-    for gid in gids:
-        pdir = partition_dir(work, gid) / "rejects"
-        for staged in read_partition_stats(work, gid)["rejects"]:
-            stem = f"{prefix}-rejects-{index:06d}"
-            index += 1
-            for suffix, name in (
-                (".parquet", staged["sidecar"]),
-                (".stats.json", staged["stats"]),
-                (".tar", staged["name"]),
-            ):
-                if (pdir / name).exists():
-                    os.replace(pdir / name, rdir / f"{stem}{suffix}")
-            infos.append(ShardInfo.from_stats(stem, staged, folder="rejects"))
+    for index, shard in enumerate(staged.rejects()):
+        stem = f"{prefix}-rejects-{index:06d}"
+        for suffix, path in ((".parquet", shard.sidecar), (".stats.json", shard.stats), (".tar", shard.tar)):
+            if path.exists():
+                os.replace(path, rdir / f"{stem}{suffix}")
+        infos.append(ShardInfo.from_stats(stem, shard.info.model_dump(), folder="rejects"))
     if drops:
+        first_global = len(infos)
         for stale in rdir.glob(f"{prefix}-rejects-*"):
-            if int(stale.name[len(prefix) + 9 : len(prefix) + 15]) >= index:
+            if _rejects_number(stale.name, prefix) >= first_global:
                 stale.unlink()
-        writer = RejectsWriter(rdir, prefix, start_index=index, folder="rejects")
-        for gid in gids:
-            pdir = partition_dir(work, gid)
-            for staged in read_partition_stats(work, gid)["shards"]:
-                dropped = drops.get((gid, int(staged["name"].split(".")[0])), {})
-                if not dropped:
-                    continue
-                sidecar = pq.read_table(pdir / staged["sidecar"], columns=["key", "origin"])
-                origins = dict(
-                    zip(sidecar.column("key").to_pylist(), sidecar.column("origin").to_pylist(), strict=True)
-                )
-                for key, members in iter_members(pdir / staged["name"]):
-                    drop = dropped.get(key)
-                    if drop is not None:
-                        record = decode_sample(key, members)
-                        writer.add(drop.step, Drop(drop.reason, drop.source, origins[key], key, drop.detail, record))
+        writer = RejectsWriter(rdir, prefix, start_index=first_global, folder="rejects")
+        for shard in staged.shards():
+            dropped = drops.get(shard.where, {})
+            if not dropped:
+                continue
+            sidecar = pq.read_table(shard.sidecar, columns=["key", "origin"])
+            origins = dict(zip(sidecar.column("key").to_pylist(), sidecar.column("origin").to_pylist(), strict=True))
+            for key, members in iter_members(shard.tar):
+                drop = dropped.get(key)
+                if drop is not None:
+                    record = decode_sample(key, members)
+                    writer.add(drop.step, Drop(drop.reason, drop.source, origins[key], key, drop.detail, record))
         infos.extend(writer.close())
     return infos
+
+
+def _rejects_number(name: str, prefix: str) -> int:
+    """The number of ``<prefix>-rejects-000012.tar`` (or its ``.parquet``, ``.stats.json``, temporary files)."""
+    return int(name[len(f"{prefix}-rejects-") :].split(".")[0])

@@ -31,17 +31,19 @@ import pyarrow.parquet as pq
 from curation import __version__
 from curation.accounting import Accounting
 from curation.errors import CurationError
+from curation.executors import check_executor
 from curation.faults import crash_point
+from curation.output_dir import DATASETS, PLAN, BuildState, OutputDir
+from curation.plan import check_tokenizer
 from curation.recipe import Component, DatasetRef, MixtureRecipe, load_recipe, recipe_hash
+from curation.runner import BuildResult, build, shard_totals
 from shards import ShardWriter, read_manifest
-from shards.atomic import atomic_write_json, content_sha256, remove_stale_tmp
+from shards.atomic import atomic_write_json, content_sha256
 from shards.codec import decode_sample
 from shards.manifest import MANIFEST_NAME, STATS_NAME, DatasetManifest, write_wids_index
 from shards.reader import iter_members
 from shards.tarstream import TarStream
 from shards.tokens import make_token_counter
-
-DATASETS = "_datasets"
 
 
 @dataclass
@@ -98,7 +100,6 @@ def resolve_datasets(
     """The directory of each dataset: given paths as they are; recipes and inline builds built (or resumed)
     under ``out/_datasets/`` with the given executor. A sub-build of another recipe version there is replaced
     only with ``overwrite``, as any build is."""
-    from curation.runner import build, output_state
 
     dirs: dict[str, Path] = {}
     for alias, ref in recipe.datasets.items():
@@ -119,7 +120,7 @@ def resolve_datasets(
                 "datasets only inside its own --out"
             )
         try:  # an up-to-date sub-build is kept even with overwrite; only another version is replaced
-            output_state(target, recipe_hash(sub), overwrite=False)
+            OutputDir(target).state(recipe_hash(sub), overwrite=False)
             replace = False
         except CurationError as exc:
             if not overwrite:
@@ -349,58 +350,50 @@ def build_mixture(
     progress: bool = True,
     executor: str = "local",
     address: str | None = None,
-) -> Any:
-    from curation.executors import check_executor
-    from curation.runner import (
-        LOGS,
-        WORK,
-        BuildResult,
-        _clear_build,
-        build_lock,
-        check_tokenizer,
-        finish_complete,
-        output_state,
-        write_card,
-    )
-
+) -> BuildResult:
     check_executor(executor, address)
-    out = Path(out).resolve()
+    target = OutputDir(Path(out))
     started = time.perf_counter()
     rhash = recipe_hash(recipe)
-    state = output_state(out, rhash, overwrite)
-    if state == "complete":
-        finish_complete(out)
-        return BuildResult(out, read_manifest(out), "complete")
-    out.mkdir(parents=True, exist_ok=True)
-    with build_lock(out):
-        state = output_state(out, rhash, overwrite)
-        if state == "clear":
-            _clear_build(out, keep=(DATASETS,))  # sub-builds check their own recipes
-        work = out / WORK
-        resumed = state == "resume"
-        if work.exists():  # the mixing stage starts over; finished sub-builds in _datasets/ are kept
-            for child in work.iterdir():
-                if child.name != "plan.json":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        for stale in out.glob(f"{recipe.shard_prefix()}-[0-9]*"):
-            stale.unlink()
-        remove_stale_tmp(out)
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(work / "plan.json", {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()})
+    state = target.state(rhash, overwrite)
+    if state == BuildState.COMPLETE:
+        target.finish_complete()
+        return BuildResult(target.root, read_manifest(target.root), BuildState.COMPLETE)
+    target.create()
+    with target.lock():
+        state = target.state(rhash, overwrite)
+        target.start(state, {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()}, keep=(DATASETS,))
+        _restart_mixing(target, recipe.shard_prefix())
         check_tokenizer(recipe.tokenizer)
-        dirs = resolve_datasets(recipe, out, workers, progress, executor, address, overwrite)
-        plans, total_tokens, identities = plan_components(recipe, dirs, out)
+        dirs = resolve_datasets(recipe, target.root, workers, progress, executor, address, overwrite)
+        plans, total_tokens, identities = plan_components(recipe, dirs, target.root)
         selection = _selection_table(recipe, plans, dirs)
-        shards = _shuffle_and_write(recipe, selection, work, out)
-        manifest = _manifest(recipe, rhash, out, shards, plans, total_tokens, identities, dirs)
-        manifest.wids_index = write_wids_index(out, manifest.name, shards)
-        atomic_write_json(out / STATS_NAME, {"accounting": manifest.accounting, "mixture": manifest.mixture})
-        manifest.write(out)
-        write_card(out)
-        shutil.rmtree(work, ignore_errors=True)
+        shards = _shuffle_and_write(recipe, selection, target.work, target.root)
+        manifest = _manifest(recipe, rhash, target.root, shards, plans, total_tokens, identities, dirs)
+        manifest.wids_index = write_wids_index(target.root, manifest.name, shards)
+        atomic_write_json(target.root / STATS_NAME, {"accounting": manifest.accounting, "mixture": manifest.mixture})
+        manifest.write(target.root)
+        target.finish()
     seconds = time.perf_counter() - started
-    (out / LOGS).mkdir(exist_ok=True)
-    return BuildResult(out, manifest, "resumed" if resumed else "fresh", seconds=seconds)
+    ran = BuildState.RESUME if state == BuildState.RESUME else BuildState.FRESH
+    log = target.write_log(
+        {
+            "state": str(ran),
+            "seconds": round(seconds, 3),
+            "samples": manifest.totals["samples"],
+            "recipe_sha256": manifest.recipe_sha256,
+        }
+    )
+    return BuildResult(target.root, manifest, ran, seconds=seconds, log=log)
+
+
+def _restart_mixing(target: OutputDir, prefix: str) -> None:
+    """The mixing stage starts over: its work files and shards go; finished sub-builds in _datasets/ stay."""
+    for child in target.work.iterdir():
+        if child.name != PLAN:
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    for stale in target.root.glob(f"{prefix}-[0-9]*"):
+        stale.unlink()
 
 
 def _manifest(
@@ -413,9 +406,7 @@ def _manifest(
     identities: dict[str, Any],
     dirs: dict[str, Path],
 ) -> DatasetManifest:
-    from curation.runner import _totals
-
-    totals = _totals(out, shards)
+    totals = shard_totals(out, shards)
     acc = Accounting(["select"])
     counts = acc.steps["select"]
     achieved: dict[str, int] = {}

@@ -7,64 +7,52 @@ worker leaves nothing that a rerun would mistake for finished work.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from curation.accounting import Accounting
 from curation.errors import CurationError, is_disk_full
 from curation.faults import crash_point
 from curation.features import MinhashStager, add_image_hashes, minhash_steps, needed_hashes
+from curation.messages import PartitionResult, PartitionStats, PartitionTask, partition_dir, staged_stem
 from curation.readers import Partition, Reader, make_reader
 from curation.recipe import BuildRecipe
 from curation.rejects import RejectsWriter
 from curation.sample import Drop, Sample
-from curation.steps import BatchedStep, build_steps, is_global, step_label
+from curation.steps import BatchedStep, RecordStep, build_steps, is_global, step_label
 from shards import ShardWriter
-from shards.atomic import atomic_write_json
 from shards.imageinfo import ImageProbeError, probe_image
 from shards.tokens import make_token_counter
 from shards.writer import DuplicateKeyError
 
-UNIQUE_KEY = "unique_key"  # the always-on global step: keys are unique across the dataset
 ProgressFn = Callable[[int, int], None]  # (samples read, samples dropped) since the last call
 
 
-def partition_dir(work: Path, gid: int) -> Path:
-    return work / f"p{gid:05d}"
+def record_step_names(recipe: BuildRecipe) -> list[str]:
+    """The accounting steps a partition counts, in order: read, probe, the record steps, write."""
+    steps = [step_label(recipe.steps, i) for i, s in enumerate(recipe.steps) if not is_global(s)]
+    return ["read", "probe", *steps, "write"]
 
 
-def step_names(recipe: BuildRecipe) -> tuple[list[str], list[str]]:
-    """(record-level accounting steps in order, global steps in order)."""
-    record = ["read", "probe"]
-    glob = [UNIQUE_KEY]
-    for i, s in enumerate(recipe.steps):
-        (glob if is_global(s) else record).append(step_label(recipe.steps, i))
-    return [*record, "write"], glob
-
-
-def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) -> dict[str, Any]:
-    recipe = BuildRecipe.model_validate(task["recipe"])
-    part = Partition(**task["partition"])
-    gid: int = task["gid"]
-    work = Path(task["work"])
+def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -> PartitionResult:
+    recipe = BuildRecipe.model_validate(task.recipe)
+    part, gid, work = task.partition, task.gid, task.work
     final = partition_dir(work, gid)
     # A per-attempt staging name: an orphaned worker of a killed run can never rename a rerun's files.
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     source = next(s for s in recipe.sources if s.name == part.source)
     reader = make_reader(source)
     steps = build_steps(recipe.steps, work, (recipe.tokenizer.type, recipe.tokenizer.path))
-    names, _ = step_names(recipe)
-    acc = Accounting(names)
+    acc = Accounting(record_step_names(recipe))
     out = recipe.output
     writer = ShardWriter(
         tmp,
-        lambda i: f"{i:06d}",
+        staged_stem,
         max_samples=out.max_samples_per_shard,
         max_bytes=out.max_bytes_per_shard,
         pair_image_ext=out.pair_image_format,
@@ -74,7 +62,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
     rejects = RejectsWriter(tmp / "rejects", "p", max_samples=out.max_samples_per_shard) if out.rejects else None
     started = time.perf_counter()
     pending_in = pending_drop = 0
-    features = _Features(needed_hashes(recipe), MinhashStager(minhash_steps(recipe)))
+    features = Features(needed_hashes(recipe), MinhashStager(minhash_steps(recipe)))
 
     def dropped(step: str, drop: Drop) -> None:
         nonlocal pending_drop
@@ -83,7 +71,7 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
         if rejects is not None and drop.count == 1:  # bulk drops are counts only
             rejects.add(step, drop)
 
-    pipeline = _Pipeline(part.source, steps, acc, writer, out.kind, dropped, features)
+    pipeline = RecordPipeline(part.source, steps, acc, writer, out.kind, dropped, features)
     for item in read_every_row(reader, part):
         name = part.source
         n = item.count if isinstance(item, Drop) else 1
@@ -109,24 +97,24 @@ def process_partition(task: dict[str, Any], progress: ProgressFn | None = None) 
     problems = acc.check()
     if problems:  # a bug, not bad data: stop loudly
         raise RuntimeError(f"accounting broken in partition {gid}: {problems[:3]}")
-    stats = {
-        "gid": gid,
-        "partition": part.to_dict(),
-        "accounting": acc.to_dict(),
-        "shards": [s.model_dump() for s in writer.shards],
-        "rejects": [s.model_dump() for s in reject_shards],
-        "reports": _step_reports(steps),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    atomic_write_json(tmp / "stats.json", stats)
+    stats = PartitionStats(
+        gid=gid,
+        partition=part.to_dict(),
+        accounting=acc.to_dict(),
+        shards=writer.shards,
+        rejects=reject_shards,
+        reports=_step_reports(steps),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    stats.write(tmp)
     crash_point("partition_staged")
     try:
         os.rename(tmp, final)
     except OSError:  # another attempt finished this partition first; its output is identical
-        if not (final / "stats.json").is_file():
+        if not PartitionStats.is_done(work, gid):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"gid": gid, "seconds": stats["seconds"]}
+    return PartitionResult(gid, stats.seconds)
 
 
 def read_every_row(reader: Reader, part: Partition) -> Iterator[Sample | Drop]:
@@ -147,7 +135,7 @@ def read_every_row(reader: Reader, part: Partition) -> Iterator[Sample | Drop]:
             if is_disk_full(exc):  # the environment, not the data: stop; the rerun resumes
                 raise
             detail = f"{type(exc).__name__}: {exc}"[:500]
-            failure = Drop("reader_error", part.source, _partition_origin(part), None, detail)
+            failure = Drop("reader_error", part.source, reader.partition_origin(part), None, detail)
             break
         seen += item.count if isinstance(item, Drop) else 1
         yield item
@@ -155,32 +143,35 @@ def read_every_row(reader: Reader, part: Partition) -> Iterator[Sample | Drop]:
         raise RuntimeError(f"reader of source {part.source!r} gave {seen} rows for a partition of {part.rows} (a bug)")
     if seen < part.rows:
         detail = f"the plan counted {part.rows} rows, the reader gave {seen}"
-        missing = failure or Drop("rows_missing", part.source, _partition_origin(part), None, detail)
+        missing = failure or Drop("rows_missing", part.source, reader.partition_origin(part), None, detail)
         yield dataclasses.replace(missing, count=part.rows - seen)
 
 
-def _partition_origin(part: Partition) -> str:
-    where = part.spec.get("file") or part.spec.get("path")
-    return f"{where}" if where else f"{part.source} partition {part.index}"
+@dataclass(frozen=True)
+class Features:
+    """Per-sample features the global steps need, computed here: image hash methods and MinHash staging."""
+
+    hashes: list[str]
+    minhash: MinhashStager
 
 
-class _Features:
-    def __init__(self, hashes: list[str], minhash: MinhashStager) -> None:
-        self.hashes = hashes
-        self.minhash = minhash
+DropFn = Callable[[str, Drop], None]  # (accounting step, drop)
 
 
-class _Pipeline:
+@dataclass
+class RecordPipeline:
     """probe -> record steps -> write, for one sample at a time, except at batched steps (an LLM generating
     for many documents per call): samples wait there until ``batch_size`` are gathered (or the partition
     ends), go through the step together, and continue in their original order."""
 
-    def __init__(self, source: str, steps, acc: Accounting, writer: ShardWriter, kind: str, dropped, features) -> None:
-        self.source, self.acc, self.writer, self.kind, self.dropped, self.features = (
-            source, acc, writer, kind, dropped, features
-        )  # fmt: skip
-        self.steps = steps
-        self.waiting: dict[int, list[Sample]] = {}  # step position -> samples gathered for it
+    source: str
+    steps: list[tuple[str, RecordStep]]
+    acc: Accounting
+    writer: ShardWriter
+    kind: str
+    dropped: DropFn
+    features: Features
+    waiting: dict[int, list[Sample]] = field(default_factory=dict)  # step position -> samples gathered for it
 
     def feed(self, sample: Sample) -> None:
         self.acc.inp("probe", self.source)
@@ -219,6 +210,7 @@ class _Pipeline:
 
     def _flush(self, position: int) -> None:
         label, step = self.steps[position]
+        assert isinstance(step, BatchedStep)  # only batched steps gather samples
         batch, self.waiting[position] = self.waiting[position], []
         self.acc.inp(label, self.source, len(batch))
         for sample, result in zip(batch, step.process_batch(batch), strict=True):
@@ -254,11 +246,7 @@ class _Pipeline:
         self.acc.out("write", source)
 
 
-def _step_reports(steps) -> dict[str, Any]:
+def _step_reports(steps: list[tuple[str, RecordStep]]) -> dict[str, Any]:
     """What steps report about their work (e.g. generation counts and timings), by step label."""
     reports = {label: step.report() for label, step in steps}
     return {label: report for label, report in reports.items() if report is not None}
-
-
-def read_partition_stats(work: Path, gid: int) -> dict[str, Any]:
-    return json.loads((partition_dir(work, gid) / "stats.json").read_text())

@@ -1,6 +1,6 @@
 """Executors run a build's partition tasks: ``local`` (a process pool on this machine) or ``ray`` (one Ray
-task per partition on a Ray cluster). Both run ``curation.partition.process_partition`` on the same task
-dicts and leave the same files, so the output does not depend on the executor."""
+task per partition on a Ray cluster). Both run ``curation.partition.process_partition`` on the same
+``PartitionTask`` s and leave the same files, so the output does not depend on the executor."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from curation.errors import CurationError
 from curation.executors.local import run_local
+from curation.messages import PartitionResult, PartitionTask
 
 EXECUTORS = ("local", "ray")
 
@@ -19,9 +20,9 @@ class Executor(Protocol):
 
     def run(
         self,
-        tasks: list[dict[str, Any]],
+        tasks: list[PartitionTask],
         on_progress: Callable[[int, int], None],
-        on_done: Callable[[dict[str, Any]], None],
+        on_done: Callable[[PartitionResult], None],
     ) -> None: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -42,9 +43,9 @@ class LocalExecutor:
 
     def run(
         self,
-        tasks: list[dict[str, Any]],
+        tasks: list[PartitionTask],
         on_progress: Callable[[int, int], None],
-        on_done: Callable[[dict[str, Any]], None],
+        on_done: Callable[[PartitionResult], None],
     ) -> None:
         run_local(tasks, self.workers, on_progress, on_done)
 

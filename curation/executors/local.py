@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import resource_tracker
 from typing import Any
 
+from curation.messages import PartitionResult, PartitionTask
 from curation.partition import process_partition
 
 _QUEUE: Any = None
@@ -42,15 +43,15 @@ def _report(n_in: int, n_drop: int) -> None:
     _QUEUE.put((n_in, n_drop))
 
 
-def _run_task(task: dict[str, Any]) -> dict[str, Any]:
+def _run_task(task: PartitionTask) -> PartitionResult:
     return process_partition(task, _report)
 
 
 def run_local(
-    tasks: list[dict[str, Any]],
+    tasks: list[PartitionTask],
     workers: int,
     on_progress: Callable[[int, int], None],
-    on_done: Callable[[dict[str, Any]], None],
+    on_done: Callable[[PartitionResult], None],
 ) -> None:
     """Run ``tasks``; with one worker, in this process (easy to debug, no start-up cost)."""
     if workers <= 1 or len(tasks) <= 1:

@@ -15,11 +15,11 @@ import os
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from curation import __version__
 from curation.errors import CurationError
+from curation.messages import PartitionResult, PartitionTask
 from curation.partition import process_partition
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker process or node died this many times
@@ -51,7 +51,7 @@ class _Progress:
         return taken
 
 
-def _run_partition(task: dict[str, Any], progress: Any, driver_version: str) -> dict[str, Any]:
+def _run_partition(task: PartitionTask, progress: Any, driver_version: str) -> PartitionResult:
     """What a Ray task runs: checks that this node can do the work, then the partition."""
     import ray
 
@@ -61,14 +61,14 @@ def _run_partition(task: dict[str, Any], progress: Any, driver_version: str) -> 
             f"Ray node {node} has vlm-curation {__version__}, the driver {driver_version}; "
             "install the same version on every node"
         )
-    work = Path(task["work"])
+    work = task.work
     if not work.is_dir():
         raise CurationError(
             f"Ray node {node} cannot see the build directory {work}: --out must be on a filesystem that every "
             "node mounts at the same path (NFS, Lustre, a FUSE mount of object storage)"
         )
     attempt = uuid.uuid4().hex
-    return process_partition(task, lambda n_in, n_drop: progress.add.remote(task["gid"], attempt, n_in, n_drop))
+    return process_partition(task, lambda n_in, n_drop: progress.add.remote(task.gid, attempt, n_in, n_drop))
 
 
 class RayExecutor:
@@ -142,9 +142,9 @@ class RayExecutor:
 
     def run(
         self,
-        tasks: list[dict[str, Any]],
+        tasks: list[PartitionTask],
         on_progress: Callable[[int, int], None],
-        on_done: Callable[[dict[str, Any]], None],
+        on_done: Callable[[PartitionResult], None],
     ) -> None:
         if not tasks:
             return
@@ -155,7 +155,7 @@ class RayExecutor:
         # On the head node: the driver may be off the cluster, and the head lives as long as the cluster does.
         progress: Any = ray.remote(num_cpus=0, resources={HEAD_RESOURCE: 0.001})(_Progress).remote()  # an actor
         waiting = deque(tasks)
-        running: dict[Any, dict[str, Any]] = {}
+        running: dict[Any, PartitionTask] = {}
         limit = self.workers or len(tasks)
         try:
             while waiting or running:
@@ -166,7 +166,7 @@ class RayExecutor:
                 on_progress(*ray.get(progress.take.remote()))
                 for ref in done:
                     task = running.pop(ref)
-                    on_done(_result(ray, ref, _partition_label(task)))
+                    on_done(_result(ray, ref, task.label))
             on_progress(*ray.get(progress.take.remote()))
         except BaseException:  # Ctrl-C or a failed partition: stop the others; finished ones are kept
             for ref in running:
@@ -195,11 +195,6 @@ class RayExecutor:
             for ref in refs[i + 1 :]:
                 ray.cancel(ref, force=True)
             raise
-
-
-def _partition_label(task: dict[str, Any]) -> str:
-    part = task["partition"]
-    return f"partition {task['gid']} (source {part['source']!r}, #{part['index']})"
 
 
 def _result(ray: Any, ref: Any, what: str) -> Any:

@@ -64,7 +64,7 @@ def run_ablation(
     address: str | None = None,
 ) -> dict:
     from curation.mixture import resolve_datasets
-    from curation.runner import build_lock
+    from curation.output_dir import OutputDir
     from curation.select.engine import run_trials
     from curation.select.launchers import TrialTask, make_launcher
     from curation.select.plans import expand, load_plan, load_spec, metric_keys, unablated, unmapped_metrics
@@ -85,9 +85,10 @@ def run_ablation(
                 f"ablation {v.ablation!r}: the datasets cannot be ablated (map the part to another key)"
             )
         configs.append((v.ablation, v.part, v.replacement, cfg))
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    with build_lock(out):
+    target = OutputDir(Path(out))
+    out = target.root
+    target.create()
+    with target.lock():
         dirs = resolve_datasets(base, out, workers, True, executor, address)
         store = TrialStore(out / STORE_NAME)
         launcher = make_launcher(base.launcher, out, ray_address=address)

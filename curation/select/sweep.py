@@ -42,16 +42,17 @@ def run_selection(
     address: str | None = None,
 ) -> dict[str, Any]:
     from curation.mixture import resolve_datasets
-    from curation.runner import build_lock
+    from curation.output_dir import OutputDir
     from curation.select.individual import TrialRunner, individual_select
     from curation.select.launchers import make_launcher
     from curation.select.report import write_reports
     from curation.select.store import TrialStore
 
     console = console or Console(stderr=True)
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    with build_lock(out):
+    target = OutputDir(Path(out))
+    out = target.root
+    target.create()
+    with target.lock():
         dirs = resolve_datasets(recipe, out, workers, progress, executor, address)
         store = TrialStore(out / STORE_NAME)
         launcher = make_launcher(recipe.launcher, out, ray_address=address)

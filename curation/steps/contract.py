@@ -13,7 +13,7 @@ docs/architecture.md, "Adding a step").
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,8 +21,8 @@ from curation.recipe.steps import GlobalStepBase
 from curation.sample import Sample
 
 if TYPE_CHECKING:
-    from curation.steps.dedup import GlobalDrops, Sidecars
-    from curation.steps.merge import Patches
+    from curation.messages import SidecarRef
+    from curation.steps.dedup import GlobalDrops, Where
 
 _BY_CONFIG: dict[type[Any], type[Step]] = {}
 
@@ -135,16 +135,39 @@ class BatchedStep(RecordStep):
     def process_batch(self, samples: list[Sample]) -> list[Sample | str]: ...
 
 
+class ShardRewrite(ABC):
+    """Changes a global step makes to samples it keeps (``merge_qa`` grows conversations), applied by the
+    commit when it writes the final shards. Picklable: the commit may run on other processes or nodes."""
+
+    @abstractmethod
+    def shards(self) -> set[Where]:
+        """The staged shards (partition, shard number) it changes."""
+
+    @abstractmethod
+    def only(self, where: Where) -> ShardRewrite:
+        """The part of it that concerns one staged shard (what a commit task needs to carry)."""
+
+    @abstractmethod
+    def apply(self, where: Where, key: str, members: dict[str, bytes]) -> dict[str, bytes] | None:
+        """The sample's new members, or None when it leaves ``key`` unchanged."""
+
+
+@dataclass
+class GlobalFindings:
+    """What a global step decided: the samples it drops and, optionally, how it rewrites kept ones."""
+
+    drops: GlobalDrops = field(default_factory=dict)
+    rewrite: ShardRewrite | None = None
+
+
 class GlobalStep(Step):
     """A step over the whole build's staged sidecars, in dataset order; it sees no sample an earlier global
     step dropped."""
 
     @classmethod
     @abstractmethod
-    def find(
-        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
-    ) -> tuple[GlobalDrops, Patches]:
-        """The samples it drops, and the conversations it grows (head shard -> head key -> merged samples)."""
+    def find(cls, cfg: Any, label: str, sidecars: list[SidecarRef], already: GlobalDrops, work: Path) -> GlobalFindings:
+        """The samples it drops (and the rewrites of kept samples), given those already dropped."""
 
 
 def step_class(cfg: Any) -> type[Step]:

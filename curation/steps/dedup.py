@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import duckdb
 
 from curation.recipe.steps import ExactImageDedupStep
-from curation.steps.contract import GlobalStep
+from curation.steps.contract import GlobalFindings, GlobalStep
 
 if TYPE_CHECKING:
-    from curation.steps.merge import Patches
+    from curation.messages import SidecarRef
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class GlobalDrop:
 
 Where = tuple[int, int]  # (partition id, shard number)
 GlobalDrops = dict[Where, dict[str, GlobalDrop]]
-Sidecars = list[tuple[int, int, Path]]  # (partition id, shard number, staged sidecar), in dataset order
+Sidecars = list["SidecarRef"]  # (partition id, shard number, staged sidecar), in dataset order
 
 _ROWS = """
     SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source, r.origin, r.n_images,
@@ -64,7 +64,7 @@ _QUERIES = {
 }
 
 
-def connect_sidecars(sidecars: list[tuple[int, int, Path]], already: GlobalDrops) -> duckdb.DuckDBPyConnection:
+def connect_sidecars(sidecars: Sidecars, already: GlobalDrops) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with tables ``files`` (gid, shard, path) and ``gone`` (what earlier global steps
     dropped), for queries over the staged sidecars that skip dropped samples."""
     con = duckdb.connect()
@@ -77,9 +77,7 @@ def connect_sidecars(sidecars: list[tuple[int, int, Path]], already: GlobalDrops
     return con
 
 
-def find_global_drops(
-    reason: str, step: str, sidecars: list[tuple[int, int, Path]], already: GlobalDrops
-) -> GlobalDrops:
+def find_global_drops(reason: str, step: str, sidecars: Sidecars, already: GlobalDrops) -> GlobalDrops:
     """Samples that ``step`` drops for ``reason``; ``sidecars`` are (partition, shard, parquet) in dataset order."""
     found: GlobalDrops = {}
     if not sidecars:
@@ -96,11 +94,9 @@ class _ExactDuplicates(GlobalStep):
     """A duplicate found by one of the DuckDB queries above: its one drop reason names the query."""
 
     @classmethod
-    def find(
-        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
-    ) -> tuple[GlobalDrops, Patches]:
+    def find(cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path) -> GlobalFindings:
         (reason,) = cls.drop_reasons
-        return find_global_drops(reason, label, sidecars, already), {}
+        return GlobalFindings(find_global_drops(reason, label, sidecars, already))
 
 
 class UniqueKey(_ExactDuplicates):

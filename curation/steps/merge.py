@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from curation.recipe import MergeQaStep
-from curation.steps.contract import GlobalStep
+from curation.steps.contract import GlobalFindings, GlobalStep, ShardRewrite
 from curation.steps.dedup import GlobalDrop, GlobalDrops, Sidecars, Where, connect_sidecars
-from schemas import SftRecord
-from shards.codec import decode_sample
+from schemas import SftRecord, Turn
+from shards.codec import decode_sample, encode_record
 from shards.reader import iter_members
 
 Head = tuple[int, int, str]  # (partition, shard number, key) of the conversation that grows
@@ -100,6 +101,29 @@ def merged_turns(db: Path, where: Where, head_key: str) -> Iterator[tuple[str, s
         con.close()
 
 
+@dataclass(frozen=True)
+class MergedTurns(ShardRewrite):
+    """The conversations ``merge_qa`` grows: per head's staged shard, head key -> merged samples, whose turns
+    wait in the SQLite file ``db``."""
+
+    patches: Patches
+    db: Path
+
+    def shards(self) -> set[Where]:
+        return set(self.patches)
+
+    def only(self, where: Where) -> MergedTurns:
+        return MergedTurns({where: self.patches[where]} if where in self.patches else {}, self.db)
+
+    def apply(self, where: Where, key: str, members: dict[str, bytes]) -> dict[str, bytes] | None:
+        if key not in self.patches.get(where, {}):
+            return None
+        record = decode_sample(key, members)
+        assert isinstance(record, SftRecord)  # merge_qa grows sft conversations only
+        extra = [Turn.model_construct(user=u, assistant=a) for u, a in merged_turns(self.db, where, key)]
+        return encode_record(record.model_copy(update={"turns": [*record.turns, *extra]}))
+
+
 class MergeQa(GlobalStep):
     config = MergeQaStep
     drop_reasons: ClassVar[dict[str, str]] = {
@@ -107,7 +131,10 @@ class MergeQa(GlobalStep):
     }
 
     @classmethod
-    def find(
-        cls, cfg: MergeQaStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
-    ) -> tuple[GlobalDrops, Patches]:
-        return find_merges(cfg, label, sidecars, already)
+    def find(cls, cfg: MergeQaStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path) -> GlobalFindings:
+        drops, patches = find_merges(cfg, label, sidecars, already)
+        if not patches:
+            return GlobalFindings(drops)
+        db = work / f"merged_turns-{label}.sqlite"  # step labels are file-name safe
+        stage_merged_turns(patches, {(g, n): p.with_suffix(".tar") for g, n, p in sidecars}, db)
+        return GlobalFindings(drops, MergedTurns(patches, db))

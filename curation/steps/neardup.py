@@ -15,9 +15,8 @@ import numpy as np
 
 from curation.features import minhash_file
 from curation.recipe import NearDupImagesStep, NearDupTextStep
-from curation.steps.contract import GlobalStep
+from curation.steps.contract import GlobalFindings, GlobalStep
 from curation.steps.dedup import GlobalDrop, GlobalDrops, Sidecars, connect_sidecars
-from curation.steps.merge import Patches
 
 _ROWS = """
     SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source, r.origin, r.{column} AS hashes,
@@ -109,8 +108,8 @@ class NearDupImages(GlobalStep):
     @classmethod
     def find(
         cls, cfg: NearDupImagesStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
-    ) -> tuple[GlobalDrops, Patches]:
-        return near_duplicate_images(cfg, label, sidecars, already), {}
+    ) -> GlobalFindings:
+        return GlobalFindings(near_duplicate_images(cfg, label, sidecars, already))
 
 
 class NearDupText(GlobalStep):
@@ -126,5 +125,5 @@ class NearDupText(GlobalStep):
     @classmethod
     def find(
         cls, cfg: NearDupTextStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
-    ) -> tuple[GlobalDrops, Patches]:
-        return near_duplicate_texts(cfg, label, sidecars, already, work), {}
+    ) -> GlobalFindings:
+        return GlobalFindings(near_duplicate_texts(cfg, label, sidecars, already, work))

@@ -310,12 +310,12 @@ def test_jsonl_wrong_types_and_pair_output(tmp_path):
 
 
 def test_a_second_concurrent_build_into_the_same_directory_is_refused(inputs, tmp_path):
-    from curation.runner import build_lock
+    from curation.output_dir import OutputDir
 
     root, _ = inputs
     out = tmp_path / "ds"
     out.mkdir()
-    with build_lock(out), pytest.raises(CurationError, match="another build is running"):
+    with OutputDir(out).lock(), pytest.raises(CurationError, match="another build is running"):
         build(validate_recipe(demo_recipe(root)), out, progress=False)
     assert build(validate_recipe(demo_recipe(root)), out, progress=False).state == "fresh"
 

@@ -14,7 +14,7 @@ from curation.errors import CurationError
 from curation.readers.base import Partition
 from curation.readers.cauldron import CauldronReader
 from curation.recipe import CauldronSource, validate_recipe
-from curation.runner import plan_partitions
+from curation.plan import plan_partitions
 from curation.sample import Drop, Sample
 from tests.cauldron_data import kept_rows, make_cauldron
 
@@ -91,7 +91,7 @@ def test_partitions_are_whole_row_groups_and_limit_reads_a_prefix(tmp_path):
         }
     )
     limited = plan_partitions(recipe, limit=8)
-    assert [p.rows for p in limited] == [6, 2] and limited[1].spec["limit_rows"] == 2
+    assert [p.rows for p in limited] == [6, 2]
     items = read_all(r, limited)
     check_samples(items, kept_rows(data, "chartqa")[:8])
 
@@ -218,7 +218,7 @@ def test_save_to_disk_dataset_and_dataset_dict(tmp_path, hf_offline):
         }
     )
     limited = plan_partitions(recipe, limit=6)
-    assert [(p.rows, p.spec["start"], p.spec["stop"]) for p in limited] == [(4, 0, 4), (2, 4, 6)]
+    assert [(p.rows, p.spec["start"]) for p in limited] == [(4, 0), (2, 4)]
     assert len(read_all(reader(tmp_path / "root", name="textvqa"), limited)) == 6
 
 

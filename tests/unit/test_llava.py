@@ -13,7 +13,7 @@ from curation.errors import CurationError, RecipeError
 from curation.readers.base import Partition, sanitize_key
 from curation.readers.llava import LlavaReader, Malformed, parse_turns, strip_image_tags
 from curation.recipe import LlavaSource, validate_recipe
-from curation.runner import plan_partitions
+from curation.plan import plan_partitions
 from curation.sample import Drop, Sample
 from tests.llava_data import draw_image, gpt, human
 
