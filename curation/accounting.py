@@ -14,8 +14,12 @@ class StepCounts:
         # Samples a step adds (a mixture's repeats when upsampling): input + added = output + dropped.
         self.added: dict[str, Counter[str]] = defaultdict(Counter)
 
+    def adding(self) -> set[str]:
+        """Sources this step adds samples to (reading ``added`` creates empty entries: they do not count)."""
+        return {s for s, reasons in self.added.items() if reasons}
+
     def to_dict(self) -> dict[str, Any]:
-        sources = sorted(set(self.input) | set(self.output) | set(self.dropped))
+        sources = sorted(set(self.input) | set(self.output) | set(self.dropped) | self.adding())
         out: dict[str, Any] = {}
         for s in sources:
             out[s] = {
@@ -99,7 +103,7 @@ class Accounting:
         problems = []
         for name in self.step_names:
             c = self.steps[name]
-            for s in set(c.input) | set(c.output) | set(c.dropped):
+            for s in set(c.input) | set(c.output) | set(c.dropped) | c.adding():
                 d = sum(c.dropped[s].values())
                 a = sum(c.added[s].values())
                 if c.input[s] + a != c.output[s] + d:

@@ -4,13 +4,13 @@ its drop reasons, and the runner finds steps by their config class (no names).""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, get_args
+from typing import Any, get_args
 
 import pytest
 
 from curation.recipe import GlobalStepBase, Step, StepBase
 from curation.sample import Sample
-from curation.steps import BatchedStep, GlobalStep, RecordStep, StepContext, build_steps, step_class
+from curation.steps import GlobalStep, RecordStep, StepContext, build_steps, step_class
 from curation.steps.contract import registered_steps
 
 CONFIGS = get_args(get_args(Step)[0])
@@ -85,49 +85,3 @@ def test_build_steps_gives_record_steps_in_order_with_their_context(tmp_path: Pa
     assert [label for label, _ in steps] == ["text_length#1", "image_decode", "text_length#2"]
     assert all(isinstance(s, RecordStep) and s.context == StepContext(label, tmp_path) for label, s in steps)
     assert step_class(recipe.steps[3]).__name__ == "ExactImageDedup"
-
-
-class _Batched(BatchedStep):
-    calls: ClassVar[list[int]] = []
-
-    def process_batch(self, samples: list[Sample]) -> list[Sample | str]:
-        self.calls.append(len(samples))
-        return ["odd" if int(s.origin) % 2 else s for s in samples]
-
-
-def test_a_batched_step_keeps_the_order_and_the_partition_gathers_full_batches():
-    from curation.accounting import Accounting
-    from curation.partition import _Pipeline
-    from tests.helpers import sft_record
-
-    step = _Batched(None, StepContext("b", Path(".")))
-    step.batch_size = 3
-    written: list[str] = []
-    dropped: list[str] = []
-
-    class Writer:
-        def write(self, record: Any, infos: Any, origin: str, hashes: Any) -> tuple[str, int]:
-            written.append(origin)
-            return ("000000", len(written) - 1)
-
-    class Features:
-        hashes: ClassVar[list[str]] = []
-
-        class minhash:
-            @staticmethod
-            def add(record: Any, where: Any) -> None:
-                return None
-
-    acc = Accounting(["probe", "b", "write"])
-
-    def drop(label: str, d: Any) -> None:
-        acc.drop(label, d.source, d.reason)
-        dropped.append(d.origin)
-
-    pipeline = _Pipeline("s", [("b", step)], acc, Writer(), "sft", drop, Features)
-    for i in range(7):
-        pipeline.feed(Sample(sft_record(i, n_images=0), str(i)))
-    pipeline.finish()
-    assert _Batched.calls == [3, 3, 1]  # full batches, then what is left at the end of the partition
-    assert written == ["0", "2", "4", "6"] and dropped == ["1", "3", "5"]
-    assert acc.check() == []
