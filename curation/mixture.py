@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from curation import __version__
 from curation.accounting import Accounting
+from curation.drop_reasons import check_declared
 from curation.errors import CurationError
 from curation.executors import check_executor
 from curation.faults import crash_point
@@ -452,6 +453,7 @@ def _manifest(
     problems = acc.check()
     if problems:
         raise RuntimeError(f"mixture accounting broken (a bug): {problems[:3]}")
+    check_declared(recipe, acc.summary())
     return DatasetManifest(
         name=recipe.shard_prefix(),
         kind=_one_kind(dirs),

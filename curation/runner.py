@@ -17,6 +17,7 @@ from typing import Any
 from curation import __version__
 from curation.accounting import Accounting
 from curation.commit import commit_rejects, commit_shards, plan_commit, shards_by_partition
+from curation.drop_reasons import check_declared
 from curation.errors import CurationError
 from curation.executors import Executor, check_executor, open_executor
 from curation.faults import crash_point
@@ -101,6 +102,7 @@ def _run_stages(
     staged = Staged.read(target.work, list(range(len(plan.partitions))))
     acc = count_partitions(recipe, staged)
     outcome = run_global_steps(recipe, staged, acc)
+    check_declared(recipe, acc.summary())
     shards, rejects, by_partition = commit(recipe, target.root, staged, outcome, ex)
     manifest = write_manifest(recipe, target.root, plan, staged, acc, outcome, shards, rejects, by_partition)
     target.finish()

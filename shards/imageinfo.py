@@ -17,8 +17,16 @@ _PIL_TO_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP":
 EXT_TO_PIL = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
+# Every ``ImageProbeError.reason`` (the drop reasons of the build's ``probe`` stage), with its meaning.
+PROBE_DROP_REASONS = {
+    "image_empty": "a zero-byte image",
+    "image_unreadable": "not an image (no known magic bytes), or a header PIL cannot read",
+    "image_too_many_pixels": "the header declares more than 2 × PIL's `Image.MAX_IMAGE_PIXELS` (a decompression bomb)",
+}
+
+
 class ImageProbeError(ValueError):
-    """The bytes are not an image we can read; ``reason`` is the drop reason."""
+    """The bytes are not an image we can read; ``reason`` is the drop reason (a key of PROBE_DROP_REASONS)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason

@@ -37,6 +37,23 @@ CATEGORIES = {
 }
 
 
+# The drops of a download (reason -> meaning); ``download_failed:`` stands for ``download_failed:<category>``, a
+# key of CATEGORY_MEANINGS (``http_NNN``: the server answered with that status).
+DOWNLOAD_DROP_REASONS = {
+    "download_failed:": "the image download failed; the category after the colon is listed under download failures",
+    "resize_failed": "img2dataset could not decode or resize the body (not an image)",
+    "download_missing": "img2dataset listed a success without its files, or left a row out",
+}
+# Every category of ``download_failed:<category>``: ours, HTTP statuses, and the readers' own ``no_output``.
+CATEGORY_MEANINGS = {
+    **{k: v for k, v in CATEGORIES.items() if k != "other"},
+    "invalid_url": f"{CATEGORIES['invalid_url']} (also a success in a cache made before this fetch)",
+    "http_NNN": "the server answered with that status (`http_404`, `http_500`, ...)",
+    "no_output": "img2dataset wrote no shard for the partition",
+    "other": CATEGORIES["other"],
+}
+
+
 class Refused(Exception):
     """A download we refuse or give up on, with its category."""
 

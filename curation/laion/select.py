@@ -37,6 +37,24 @@ COLUMNS = {
 
 MEMORY_LIMIT = "1200MB"
 
+# The drops of the selection (reason -> meaning): each row gets the first filter it fails, in this order.
+METADATA_DROP_REASONS = {
+    "missing_url": "no URL (null or blank)",
+    "missing_caption": "no caption (null or blank)",
+    "low_similarity": "CLIP similarity below `filters.min_similarity`",
+    "nsfw_tag": "an NSFW tag in `filters.nsfw_tags`",
+    "unsafe": "punsafe above `filters.max_punsafe`",
+    "watermark": "pwatermark above `filters.max_pwatermark`",
+    "too_small": "a declared side below `filters.min_side` (unknown sizes pass: checked after download)",
+    "aspect_ratio": "a declared aspect ratio above `filters.max_aspect_ratio`",
+    "caption_too_short": "fewer caption words than `filters.min_words`",
+    "caption_too_long": "more caption words than `filters.max_words`",
+    "language": "a language not in `filters.languages`",
+    "low_aesthetic": "an aesthetic score below `filters.min_aesthetic`, or none",
+    "duplicate_url": "a URL already selected (one row per URL, the first in file order; `filters.dedup_urls`)",
+    "not_selected": "passed every filter, but beyond the largest size in hash order",
+}
+
 
 @dataclass(frozen=True)
 class Selection:

@@ -476,6 +476,27 @@ def check_document(
     return None if failed is None else f"doc_{failed}"
 
 
+# The reasons a document is dropped (``clean_document``, then ``check_document``; reason -> meaning). Settings are
+# those of ``filters.document`` (``DocumentFilterConfig``); spam is a paragraph rule only.
+DOCUMENT_DROP_REASONS = {
+    "doc_too_few_images": "fewer images than `min_images` left after the image rules",
+    "doc_too_many_images": "more images than `max_images` left after the image rules",
+    "doc_no_text": "no text left after the paragraph rules (`require_text_and_image`)",
+    "doc_no_image": "no image left after the image rules (`require_text_and_image`)",
+    "doc_too_few_words": "the document's text has fewer words than `min_words`",
+    "doc_too_many_words": "the document's text has more words than `max_words`",
+    "doc_char_repetition": "the ratio of repeated character n-grams is above `max_char_repetition`",
+    "doc_word_repetition": "the ratio of repeated word n-grams is above `max_word_repetition`",
+    "doc_special_characters": "the ratio of special characters is above `max_special_characters`",
+    "doc_stopwords": "the ratio of stopwords is below `min_stopwords`",
+    "doc_flagged_words": "the ratio of flagged words is above `max_flagged_words`",
+    "doc_punctuation": "the ratio of punctuation tokens is below `min_punctuation`",
+    "doc_common_words": "the ratio of common words is below `min_common_words`",
+    "doc_lang_id": "the language-id score is below `min_lang_id` (only with a `lang_id_scorer`)",
+    "doc_perplexity": "the perplexity is above `max_perplexity` (only with a `perplexity_scorer`)",
+}
+
+
 # --------------------------------------------------------------------------------------------------
 # Images
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import errno
 import glob
@@ -25,6 +26,32 @@ _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 MAX_IMAGE_FILE_BYTES = 256 << 20  # far above any training image; bounds what one input path can make us read
 
+# Drop reasons of the shared helpers below (reason -> one-line meaning; a key ending in ":" is a prefix), for the
+# readers that use them to declare (``Reader.drop_reasons``; the registry: ``curation.drop_reasons``).
+RECORD_DROP_REASONS = {
+    "invalid_record:": "the row does not make a valid record of its kind (the field after the colon)",
+}
+IMAGE_FILE_DROP_REASONS = {  # ``load_image_file`` / ``image_file_drop_reason``
+    "missing_image_file": "the named image file does not exist",
+    "unreadable_image_file": (
+        "the named image file cannot be read, for any reason: a directory, no permission, a name too long, "
+        "a symlink loop, an I/O error, a file that grew while it was read"
+    ),
+    "not_a_regular_file": "the named image file is a FIFO, device or socket; never read",
+    "image_file_too_large": f"the named image file is over {MAX_IMAGE_FILE_BYTES >> 20} MiB; never read",
+}
+IMAGE_FIELD_DROP_REASONS = {  # ``as_image_bytes`` through ``build_record``
+    "invalid_image_field": (
+        "an image field of the wrong type (not bytes, a path, a list of paths or an `{bytes, path}` struct)"
+    ),
+}
+BUILD_RECORD_DROP_REASONS = {  # ``build_record``
+    "missing_field:image": "a pair record without an image field",
+    **IMAGE_FILE_DROP_REASONS,
+    **IMAGE_FIELD_DROP_REASONS,
+    **RECORD_DROP_REASONS,
+}
+
 
 @dataclass(frozen=True)
 class Partition:
@@ -39,12 +66,27 @@ class Partition:
         return {"source": self.source, "index": self.index, "rows": self.rows, "spec": self.spec}
 
 
+@dataclass(frozen=True)
+class Subset:
+    """A nested subset of a source: the positions of the partitions (in the source's plan) that make it up,
+    and whether the source had enough rows for the size it names."""
+
+    label: str
+    partitions: list[int]
+    complete: bool
+
+
 class Reader(ABC):
     """The source contract: a reader plans its input into partitions with exact row counts and reads one
     partition; what a source may add (a category, nested subsets, its own Ray downloads) has a default here."""
 
     # Whether ``download_with_ray`` fetches pending partitions through Ray before the partition tasks run.
     downloads_with_ray: ClassVar[bool] = False
+    # Every drop reason ``read()`` can emit, with a one-line meaning (a key ending in ":" is a prefix:
+    # ``invalid_record:`` stands for ``invalid_record:<field>``); a reader adds those of the shared helpers it
+    # uses (``BUILD_RECORD_DROP_REASONS``, ...). No reason is common to all readers: ``reader_error`` and
+    # ``rows_missing`` come from the read stage around every reader (``curation.drop_reasons``).
+    drop_reasons: ClassVar[dict[str, str]] = {}
 
     @abstractmethod
     def plan(self) -> list[Partition]: ...
@@ -59,9 +101,19 @@ class Reader(ABC):
         """The task category of the source's samples when the reader knows it (the Cauldron's configs)."""
         return None
 
-    def subsets(self) -> dict[str, int]:
-        """Nested subsets the source declares: label -> number of its first partitions (LAION sizes)."""
-        return {}
+    def partition_origin(self, partition: Partition) -> str:
+        """Where a partition's rows come from, for drops that stand for rows the reader could not give."""
+        where = partition.spec.get("file") or partition.spec.get("path")
+        return f"{where}" if where else f"{partition.source} partition {partition.index}"
+
+    def truncate(self, partition: Partition, rows: int) -> Partition:
+        """The first ``rows`` rows of ``partition`` (``--limit``, a source's ``limit``). Readers read
+        ``partition.rows`` rows, so the spec stays as planned."""
+        return dataclasses.replace(partition, rows=rows)
+
+    def subsets(self, planned: list[Partition]) -> list[Subset]:
+        """Nested subsets the source declares over its planned partitions (LAION sizes)."""
+        return []
 
     def download_with_ray(self, partitions: list[Partition]) -> None:
         """Fetch what ``partitions`` need with the source's own Ray distribution (``downloads_with_ray``)."""
@@ -242,6 +294,8 @@ def _turns(value: Any) -> Any:
 class RowReader(Reader):
     """Shared by readers of row-shaped inputs (jsonl, parquet): rows become records via ``build_record``."""
 
+    drop_reasons: ClassVar[dict[str, str]] = BUILD_RECORD_DROP_REASONS
+
     def __init__(self, source: Any) -> None:
         self.source = source
 
@@ -262,7 +316,8 @@ class RowReader(Reader):
         )
 
 
-def make_reader(source: Any) -> Reader:
+def reader_classes() -> dict[str, type[Reader]]:
+    """The reader registry: a source's ``reader`` name -> the class that reads it."""
     from curation.readers.cauldron import CauldronReader
     from curation.readers.jsonl import JsonlReader
     from curation.readers.laion import LaionReader
@@ -272,7 +327,7 @@ def make_reader(source: Any) -> Reader:
     from curation.readers.pdfa import PdfaReader
     from curation.readers.shards import ShardsReader
 
-    readers = {
+    return {
         "jsonl": JsonlReader,
         "parquet": ParquetReader,
         "shards": ShardsReader,
@@ -282,4 +337,13 @@ def make_reader(source: Any) -> Reader:
         "cauldron": CauldronReader,
         "llava": LlavaReader,
     }
-    return readers[source.reader](source)
+
+
+def reader_class(source: Any) -> type[Reader]:
+    """The class that reads ``source`` (a recipe source), without opening anything."""
+    return reader_classes()[source.reader]
+
+
+def make_reader(source: Any) -> Reader:
+    cls: Any = reader_class(source)  # every reader takes its source (the ABC declares no constructor)
+    return cls(source)

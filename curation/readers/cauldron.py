@@ -16,14 +16,22 @@ import difflib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.catalog import category_of
 from curation.errors import CurationError
-from curation.readers.base import Partition, Reader, build_record, sanitize_key
+from curation.readers.base import (
+    IMAGE_FIELD_DROP_REASONS,
+    IMAGE_FILE_DROP_REASONS,
+    RECORD_DROP_REASONS,
+    Partition,
+    Reader,
+    build_record,
+    sanitize_key,
+)
 from curation.readers.parquet import open_parquet, row_batches, row_group_partitions
 from curation.recipe import CauldronSource
 from curation.sample import Drop, Sample
@@ -35,6 +43,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 class CauldronReader(Reader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "file_unreadable": (
+            "a damaged parquet page, or a dataset that can no longer be opened or read since the plan: the rest of "
+            "its partition"
+        ),
+        **IMAGE_FILE_DROP_REASONS,  # images given by path
+        **IMAGE_FIELD_DROP_REASONS,
+        **RECORD_DROP_REASONS,
+    }
+
     def __init__(self, source: CauldronSource) -> None:
         self.source = source
         self.config = source.config_name()
@@ -137,7 +155,8 @@ class CauldronReader(Reader):
 
     def _read_datasets(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec
-        start, stop = spec["start"], spec["stop"]
+        start = spec["start"]
+        stop = start + partition.rows  # the plan's stop, or less under --limit
         local = Path(spec["path"])
         image_root = self.source.image_root or (str(local) if local.is_dir() else None)
         where = f"{spec['path']}:{spec['config']}[{spec['split']}]"

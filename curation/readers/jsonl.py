@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, ClassVar
 
-from curation.readers.base import Partition, RowReader, default_key, expand_inputs
+from curation.readers.base import BUILD_RECORD_DROP_REASONS, Partition, RowReader, default_key, expand_inputs
 from curation.readers.jsontext import (
+    MAX_RECORD_BYTES,
+    REFUSED,
     TOO_LARGE,
     JsonRecordError,
     Line,
@@ -21,6 +23,12 @@ from curation.sample import Drop, Sample
 
 
 class JsonlReader(RowReader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "invalid_json": f"a line that is not a strict JSON object: {REFUSED}",
+        TOO_LARGE: f"a line over {MAX_RECORD_BYTES >> 20} MiB; read past, never held in memory",
+        **BUILD_RECORD_DROP_REASONS,
+    }
+
     def plan(self) -> list[Partition]:
         """Partitions of ``partition_size`` non-blank lines, each with the byte offset it starts at."""
         parts: list[Partition] = []

@@ -22,6 +22,11 @@ CHUNK = 1 << 20
 BOM = b"\xef\xbb\xbf"
 
 TOO_LARGE = "record_too_large"  # the drop reason of a record over MAX_RECORD_BYTES
+# What a strict parse refuses (the detail of an ``invalid_json`` drop says which).
+REFUSED = (
+    "not JSON, invalid UTF-8, `NaN`/`Infinity`, a key repeated in an object, an integer of more than 4,300 digits, "
+    f"nesting deeper than {MAX_DEPTH} levels, or a value that is not an object"
+)
 
 
 class JsonRecordError(ValueError):

@@ -19,14 +19,14 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow.parquet as pq
 
 from curation.laion.download import download_shard
-from curation.laion.failures import row_failure
-from curation.laion.select import select_metadata
-from curation.readers.base import Partition, Reader, expand_inputs, sanitize_key
+from curation.laion.failures import DOWNLOAD_DROP_REASONS, row_failure
+from curation.laion.select import METADATA_DROP_REASONS, select_metadata
+from curation.readers.base import Partition, Reader, Subset, expand_inputs, sanitize_key
 from curation.sample import Drop, Sample
 from schemas import PairRecord
 from shards.atomic import content_sha256
@@ -54,6 +54,13 @@ def _short_hash(obj: Any) -> str:
 
 class LaionReader(Reader):
     downloads_with_ray = True
+    drop_reasons: ClassVar[dict[str, str]] = {
+        **METADATA_DROP_REASONS,
+        **DOWNLOAD_DROP_REASONS,
+        "not_a_regular_file": "img2dataset's tar holds the image or caption as a link or device; never read",
+        "member_too_large": f"the image or caption member of img2dataset's tar is over {MAX_MEMBER_BYTES >> 30} GiB",
+        "shard_damaged": "the image or caption member runs past the end of img2dataset's tar (cut off)",
+    }
 
     def __init__(self, source: Any) -> None:
         self.source = source
@@ -105,10 +112,11 @@ class LaionReader(Reader):
             parts.append(Partition(src.name, len(parts), dropped, spec))
         return parts
 
-    def subsets(self) -> dict[str, int]:
-        """Subset label -> number of leading download partitions that make it up."""
+    def subsets(self, planned: list[Partition]) -> list[Subset]:
+        """One per size: the leading download partitions that make it up."""
         per = self.source.download.samples_per_shard
-        return {subset_label(n): n // per for n in self.source.sizes}
+        downloads = [i for i, p in enumerate(planned) if p.spec["kind"] == "download"]
+        return [Subset(subset_label(n), downloads[: n // per], n // per <= len(downloads)) for n in self.source.sizes]
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec, name = partition.spec, self.source.name

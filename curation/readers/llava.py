@@ -19,10 +19,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from curation.errors import CurationError
 from curation.readers.base import (
+    IMAGE_FILE_DROP_REASONS,
+    RECORD_DROP_REASONS,
     Partition,
     Reader,
     default_key,
@@ -36,6 +38,7 @@ from curation.readers.jsontext import (
     BOM,
     DECODER,
     MAX_RECORD_BYTES,
+    REFUSED,
     TOO_LARGE,
     JsonRecordError,
     check_depth,
@@ -421,6 +424,24 @@ def _file_format(path: Path) -> str:
 
 
 class LlavaReader(Reader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "invalid_json": (
+            f"a line or list element that is not a strict JSON object: {REFUSED}; in a JSON list whose structure "
+            "breaks (an unclosed string or bracket, a missing comma), the rest of the file"
+        ),
+        TOO_LARGE: f"a line or list element over {MAX_RECORD_BYTES >> 20} MiB; read past, never held in memory",
+        "malformed_conversation": (
+            "turns that are not user/assistant pairs (a missing or empty conversation, an unknown role, a turn "
+            "without text, a question without an answer)"
+        ),
+        "invalid_image_field": "an image field that is not a path or a list of paths",
+        **IMAGE_FILE_DROP_REASONS,
+        "file_unreadable": (
+            "records that can no longer be read from a file since the plan (an I/O error, a shorter file)"
+        ),
+        **RECORD_DROP_REASONS,
+    }
+
     def __init__(self, source: Any) -> None:
         self.source = source
 

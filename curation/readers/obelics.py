@@ -18,7 +18,7 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from curation.laion.download import download_shard
 from curation.laion.failures import row_failure
 from curation.obelics import ObelicsDocument, WordLists, clean_document, count_image_urls
-from curation.obelics.filters import PARAGRAPH_SEPARATOR, check_image
+from curation.obelics.filters import DOCUMENT_DROP_REASONS, PARAGRAPH_SEPARATOR, check_image
 from curation.readers.base import Partition, Reader, default_key, expand_inputs
 from curation.readers.laion import _short_hash, cache_root
 from curation.readers.parquet import row_group_partitions
@@ -36,6 +36,18 @@ from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 
 
 class ObelicsReader(Reader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "invalid_document": (
+            "a row that is not an OBELICS document (a missing column, texts and images not parallel, metadata "
+            "that is not JSON, both or neither of text and image at a position)"
+        ),
+        **DOCUMENT_DROP_REASONS,
+        "no_image_downloaded": (
+            "no image of the document was downloaded and kept (each failed image is counted by reason in "
+            "`meta.images_failed`: `download_failed:<category>`, `image_too_small`, ...)"
+        ),
+    }
+
     def __init__(self, source: Any) -> None:
         self.source = source
 

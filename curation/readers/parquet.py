@@ -5,17 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.errors import CurationError
-from curation.readers.base import Partition, RowReader, default_key, expand_inputs
+from curation.readers.base import BUILD_RECORD_DROP_REASONS, Partition, RowReader, default_key, expand_inputs
 from curation.sample import Drop, Sample
 
 
 class ParquetReader(RowReader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "file_unreadable": "a damaged parquet page: the rest of its partition",
+        **BUILD_RECORD_DROP_REASONS,
+    }
+
     def plan(self) -> list[Partition]:
         files = expand_inputs(self.source.path, (".parquet",), self.source.name)
         return row_group_partitions(self.source, files)

@@ -39,13 +39,13 @@ import re
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, ClassVar, cast
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from curation.errors import CurationError
-from curation.readers.base import Partition, Reader, expand_inputs, sanitize_key
+from curation.readers.base import RECORD_DROP_REASONS, Partition, Reader, expand_inputs, sanitize_key
 from curation.readers.jsontext import JsonRecordError, loads_bytes
 from curation.sample import Drop, Sample
 from schemas import PageLine, RecordError, parse_record
@@ -215,6 +215,21 @@ def count_samples(path: Path, source: str) -> int:
 
 
 class PdfaReader(Reader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "missing_member:pdf": "a sample without a `.pdf` member (members that are not regular files are ignored)",
+        "missing_member:json": "a sample without a `.json` member (members that are not regular files are ignored)",
+        "member_too_large": f"the PDF or OCR JSON member is over {MAX_MEMBER_BYTES >> 20} MiB; never read",
+        "invalid_ocr_json": "the OCR JSON member is not JSON, or not the PDFA or IDL layout",
+        "pdf_encrypted": "the PDF is password-protected",
+        "pdf_corrupt": "pypdfium2 cannot open the PDF, or it has no pages",
+        "too_many_pages": "the PDF has more pages than the source's `max_pages`",
+        "shard_damaged": (
+            "the samples the plan counted beyond where a tar is damaged: cut off, a garbled header, a member that "
+            "runs past the end of the file, no end-of-archive marker, fewer samples than planned"
+        ),
+        **RECORD_DROP_REASONS,
+    }
+
     def __init__(self, source) -> None:
         self.source = source
 

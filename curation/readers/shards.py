@@ -17,6 +17,7 @@ import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 from curation.errors import CurationError
 from curation.readers.base import Partition, Reader
@@ -34,6 +35,21 @@ _KEY_OK = re.compile(KEY_PATTERN)
 
 
 class ShardsReader(Reader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "shard_damaged": (
+            "the samples the plan counted beyond where a shard is damaged: cut off, a garbled header, a member that "
+            "runs past the end of the file, no end-of-archive marker, fewer samples than planned; also every sample "
+            "of a shard that cannot be read at all or is not a regular file"
+        ),
+        "shard_corrupt": "every sample of a shard whose sha256 differs from its manifest (nothing is read from it)",
+        "undecodable_sample": (
+            "a sample that does not decode or validate as a record of its kind (bad JSON, msgpack or UTF-8 in a "
+            "member, a missing field); the next sample is read"
+        ),
+        "not_a_regular_file": "a sample with a tar member that is a FIFO, device, socket or link; never read",
+        "member_too_large": f"a sample with a tar member over {MAX_MEMBER_BYTES >> 30} GiB; never read",
+    }
+
     def __init__(self, source) -> None:
         self.source = source
         try:

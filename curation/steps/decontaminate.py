@@ -137,6 +137,7 @@ class Decontaminate(RecordStep):
         "contaminated_image:": "an image within max_distance of the named benchmark's image (match: image...)",
         "contaminated_question:": "a question overlapping the named benchmark's question (match: ...question)",
         "contaminated_image_and_question:": "both, with the same benchmark (match: image_and_question)",
+        "image_corrupt": "an image that does not decode when it is hashed for the comparison",
     }
 
     @classmethod

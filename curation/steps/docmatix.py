@@ -63,10 +63,17 @@ class DocmatixGenerate(BatchedStep):
     drop_reasons: ClassVar[dict[str, str]] = {
         "no_text": "no page with text",
         "page_too_long": "a page alone is longer than a chunk",
-        "generation_failed:": "the engine failed for a chunk (the reason: timeout, http_503, response_too_large, ...)",
+        "generation_failed:": (
+            "the engine failed for a chunk; the reason after the colon: timeout, rate_limited, http_NNN, connection, "
+            "invalid_response, context_too_long, response_too_large (the endpoint's response body was over the "
+            "cap, and was not read), engine_error"
+        ),
         "generation_too_long": "a reply longer than max_reply_chars (a server ignoring max_tokens)",
         "no_qa_pairs": "the replies hold no question/answer pair",
-        "all_pairs_discarded": "every parsed pair was discarded by the filters",
+        "all_pairs_discarded": (
+            "every parsed pair was discarded by the filters (pairs discarded inside a kept document are counted "
+            f"by rule in `reports`; pairs beyond the {MAX_PAIRS}th of a document are discarded as `too_many_pairs`)"
+        ),
         "pdf_unrenderable": "pdfium cannot render the pages",
     }
     run_only_report_keys: ClassVar[tuple[str, ...]] = RUN_ONLY

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.partition import read_every_row
-from curation.readers import Partition
+from curation.readers import Partition, Reader
 from curation.recipe import validate_recipe
 from curation.runner import build
 from curation.sample import Drop, Sample
@@ -92,11 +92,17 @@ def test_an_image_file_over_the_cap_is_dropped_before_it_is_read(tmp_path: Path,
     assert err.value.reason == "image_file_too_large"
 
 
-class _Reader:
+class _Reader(Reader):
     """A reader that yields ``good`` rows and then fails as told."""
 
     def __init__(self, good: int, then: str) -> None:
         self.good, self.then = good, then
+
+    def plan(self) -> list[Partition]:
+        return []
+
+    def record_kind(self) -> str:
+        return "pair"
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         for i in range(self.good):
@@ -110,7 +116,7 @@ class _Reader:
 @pytest.mark.parametrize(("then", "reason"), [("raise", "reader_error"), ("stop", "rows_missing")])
 def test_rows_a_reader_loses_are_dropped_with_the_reason(then: str, reason: str):
     part = Partition("s", 0, 5, {"file": "in.jsonl"})
-    items = list(read_every_row(_Reader(2, then), part))  # type: ignore[arg-type]
+    items = list(read_every_row(_Reader(2, then), part))
     assert [i.reason for i in items[:2]] == ["fine", "fine"]
     assert (items[2].reason, items[2].count, items[2].origin) == (reason, 3, "in.jsonl")
     assert sum(i.count for i in items) == 5
@@ -118,7 +124,7 @@ def test_rows_a_reader_loses_are_dropped_with_the_reason(then: str, reason: str)
 
 def test_a_reader_giving_more_rows_than_planned_is_a_bug():
     with pytest.raises(RuntimeError, match="gave 3 rows for a partition of 2"):
-        list(read_every_row(_Reader(2, "extra"), Partition("s", 0, 2, {})))  # type: ignore[arg-type]
+        list(read_every_row(_Reader(2, "extra"), Partition("s", 0, 2, {})))
 
 
 def test_verify_catches_rows_that_vanished_between_plan_and_accounting(tmp_path: Path):

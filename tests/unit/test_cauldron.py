@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.errors import CurationError
+from curation.plan import plan_partitions
 from curation.readers.base import Partition
 from curation.readers.cauldron import CauldronReader
 from curation.recipe import CauldronSource, validate_recipe
-from curation.plan import plan_partitions
 from curation.sample import Drop, Sample
 from tests.cauldron_data import kept_rows, make_cauldron
 

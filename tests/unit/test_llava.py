@@ -10,10 +10,10 @@ import pytest
 
 import curation.readers.llava as llava
 from curation.errors import CurationError, RecipeError
+from curation.plan import plan_partitions
 from curation.readers.base import Partition, sanitize_key
 from curation.readers.llava import LlavaReader, Malformed, parse_turns, strip_image_tags
 from curation.recipe import LlavaSource, validate_recipe
-from curation.plan import plan_partitions
 from curation.sample import Drop, Sample
 from tests.llava_data import draw_image, gpt, human
 
