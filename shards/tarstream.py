@@ -4,7 +4,7 @@ no user names), members in the order given, end-of-archive blocks and padding as
 Why not ``webdataset.TarWriter``: it stamps a float mtime (so ``tarfile`` adds a PAX header to every
 member), streams through ``tarfile``'s ``w|`` mode buffers, and importing webdataset imports torch.
 Headers here are filled into a precomputed template (a few µs instead of ``TarInfo.tobuf``'s ~13 µs);
-names of 100 bytes or more fall back to ``tarfile``'s PAX encoding. ``tests/unit/test_tarstream.py``
+names of 100 bytes or more fall back to ``tarfile``'s PAX encoding. ``tests/unit/shards/test_tarstream.py``
 checks the headers are byte-identical to ``tarfile``'s.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from curation.demo import make_demo_inputs
+from curation.cli.demo import make_demo_inputs
 
 CLI = [sys.executable, "-m", "curation.cli"]
 

@@ -16,7 +16,7 @@ from tests.ray_cluster import ENV
 
 os.environ.update(ENV)
 # A build whose accounting holds a drop reason that nothing running at its step declares fails (the runner checks it
-# with curation.drop_reasons.undeclared; outside the tests it warns).
+# with curation.build.drop_reasons.undeclared; outside the tests it warns).
 os.environ.setdefault("VLM_CURATION_STRICT_DROPS", "1")
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -94,9 +94,9 @@ NOTES = [
     "(timeout) URL of test_laion.py is left out: whether it times out depends on timing.",
     "Re-recorded once, for a named change: obelics' recipe dumped filters.image.formats (a set) in the order of "
     "Python's per-process string hashes, so its dataset.json and recipe_sha256 varied between processes; the set "
-    "is now written sorted (tests/unit/test_recipe_identity.py).",
+    "is now written sorted (tests/unit/recipe/test_recipe_identity.py).",
     "Re-recorded once more, for a named change: the mixture's sampling and shuffle ranks hash the canonical JSON "
-    "of plain values instead of their repr (tests/unit/test_mixture_rank.py), so idefics3_sft's selection and "
+    "of plain values instead of their repr (tests/unit/mixture/test_mixture_rank.py), so idefics3_sft's selection and "
     "shard order changed.",
     "Every build runs with one worker (the output does not depend on workers; `curate demo` uses 2).",
     "Recorded with the versions below (python {python}); the test skips when an installed version differs.",
@@ -179,7 +179,7 @@ def _fix_mtimes(root: Path) -> None:
 
 
 def _demo_inputs(root: Path) -> Path:
-    from curation.demo import make_demo_inputs
+    from curation.cli.demo import make_demo_inputs
 
     folder = root / "inputs" / "demo"
     if not (folder / "conversations.parquet").is_file():
@@ -247,8 +247,8 @@ def _child_builds(builds: list[tuple[str, list[str], Path]], env: dict[str, str]
 
 
 def _build(recipe: str, sets: list[str], out: Path, workers: int = 1) -> None:
+    from curation.build.runner import build
     from curation.recipe import load_recipe
-    from curation.runner import build
 
     build(load_recipe(recipe, sets), out, workers=workers, progress=False)
 
@@ -404,7 +404,7 @@ def build_network(root: Path, outs: dict[str, Path]) -> None:
 
 
 def build_idefics3_sft(root: Path, out: Path) -> None:
-    from curation.mixture import build_mixture
+    from curation.mixture.build import build_mixture
     from curation.recipe import load_recipe
     from tests.idefics3_data import make_all
 

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from curation.catalog import cauldron_configs
+from curation.sources.cauldron_catalog import cauldron_configs
 from tests.cauldron_data import write_cauldron_parquet
 from tests.sft_data import VARIANTS, answer, drawing, encode, question
 

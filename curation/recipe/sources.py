@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from curation.obelics.filters import ObelicsFilterConfig
 from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, PathStr, _Strict
+from curation.sources.obelics.filters import ObelicsFilterConfig
 from schemas import KINDS
 
 RecordKind = Literal["pair", "interleaved", "pdf", "sft"]

@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
-from curation import audit as audit_mod
 from curation.recipe import Category
+from curation.report import audit as audit_mod
 from curation.report import plots
 from curation.report.blocks import Cards, Section, render_html, render_markdown
 from curation.report.previews import previews

@@ -1,4 +1,4 @@
-"""The record steps of a recipe as instances, in order; global steps run in the driver (``curation.runner``)."""
+"""The record steps of a recipe as instances, in order; global steps run in the driver (``curation.build.runner``)."""
 
 from __future__ import annotations
 

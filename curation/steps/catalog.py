@@ -2,10 +2,10 @@
 (``curation.steps.contract.step_class``)."""
 # ruff: noqa: F401
 
+from curation.generation.docmatix.step import DocmatixGenerate
 from curation.steps.convert import PairToSft
 from curation.steps.decontaminate import Decontaminate
 from curation.steps.dedup import ExactImageDedup, UniqueKey
-from curation.steps.docmatix import DocmatixGenerate
 from curation.steps.image import ImageDecode, ImageSize
 from curation.steps.merge import MergeQa
 from curation.steps.neardup import NearDupImages, NearDupText

@@ -21,7 +21,7 @@ from curation.recipe.steps import GlobalStepBase
 from curation.sample import Sample
 
 if TYPE_CHECKING:
-    from curation.messages import SidecarRef
+    from curation.build.messages import SidecarRef
     from curation.steps.dedup import GlobalDrops, Where
 
 _BY_CONFIG: dict[type[Any], type[Step]] = {}

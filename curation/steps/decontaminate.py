@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.errors import CurationError
-from curation.readers.jsontext import MAX_RECORD_BYTES, JsonRecordError, iter_lines, loads_bytes
 from curation.recipe import Benchmark, DecontaminateStep
 from curation.sample import Sample
+from curation.sources.jsontext import MAX_RECORD_BYTES, JsonRecordError, iter_lines, loads_bytes
 from curation.steps.contract import RecordStep, StepContext
 from schemas import SftRecord
 from shards.atomic import tmp_path
@@ -66,7 +66,7 @@ def check_benchmarks(cfg: DecontaminateStep, where: str) -> None:
 
 def _bench_items(bench: Benchmark, method: str) -> Iterator[tuple[str, int | None, str | None]]:
     """("image", hash, None) and ("question", None, text) items of one benchmark."""
-    from curation.neardup.hashing import image_hash, to_signed
+    from curation.dedup.hashing import image_hash, to_signed
 
     if bench.shards:
         from shards.reader import iter_dataset
@@ -153,8 +153,8 @@ class Decontaminate(RecordStep):
         return set() if cfg.match == "question" else {cfg.hash}
 
     def __init__(self, cfg: DecontaminateStep, context: StepContext) -> None:
-        from curation.neardup.hashing import to_unsigned
-        from curation.neardup.index import MultiIndexHash
+        from curation.dedup.hashing import to_unsigned
+        from curation.dedup.index import MultiIndexHash
 
         super().__init__(cfg, context)
         self.order = {b.name: i for i, b in enumerate(cfg.benchmarks)}
@@ -188,8 +188,8 @@ class Decontaminate(RecordStep):
         return by_gram
 
     def _image_hits(self, sample: Sample) -> set[str]:
-        from curation.features import add_image_hashes
-        from curation.neardup.hashing import to_unsigned
+        from curation.build.features import add_image_hashes
+        from curation.dedup.hashing import to_unsigned
 
         if self.cfg.match == "question" or not sample.record.image_list() or not self.image_bench:
             return set()

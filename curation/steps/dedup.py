@@ -20,7 +20,7 @@ from curation.recipe.steps import ExactImageDedupStep
 from curation.steps.contract import GlobalFindings, GlobalStep
 
 if TYPE_CHECKING:
-    from curation.messages import SidecarRef
+    from curation.build.messages import SidecarRef
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from curation.features import minhash_file
+from curation.build.features import minhash_file
 from curation.recipe import NearDupImagesStep, NearDupTextStep
 from curation.steps.contract import GlobalFindings, GlobalStep
 from curation.steps.dedup import GlobalDrop, GlobalDrops, Sidecars, connect_sidecars
@@ -28,8 +28,8 @@ _ROWS = """
 
 
 def near_duplicate_images(cfg: NearDupImagesStep, label: str, sidecars: Sidecars, already: GlobalDrops) -> GlobalDrops:
-    from curation.neardup.hashing import hamming, to_unsigned
-    from curation.neardup.index import greedy_image_dedup
+    from curation.dedup.hashing import hamming, to_unsigned
+    from curation.dedup.index import greedy_image_dedup
 
     if not sidecars:
         return {}
@@ -55,7 +55,7 @@ def near_duplicate_images(cfg: NearDupImagesStep, label: str, sidecars: Sidecars
 def near_duplicate_texts(
     cfg: NearDupTextStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path
 ) -> GlobalDrops:
-    from curation.neardup.minhash import greedy_text_dedup
+    from curation.dedup.minhash import greedy_text_dedup
 
     if not sidecars:
         return {}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from curation.build.runner import build
 from curation.recipe import ImageDecodeStep, load_recipe
 from curation.recipe.loading import builtin_recipes
-from curation.runner import build
 from curation.sample import Sample
 from curation.steps.contract import StepContext
 from curation.steps.image import ImageDecode

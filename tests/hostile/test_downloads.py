@@ -36,10 +36,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.audit import audit
-from curation.laion.failures import error_category, row_failure, to_uri, url_problem
+from curation.build.runner import build
 from curation.recipe import load_recipe
-from curation.runner import build
+from curation.report.audit import audit
+from curation.sources.download.failures import error_category, row_failure, to_uri, url_problem
 from shards import iter_dataset
 from shards.verify import verify_dataset
 from tests.integration.test_obelics_build import paragraph, row
@@ -573,7 +573,7 @@ def test_error_categories(message: str | None, category: str):
 
 
 def test_img2dataset_gets_its_own_fetch_back_after_a_shard():
-    from curation.laion import fetch
+    from curation.sources.download import fetch
 
     stock = fetch.i2d_downloader.download_image
     with fetch._SWAP.installed(), fetch._SWAP.installed():
@@ -598,7 +598,7 @@ def test_a_cached_success_of_a_url_we_never_fetch_is_a_drop():
     [("drip_headers", "timeout"), ("huge_declared", "too_large"), ("huge_unsized", "too_large")],
 )
 def test_the_timeout_bounds_headers_too_and_bodies_are_capped(tmp_path: Path, case: str, category: str):
-    from curation.laion.fetch import MAX_BODY_BYTES, fetch_image
+    from curation.sources.download.fetch import MAX_BODY_BYTES, fetch_image
 
     with hostile_server(secret_file(tmp_path)) as (base, held):
         started = time.monotonic()

@@ -30,13 +30,13 @@ from unittest import mock
 import pytest
 import yaml
 
-from curation.cli import main, os_error_message
-from curation.readers.jsonl import JsonlReader
-from curation.readers.jsontext import MAX_RECORD_BYTES
-from curation.readers.llava import LlavaReader
+from curation.build.runner import build
+from curation.cli.app import main, os_error_message
 from curation.recipe import JsonlSource, LlavaSource, validate_recipe
-from curation.runner import build
 from curation.sample import Drop, Sample
+from curation.sources.jsonl import JsonlReader
+from curation.sources.jsontext import MAX_RECORD_BYTES
+from curation.sources.llava import LlavaReader
 from shards.verify import verify_dataset
 from tests.builds import CLI
 from tests.helpers import png

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from curation.errors import CurationError
-from curation.obelics.document import ObelicsDocument
-from curation.readers.cauldron import _readme_configs
 from curation.recipe import Benchmark
+from curation.sources.cauldron import _readme_configs
+from curation.sources.obelics.document import ObelicsDocument
 from curation.steps.decontaminate import _bench_items
 
 DEEP = "[" * 5000 + "]" * 5000

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
 from shards.reader import iter_dataset
 from shards.verify import verify_dataset
 from tests.helpers import png

@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 import yaml
 
-from curation.docmatix.cache import DB_NAME, GenerationCache
-from curation.docmatix.engines import ChatRequest, Generation, GenerationFailure, make_engine
-from curation.docmatix.filters import DOCMATIX_V1_RULES, IMPROVED_RULES, _searcher, apply_filters
-from curation.docmatix.parse import PUBLISHED_QA, _published_matches, parse_qa, parse_qa_json
-from curation.docmatix.untrusted import clean_text, max_reply_chars, sanitize_generation
+from curation.build.runner import build
+from curation.generation.docmatix.cache import DB_NAME, GenerationCache
+from curation.generation.docmatix.filters import DOCMATIX_V1_RULES, IMPROVED_RULES, _searcher, apply_filters
+from curation.generation.docmatix.parse import PUBLISHED_QA, _published_matches, parse_qa, parse_qa_json
+from curation.generation.docmatix.untrusted import clean_text, max_reply_chars, sanitize_generation
+from curation.generation.engines import ChatRequest, Generation, GenerationFailure, make_engine
 from curation.recipe import validate_recipe
 from curation.recipe.generation import OpenAIEngineConfig
-from curation.runner import build
 from curation.steps.contract import StepContext
 from shards import read_manifest, verify_dataset
 from shards.reader import iter_dataset
@@ -125,7 +125,7 @@ def test_every_misbehaviour_fails_its_own_request_only_and_in_time():
 
 
 def test_a_body_larger_than_the_limit_is_not_read(monkeypatch):
-    from curation.docmatix.engines import openai_engine as module
+    from curation.generation.engines import openai_engine as module
 
     monkeypatch.setattr(module, "max_response_bytes", lambda max_tokens: 10_000)
     with ScriptedOpenAIServer(["x" * 20_000, ("unsized", "y" * 20_000)]) as server:
@@ -398,8 +398,8 @@ def test_a_cache_that_is_no_database_stops_the_build_with_one_line(tmp_path):
 def test_a_prompt_with_a_lone_surrogate_is_sent_repaired(tmp_path):
     """OCR text with a ``\\ud800`` escape could never be sent (UTF-8 cannot encode it): every run would fail
     the request again. The step sends U+FFFD in its place and counts the document."""
+    from curation.generation.docmatix.step import DocmatixGenerate
     from curation.sample import Sample
-    from curation.steps.docmatix import DocmatixGenerate
     from schemas import PdfRecord
     from schemas.records import Page, PageLine
     from tests.pdfa_data import PdfPage, make_pdf, text_lines

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from curation.build.runner import build
 from curation.errors import CurationError, RecipeError
-from curation.mixture import build_mixture
+from curation.mixture.build import build_mixture
 from curation.recipe import validate_recipe
-from curation.runner import build
 from tests.builds import tree_digest
 
 

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.build.runner import build
 from curation.errors import CurationError
 from curation.recipe import validate_recipe
-from curation.runner import build
 from shards.verify import verify_dataset
 from tests.helpers import png
 

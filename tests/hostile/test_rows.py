@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.partition import read_every_row
-from curation.readers import Partition, Reader
+from curation.build.partition import read_every_row
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
 from curation.sample import Drop, Sample
+from curation.sources import Partition, Reader
 from shards.verify import verify_dataset
 from tests.helpers import png
 
@@ -81,7 +81,7 @@ def test_an_image_path_that_fails_in_any_way_is_a_drop_and_the_next_row_is_kept(
 
 
 def test_an_image_file_over_the_cap_is_dropped_before_it_is_read(tmp_path: Path, monkeypatch):
-    import curation.readers.base as base
+    import curation.sources.base as base
 
     monkeypatch.setattr(base, "MAX_IMAGE_FILE_BYTES", 1000)
     big = tmp_path / "big.png"

@@ -23,12 +23,12 @@ import msgpack
 import pytest
 import yaml
 
-from curation.audit import audit
-from curation.readers.pdfa import PdfaReader
-from curation.readers.shards import ShardsReader
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
+from curation.report.audit import audit
 from curation.sample import Drop
+from curation.sources.pdfa import PdfaReader
+from curation.sources.shards import ShardsReader
 from shards.codec import encode_record
 from shards.manifest import DatasetManifest, ShardInfo
 from shards.verify import verify_dataset
@@ -263,7 +263,7 @@ def test_a_shard_that_is_a_fifo_is_damage_not_a_hang(tmp_path, monkeypatch):
 
 
 def test_a_member_over_the_cap_is_dropped_unread(tmp_path, monkeypatch):
-    monkeypatch.setattr("curation.readers.shards.MAX_MEMBER_BYTES", 1000)
+    monkeypatch.setattr("curation.sources.shards.MAX_MEMBER_BYTES", 1000)
     big = sample("big", sft_json(), msgpack.packb([b"x" * 5000]))
     src = dataset(tmp_path / "src", tar(TWO[0], big, TWO[1]), 3)
     row = run_build(tmp_path, monkeypatch, {"name": "prev", "reader": "shards", "path": str(src)}, "sft")
@@ -358,7 +358,7 @@ def test_a_hostile_pdfa_tar_is_drops_with_reasons(tmp_path, monkeypatch, case):
 
 
 def test_a_pdf_over_the_cap_is_dropped_unread(tmp_path, monkeypatch):
-    monkeypatch.setattr("curation.readers.pdfa.MAX_MEMBER_BYTES", len(PDF) - 1)
+    monkeypatch.setattr("curation.sources.pdfa.MAX_MEMBER_BYTES", len(PDF) - 1)
     row = pdfa_build(tmp_path, monkeypatch, tar(doc("a"), doc("b")))
     assert (row["samples"], row["dropped"]) == (0, {"member_too_large": 2})
 

@@ -13,13 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.audit import audit
-from curation.mixture import build_mixture
+from curation.build.runner import build
+from curation.mixture.build import build_mixture
 from curation.recipe import validate_recipe
 from curation.report import write_audit_report
+from curation.report.audit import audit
 from curation.report.previews import NO_REJECTS
 from curation.report.stats import distributions, download_success
-from curation.runner import build
 from shards import read_manifest, reader
 from shards.manifest import DatasetManifest
 from tests.builds import demo_recipe, make_inputs

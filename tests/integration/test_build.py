@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation.build.runner import build
 from curation.errors import CurationError, RecipeError
 from curation.recipe import validate_recipe
-from curation.runner import build
 from shards import iter_dataset, read_manifest, verify_dataset
 from shards.atomic import sha256_file
 from tests.builds import CLI, demo_recipe, make_inputs, tree_digest, write_recipe
@@ -310,7 +310,7 @@ def test_jsonl_wrong_types_and_pair_output(tmp_path):
 
 
 def test_a_second_concurrent_build_into_the_same_directory_is_refused(inputs, tmp_path):
-    from curation.output_dir import OutputDir
+    from curation.build.output_dir import OutputDir
 
     root, _ = inputs
     out = tmp_path / "ds"

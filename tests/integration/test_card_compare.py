@@ -12,12 +12,12 @@ import pytest
 import yaml
 from rich.console import Console
 
-from curation.audit import audit
-from curation.card import dataset_card, size_category, write_dataset_card
-from curation.compare import compare, render_compare_markdown, render_compare_table
-from curation.mixture import build_mixture
+from curation.build.runner import build
+from curation.mixture.build import build_mixture
 from curation.recipe import validate_recipe
-from curation.runner import build
+from curation.report.audit import audit
+from curation.report.card import dataset_card, size_category, write_dataset_card
+from curation.report.compare import compare, render_compare_markdown, render_compare_table
 from tests.helpers import png
 
 LICENSED = [("alpha", {"license": "cc-by-4.0", "citation": "Alpha et al. 2024"}), ("beta", {"license": "mit"})]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import time
 
-from curation.catalog import cauldron_configs
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
+from curation.sources.cauldron_catalog import cauldron_configs
 from shards import iter_dataset, read_manifest, verify_dataset
 from tests.cauldron_data import kept_rows, make_cauldron
 

@@ -206,7 +206,7 @@ def test_an_empty_result_warns(tmp_path):
 
 @pytest.fixture(scope="module")
 def big_inputs(tmp_path_factory) -> Path:
-    from curation.demo import make_demo_inputs
+    from curation.cli.demo import make_demo_inputs
 
     root = tmp_path_factory.mktemp("big")
     make_demo_inputs(root, n_captions=3000, n_conversations=300)

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from curation.build.runner import build
 from curation.recipe import load_recipe, validate_recipe
-from curation.runner import build
 from shards import read_manifest, verify_dataset
 from shards.reader import iter_dataset
 from tests.builds import CLI
@@ -144,7 +144,7 @@ def test_structured_output_json(tars, tmp_path):
         answer = scripted_answer(_prompt_text(request))
         if isinstance(answer, tuple):
             return answer
-        from curation.docmatix.parse import parse_qa
+        from curation.generation.docmatix.parse import parse_qa
 
         return json.dumps({"qa": [{"question": q, "answer": a} for q, a in parse_qa(answer)]})
 

@@ -9,9 +9,9 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from curation.laion.select import select_metadata
+from curation.build.runner import build
 from curation.recipe import LaionFilters, validate_recipe
-from curation.runner import build
+from curation.sources.laion.select import select_metadata
 from shards import iter_dataset, read_manifest, verify_dataset
 from tests.builds import CLI
 from tests.laion_data import image_server, write_images, write_metadata

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from curation.build.runner import build
 from curation.errors import CurationError
-from curation.export_llava import export_llava
-from curation.readers.base import sanitize_key
-from curation.readers.llava import LlavaReader
+from curation.export.llava import export_llava
 from curation.recipe import LlavaSource, validate_recipe
-from curation.runner import build
+from curation.sources.base import sanitize_key
+from curation.sources.llava import LlavaReader
 from schemas import SftRecord
 from shards import iter_dataset, verify_dataset
 from shards.manifest import read_manifest

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
 from shards import read_manifest, verify_dataset
 from shards.reader import iter_dataset
 from tests.sft_data import drawing, encode

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from curation.audit import audit
+from curation.build.runner import build
 from curation.errors import CurationError, RecipeError
-from curation.mixture import build_mixture
+from curation.mixture.build import build_mixture
 from curation.recipe import validate_recipe
-from curation.runner import build
+from curation.report.audit import audit
 from shards import read_manifest, verify_dataset
 from shards.reader import iter_dataset
 from tests.builds import CLI, tree_digest, write_recipe

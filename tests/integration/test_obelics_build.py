@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
 from shards import iter_dataset, verify_dataset
 from tests.builds import CLI
 from tests.laion_data import image_server, write_images

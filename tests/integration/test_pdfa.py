@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from curation.build.runner import build
 from curation.errors import CurationError
-from curation.readers.base import make_reader
-from curation.readers.pdfa import PdfaReader, reading_order
 from curation.recipe import load_recipe, validate_recipe
-from curation.runner import build
 from curation.sample import Drop, Sample
+from curation.sources.base import make_reader
+from curation.sources.pdfa import PdfaReader, reading_order
 from curation.steps.contract import StepContext
 from schemas import PageLine, PdfRecord, SftRecord
 from shards import iter_dataset, read_manifest, verify_dataset

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from curation.build.runner import build
 from curation.errors import CurationError
 from curation.recipe import validate_recipe
-from curation.runner import build
 from shards import read_manifest, verify_dataset
 from tests.builds import CLI, demo_recipe, make_inputs, tree_digest, write_recipe
 from tests.laion_data import image_server, write_images, write_metadata
@@ -240,7 +240,7 @@ def test_an_obelics_build_downloads_through_img2dataset_ray_tasks(cluster, tmp_p
 
 
 def test_downloads_inside_ray_tasks_are_img2dataset_ray_tasks(cluster):
-    from curation.laion.download import _img2dataset_ray_task
+    from curation.sources.download.img2dataset import _img2dataset_ray_task
 
     assert _img2dataset_ray_task() is None  # in a driver (or without Ray): the Downloader runs here
     ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
@@ -268,7 +268,9 @@ def test_address_without_ray_executor_is_an_error(inputs, tmp_path):
 
 def test_a_node_without_the_build_directory_or_another_version_refuses(tmp_path):
     from curation import __version__
-    from curation.executors import ray_executor
+    from curation.build.executors import ray_executor
+    from curation.build.messages import PartitionTask
+    from curation.sources import Partition
 
     class Progress:
         class add:  # stands in for an actor method handle
@@ -276,7 +278,7 @@ def test_a_node_without_the_build_directory_or_another_version_refuses(tmp_path)
             def remote(*_a):
                 return None
 
-    task = {"work": str(tmp_path / "elsewhere" / "_work"), "gid": 0}
+    task = PartitionTask({}, Partition("s", 0, 1), 0, tmp_path / "elsewhere" / "_work")
     with pytest.raises(CurationError, match=r"cannot see the build directory .* every node mounts"):
         ray_executor._run_partition(task, Progress, __version__)
     with pytest.raises(CurationError, match="install the same version on every node"):
@@ -286,7 +288,7 @@ def test_a_node_without_the_build_directory_or_another_version_refuses(tmp_path)
 def test_without_ray_installed_the_executor_says_how_to_get_it(monkeypatch):
     import importlib.util
 
-    from curation.executors import ray_executor
+    from curation.build.executors import ray_executor
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else object())
     with pytest.raises(CurationError, match=r"pip install 'vlm-curation\[ray\]'"):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from curation.readers.base import Partition
-from curation.readers.laion import LaionReader
 from curation.recipe import LaionSource
 from curation.sample import Sample
+from curation.sources.base import Partition
+from curation.sources.laion.reader import LaionReader
 from tests.laion_data import image_server, write_images, write_metadata
 
 N = 16  # selected rows: 4 download partitions of 4

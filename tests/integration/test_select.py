@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from curation.recipe import validate_recipe
-from curation.select.sweep import run_selection
+from curation.selection.sweep import run_selection
 from tests.builds import CLI
 
 # A "trainer" that records what it trained on; an "evaluator" that scores a mixture by construction:

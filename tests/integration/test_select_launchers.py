@@ -20,9 +20,11 @@ import pytest
 
 from curation.errors import CurationError
 from curation.recipe.selection import LocalLauncherConfig, SlurmLauncherConfig
-from curation.select.engine import run_trials
-from curation.select.launchers import LocalLauncher, TrialOutcome, TrialTask, classify, make_launcher, visible_gpus
-from curation.select.store import TrialStore
+from curation.selection.engine import run_trials
+from curation.selection.launchers import make_launcher
+from curation.selection.launchers.local import LocalLauncher
+from curation.selection.launchers.process import TrialOutcome, TrialTask, classify, visible_gpus
+from curation.selection.store import TrialStore
 
 FAKE_TRIAL = """
 import json, os, signal, sys, threading, time
@@ -254,13 +256,14 @@ import sys
 from pathlib import Path
 from curation.errors import CurationError
 from curation.recipe.selection import LocalLauncherConfig
-from curation.select.engine import run_trials
-from curation.select.launchers import LocalLauncher, TrialTask
+from curation.selection.engine import run_trials
+from curation.selection.launchers.local import LocalLauncher
+from curation.selection.launchers.process import TrialTask
 
 root, prefix = Path(sys.argv[1]), sys.argv[2:]
 tasks = [TrialTask(d.name, d) for d in sorted((root / "trials").iterdir())]
 launcher = LocalLauncher(LocalLauncherConfig(type="local", max_concurrent=2), command_prefix=prefix, gpus=[])
-from curation.select.store import TrialStore
+from curation.selection.store import TrialStore
 run_trials(tasks, launcher, TrialStore(root / "trials.db"), 0)
 """
 
@@ -359,7 +362,7 @@ def test_ray_launcher(tmp_path: Path, fake: list[str]):
 def test_make_launcher_local(tmp_path: Path):
     launcher = make_launcher(LocalLauncherConfig(type="local", max_concurrent=3), tmp_path)
     assert isinstance(launcher, LocalLauncher) and launcher.cfg.max_concurrent == 3
-    assert launcher.command_prefix == [sys.executable, "-m", "curation.select.run_trial"]
+    assert launcher.command_prefix == [sys.executable, "-m", "curation.selection.run_trial"]
 
 
 def test_visible_gpus_from_the_environment(monkeypatch: pytest.MonkeyPatch):

@@ -23,9 +23,11 @@ import psutil
 import pytest
 
 from curation.recipe.selection import RayLauncherConfig
-from curation.select.engine import run_trials
-from curation.select.launchers import RAY_MARKER, RayLauncher, TrialOutcome, TrialTask, make_launcher, ray_misfit
-from curation.select.store import TrialStore
+from curation.selection.engine import run_trials
+from curation.selection.launchers import make_launcher
+from curation.selection.launchers.process import TrialOutcome, TrialTask
+from curation.selection.launchers.ray import RAY_MARKER, RayLauncher, ray_misfit
+from curation.selection.store import TrialStore
 
 FAKE_TRIAL = r"""
 import json, os, subprocess, sys, threading, time
@@ -314,9 +316,10 @@ import sys
 from pathlib import Path
 import ray
 from curation.recipe.selection import RayLauncherConfig
-from curation.select.engine import run_trials
-from curation.select.launchers import RayLauncher, TrialTask
-from curation.select.store import TrialStore
+from curation.selection.engine import run_trials
+from curation.selection.launchers.process import TrialTask
+from curation.selection.launchers.ray import RayLauncher
+from curation.selection.store import TrialStore
 
 address, root, prefix = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 ray.init(address=address, log_to_driver=False, logging_level="WARNING")
@@ -347,7 +350,7 @@ def test_a_selection_sweep_on_ray_decides_as_the_local_launcher(
     tmp_path: Path, ray_cluster: Any, monkeypatch: pytest.MonkeyPatch
 ):
     from curation.recipe import validate_recipe
-    from curation.select.sweep import run_selection
+    from curation.selection.sweep import run_selection
     from tests.integration.test_select import _decisions, _recipe
 
     def sweep(name: str, launcher: dict[str, Any]) -> dict[str, Any]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curation.audit import audit
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
+from curation.report.audit import audit
 from shards import read_manifest, verify_dataset
 from tests.builds import CLI, write_recipe
 from tests.sft_data import make_benchmark_inputs, make_dedup_inputs

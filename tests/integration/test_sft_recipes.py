@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.catalog import cauldron_configs, table3_rows
+from curation.sources.cauldron_catalog import cauldron_configs, table3_rows
 from shards import read_manifest, verify_dataset
 from tests.builds import CLI, tree_digest
 from tests.idefics3_data import make_all

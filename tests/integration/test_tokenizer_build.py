@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
 from shards import count_tokens, read_manifest, verify_dataset
 
 PLAIN = "what is shown in the image a red car parked next to tree how many cats are there two black sofa"

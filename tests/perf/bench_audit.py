@@ -8,10 +8,10 @@ Generates ``--files`` parquet sidecars of ``--rows`` rows each (default 50 x 100
 
 Timed (interleaved, ``--repeats`` times each, median reported; the files are in the page cache):
 
-- ``duckdb``: ``curation.audit.source_stats(paths)``.
+- ``duckdb``: ``curation.report.audit.source_stats(paths)``.
 - ``pandas``: ``pd.read_parquet`` of the 6 needed columns per file, ``pd.concat``, ``groupby("source")``.
 - ``pyarrow`` (informational): ``pq.read_table`` of the same columns + ``Table.group_by``.
-- ``audit``: the full ``curation.audit.audit(dir)`` over a ``dataset.json`` listing the sidecars (tars need
+- ``audit``: the full ``curation.report.audit.audit(dir)`` over a ``dataset.json`` listing the sidecars (tars need
   not exist: the audit reads only the manifest and the sidecars).
 
 All give identical per-source numbers (checked). Target: DuckDB <= 3 s. Results go to
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from _common import environment, loadavg, median, write_result
 
 from curation import __version__
-from curation.audit import audit, source_stats
+from curation.report.audit import audit, source_stats
 from schemas import SIDECAR_SCHEMA
 from shards.manifest import DatasetManifest, ShardInfo
 from shards.writer import PARQUET_OPTIONS
@@ -294,7 +294,7 @@ def main() -> int:
     med = {k: median(v) for k, v in times.items()}
     doc: dict[str, Any] = {
         "benchmark": "bench_audit",
-        "description": "per-source sidecar statistics: curation.audit.source_stats (DuckDB) vs pandas",
+        "description": "per-source sidecar statistics: curation.report.audit.source_stats (DuckDB) vs pandas",
         "params": {
             "files": args.files,
             "rows_per_file": args.rows,

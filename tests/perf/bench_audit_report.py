@@ -46,9 +46,9 @@ def main() -> None:
             times.append(time.perf_counter() - started)
         html_bytes = out["html"].stat().st_size
         # previews on a real build: the demo
-        from curation.demo import make_demo_inputs
+        from curation.build.runner import build
+        from curation.cli.demo import make_demo_inputs
         from curation.recipe import load_recipe
-        from curation.runner import build
 
         inputs = Path(tmp) / "demo-inputs"
         make_demo_inputs(inputs)

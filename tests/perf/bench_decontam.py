@@ -30,9 +30,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from curation.neardup.hashing import image_hash, to_unsigned  # noqa: E402
+from curation.build.runner import build  # noqa: E402
+from curation.dedup.hashing import image_hash, to_unsigned  # noqa: E402
 from curation.recipe import DecontaminateStep, validate_recipe  # noqa: E402
-from curation.runner import build  # noqa: E402
 from curation.sample import Sample  # noqa: E402
 from curation.steps.contract import StepContext  # noqa: E402
 from curation.steps.decontaminate import Decontaminate, ngrams, prepare_benchmarks  # noqa: E402

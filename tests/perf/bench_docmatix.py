@@ -28,11 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from curation.docmatix.text import build_messages, choose_variant, page_texts  # noqa: E402
+from curation.generation.docmatix.step import DocmatixGenerate  # noqa: E402
+from curation.generation.docmatix.text import build_messages, choose_variant, page_texts  # noqa: E402
 from curation.recipe import load_recipe  # noqa: E402
 from curation.sample import Sample  # noqa: E402
 from curation.steps.contract import StepContext  # noqa: E402
-from curation.steps.docmatix import DocmatixGenerate  # noqa: E402
 from curation.steps.pdf import render_pages  # noqa: E402
 from schemas import Page, PageLine, PdfRecord  # noqa: E402
 from tests.llm_models import make_tiny_causal_lm  # noqa: E402

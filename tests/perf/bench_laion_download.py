@@ -2,7 +2,7 @@
 
 A threaded HTTP server on 127.0.0.1 serves N distinct URLs (a pool of distinct JPEGs behind them). The
 reference is one ``img2dataset.download`` call (webdataset output, same processes/threads/shard size);
-ours is ``curation.runner.build`` of a ``laion`` source over metadata listing the same URLs (selection,
+ours is ``curation.build.runner.build`` of a ``laion`` source over metadata listing the same URLs (selection,
 one img2dataset call per partition, conversion, our shard writer). Both run in this script, interleaved,
 and the throughput ratio ours/bare is reported. Target: >= 0.9.
 
@@ -28,9 +28,9 @@ from _common import environment, loadavg, median, noise_jpeg, write_result
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # same for both variants: no update check per process
 
-from curation.laion.download import _fds_to
+from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.runner import build
+from curation.sources.download.img2dataset import _fds_to
 
 POOL: list[bytes] = []
 

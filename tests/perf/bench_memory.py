@@ -177,7 +177,7 @@ def curate_cmd() -> list[str]:
     found = shutil.which("curate")
     if found:
         return [found]
-    return [sys.executable, "-c", "from curation.cli import main; main()"]
+    return [sys.executable, "-c", "from curation.cli.app import main; main()"]
 
 
 def run_build(recipe: Path, out: Path, interval: float, workers: int) -> dict[str, Any]:

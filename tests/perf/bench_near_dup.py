@@ -1,4 +1,4 @@
-"""Benchmark: near-duplicate detection (``curation.neardup``): multi-index hashing against brute force.
+"""Benchmark: near-duplicate detection (``curation.dedup``): multi-index hashing against brute force.
 
 Images: ``--n`` (200,000) random 64-bit hashes of which ~5% are planted near copies (1-4 bits flipped) of an
 earlier hash, one hash per sample. Timed (interleaved, ``--repeats`` times each, median reported):
@@ -36,7 +36,7 @@ import numpy as np
 from _common import WORDS, environment, loadavg, median, write_result
 from PIL import Image, ImageDraw
 
-from curation.neardup import (
+from curation.dedup import (
     all_pairs_image_dedup,
     greedy_image_dedup,
     greedy_text_dedup,
@@ -300,7 +300,7 @@ def main() -> int:
     checks = images["checks"]
     doc: dict[str, Any] = {
         "benchmark": "near_dup",
-        "description": "curation.neardup: greedy MIH image dedup vs brute force; hashing and MinHash throughput",
+        "description": "curation.dedup: greedy MIH image dedup vs brute force; hashing and MinHash throughput",
         "loadavg_before": load_before,
         "images": images,
         "hashing": hashing,

@@ -1,13 +1,13 @@
 """Benchmark: the Ray executor against the local one on this machine: same recipe, same inputs, same bytes.
 
-Inputs: the demo inputs (``curation.demo.make_demo_inputs``) scaled up to ``--captions`` (15,000) captions
+Inputs: the demo inputs (``curation.cli.demo.make_demo_inputs``) scaled up to ``--captions`` (15,000) captions
 and ``--conversations`` (4,500) conversations. Recipe: ``recipes/demo.yaml`` (its steps and output) plus a
 global ``near_dup_images`` step (phash, max distance 4, scope all), in two partitionings of those inputs:
 
 - ``big``: ``--caption-partition`` (1,000) / ``--conversation-partition`` (300) rows per partition (31);
 - ``tiny``: ``--tiny-caption-partition`` (100) / ``--tiny-conversation-partition`` (90) (189 partitions).
 
-Timed: ``curation.runner.build`` in this process, wall seconds from the call to its return; ``--repeats`` (3)
+Timed: ``curation.build.runner.build`` in this process, wall seconds from the call to its return; ``--repeats`` (3)
 rounds, each one build of every (partitioning, variant) pair below, interleaved with the order rotated each
 round (load drifting on the machine touches every variant alike); medians reported.
 
@@ -66,10 +66,10 @@ from _common import environment, loadavg, median, write_result
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from curation.executors import LocalExecutor  # noqa: E402
-from curation.executors.ray_executor import RayExecutor  # noqa: E402
+from curation.build.executors import LocalExecutor  # noqa: E402
+from curation.build.executors.ray_executor import RayExecutor  # noqa: E402
+from curation.build.runner import build  # noqa: E402
 from curation.recipe import validate_recipe  # noqa: E402
-from curation.runner import build  # noqa: E402
 from tests.builds import demo_recipe, make_inputs, tree_digest  # noqa: E402
 from tests.ray_cluster import ENV, LocalRayCluster, start_cluster  # noqa: E402
 

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from curation.recipe import validate_recipe  # noqa: E402
-from curation.select.store import TrialStore  # noqa: E402
-from curation.select.sweep import STORE_NAME, run_selection  # noqa: E402
+from curation.selection.store import TrialStore  # noqa: E402
+from curation.selection.sweep import STORE_NAME, run_selection  # noqa: E402
 
 TRAIN = "import json,sys,pathlib; pathlib.Path(sys.argv[1],'metrics.json').write_text('{}')"
 EVAL = "import json,sys,pathlib; pathlib.Path(sys.argv[1],'metrics.json').write_text(json.dumps({'x/score': 1.0}))"
@@ -70,7 +70,7 @@ def main() -> None:
         )  # fmt: skip
         out = root / "sweep"
         # datasets first (not part of the per-trial overhead)
-        from curation.mixture import resolve_datasets
+        from curation.mixture.datasets import resolve_datasets
 
         resolve_datasets(recipe, out, 2, False)
         started = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Building a dataset: plan -> process partitions -> global steps -> commit -> manifest."""

@@ -1,0 +1,85 @@
+"""Executors run a build's partition tasks: ``local`` (a process pool on this machine) or ``ray`` (one Ray
+task per partition on a Ray cluster). Both run ``curation.build.partition.process_partition`` on the same
+``PartitionTask`` s and leave the same files, so the output does not depend on the executor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from curation.build.executors.local import run_local
+from curation.build.messages import PartitionResult, PartitionTask
+from curation.errors import CurationError
+
+EXECUTORS = ("local", "ray")
+
+
+class Executor(Protocol):
+    kind: str
+
+    def run(
+        self,
+        tasks: list[PartitionTask],
+        on_progress: Callable[[int, int], None],
+        on_done: Callable[[PartitionResult], None],
+    ) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def download(self, reader: Any, partitions: list[Any]) -> None:
+        """Fetch the downloads of ``partitions`` before they run, where this executor distributes them itself."""
+
+    def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
+        """``fn(*a)`` for each of ``args``, results in order (``label(a)`` names one in errors)."""
+        ...
+
+
+class LocalExecutor:
+    kind = "local"
+
+    def __init__(self, workers: int | None) -> None:
+        self.workers = workers or 1
+
+    def run(
+        self,
+        tasks: list[PartitionTask],
+        on_progress: Callable[[int, int], None],
+        on_done: Callable[[PartitionResult], None],
+    ) -> None:
+        run_local(tasks, self.workers, on_progress, on_done)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "workers": self.workers}
+
+    def download(self, reader: Any, partitions: list[Any]) -> None:
+        """Nothing ahead: each partition task downloads its own slice."""
+
+    def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
+        """In this process, one after another (the work it is used for is disk-bound)."""
+        return (fn(*a) for a in args)
+
+
+def check_executor(kind: str, address: str | None) -> None:
+    """A bad executor choice fails before a build writes anything."""
+    if kind not in EXECUTORS:
+        raise CurationError(f"unknown executor {kind!r}; choose one of: {', '.join(EXECUTORS)}")
+    if kind == "local" and address is not None:
+        raise CurationError("--address names a Ray cluster; it needs --executor ray")
+
+
+@contextmanager
+def open_executor(kind: str = "local", workers: int | None = None, address: str | None = None) -> Iterator[Executor]:
+    """The executor named ``kind``; for ``ray``, connected to the cluster at ``address`` (None: ``RAY_ADDRESS``
+    or a Ray started on this machine) for the duration."""
+    check_executor(kind, address)
+    if kind == "local":
+        yield LocalExecutor(workers)
+    else:
+        from curation.build.executors.ray_executor import RayExecutor
+
+        with RayExecutor(workers, address) as executor:
+            yield executor
+
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "check_executor", "open_executor"]

@@ -1,0 +1,98 @@
+"""Local executor: N worker processes over partitions; progress flows back through a queue.
+
+Workers ignore SIGINT (Ctrl-C reaches the whole process group; the parent decides), exit on their own
+when the parent dies (kill -9 of the build must not leave orphans working), and are terminated by the
+parent when it is interrupted. Finished partitions are kept either way, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import resource_tracker
+from typing import Any
+
+from curation.build.messages import PartitionResult, PartitionTask
+from curation.build.partition import process_partition
+
+_QUEUE: Any = None
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(q: Any, parent: int) -> None:
+    global _QUEUE
+    _QUEUE = q
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while spawning us
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def _report(n_in: int, n_drop: int) -> None:
+    _QUEUE.put((n_in, n_drop))
+
+
+def _run_task(task: PartitionTask) -> PartitionResult:
+    return process_partition(task, _report)
+
+
+def run_local(
+    tasks: list[PartitionTask],
+    workers: int,
+    on_progress: Callable[[int, int], None],
+    on_done: Callable[[PartitionResult], None],
+) -> None:
+    """Run ``tasks``; with one worker, in this process (easy to debug, no start-up cost)."""
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            on_done(process_partition(task, on_progress))
+        return
+    ctx = mp.get_context("spawn")
+    # Children inherit the signal mask: with SIGINT blocked while they start, a Ctrl-C during their start-up
+    # stays pending until their initializer ignores it (no half-started worker prints a traceback).
+    # resource_tracker.ensure_running() unblocks SIGINT after starting its own process: start it (and the
+    # queue that needs it) before blocking.
+    resource_tracker.ensure_running()
+    q = ctx.Queue()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q, os.getpid())
+        )
+        pending = {pool.submit(_run_task, t) for t in tasks}  # spawns the workers
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(q, on_progress)
+            for fut in done:
+                on_done(fut.result())
+        _drain(q, on_progress)
+    except BaseException:  # Ctrl-C or a failed partition: stop the others now, not after the queue drains
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    q.close()
+
+
+def _drain(q: Any, on_progress: Callable[[int, int], None]) -> None:
+    while True:
+        try:
+            n_in, n_drop = q.get_nowait()
+        except queue.Empty:
+            return
+        on_progress(n_in, n_drop)

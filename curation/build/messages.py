@@ -1,0 +1,149 @@
+"""The typed messages between a build's stages.
+
+plan -> :class:`PartitionTask` (one per partition, to a worker process or a Ray task) -> the worker stages
+shards and writes :class:`PartitionStats` -> :class:`PartitionResult` back to the driver, which reads every
+partition's stats once (:func:`read_staged`) and hands the :class:`StagedShard` s to the global steps and the
+commit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict
+
+from curation.sources import Partition
+from shards.atomic import atomic_write_json
+from shards.manifest import ShardInfo
+
+STATS_FILE = "stats.json"
+
+
+def partition_dir(work: Path, gid: int) -> Path:
+    """Where partition ``gid`` is staged (renamed into place when complete)."""
+    return work / f"p{gid:05d}"
+
+
+def staged_stem(number: int) -> str:
+    """The file stem of a partition's staged shard ``number`` (``000003``: ``000003.tar``, ``.parquet``...)."""
+    return f"{number:06d}"
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """One partition to process. It crosses process and machine boundaries, so the recipe travels as JSON."""
+
+    recipe: dict[str, Any]
+    partition: Partition
+    gid: int
+    work: Path
+
+    @property
+    def label(self) -> str:
+        return f"partition {self.gid} (source {self.partition.source!r}, #{self.partition.index})"
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    gid: int
+    seconds: float
+
+
+class SidecarRef(NamedTuple):
+    """A staged shard's sidecar, as the global steps query it (in dataset order: partition, shard number)."""
+
+    partition: int
+    number: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class StagedShard:
+    """A shard a partition staged in its work directory, and its position in dataset order."""
+
+    partition: int
+    number: int
+    folder: Path
+    info: ShardInfo
+
+    @property
+    def where(self) -> tuple[int, int]:
+        return (self.partition, self.number)
+
+    @property
+    def tar(self) -> Path:
+        return self.folder / self.info.name
+
+    @property
+    def sidecar(self) -> Path:
+        return self.folder / self.info.sidecar
+
+    @property
+    def stats(self) -> Path:
+        return self.folder / self.info.stats
+
+    @property
+    def ref(self) -> SidecarRef:
+        return SidecarRef(self.partition, self.number, self.sidecar)
+
+
+class PartitionStats(BaseModel):
+    """What a partition leaves in ``stats.json`` when it is done: written once by its worker, read once by
+    the driver."""
+
+    model_config = ConfigDict(extra="forbid")
+    gid: int
+    partition: dict[str, Any]
+    accounting: dict[str, Any]
+    shards: list[ShardInfo]
+    rejects: list[ShardInfo]
+    reports: dict[str, dict[str, Any]]
+    seconds: float
+
+    def write(self, folder: Path) -> None:
+        atomic_write_json(folder / STATS_FILE, self.model_dump(mode="json"))
+
+    @classmethod
+    def read(cls, work: Path, gid: int) -> PartitionStats:
+        return cls.model_validate(json.loads((partition_dir(work, gid) / STATS_FILE).read_text()))
+
+    @staticmethod
+    def is_done(work: Path, gid: int) -> bool:
+        return (partition_dir(work, gid) / STATS_FILE).is_file()
+
+    def staged_shards(self, work: Path) -> list[StagedShard]:
+        folder = partition_dir(work, self.gid)
+        staged = []
+        for number, info in enumerate(self.shards):
+            if info.name != f"{staged_stem(number)}.tar":
+                raise RuntimeError(f"partition {self.gid}: staged shard {number} is named {info.name} (a bug)")
+            staged.append(StagedShard(self.gid, number, folder, info))
+        return staged
+
+    def staged_rejects(self, work: Path) -> list[StagedShard]:
+        folder = partition_dir(work, self.gid) / "rejects"
+        return [StagedShard(self.gid, number, folder, info) for number, info in enumerate(self.rejects)]
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Every partition's stats, read once after the partitions ran, in dataset order."""
+
+    partitions: list[PartitionStats]
+    work: Path
+
+    @classmethod
+    def read(cls, work: Path, gids: list[int]) -> Staged:
+        return cls([PartitionStats.read(work, g) for g in gids], work)
+
+    def shards(self) -> list[StagedShard]:
+        return [s for p in self.partitions for s in p.staged_shards(self.work)]
+
+    def rejects(self) -> list[StagedShard]:
+        return [s for p in self.partitions for s in p.staged_rejects(self.work)]
+
+    def sidecars(self) -> list[SidecarRef]:
+        return [s.ref for s in self.shards()]

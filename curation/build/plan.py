@@ -1,0 +1,126 @@
+"""Plan a build: check the recipe against its sources and steps, then cut the sources into partitions.
+
+Everything that can fail on bad configuration or inputs fails here, before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from curation.errors import CurationError, RecipeError
+from curation.recipe import BuildRecipe, step_label
+from curation.sources import Partition, Reader, make_reader
+from curation.steps import step_class
+from curation.steps.contract import registered_steps
+from shards.atomic import content_sha256
+from shards.tokens import TokenizerError, make_token_counter, tokenizer_fingerprint
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The partitions of a build and the identity of its inputs (``doc`` is recorded in ``_work/plan.json``;
+    a resumed build must find the same)."""
+
+    recipe_sha256: str
+    partitions: list[Partition]
+    doc: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        return content_sha256(self.doc)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.partitions)
+
+
+def recipe_identity(recipe: BuildRecipe, limit: int | None) -> str:
+    """The recipe's sha256 (= ``recipe_hash(recipe)`` without ``--limit``; a limited build is another build)."""
+    identity = recipe.model_dump(mode="json")
+    if limit is not None:
+        identity["limit"] = limit
+    return content_sha256(identity)
+
+
+def plan_build(recipe: BuildRecipe, limit: int | None) -> BuildPlan:
+    partitions = plan_partitions(recipe, limit)
+    rhash = recipe_identity(recipe, limit)
+    doc = {
+        "recipe_sha256": rhash,
+        "prefix": recipe.shard_prefix(),
+        "tokenizer": check_tokenizer(recipe.tokenizer),  # a changed tokenizer file is a changed input
+        "partitions": [p.to_dict() for p in partitions],
+    }
+    return BuildPlan(rhash, partitions, doc)
+
+
+def check_sources_outside(recipe: BuildRecipe, out: Path) -> None:
+    for src in recipe.sources:
+        path = Path(src.path.split("*")[0] or ".").resolve()
+        if path == out or out in path.parents or (path.is_dir() and path in out.parents):
+            raise CurationError(
+                f"sources.{src.name}.path ({src.path}) and --out ({out}) overlap; the build would read its own output"
+            )
+
+
+def check_tokenizer(tokenizer: Any) -> str:
+    """Load the recipe's tokenizer once here (a bad one fails before anything is written); its fingerprint."""
+    try:
+        make_token_counter(tokenizer.type, tokenizer.path)
+        return tokenizer_fingerprint(tokenizer.type, tokenizer.path)
+    except TokenizerError as exc:
+        raise RecipeError(str(exc)) from None
+
+
+def plan_partitions(recipe: BuildRecipe, limit: int | None) -> list[Partition]:
+    """Every source's partitions in recipe order, cut to the source's ``limit`` and the build's ``limit``."""
+    readers = {s.name: make_reader(s) for s in recipe.sources}
+    check_kinds(recipe, readers)
+    for i, step in enumerate(recipe.steps):
+        step_class(step).check_inputs(step, f"steps.{i}")
+    plan: list[Partition] = []
+    remaining = limit
+    for src in recipe.sources:
+        src_left = src.limit
+        for p in readers[src.name].plan():
+            rows = min([p.rows, *(cap for cap in (src_left, remaining) if cap is not None)])
+            if rows <= 0:
+                break
+            plan.append(p if rows == p.rows else readers[src.name].truncate(p, rows))
+            src_left = None if src_left is None else src_left - rows
+            remaining = None if remaining is None else remaining - rows
+    return plan
+
+
+def check_kinds(recipe: BuildRecipe, readers: dict[str, Reader]) -> None:
+    """Follow each source's record kind through the steps, as each step class declares what it takes and
+    makes, to the output kind."""
+    for src in recipe.sources:
+        kind = readers[src.name].record_kind()
+        for i, step in enumerate(recipe.steps):
+            cls = step_class(step)
+            problem = cls.kind_error(step, kind)
+            if problem:
+                raise RecipeError(
+                    f"steps.{i} ({step.step}) {problem}, but source {src.name!r} has {kind} records at this step; "
+                    "convert them first (e.g. pair_to_sft) or change the step"
+                )
+            kind = cls.output_kind(kind)
+        if kind != recipe.output.kind:
+            fixes = [
+                get_args(cfg.model_fields["step"].annotation)[0]  # the step's type, as a recipe names it
+                for cfg, cls in registered_steps().items()
+                if cls.converts == (kind, recipe.output.kind)
+            ]
+            fix = f" (add a {fixes[0]!r} step)" if fixes else ""
+            raise RecipeError(
+                f"sources.{src.name}: produces {kind!r} records but output.kind is {recipe.output.kind!r}{fix}"
+            )
+
+
+def prepare_steps(recipe: BuildRecipe, work: Path) -> None:
+    """Build-wide inputs of steps, made once before the partitions run (e.g. benchmark indexes)."""
+    for i, step in enumerate(recipe.steps):
+        step_class(step).prepare(step, step_label(recipe.steps, i), work)

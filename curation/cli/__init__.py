@@ -1,0 +1,5 @@
+"""The ``curate`` command."""
+
+from curation.cli.app import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Exports of built datasets to other tools' layouts."""

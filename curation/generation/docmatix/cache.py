@@ -1,0 +1,106 @@
+"""Generations persist as they complete, keyed by what produced them, so a rerun never generates twice.
+
+One SQLite file per cache directory (WAL mode: the build's worker processes write to it concurrently).
+The key is the sha256 of (engine identity, sampling, messages, JSON schema): a rerun with the same recipe
+and engine finds every finished generation, whatever the partitioning; another engine or prompt misses.
+Failures are not stored (a rebuild retries them). What is stored is the reply after the step's repairs
+(``curation.generation.docmatix.untrusted``) with their names, so a rerun reads exactly what the first run used.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from curation.errors import CurationError
+from curation.generation.engines import ChatRequest, Generation
+from shards.atomic import content_sha256
+
+DB_NAME = "generations.sqlite"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VLM_CURATION_CACHE") or Path.home() / ".cache" / "vlm-curation") / "docmatix"
+
+
+def request_key(engine_identity: dict[str, Any], request: ChatRequest) -> str:
+    return content_sha256(
+        {
+            "engine": engine_identity,
+            "messages": [list(m) for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "json_schema": request.json_schema,
+        }
+    )
+
+
+class GenerationCache:
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / DB_NAME
+        self._con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:  # e.g. a file that is no SQLite database (cut short, overwritten)
+            self._con.close()
+            raise CurationError(f"cache_dir: cannot use the generation cache {self.path}: {exc}") from None
+
+    def _open(self) -> None:
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
+            "prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, finish_reason TEXT NOT NULL, "
+            "repairs TEXT NOT NULL DEFAULT '')"
+        )
+        self._add_repairs_column()
+
+    def _add_repairs_column(self) -> None:
+        """Caches written before repairs were recorded lack the column (their rows get '': none recorded)."""
+        columns = {row[1] for row in self._con.execute("PRAGMA table_info(generations)")}
+        if "repairs" in columns:
+            return
+        try:
+            self._con.execute("ALTER TABLE generations ADD COLUMN repairs TEXT NOT NULL DEFAULT ''")
+        except sqlite3.OperationalError as exc:  # another worker added it first
+            if "duplicate column" not in str(exc):
+                raise
+
+    def get_many(self, keys: list[str]) -> dict[str, Generation]:
+        found: dict[str, Generation] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = (
+                "SELECT key, text, prompt_tokens, completion_tokens, finish_reason, repairs FROM generations "
+                f"WHERE key IN ({marks})"
+            )
+            for key, text, p, c, f, r in self._con.execute(query, chunk):
+                found[key] = Generation(text, p, c, f, tuple(r.split(",")) if r else ())
+        return found
+
+    def put_many(self, items: list[tuple[str, Generation]]) -> None:
+        """Store finished generations durably (one transaction)."""
+        if not items:
+            return
+        with self._con:
+            self._con.execute("BEGIN IMMEDIATE")
+            self._con.executemany(
+                "INSERT OR REPLACE INTO generations "
+                "(key, text, prompt_tokens, completion_tokens, finish_reason, repairs) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (k, g.text, g.prompt_tokens, g.completion_tokens, g.finish_reason, ",".join(g.repairs))
+                    for k, g in items
+                ],
+            )
+
+    def __len__(self) -> int:
+        return int(self._con.execute("SELECT count(*) FROM generations").fetchone()[0])
+
+    def close(self) -> None:
+        self._con.close()

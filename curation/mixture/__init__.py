@@ -1,0 +1,1 @@
+"""Mixtures: components drawn from built datasets, sampled to their targets, shuffled globally."""

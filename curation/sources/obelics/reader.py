@@ -1,0 +1,184 @@
+"""OBELICS documents as a source.
+
+``plan()`` counts image URLs across the corpus out of core (DuckDB; cached by content) to find the
+overused ones, and splits the files into partitions of whole row groups. ``read()`` parses and cleans
+every document of its partition with the original OBELICS rules (``curation.sources.obelics``), downloads the
+distinct image URLs of the surviving documents as one img2dataset shard (cached: never fetched twice),
+joins the images back by URL, removes the images that failed (texts made adjacent are merged with
+"\\n\\n", as in OBELICS) and drops a document left without an image. A downloaded image whose real size
+fails the image rules (``min_side``, ``max_side``, ``max_aspect_ratio``) is removed too: the metadata has
+the sizes the crawl saw, a server may now send a 1x1 pixel. Output: ``interleaved`` records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.sample import Drop, Sample
+from curation.sources.base import Partition, Reader, default_key, expand_inputs
+from curation.sources.download.failures import row_failure
+from curation.sources.download.img2dataset import download_shard
+from curation.sources.laion.reader import _short_hash, cache_root
+from curation.sources.obelics import ObelicsDocument, WordLists, clean_document, count_image_urls
+from curation.sources.obelics.document import PARAGRAPH_SEPARATOR
+from curation.sources.obelics.filters import DOCUMENT_DROP_REASONS, check_image
+from curation.sources.parquet import row_group_partitions
+from schemas import InterleavedRecord
+from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
+
+
+class ObelicsReader(Reader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "invalid_document": (
+            "a row that is not an OBELICS document (a missing column, texts and images not parallel, metadata "
+            "that is not JSON, both or neither of text and image at a position)"
+        ),
+        **DOCUMENT_DROP_REASONS,
+        "no_image_downloaded": (
+            "no image of the document was downloaded and kept (each failed image is counted by reason in "
+            "`meta.images_failed`: `download_failed:<category>`, `image_too_small`, ...)"
+        ),
+    }
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+
+    def record_kind(self) -> str:
+        return "interleaved"
+
+    def plan(self) -> list[Partition]:
+        src = self.source
+        files = expand_inputs(src.path, (".parquet",), src.name)
+        identity = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        overused_path = cache_root(src) / "obelics-urls" / f"{_short_hash([identity, src.max_url_occurrences])}.parquet"
+        if not overused_path.is_file():
+            overused_path.parent.mkdir(parents=True, exist_ok=True)
+            limit = src.max_url_occurrences
+            table = (
+                count_image_urls(files, min_count=limit + 1) if limit else pa.table({"url": pa.array([], pa.string())})
+            )
+            pq.write_table(table.select(["url"]), overused_path.with_suffix(".tmp"))
+            overused_path.with_suffix(".tmp").replace(overused_path)
+        download_root = cache_root(src) / "obelics-download" / _short_hash([identity, src.model_dump(mode="json")])
+        return row_group_partitions(
+            src,
+            files,
+            lambda file_index, first: {
+                "overused": str(overused_path),
+                "download_dir": str(download_root / f"{file_index:05d}-{first:09d}"),
+            },
+        )
+
+    def read(self, partition: Partition) -> Iterator[Sample | Drop]:
+        src, spec = self.source, partition.spec
+        overused = set(pq.read_table(spec["overused"]).column("url").to_pylist())  # already only the overused
+        wordlists = WordLists.default()
+        if src.common_words:
+            wordlists = wordlists.replace(common_words=WordLists.read(src.common_words))
+        kept: list[tuple[str, str, ObelicsDocument, Counter]] = []
+        row_number, emitted = spec["first_row"], 0
+        # 1. parse and clean every document (drops are final; survivors wait for their images)
+        batches = pq.ParquetFile(spec["file"]).iter_batches(batch_size=256, row_groups=spec["row_groups"])
+        for batch in batches:
+            for row in batch.to_pylist():
+                if emitted >= partition.rows:
+                    break
+                emitted += 1
+                key = default_key(self.source.name, spec["file"], spec["file_index"], row_number)
+                origin = f"{spec['file']}#{row_number}"
+                row_number += 1
+                try:
+                    doc = ObelicsDocument.from_row(row)
+                except ValueError as exc:
+                    yield Drop("invalid_document", src.name, origin, key, str(exc)[:300])
+                    continue
+                cleaned, reason, removed = clean_document(doc, src.filters, overused, wordlists)
+                if cleaned is None:
+                    yield Drop(reason or "filtered", src.name, origin, key, json.dumps(dict(removed))[:300])
+                    continue
+                kept.append((key, origin, cleaned, removed))
+        if not kept:
+            return
+        # 2. one download of the distinct image URLs of the survivors
+        urls = sorted({u for _, _, d, _ in kept for u in d.images if u is not None})
+        out = Path(spec["download_dir"])
+        if not (out / "00000_stats.json").is_file():
+            download_shard(pa.table({"url": urls}), out, src.download, [])
+        fetched, failures = self._fetched(out, urls)
+        # 3. join back by URL
+        tar_file = out / "00000.tar"
+        tar_size = tar_file.stat().st_size if tar_file.is_file() else 0
+        with tarfile.open(tar_file) if tar_file.is_file() else contextlib.nullcontext() as tar:
+            members = {m.name: m for m in tar.getmembers()} if tar is not None else {}
+            ext = src.download.encode_format
+            for key, origin, doc, removed in kept:
+                failed: Counter[str] = Counter()
+                texts: list[str | None] = []
+                images: list[bytes | None] = []
+                for text, url in zip(doc.texts, doc.images, strict=True):
+                    if text is not None:
+                        if texts and texts[-1] is not None:
+                            texts[-1] += PARAGRAPH_SEPARATOR + text
+                        else:
+                            texts.append(text)
+                            images.append(None)
+                        continue
+                    assert url is not None  # an ObelicsDocument holds a text or an image at each position
+                    member = members.get(f"{fetched[url]}.{ext}") if url in fetched else None
+                    if member is None:
+                        failed[failures.get(url, "download_missing")] += 1
+                        continue
+                    image = _image_bytes(tar, member, tar_size, failed)
+                    if image is None:
+                        continue
+                    texts.append(None)
+                    images.append(image)
+                if not any(im is not None for im in images):
+                    yield Drop("no_image_downloaded", src.name, origin, key, json.dumps(dict(failed)))
+                    continue
+                meta = {"url": doc.url, "images_failed": dict(failed), "removed": dict(removed)}
+                record = InterleavedRecord.model_construct(
+                    key=key, source=src.name, meta=meta, texts=texts, images=images
+                )
+                yield Sample(record, origin)
+
+    def _fetched(self, out: Path, urls: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """url -> img2dataset key of the successes; url -> reason of the failures. A downloaded image whose real
+        size fails the image rules fails too (the metadata has the sizes the crawl saw, not what came back)."""
+        table = out / "00000.parquet"
+        if not (out / "00000_stats.json").is_file() or not table.is_file():
+            return {}, dict.fromkeys(urls, "download_failed:no_output")
+        fetched, failures = {}, {}
+        for row in pq.read_table(table).to_pylist():
+            url = row["url"]
+            failure = row_failure(row)
+            if failure is None and (reason := check_image(_real_size(row), self.source.filters.image)):
+                failure = reason, "real size"
+            if failure is None:
+                fetched[url] = row["key"]
+            else:
+                failures[url] = failure[0]
+        return fetched, failures
+
+
+def _real_size(row: dict[str, Any]) -> dict[str, Any]:
+    """The decoded size img2dataset recorded, as image metadata (no format: the bytes decoded)."""
+    return {"original_width": row.get("original_width"), "original_height": row.get("original_height")}
+
+
+def _image_bytes(tar: Any, member: Any, tar_size: int, failed: Counter[str]) -> bytes | None:
+    """The member's bytes, or None when it cannot be read (counted in ``failed``)."""
+    try:
+        return read_member(tar, member, tar_size, MAX_MEMBER_BYTES)
+    except (MemberError, tarfile.ReadError) as exc:  # not a regular file, too large, or cut off
+        failed[exc.reason if isinstance(exc, MemberError) else "shard_damaged"] += 1
+        return None

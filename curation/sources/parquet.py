@@ -1,0 +1,88 @@
+"""Parquet with image bytes, image paths, or HF Image structs ``{bytes, path}``; partitions are runs of
+whole row groups, so a partition is read without touching the rest of the file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.errors import CurationError
+from curation.sample import Drop, Sample
+from curation.sources.base import BUILD_RECORD_DROP_REASONS, Partition, RowReader, default_key, expand_inputs
+
+
+class ParquetReader(RowReader):
+    drop_reasons: ClassVar[dict[str, str]] = {
+        "file_unreadable": "a damaged parquet page: the rest of its partition",
+        **BUILD_RECORD_DROP_REASONS,
+    }
+
+    def plan(self) -> list[Partition]:
+        files = expand_inputs(self.source.path, (".parquet",), self.source.name)
+        return row_group_partitions(self.source, files)
+
+    def read(self, partition: Partition) -> Iterator[Sample | Drop]:
+        spec = partition.spec
+        row_number = spec["first_row"]
+        emitted = 0
+        for rows in row_batches(spec["file"], spec["row_groups"]):
+            if isinstance(rows, str):  # a damaged page: the rest of the partition is lost, counted
+                for _ in range(partition.rows - emitted):
+                    yield Drop("file_unreadable", self.source.name, spec["file"], None, rows)
+                return
+            for row in rows:
+                if emitted >= partition.rows:  # a --limit can cut a partition short
+                    return
+                emitted += 1
+                origin = f"{spec['file']}#{row_number}"
+                row_key = default_key(self.source.name, spec["file"], spec["file_index"], row_number)
+                row_number += 1
+                yield self.to_item(row, origin, row_key)
+
+
+def open_parquet(path: str | Path, source: str) -> pq.ParquetFile:
+    """A parquet file of a source, opened at plan time: one clear error for anything that is not parquet."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise CurationError(f"sources.{source}: cannot read parquet file {path}: {exc}") from None
+
+
+def row_batches(
+    path: str, row_groups: list[int], columns: list[str] | None = None, batch_size: int = 512
+) -> Iterator[list[dict[str, Any]] | str]:
+    """The rows of some row groups in batches, then a one-line error (and nothing after it) where the file
+    cannot be read. Only the decoding is guarded: a failure of the caller's work on a row is that row's, and
+    never taken for a damaged page that would lose the row in flight."""
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=row_groups, columns=columns)
+        for batch in batches:
+            rows = batch.to_pylist()
+            yield rows
+    except (pa.ArrowException, OSError) as exc:
+        yield f"{path}: {exc}"[:500]
+
+
+def row_group_partitions(source, files: list, extra: Callable[[int, int], dict] | None = None) -> list[Partition]:
+    """Partitions of whole row groups holding about ``source.partition_size`` rows each; ``extra(file_index,
+    first_row)`` adds reader-specific spec fields."""
+    parts: list[Partition] = []
+    for file_index, path in enumerate(files):
+        meta = open_parquet(path, source.name).metadata
+        groups: list[int] = []
+        rows = start_row = 0
+        for rg in range(meta.num_row_groups):
+            groups.append(rg)
+            rows += meta.row_group(rg).num_rows
+            if rows >= source.partition_size or rg == meta.num_row_groups - 1:
+                if rows:
+                    spec = {"file": str(path), "file_index": file_index, "row_groups": groups, "first_row": start_row}
+                    spec.update(extra(file_index, start_row) if extra else {})
+                    parts.append(Partition(source.name, len(parts), rows, spec))
+                start_row += rows
+                groups, rows = [], 0
+    return parts
