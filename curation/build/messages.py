@@ -9,13 +9,14 @@ commit.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 from curation.sources import Partition
+from curation.steps.contract import Resources
 from shards.atomic import atomic_write_json
 from shards.manifest import ShardInfo
 
@@ -40,6 +41,7 @@ class PartitionTask:
     partition: Partition
     gid: int
     work: Path
+    resources: Resources = field(default_factory=Resources)  # what the task needs of the machine it runs on
 
     @property
     def label(self) -> str:

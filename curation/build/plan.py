@@ -5,7 +5,7 @@ Everything that can fail on bad configuration or inputs fails here, before anyth
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
@@ -13,7 +13,7 @@ from curation.errors import CurationError, RecipeError
 from curation.recipe import BuildRecipe, step_label
 from curation.sources import Partition, Reader, make_reader
 from curation.steps import step_class
-from curation.steps.contract import registered_steps
+from curation.steps.contract import GlobalStep, Resources, registered_steps
 from shards.atomic import content_sha256
 from shards.tokens import TokenizerError, make_token_counter, tokenizer_fingerprint
 
@@ -26,6 +26,7 @@ class BuildPlan:
     recipe_sha256: str
     partitions: list[Partition]
     doc: dict[str, Any]
+    resources: Resources = field(default_factory=Resources)  # per partition task: its record steps' needs, joined
 
     @property
     def sha256(self) -> str:
@@ -53,7 +54,17 @@ def plan_build(recipe: BuildRecipe, limit: int | None) -> BuildPlan:
         "tokenizer": check_tokenizer(recipe.tokenizer),  # a changed tokenizer file is a changed input
         "partitions": [p.to_dict() for p in partitions],
     }
-    return BuildPlan(rhash, partitions, doc)
+    return BuildPlan(rhash, partitions, doc, partition_resources(recipe))
+
+
+def partition_resources(recipe: BuildRecipe) -> Resources:
+    """What a worker needs to run the recipe's record and batched steps (global steps run in the driver)."""
+    needed = Resources()
+    for step in recipe.steps:
+        cls = step_class(step)
+        if not issubclass(cls, GlobalStep):
+            needed = needed.joined(cls.resources(step))
+    return needed
 
 
 def check_sources_outside(recipe: BuildRecipe, out: Path) -> None:

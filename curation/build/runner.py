@@ -132,7 +132,7 @@ def process_partitions(recipe: BuildRecipe, work: Path, plan: BuildPlan, ex: Exe
         shutil.rmtree(stale, ignore_errors=True)
     recipe_doc = recipe.model_dump(mode="json")
     tasks = [
-        PartitionTask(recipe_doc, p, gid, work)
+        PartitionTask(recipe_doc, p, gid, work, plan.resources)
         for gid, p in enumerate(plan.partitions)
         if not PartitionStats.is_done(work, gid)
     ]

@@ -28,6 +28,18 @@ _BY_CONFIG: dict[type[Any], type[Step]] = {}
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one partition task needs of its machine while the step runs (a Ray task asks for it)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def joined(self, other: Resources) -> Resources:
+        """Enough for both (steps of one partition run in the same process, one after another)."""
+        return Resources(max(self.cpus, other.cpus), max(self.gpus, other.gpus))
+
+
+@dataclass(frozen=True)
 class StepContext:
     """What a step instance may use of its build: its accounting label, the build's work directory (indexes
     prepared before the partitions, caches) and the recipe's tokenizer (type, path)."""
@@ -43,7 +55,8 @@ class Step(ABC):
     - ``config``: the recipe model it implements (registers the class);
     - ``drop_reasons``: every reason it can emit, with a one-line meaning (a key ending in ``:`` is a prefix:
       ``contaminated_image:`` stands for ``contaminated_image:<benchmark>``);
-    - ``kinds``: the record kinds it accepts (None: any); ``converts``: (from kind, to kind) when it changes it.
+    - ``kinds``: the record kinds it accepts (None: any); ``converts``: (from kind, to kind) when it changes it;
+    - ``resources(cfg)``: what the worker needs to run it (CPUs, GPUs), for executors that place tasks.
     """
 
     config: ClassVar[type[Any]]  # a recipe step model (pydantic)
@@ -73,6 +86,11 @@ class Step(ABC):
     @classmethod
     def output_kind(cls, kind: str) -> str:
         return cls.converts[1] if cls.converts is not None and cls.converts[0] == kind else kind
+
+    @classmethod
+    def resources(cls, cfg: Any) -> Resources:
+        """What a worker running this step needs (a GPU for a model on ``cuda``); one CPU by default."""
+        return Resources()
 
     @classmethod
     def check_inputs(cls, cfg: Any, where: str) -> None:

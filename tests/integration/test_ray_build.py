@@ -285,6 +285,19 @@ def test_a_node_without_the_build_directory_or_another_version_refuses(tmp_path)
         ray_executor._run_partition(task, Progress, "0.0.0-other")
 
 
+def test_a_task_needing_more_gpus_than_any_node_has_is_refused_not_left_waiting(cluster, tmp_path):
+    """A recipe whose model wants a GPU, on a cluster without one: Ray would keep the task pending forever."""
+    from curation.build.executors.ray_executor import RayExecutor
+    from curation.build.messages import PartitionTask
+    from curation.sources import Partition
+    from curation.steps.contract import Resources
+
+    (tmp_path / "_work").mkdir()
+    task = PartitionTask({}, Partition("s", 0, 1), 0, tmp_path / "_work", Resources(gpus=1))
+    with RayExecutor(None, cluster.address) as ex, pytest.raises(CurationError, match=r"need 1 GPU\(s\) per partition"):
+        ex.run([task], lambda *_: None, lambda _r: None)
+
+
 def test_without_ray_installed_the_executor_says_how_to_get_it(monkeypatch):
     import importlib.util
 

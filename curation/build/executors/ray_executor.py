@@ -21,6 +21,7 @@ from curation import __version__
 from curation.build.messages import PartitionResult, PartitionTask
 from curation.build.partition import process_partition
 from curation.errors import CurationError
+from curation.steps.contract import Resources
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker process or node died this many times
 POLL_SECONDS = 0.2
@@ -128,12 +129,14 @@ class RayExecutor:
             self.connect()
             reader.download_with_ray(partitions)
 
-    def _remote(self, fn: Callable[..., Any]) -> Any:
+    def _remote(self, fn: Callable[..., Any], resources: Resources | None = None) -> Any:
         import ray
 
+        needed = resources or Resources()
         env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
         return ray.remote(fn).options(
-            num_cpus=1,
+            num_cpus=needed.cpus,
+            num_gpus=needed.gpus,
             max_retries=MAX_RETRIES,
             retry_exceptions=False,  # an exception is a bug or bad input: the same on every try
             scheduling_strategy="SPREAD",
@@ -151,7 +154,9 @@ class RayExecutor:
         self.connect()
         import ray
 
-        remote = self._remote(_run_partition)
+        needed = tasks[0].resources  # one recipe: every partition task needs the same
+        _check_feasible(ray, needed)
+        remote = self._remote(_run_partition, needed)
         # On the head node: the driver may be off the cluster, and the head lives as long as the cluster does.
         progress: Any = ray.remote(num_cpus=0, resources={HEAD_RESOURCE: 0.001})(_Progress).remote()  # an actor
         waiting = deque(tasks)
@@ -195,6 +200,18 @@ class RayExecutor:
             for ref in refs[i + 1 :]:
                 ray.cancel(ref, force=True)
             raise
+
+
+def _check_feasible(ray: Any, needed: Resources) -> None:
+    """A task asking for more than any node has would wait forever: say so instead."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if needed.gpus and not any(n.get("GPU", 0) >= needed.gpus for n in nodes):
+        largest = max((n.get("GPU", 0) for n in nodes), default=0)
+        raise CurationError(
+            f"the recipe's steps need {needed.gpus:g} GPU(s) per partition (a local model on cuda or vLLM), but no "
+            f"node of the Ray cluster has that many (the most on one node: {largest:g}); add GPU nodes, or run the "
+            "model behind an OpenAI-compatible server (engine type: openai)"
+        )
 
 
 def _result(ray: Any, ref: Any, what: str) -> Any:

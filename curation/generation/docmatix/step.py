@@ -34,9 +34,9 @@ from curation.generation.docmatix.text import (
 )
 from curation.generation.docmatix.untrusted import clean_text, max_reply_chars, replace_surrogates, sanitize_generation
 from curation.generation.engines import ChatRequest, Generation, GenerationFailure, make_engine
-from curation.recipe import DocmatixGenerateStep
+from curation.recipe import DocmatixGenerateStep, TransformersEngineConfig, VllmEngineConfig
 from curation.sample import Sample
-from curation.steps.contract import BatchedStep, StepContext
+from curation.steps.contract import BatchedStep, Resources, StepContext
 from curation.steps.pdf import RenderError, render_pages
 from schemas import PdfRecord, SftRecord, Turn
 from shards.imageinfo import ImageProbeError, probe_image
@@ -84,6 +84,17 @@ class DocmatixGenerate(BatchedStep):
         "pdf_unrenderable": "pdfium cannot render the pages",
     }
     run_only_report_keys: ClassVar[tuple[str, ...]] = RUN_ONLY
+
+    @classmethod
+    def resources(cls, cfg: DocmatixGenerateStep) -> Resources:
+        """The GPUs of a local model: vLLM's tensor-parallel size, or one for transformers on ``cuda``
+        (``device: auto`` uses a GPU only where one happens to be visible, so it asks for none)."""
+        engine = cfg.engine
+        if isinstance(engine, VllmEngineConfig):
+            return Resources(gpus=float(engine.tensor_parallel_size))
+        if isinstance(engine, TransformersEngineConfig) and engine.device.startswith("cuda"):
+            return Resources(gpus=1.0)
+        return Resources()
 
     def __init__(self, cfg: DocmatixGenerateStep, context: StepContext) -> None:
         super().__init__(cfg, context)
