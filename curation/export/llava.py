@@ -1,7 +1,7 @@
 """Export a built ``sft`` dataset as LLaVA training data: ``llava.json`` (a JSON list) + ``images/``.
 
 The layout is what LLaVA / ShareGPT4V training code reads with ``image_folder`` = the output directory, and what
-:class:`curation.sources.llava.LlavaReader` reads back (``image_root`` = the output directory).
+:class:`curation.sources.llava.reader.LlavaReader` reads back (``image_root`` = the output directory).
 """
 
 from __future__ import annotations

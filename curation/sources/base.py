@@ -321,7 +321,7 @@ def reader_classes() -> dict[str, type[Reader]]:
     from curation.sources.cauldron import CauldronReader
     from curation.sources.jsonl import JsonlReader
     from curation.sources.laion.reader import LaionReader
-    from curation.sources.llava import LlavaReader
+    from curation.sources.llava.reader import LlavaReader
     from curation.sources.obelics.reader import ObelicsReader
     from curation.sources.parquet import ParquetReader
     from curation.sources.pdfa import PdfaReader

@@ -36,7 +36,7 @@ from curation.recipe import JsonlSource, LlavaSource, validate_recipe
 from curation.sample import Drop, Sample
 from curation.sources.jsonl import JsonlReader
 from curation.sources.jsontext import MAX_RECORD_BYTES
-from curation.sources.llava import LlavaReader
+from curation.sources.llava.reader import LlavaReader
 from shards.verify import verify_dataset
 from tests.builds import CLI
 from tests.helpers import png

@@ -14,7 +14,7 @@ from curation.errors import CurationError
 from curation.export.llava import export_llava
 from curation.recipe import LlavaSource, validate_recipe
 from curation.sources.base import sanitize_key
-from curation.sources.llava import LlavaReader
+from curation.sources.llava.reader import LlavaReader
 from schemas import SftRecord
 from shards import iter_dataset, verify_dataset
 from shards.manifest import read_manifest

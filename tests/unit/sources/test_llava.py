@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
-import curation.sources.llava as llava
+import curation.sources.llava.json_list as llava
 from curation.build.plan import plan_partitions
 from curation.errors import CurationError, RecipeError
 from curation.recipe import LlavaSource, validate_recipe
 from curation.sample import Drop, Sample
 from curation.sources.base import Partition, sanitize_key
-from curation.sources.llava import LlavaReader, Malformed, parse_turns, strip_image_tags
+from curation.sources.llava.conversation import Malformed, parse_turns, strip_image_tags
+from curation.sources.llava.reader import LlavaReader
 from tests.llava_data import draw_image, gpt, human
 
 

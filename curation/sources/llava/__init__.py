@@ -1,0 +1,1 @@
+"""LLaVA-style conversation files (a JSON list or JSON lines) as ``sft`` records."""
