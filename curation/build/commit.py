@@ -30,6 +30,7 @@ from shards.tarstream import TarStream
 from shards.tokens import TokenCounter, count_record, make_token_counter
 from shards.writer import write_shard_metadata
 
+_REJECT_SUFFIXES = (".parquet", ".stats.json", ".tar")  # the tar last: a shard is complete once its tar exists
 Tokenizer = tuple[str, str | None]  # (type, path) of the recipe's tokenizer: grown samples are counted again
 
 
@@ -186,14 +187,16 @@ def commit_rejects(staged: Staged, out: Path, prefix: str, drops: GlobalDrops) -
     infos: list[ShardInfo] = []
     for index, shard in enumerate(staged.rejects()):
         stem = f"{prefix}-rejects-{index:06d}"
-        for suffix, path in ((".parquet", shard.sidecar), (".stats.json", shard.stats), (".tar", shard.tar)):
+        for suffix, path in zip(_REJECT_SUFFIXES, (shard.sidecar, shard.stats, shard.tar), strict=True):
             if path.exists():
                 os.replace(path, rdir / f"{stem}{suffix}")
         infos.append(ShardInfo.from_stats(stem, shard.info.model_dump(), folder="rejects"))
     if drops:
         first_global = len(infos)
+        # A killed attempt may have left global rejects: everything but the partition rejects just placed goes.
+        placed = {f"{prefix}-rejects-{i:06d}{suffix}" for i in range(first_global) for suffix in _REJECT_SUFFIXES}
         for stale in rdir.glob(f"{prefix}-rejects-*"):
-            if _rejects_number(stale.name, prefix) >= first_global:
+            if stale.name not in placed:
                 stale.unlink()
         writer = RejectsWriter(rdir, prefix, start_index=first_global, folder="rejects")
         for shard in staged.shards():
@@ -209,8 +212,3 @@ def commit_rejects(staged: Staged, out: Path, prefix: str, drops: GlobalDrops) -
                     writer.add(drop.step, Drop(drop.reason, drop.source, origins[key], key, drop.detail, record))
         infos.extend(writer.close())
     return infos
-
-
-def _rejects_number(name: str, prefix: str) -> int:
-    """The number of ``<prefix>-rejects-000012.tar`` (or its ``.parquet``, ``.stats.json``, temporary files)."""
-    return int(name[len(f"{prefix}-rejects-") :].split(".")[0])

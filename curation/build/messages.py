@@ -2,7 +2,7 @@
 
 plan -> :class:`PartitionTask` (one per partition, to a worker process or a Ray task) -> the worker stages
 shards and writes :class:`PartitionStats` -> :class:`PartitionResult` back to the driver, which reads every
-partition's stats once (:func:`read_staged`) and hands the :class:`StagedShard` s to the global steps and the
+partition's stats once (:meth:`Staged.read`) and hands the :class:`StagedShard` s to the global steps and the
 commit.
 """
 
@@ -26,6 +26,11 @@ STATS_FILE = "stats.json"
 def partition_dir(work: Path, gid: int) -> Path:
     """Where partition ``gid`` is staged (renamed into place when complete)."""
     return work / f"p{gid:05d}"
+
+
+def stale_staging(work: Path) -> list[Path]:
+    """Staging directories of killed attempts (``pNNNNN.tmp-<pid>-<random>``): never a finished partition."""
+    return sorted(work.glob("p*.tmp-*"))
 
 
 def staged_stem(number: int) -> str:

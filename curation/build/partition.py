@@ -1,6 +1,6 @@
 """Process one partition: read -> probe -> record steps -> staged shards, with exact accounting.
 
-Output goes to ``_work/pNNNNN.tmp/`` and is renamed to ``_work/pNNNNN/`` when complete, so a killed
+Output goes to ``_work/pNNNNN.tmp-<pid>-<random>/`` and is renamed to ``_work/pNNNNN/`` when complete, so a killed
 worker leaves nothing that a rerun would mistake for finished work.
 """
 

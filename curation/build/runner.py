@@ -21,7 +21,7 @@ from curation.build.drop_reasons import check_declared
 from curation.build.executors import Executor, check_executor, open_executor
 from curation.build.faults import crash_point
 from curation.build.global_steps import GlobalOutcome, run_global_steps
-from curation.build.messages import PartitionStats, PartitionTask, Staged
+from curation.build.messages import PartitionStats, PartitionTask, Staged, stale_staging
 from curation.build.output_dir import BuildState, OutputDir
 from curation.build.partition import record_step_names
 from curation.build.plan import BuildPlan, check_sources_outside, plan_build, prepare_steps, recipe_identity
@@ -128,7 +128,7 @@ def _run_stages(
 
 def process_partitions(recipe: BuildRecipe, work: Path, plan: BuildPlan, ex: Executor, progress: bool) -> set[int]:
     """Run the partitions not finished by an earlier attempt; returns the ones this run processed."""
-    for stale in work.glob("p*.tmp-*"):  # staging of a killed attempt
+    for stale in stale_staging(work):
         shutil.rmtree(stale, ignore_errors=True)
     recipe_doc = recipe.model_dump(mode="json")
     tasks = [

@@ -197,7 +197,7 @@ def audit_cmd(
             render_compare_table(doc, console)
         return
     if html is not None:
-        from curation.report import write_audit_report
+        from curation.report.audit_page import write_audit_report
 
         with _writing(html):
             files = _manifest_call(lambda d: write_audit_report(d, html, html.with_suffix(".md")), directory)
@@ -385,7 +385,7 @@ def _demo_build(out: Path, workers: int | None, executor: ExecutorName, address:
         spec, dataset, workers=workers, overwrite=True, progress=True, executor=executor, address=address
     )
     render_table(audit(dataset), console)
-    from curation.report import write_audit_report
+    from curation.report.audit_page import write_audit_report
 
     report = write_audit_report(dataset)
     console.print(

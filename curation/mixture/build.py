@@ -57,7 +57,9 @@ def build_mixture(
         return BuildResult(target.root, read_manifest(target.root), BuildState.COMPLETE)
     target.create()
     with target.lock():
-        state = target.state(rhash, overwrite)
+        state = target.state(rhash, overwrite)  # again, now that we hold the lock
+        if state == BuildState.COMPLETE:
+            return BuildResult(target.root, read_manifest(target.root), BuildState.COMPLETE)
         target.start(state, {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()}, keep=(DATASETS,))
         _restart_mixing(target, recipe.shard_prefix())
         check_tokenizer(recipe.tokenizer)

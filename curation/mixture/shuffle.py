@@ -29,8 +29,7 @@ def mixture_key(component: str, key: str, repeat: int) -> str:
 
 def shuffle_and_write(recipe: MixtureRecipe, selection: pa.Table, work: Path, out: Path) -> list[Any]:
     """Out-of-core shuffle: sort ranks in DuckDB, scatter copies to position buckets, write bucket by bucket."""
-    con = duckdb.connect()
-    con.execute(f"SET temp_directory = '{work / 'duckdb'}'")
+    con = duckdb.connect(config={"temp_directory": str(work / "duckdb")})  # a setting, not SQL: any path works
     con.register("selection", selection)
     con.execute(
         "CREATE TABLE placed AS SELECT *, row_number() OVER (ORDER BY rank, component, key, repeat) - 1 AS pos "

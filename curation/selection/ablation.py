@@ -138,7 +138,7 @@ def run_ablation(
 
 def ablation_markdown(doc: dict[str, Any]) -> str:
     """The report as markdown (the audit report's renderer)."""
-    from curation.report.html import Section, render_markdown
+    from curation.report.audit_page import Section, render_markdown
 
     def fmt(v: float | None) -> str:
         return "—" if v is None else f"{v:.2f}"

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 from curation.errors import CurationError
 from curation.sample import Drop, Sample
@@ -76,9 +76,15 @@ class Subset:
     complete: bool
 
 
+_BY_CONFIG: dict[type[Any], type[Reader]] = {}
+
+
 class Reader(ABC):
     """The source contract: a reader plans its input into partitions with exact row counts and reads one
-    partition; what a source may add (a category, nested subsets, its own Ray downloads) has a default here."""
+    partition; what a source may add (a category, nested subsets, its own Ray downloads) has a default here.
+    A reader class is found from the class of its recipe source (``config = JsonlSource``), as steps are."""
+
+    config: ClassVar[type[Any]]  # the recipe source model it reads (registers the class)
 
     # Whether ``download_with_ray`` fetches pending partitions through Ray before the partition tasks run.
     downloads_with_ray: ClassVar[bool] = False
@@ -87,6 +93,19 @@ class Reader(ABC):
     # uses (``BUILD_RECORD_DROP_REASONS``, ...). No reason is common to all readers: ``reader_error`` and
     # ``rows_missing`` come from the read stage around every reader (``curation.build.drop_reasons``).
     drop_reasons: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        config = cls.__dict__.get("config")
+        if config is not None:
+            if config in _BY_CONFIG:
+                raise TypeError(
+                    f"{config.__name__} is read by two classes: {_BY_CONFIG[config].__name__}, {cls.__name__}"
+                )
+            _BY_CONFIG[config] = cls
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
 
     @abstractmethod
     def plan(self) -> list[Partition]: ...
@@ -317,33 +336,18 @@ class RowReader(Reader):
 
 
 def reader_classes() -> dict[str, type[Reader]]:
-    """The reader registry: a source's ``reader`` name -> the class that reads it."""
-    from curation.sources.cauldron import CauldronReader
-    from curation.sources.jsonl import JsonlReader
-    from curation.sources.laion.reader import LaionReader
-    from curation.sources.llava.reader import LlavaReader
-    from curation.sources.obelics.reader import ObelicsReader
-    from curation.sources.parquet import ParquetReader
-    from curation.sources.pdfa import PdfaReader
-    from curation.sources.shards import ShardsReader
+    """The reader registry: a source's ``reader`` name (as recipes write it) -> the class that reads it."""
+    from curation.sources.catalog import READERS  # importing it registers every reader class
 
-    return {
-        "jsonl": JsonlReader,
-        "parquet": ParquetReader,
-        "shards": ShardsReader,
-        "pdfa": PdfaReader,
-        "laion": LaionReader,
-        "obelics": ObelicsReader,
-        "cauldron": CauldronReader,
-        "llava": LlavaReader,
-    }
+    return {get_args(cls.config.model_fields["reader"].annotation)[0]: cls for cls in READERS}
 
 
 def reader_class(source: Any) -> type[Reader]:
     """The class that reads ``source`` (a recipe source), without opening anything."""
-    return reader_classes()[source.reader]
+    import curation.sources.catalog  # noqa: F401 - registers every reader class
+
+    return _BY_CONFIG[type(source)]
 
 
 def make_reader(source: Any) -> Reader:
-    cls: Any = reader_class(source)  # every reader takes its source (the ABC declares no constructor)
-    return cls(source)
+    return reader_class(source)(source)

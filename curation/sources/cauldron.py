@@ -43,6 +43,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 class CauldronReader(Reader):
+    config = CauldronSource
     drop_reasons: ClassVar[dict[str, str]] = {
         "file_unreadable": (
             "a damaged parquet page, or a dataset that can no longer be opened or read since the plan: the rest of "
@@ -55,14 +56,14 @@ class CauldronReader(Reader):
 
     def __init__(self, source: CauldronSource) -> None:
         self.source = source
-        self.config = source.config_name()
+        self.config_name = source.config_name()
 
     def record_kind(self) -> str:
         return "sft"
 
     def category(self) -> str | None:
         """The recipe's category, else the catalog's for a known Cauldron config."""
-        return self.source.category or category_of(self.config)
+        return self.source.category or category_of(self.config_name)
 
     # ---- plan ------------------------------------------------------------------------------------
     def plan(self) -> list[Partition]:
@@ -70,7 +71,7 @@ class CauldronReader(Reader):
         if files:
             for f in files:
                 _require_texts(open_parquet(f, self.source.name).schema_arrow.names, f, self.source.name)
-            extra = {"mode": "parquet", "config": self.config, "split": self.source.split}
+            extra = {"mode": "parquet", "config": self.config_name, "split": self.source.split}
             return row_group_partitions(self.source, files, lambda _i, _r: dict(extra))
         target = self._datasets_target()
         ds = open_dataset(target, self.source.name)
@@ -86,7 +87,7 @@ class CauldronReader(Reader):
     def _local_files(self) -> list[Path]:
         """Parquet files of the config and split in the HF layout; [] when the path is not such a tree."""
         root, split = Path(self.source.path), self.source.split
-        for base in (root / self.config, root / "data" / self.config):
+        for base in (root / self.config_name, root / "data" / self.config_name):
             if not base.is_dir():
                 continue
             for pattern in (f"{split}-*.parquet", f"{split}/*.parquet"):
@@ -103,18 +104,18 @@ class CauldronReader(Reader):
     def _datasets_target(self) -> dict[str, Any]:
         """What ``datasets`` should open, as a JSON-able spec; loud when the path is a local tree without the config."""
         src, root = self.source, Path(self.source.path)
-        common = {"config": self.config, "split": src.split}
+        common = {"config": self.config_name, "split": src.split}
         if root.is_dir():
-            for d in (root, root / self.config):
+            for d in (root, root / self.config_name):
                 if (d / "dataset_dict.json").is_file() or (d / "state.json").is_file():
                     return {"mode": "disk", "path": str(d), **common}
             declared = _readme_configs(root)
-            if self.config in declared:
-                return {"mode": "load", "path": str(root), "name": self.config, **common}
+            if self.config_name in declared:
+                return {"mode": "load", "path": str(root), "name": self.config_name, **common}
             present = sorted(set(declared) | _local_configs(root))
             if present:
-                hint = _hint(self.config, present, "configs")
-                raise CurationError(f"sources.{src.name}: no config {self.config!r} under {root}{hint}")
+                hint = _hint(self.config_name, present, "configs")
+                raise CurationError(f"sources.{src.name}: no config {self.config_name!r} under {root}{hint}")
             # A plain dataset directory (data files, no configs): its default config, unless one was asked for.
             return {"mode": "load", "path": str(root), "name": src.config, **common}
         if root.exists():
@@ -122,7 +123,7 @@ class CauldronReader(Reader):
         first = Path(src.path.split("/", 1)[0])
         if not _HUB_ID.match(src.path) or first.is_dir() or src.path.startswith((".", "~")):
             raise CurationError(f"sources.{src.name}.path: no such directory: {src.path}")
-        return {"mode": "load", "path": src.path, "name": self.config, **common}
+        return {"mode": "load", "path": src.path, "name": self.config_name, **common}
 
     # ---- read ------------------------------------------------------------------------------------
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
@@ -179,7 +180,8 @@ class CauldronReader(Reader):
 
     def _key(self, position: str) -> str:
         split = self.source.split
-        return sanitize_key(f"{self.config}-{position}" if split == "train" else f"{self.config}-{split}-{position}")
+        name = self.config_name
+        return sanitize_key(f"{name}-{position}" if split == "train" else f"{name}-{split}-{position}")
 
     def to_item(self, row: dict[str, Any], origin: str, default_key: str, image_root: str | None) -> Sample | Drop:
         texts = row.get("texts")
@@ -195,7 +197,7 @@ class CauldronReader(Reader):
         )
         if isinstance(item, Sample):
             texts = cast("list[dict[str, Any]]", texts)  # a Sample: build_record accepted them as turns
-            item.record.meta.update(turn_meta(texts, self.config))
+            item.record.meta.update(turn_meta(texts, self.config_name))
         return item
 
 

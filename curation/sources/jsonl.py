@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import Any, ClassVar
 
+from curation.recipe import JsonlSource
 from curation.sample import Drop, Sample
 from curation.sources.base import BUILD_RECORD_DROP_REASONS, Partition, RowReader, default_key, expand_inputs
 from curation.sources.jsontext import (
@@ -23,6 +24,7 @@ from curation.sources.jsontext import (
 
 
 class JsonlReader(RowReader):
+    config = JsonlSource
     drop_reasons: ClassVar[dict[str, str]] = {
         "invalid_json": f"a line that is not a strict JSON object: {REFUSED}",
         TOO_LARGE: f"a line over {MAX_RECORD_BYTES >> 20} MiB; read past, never held in memory",

@@ -11,11 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.errors import CurationError
+from curation.recipe import ParquetSource
 from curation.sample import Drop, Sample
 from curation.sources.base import BUILD_RECORD_DROP_REASONS, Partition, RowReader, default_key, expand_inputs
 
 
 class ParquetReader(RowReader):
+    config = ParquetSource
     drop_reasons: ClassVar[dict[str, str]] = {
         "file_unreadable": "a damaged parquet page: the rest of its partition",
         **BUILD_RECORD_DROP_REASONS,

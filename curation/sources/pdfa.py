@@ -45,6 +45,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from curation.errors import CurationError
+from curation.recipe import PdfaSource
 from curation.sample import Drop, Sample
 from curation.sources.base import RECORD_DROP_REASONS, Partition, Reader, expand_inputs, sanitize_key
 from curation.sources.jsontext import JsonRecordError, loads_bytes
@@ -215,6 +216,7 @@ def count_samples(path: Path, source: str) -> int:
 
 
 class PdfaReader(Reader):
+    config = PdfaSource
     drop_reasons: ClassVar[dict[str, str]] = {
         "missing_member:pdf": "a sample without a `.pdf` member (members that are not regular files are ignored)",
         "missing_member:json": "a sample without a `.json` member (members that are not regular files are ignored)",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from curation.errors import CurationError
+from curation.recipe import ShardsSource
 from curation.sample import Drop, Sample
 from curation.sources.base import Partition, Reader
 from schemas import RecordError
@@ -35,6 +36,7 @@ _KEY_OK = re.compile(KEY_PATTERN)
 
 
 class ShardsReader(Reader):
+    config = ShardsSource
     drop_reasons: ClassVar[dict[str, str]] = {
         "shard_damaged": (
             "the samples the plan counted beyond where a shard is damaged: cut off, a garbled header, a member that "

@@ -1,4 +1,5 @@
-"""The record steps of a recipe as instances, in order; global steps run in the driver (``curation.build.runner``)."""
+"""The record steps of a recipe as instances, in order; global steps run in the driver
+(``curation.build.global_steps``)."""
 
 from __future__ import annotations
 

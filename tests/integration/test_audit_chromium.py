@@ -12,7 +12,7 @@ import pytest
 
 from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.report import write_audit_report
+from curation.report.audit_page import write_audit_report
 from tests.builds import demo_recipe, make_inputs
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

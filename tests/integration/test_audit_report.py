@@ -16,8 +16,8 @@ from PIL import Image
 from curation.build.runner import build
 from curation.mixture.build import build_mixture
 from curation.recipe import validate_recipe
-from curation.report import write_audit_report
 from curation.report.audit import audit
+from curation.report.audit_page import write_audit_report
 from curation.report.previews import NO_REJECTS
 from curation.report.stats import distributions, download_success
 from shards import read_manifest, reader

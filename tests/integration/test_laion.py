@@ -11,7 +11,7 @@ import pytest
 
 from curation.build.runner import build
 from curation.recipe import LaionFilters, validate_recipe
-from curation.sources.laion.select import select_metadata
+from curation.sources.laion.metadata import select_metadata
 from shards import iter_dataset, read_manifest, verify_dataset
 from tests.builds import CLI
 from tests.laion_data import image_server, write_images, write_metadata

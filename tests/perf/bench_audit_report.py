@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_audit  # noqa: E402
 
-from curation.report.html import write_audit_report  # noqa: E402
+from curation.report.audit_page import write_audit_report  # noqa: E402
 
 
 def main() -> None:

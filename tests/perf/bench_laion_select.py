@@ -2,7 +2,7 @@
 
 Writes 20 parquet parts (half in the "original" layout, half "joined": the two layouts LAION metadata is
 published in) with realistic
-URL and caption lengths, then runs ``curation.sources.laion.select.select_metadata`` (DuckDB, out of core) in a
+URL and caption lengths, then runs ``curation.sources.laion.metadata.select_metadata`` (DuckDB, out of core) in a
 child process that reports its own peak RSS, and, as the reference in the same script, a bare DuckDB scan
 that reads the same columns (``count(*)``, ``sum(length(URL))``, ``sum(length(TEXT))``). Targets: selection
 <= 60 s and < 2 GiB peak on a 2-core machine.
@@ -30,7 +30,7 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from curation.sources.laion.select import select_metadata
+from curation.sources.laion.metadata import select_metadata
 from curation.recipe import LaionFilters
 import duckdb
 files = sorted(Path({meta!r}).glob("*.parquet"))

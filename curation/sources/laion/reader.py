@@ -1,6 +1,6 @@
 """LAION subsets as a source.
 
-``plan()`` selects metadata rows out of core (``curation.sources.laion.select``; cached by content) and splits
+``plan()`` selects metadata rows out of core (``curation.sources.laion.metadata``; cached by content) and splits
 the selection into download partitions of ``download.samples_per_shard`` rows, plus one partition of
 bulk drops for the rows the filters removed. ``read()`` of a download partition downloads its slice with
 img2dataset in-process (``curation.sources.download.img2dataset``: one img2dataset shard, kept once finished,
@@ -23,11 +23,12 @@ from typing import Any, ClassVar
 
 import pyarrow.parquet as pq
 
+from curation.recipe import LaionSource
 from curation.sample import Drop, Sample
 from curation.sources.base import Partition, Reader, Subset, expand_inputs, sanitize_key
 from curation.sources.download.failures import DOWNLOAD_DROP_REASONS, row_failure
 from curation.sources.download.img2dataset import download_shard
-from curation.sources.laion.select import METADATA_DROP_REASONS, select_metadata
+from curation.sources.laion.metadata import METADATA_DROP_REASONS, select_metadata
 from schemas import PairRecord
 from shards.atomic import content_sha256
 from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
@@ -53,6 +54,7 @@ def _short_hash(obj: Any) -> str:
 
 
 class LaionReader(Reader):
+    config = LaionSource
     downloads_with_ray = True
     drop_reasons: ClassVar[dict[str, str]] = {
         **METADATA_DROP_REASONS,

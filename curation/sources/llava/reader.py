@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
 from curation.errors import CurationError
+from curation.recipe import LlavaSource
 from curation.sample import Drop, Sample
 from curation.sources.base import (
     IMAGE_FILE_DROP_REASONS,
@@ -66,6 +67,7 @@ def _file_format(path: Path) -> str:
 
 
 class LlavaReader(Reader):
+    config = LlavaSource
     drop_reasons: ClassVar[dict[str, str]] = {
         "invalid_json": (
             f"a line or list element that is not a strict JSON object: {REFUSED}; in a JSON list whose structure "

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.recipe import ObelicsSource
 from curation.sample import Drop, Sample
 from curation.sources.base import Partition, Reader, default_key, expand_inputs
 from curation.sources.download.failures import row_failure
@@ -37,6 +38,7 @@ from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 
 
 class ObelicsReader(Reader):
+    config = ObelicsSource
     drop_reasons: ClassVar[dict[str, str]] = {
         "invalid_document": (
             "a row that is not an OBELICS document (a missing column, texts and images not parallel, metadata "

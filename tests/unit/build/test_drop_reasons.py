@@ -80,7 +80,7 @@ def test_every_literal_reason_in_the_code_is_declared():
 
 def test_every_laion_metadata_filter_is_declared():
     from curation.recipe.sources import LaionFilters
-    from curation.sources.laion.select import COLUMNS, METADATA_DROP_REASONS, _filter_checks
+    from curation.sources.laion.metadata import COLUMNS, METADATA_DROP_REASONS, _filter_checks
 
     filters = LaionFilters(max_words=50, languages=["en"], min_aesthetic=5.0)
     checks, skipped = _filter_checks(filters, {name: f'"{name}"' for name in COLUMNS})

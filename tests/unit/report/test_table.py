@@ -15,8 +15,8 @@ from rich.console import Console
 
 from curation.build.runner import build
 from curation.recipe import validate_recipe
-from curation.report import write_audit_report
 from curation.report.audit import audit, render_markdown, render_table
+from curation.report.audit_page import write_audit_report
 from curation.report.blocks import Cards, Figure, Paragraph, Section, block_html, block_markdown
 from curation.report.card import dataset_card
 from curation.report.compare import compare, render_compare_markdown

@@ -81,10 +81,10 @@ def _columns(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, str]
 def select_metadata(files: list[Path], filters: Any, max_rows: int, seed: int, out: Path) -> Selection:
     """Run the filters and the hash order over ``files``; write the first ``max_rows`` survivors to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect()
-    # Bounded memory: DuckDB spills to disk past the limit (the 10M-row benchmark stays under 2 GiB).
+    # Bounded memory: DuckDB spills to disk past the limit (the 10M-row benchmark stays under 2 GiB). The spill
+    # directory is a connection setting, not SQL text: any path works, quotes included.
+    con = duckdb.connect(config={"temp_directory": str(out.parent / "duckdb-spill")})
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-    con.execute(f"SET temp_directory = '{out.parent / 'duckdb-spill'}'")
     con.execute("SET preserve_insertion_order = false")
     paths = [str(p) for p in files]
     try:
