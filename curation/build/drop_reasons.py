@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, get_args
 
 from curation.build.global_steps import UNIQUE_KEY
+from curation.build.partition import PROBE, READ, WRITE
 from curation.recipe import BuildRecipe, MixtureRecipe
 from curation.recipe.steps import Step as StepConfig
 from curation.recipe.steps import step_label
@@ -33,7 +34,6 @@ from curation.steps.dedup import UniqueKey
 from shards.imageinfo import PROBE_DROP_REASONS
 
 # The accounting labels of the build stages (recipe steps cannot take them: RESERVED_STEP_NAMES).
-READ, PROBE, WRITE = "read", "probe", "write"
 SELECT = "select"  # a mixture's one stage
 
 READ_DROP_REASONS = {  # ``curation.build.partition.read_every_row``, around every reader

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from curation.recipe import BuildRecipe
 from curation.sources import Partition
 from curation.steps.contract import Resources
 from shards.atomic import atomic_write_json
@@ -40,9 +41,9 @@ def staged_stem(number: int) -> str:
 
 @dataclass(frozen=True)
 class PartitionTask:
-    """One partition to process. It crosses process and machine boundaries, so the recipe travels as JSON."""
+    """One partition to process, sent to a worker process or a Ray task (pickled)."""
 
-    recipe: dict[str, Any]
+    recipe: BuildRecipe
     partition: Partition
     gid: int
     work: Path
@@ -103,8 +104,8 @@ class PartitionStats(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     gid: int
-    partition: dict[str, Any]
-    accounting: dict[str, Any]
+    partition: Partition
+    accounting: dict[str, Any]  # ``Accounting.to_dict()``
     shards: list[ShardInfo]
     rejects: list[ShardInfo]
     reports: dict[str, dict[str, Any]]

@@ -31,17 +31,17 @@ from shards.tokens import make_token_counter
 from shards.writer import DuplicateKeyError
 
 ProgressFn = Callable[[int, int], None]  # (samples read, samples dropped) since the last call
+READ, PROBE, WRITE = "read", "probe", "write"  # the accounting steps of the build itself, around the record steps
 
 
 def record_step_names(recipe: BuildRecipe) -> list[str]:
     """The accounting steps a partition counts, in order: read, probe, the record steps, write."""
     steps = [step_label(recipe.steps, i) for i, s in enumerate(recipe.steps) if not is_global(s)]
-    return ["read", "probe", *steps, "write"]
+    return [READ, PROBE, *steps, WRITE]
 
 
 def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -> PartitionResult:
-    recipe = BuildRecipe.model_validate(task.recipe)
-    part, gid, work = task.partition, task.gid, task.work
+    recipe, part, gid, work = task.recipe, task.partition, task.gid, task.work
     final = partition_dir(work, gid)
     # A per-attempt staging name: an orphaned worker of a killed run can never rename a rerun's files.
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -75,15 +75,15 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
     for item in read_every_row(reader, part):
         name = part.source
         n = item.count if isinstance(item, Drop) else 1
-        acc.inp("read", name, n)
+        acc.inp(READ, name, n)
         pending_in += n
         if progress is not None and pending_in >= 256:
             progress(pending_in, pending_drop)
             pending_in = pending_drop = 0
         if isinstance(item, Drop):
-            dropped("read", item)
+            dropped(READ, item)
             continue
-        acc.out("read", name)
+        acc.out(READ, name)
         crash_point("record")
         pipeline.feed(item)
     pipeline.finish()
@@ -99,7 +99,7 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
         raise RuntimeError(f"accounting broken in partition {gid}: {problems[:3]}")
     stats = PartitionStats(
         gid=gid,
-        partition=part.to_dict(),
+        partition=part,
         accounting=acc.to_dict(),
         shards=writer.shards,
         rejects=reject_shards,
@@ -174,14 +174,14 @@ class RecordPipeline:
     waiting: dict[int, list[Sample]] = field(default_factory=dict)  # step position -> samples gathered for it
 
     def feed(self, sample: Sample) -> None:
-        self.acc.inp("probe", self.source)
+        self.acc.inp(PROBE, self.source)
         try:
             sample.infos = [probe_image(b) for b in sample.record.image_list()]
         except ImageProbeError as exc:
             r = sample.record
-            self.dropped("probe", Drop(exc.reason, self.source, sample.origin, r.key, str(exc), r))
+            self.dropped(PROBE, Drop(exc.reason, self.source, sample.origin, r.key, str(exc), r))
             return
-        self.acc.out("probe", self.source)
+        self.acc.out(PROBE, self.source)
         self._run_from(0, sample)
 
     def finish(self) -> None:
@@ -222,28 +222,28 @@ class RecordPipeline:
 
     def _write(self, sample: Sample) -> None:
         source, record = self.source, sample.record
-        self.acc.inp("write", source)
+        self.acc.inp(WRITE, source)
         if record.kind != self.kind:
             self.dropped(
-                "write", Drop("wrong_kind", source, sample.origin, record.key, f"{record.kind} != {self.kind}", record)
+                WRITE, Drop("wrong_kind", source, sample.origin, record.key, f"{record.kind} != {self.kind}", record)
             )
             return
         try:
             add_image_hashes(sample, self.features.hashes)
             where = self.writer.write(record, sample.infos, sample.origin, sample.image_hashes)
         except UnicodeEncodeError as exc:  # lone surrogates (e.g. "\ud800" in JSON input) cannot be stored as UTF-8
-            self.dropped("write", Drop("invalid_unicode", source, sample.origin, record.key, str(exc)[:300], record))
+            self.dropped(WRITE, Drop("invalid_unicode", source, sample.origin, record.key, str(exc)[:300], record))
             return
         except DuplicateKeyError as exc:
-            self.dropped("write", Drop("duplicate_key", source, sample.origin, record.key, str(exc), record))
+            self.dropped(WRITE, Drop("duplicate_key", source, sample.origin, record.key, str(exc), record))
             return
         except (OSError, ValueError, SyntaxError) as exc:  # pair re-encoding of an image that only looked fine
             if isinstance(exc, OSError) and exc.errno is not None:  # the system failed writing (a full disk, an
                 raise  # I/O error), not the image: Pillow's decoding errors carry no errno
-            self.dropped("write", Drop("image_corrupt", source, sample.origin, record.key, str(exc), record))
+            self.dropped(WRITE, Drop("image_corrupt", source, sample.origin, record.key, str(exc), record))
             return
         self.features.minhash.add(record, where)
-        self.acc.out("write", source)
+        self.acc.out(WRITE, source)
 
 
 def _step_reports(steps: list[tuple[str, RecordStep]]) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from curation.build.drop_reasons import check_declared
 from curation.build.executors import Executor, check_executor, open_executor
 from curation.build.faults import crash_point
 from curation.build.global_steps import GlobalOutcome, run_global_steps
-from curation.build.messages import PartitionStats, PartitionTask, Staged, stale_staging
+from curation.build.messages import PartitionResult, PartitionStats, PartitionTask, Staged, stale_staging
 from curation.build.output_dir import BuildState, OutputDir
-from curation.build.partition import record_step_names
+from curation.build.partition import READ, record_step_names
 from curation.build.plan import BuildPlan, check_sources_outside, plan_build, prepare_steps, recipe_identity
 from curation.build.progress import BuildProgress
 from curation.build.step_reports import merge_reports, output_reports, run_reports
@@ -98,7 +98,8 @@ def _run_stages(
     started: float,
 ) -> BuildResult:
     prepare_steps(recipe, target.work)
-    done_now = process_partitions(recipe, target.work, plan, ex, progress)
+    results = process_partitions(recipe, target.work, plan, ex, progress)
+    done_now = {r.gid for r in results}
     staged = Staged.read(target.work, list(range(len(plan.partitions))))
     acc = count_partitions(recipe, staged)
     outcome = run_global_steps(recipe, staged, acc)
@@ -117,6 +118,7 @@ def _run_stages(
             "partitions_skipped": len(plan.partitions) - len(done_now),
             "input_rows_processed": (rows := sum(plan.partitions[g].rows for g in done_now)),
             "rows_per_second": round(rows / seconds, 1) if seconds else None,
+            "slowest_partition_seconds": max((r.seconds for r in results), default=None),
             "samples": manifest.totals["samples"],
             "recipe_sha256": manifest.recipe_sha256,
             "steps": run_reports(recipe, done_reports, seconds),
@@ -126,23 +128,25 @@ def _run_stages(
     return BuildResult(target.root, manifest, ran, len(plan.partitions), skipped, seconds, log)
 
 
-def process_partitions(recipe: BuildRecipe, work: Path, plan: BuildPlan, ex: Executor, progress: bool) -> set[int]:
-    """Run the partitions not finished by an earlier attempt; returns the ones this run processed."""
+def process_partitions(
+    recipe: BuildRecipe, work: Path, plan: BuildPlan, ex: Executor, progress: bool
+) -> list[PartitionResult]:
+    """Run the partitions not finished by an earlier attempt; what each of them reported back."""
     for stale in stale_staging(work):
         shutil.rmtree(stale, ignore_errors=True)
-    recipe_doc = recipe.model_dump(mode="json")
     tasks = [
-        PartitionTask(recipe_doc, p, gid, work, plan.resources)
+        PartitionTask(recipe, p, gid, work, plan.resources)
         for gid, p in enumerate(plan.partitions)
         if not PartitionStats.is_done(work, gid)
     ]
     pending = {t.gid for t in tasks}
+    results: list[PartitionResult] = []
     for src in recipe.sources:  # downloads that the executor distributes itself (img2dataset on Ray)
         ex.download(make_reader(src), [t.partition for t in tasks if t.partition.source == src.name])
     with BuildProgress(plan.rows, recipe.name, enabled=progress) as bar:
         bar.skip(sum(p.rows for g, p in enumerate(plan.partitions) if g not in pending))
-        ex.run(tasks, bar.advance, lambda _r: None)
-    return pending
+        ex.run(tasks, bar.advance, results.append)
+    return results
 
 
 def count_partitions(recipe: BuildRecipe, staged: Staged) -> Accounting:
@@ -151,7 +155,7 @@ def count_partitions(recipe: BuildRecipe, staged: Staged) -> Accounting:
     for p in staged.partitions:
         acc.merge(Accounting.from_dict(p.accounting))
     for src in recipe.sources:
-        acc.steps["read"].input[src.name] += 0
+        acc.steps[READ].input[src.name] += 0
     return acc
 
 
@@ -199,7 +203,9 @@ def write_manifest(
     )
     manifest.wids_index = write_wids_index(out, manifest.name, shards)
     manifest.subsets = write_subsets(recipe, plan, by_partition, out)
-    per_partition = [{"partition": p.gid, **p.partition, "accounting": p.accounting} for p in staged.partitions]
+    per_partition = [
+        {"partition": p.gid, **p.partition.to_dict(), "accounting": p.accounting} for p in staged.partitions
+    ]
     # Deterministic per-partition accounting (timings live in _logs/ only).
     atomic_write_json(
         out / STATS_NAME, {"accounting": summary, "partitions": per_partition, "plan_sha256": plan.sha256}

@@ -129,7 +129,7 @@ def build(
         )
     if m.totals["samples"] == 0:
         err_console.print("[yellow]warning:[/yellow] the build holds 0 samples; `curate audit` shows why")
-    _print_generation(result.log)
+    _print_throughput(result.log)
     if not quiet:
         render_table(audit(out), console)
 
@@ -436,20 +436,14 @@ def _demo_select(out: Path, workers: int) -> None:
     console.print(f"toy sweep in {time.perf_counter() - started:.0f}s; rerun to see every trial reused from the cache")
 
 
-def _print_generation(log: Path | None) -> None:
-    """The throughput of generation steps in this run (from the run log)."""
+def _print_throughput(log: Path | None) -> None:
+    """Each step's own summary of this run's rates (steps that report them: generation), from the run log."""
     if log is None or not log.is_file():
         return
     for label, report in json.loads(log.read_text()).get("steps", {}).items():
-        t = report.get("throughput")
-        if not t:
-            continue
-        err_console.print(
-            f"{label}: {t['documents']:,} documents ({t['generated_requests']:,} requests generated, "
-            f"{t['cached_requests']:,} from the cache), {t['documents_per_s'] or 0:.2f} documents/s, "
-            f"{t['prompt_tokens_per_s'] or 0:,.0f} prompt and {t['generated_tokens_per_s'] or 0:,.0f} generated "
-            f"tokens/s; {t['pairs_kept']:,} of {t['pairs_parsed']:,} QA pairs kept (report: {log})"
-        )
+        summary = (report.get("throughput") or {}).get("summary")
+        if summary:
+            err_console.print(f"{label}: {summary} (report: {log})")
 
 
 def os_error_message(exc: OSError, where: Path | None = None) -> str:

@@ -136,7 +136,8 @@ class RecordStep(Step):
 
     @classmethod
     def throughput(cls, report: dict[str, Any], seconds: float) -> dict[str, Any] | None:
-        """Rates for the run log, from the merged report of a run of ``seconds``."""
+        """Rates for the run log, from the merged report of a run of ``seconds``; a ``summary`` among them is the
+        one line ``curate build`` prints about the step."""
         return None
 
 

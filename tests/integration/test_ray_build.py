@@ -16,7 +16,7 @@ import pytest
 
 from curation.build.runner import build
 from curation.errors import CurationError
-from curation.recipe import validate_recipe
+from curation.recipe import load_recipe, validate_recipe
 from shards import read_manifest, verify_dataset
 from tests.builds import CLI, demo_recipe, make_inputs, tree_digest, write_recipe
 from tests.laion_data import image_server, write_images, write_metadata
@@ -278,7 +278,7 @@ def test_a_node_without_the_build_directory_or_another_version_refuses(tmp_path)
             def remote(*_a):
                 return None
 
-    task = PartitionTask({}, Partition("s", 0, 1), 0, tmp_path / "elsewhere" / "_work")
+    task = PartitionTask(load_recipe("demo"), Partition("s", 0, 1), 0, tmp_path / "elsewhere" / "_work")
     with pytest.raises(CurationError, match=r"cannot see the build directory .* every node mounts"):
         ray_executor._run_partition(task, Progress, __version__)
     with pytest.raises(CurationError, match="install the same version on every node"):
@@ -293,7 +293,7 @@ def test_a_task_needing_more_gpus_than_any_node_has_is_refused_not_left_waiting(
     from curation.steps.contract import Resources
 
     (tmp_path / "_work").mkdir()
-    task = PartitionTask({}, Partition("s", 0, 1), 0, tmp_path / "_work", Resources(gpus=1))
+    task = PartitionTask(load_recipe("demo"), Partition("s", 0, 1), 0, tmp_path / "_work", Resources(gpus=1))
     with RayExecutor(None, cluster.address) as ex, pytest.raises(CurationError, match=r"need 1 GPU\(s\) per partition"):
         ex.run([task], lambda *_: None, lambda _r: None)
 

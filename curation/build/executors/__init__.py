@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from curation.build.executors.local import run_local
 from curation.build.messages import PartitionResult, PartitionTask
 from curation.errors import CurationError
+from curation.sources import Partition, Reader
 
 EXECUTORS = ("local", "ray")
 
@@ -27,7 +28,7 @@ class Executor(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
-    def download(self, reader: Any, partitions: list[Any]) -> None:
+    def download(self, reader: Reader, partitions: list[Partition]) -> None:
         """Fetch the downloads of ``partitions`` before they run, where this executor distributes them itself."""
 
     def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
@@ -52,7 +53,7 @@ class LocalExecutor:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "workers": self.workers}
 
-    def download(self, reader: Any, partitions: list[Any]) -> None:
+    def download(self, reader: Reader, partitions: list[Partition]) -> None:
         """Nothing ahead: each partition task downloads its own slice."""
 
     def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:

@@ -21,6 +21,7 @@ from curation import __version__
 from curation.build.messages import PartitionResult, PartitionTask
 from curation.build.partition import process_partition
 from curation.errors import CurationError
+from curation.sources import Partition, Reader
 from curation.steps.contract import Resources
 
 MAX_RETRIES = 3  # Ray re-runs a task whose worker process or node died this many times
@@ -122,7 +123,7 @@ class RayExecutor:
             "cpus": int(ray.cluster_resources().get("CPU", 0)),
         }
 
-    def download(self, reader: Any, partitions: list[Any]) -> None:
+    def download(self, reader: Reader, partitions: list[Partition]) -> None:
         """Sources that download (LAION via img2dataset) fetch their pending partitions with their own Ray
         distribution before the partition tasks start; the tasks then read the finished downloads."""
         if partitions and reader.downloads_with_ray:

@@ -312,7 +312,7 @@ class DocmatixGenerate(BatchedStep):
         engine = report.get("engine_seconds") or 0.0
         discarded = report.get("discarded", {})
         parsed = report.get("pairs_parsed", 0)
-        return {
+        rates = {
             "documents": report.get("documents", 0),
             "generated_requests": report.get("generated_requests", 0),
             "cached_requests": report.get("cached_requests", 0),
@@ -329,6 +329,13 @@ class DocmatixGenerate(BatchedStep):
             "pairs_kept": report.get("pairs_kept", 0),
             "discard_rate_by_rule": {r: round(n / parsed, 4) for r, n in sorted(discarded.items())} if parsed else {},
         }
+        rates["summary"] = (
+            f"{rates['documents']:,} documents ({rates['generated_requests']:,} requests generated, "
+            f"{rates['cached_requests']:,} from the cache), {rates['documents_per_s'] or 0:.2f} documents/s, "
+            f"{rates['prompt_tokens_per_s'] or 0:,.0f} prompt and {rates['generated_tokens_per_s'] or 0:,.0f} "
+            f"generated tokens/s; {rates['pairs_kept']:,} of {parsed:,} QA pairs kept"
+        )
+        return rates
 
     def close(self) -> None:
         self.engine.close()

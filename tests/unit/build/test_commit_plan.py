@@ -13,6 +13,7 @@ from curation.build.commit import commit_rejects, commit_shard, commit_shards, p
 from curation.build.messages import PartitionStats, Staged, partition_dir, staged_stem
 from curation.build.rejects import RejectsWriter
 from curation.sample import Drop
+from curation.sources import Partition
 from curation.steps.contract import ShardRewrite
 from curation.steps.dedup import GlobalDrop, GlobalDrops, Where
 from schemas import SftRecord, Turn
@@ -46,7 +47,13 @@ def stage(work: Path, layout: dict[int, list[list[int]]], rejects: dict[int, lis
         for k in (rejects or {}).get(gid, []):
             rw.add("filter", Drop("too_short", "a", f"in.jsonl:{k}", k, "short", sft_record(99, source="a")))
         stats = PartitionStats(
-            gid=gid, partition={}, accounting={}, shards=infos, rejects=rw.close(), reports={}, seconds=0.0
+            gid=gid,
+            partition=Partition("a", gid, 0),
+            accounting={},
+            shards=infos,
+            rejects=rw.close(),
+            reports={},
+            seconds=0.0,
         )
         stats.write(folder)
     return Staged.read(work, sorted(layout))

@@ -12,6 +12,7 @@ from curation.build.accounting import Accounting
 from curation.build.global_steps import UNIQUE_KEY, GlobalOutcome, global_steps, run_global_steps
 from curation.build.messages import PartitionStats, Staged, partition_dir, staged_stem
 from curation.recipe import validate_recipe
+from curation.sources import Partition
 from curation.steps.dedup import ExactImageDedup, UniqueKey
 from schemas import SftRecord, Turn
 from shards import ShardWriter
@@ -52,7 +53,9 @@ def stage(work: Path, layout: dict[int, list[list[Row]]]) -> tuple[Staged, Accou
                     acc.out("read", source)
                     n += 1
             infos += writer.shards
-        stats = PartitionStats(gid=gid, partition={}, accounting={}, shards=infos, rejects=[], reports={}, seconds=0)
+        stats = PartitionStats(
+            gid=gid, partition=Partition("a", gid, 0), accounting={}, shards=infos, rejects=[], reports={}, seconds=0
+        )
         stats.write(folder)
     return Staged.read(work, sorted(layout)), acc
 
