@@ -20,8 +20,7 @@ from curation.build.faults import crash_point
 from curation.build.messages import Staged, StagedShard
 from curation.build.rejects import RejectsWriter
 from curation.sample import Drop
-from curation.steps.contract import ShardRewrite
-from curation.steps.dedup import GlobalDrop, GlobalDrops, Where
+from curation.steps.contract import GlobalDrop, GlobalDrops, ShardRewrite, Where
 from shards.atomic import HashingWriter, tmp_path
 from shards.codec import decode_sample
 from shards.manifest import ShardInfo

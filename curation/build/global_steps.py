@@ -10,8 +10,8 @@ from curation.build.accounting import Accounting
 from curation.build.messages import Staged
 from curation.recipe import BuildRecipe, step_label
 from curation.steps import GlobalStep, is_global, step_class
-from curation.steps.contract import ShardRewrite
-from curation.steps.dedup import GlobalDrops, UniqueKey
+from curation.steps.contract import GlobalDrops, ShardRewrite
+from curation.steps.dedup import UniqueKey
 
 UNIQUE_KEY = "unique_key"  # the always-on global step: keys are unique across the dataset
 

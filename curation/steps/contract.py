@@ -22,7 +22,6 @@ from curation.sample import Sample
 
 if TYPE_CHECKING:
     from curation.build.messages import SidecarRef
-    from curation.steps.dedup import GlobalDrops, Where
 
 _BY_CONFIG: dict[type[Any], type[Step]] = {}
 
@@ -152,6 +151,21 @@ class BatchedStep(RecordStep):
 
     @abstractmethod
     def process_batch(self, samples: list[Sample]) -> list[Sample | str]: ...
+
+
+@dataclass(frozen=True)
+class GlobalDrop:
+    """Why a global step drops one staged sample."""
+
+    source: str
+    step: str
+    reason: str
+    detail: str
+    other_source: str | None = None  # the source of the sample this one duplicates (per-source-pair reports)
+
+
+Where = tuple[int, int]  # (partition id, shard number)
+GlobalDrops = dict[Where, dict[str, GlobalDrop]]
 
 
 class ShardRewrite(ABC):

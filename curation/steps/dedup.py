@@ -10,30 +10,18 @@ Samples dropped by an earlier global step are not seen by later ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 
 from curation.recipe.steps import ExactImageDedupStep
-from curation.steps.contract import GlobalFindings, GlobalStep
+from curation.steps.contract import GlobalDrop, GlobalDrops, GlobalFindings, GlobalStep
 
 if TYPE_CHECKING:
     from curation.build.messages import SidecarRef
 
 
-@dataclass(frozen=True)
-class GlobalDrop:
-    source: str
-    step: str
-    reason: str
-    detail: str
-    other_source: str | None = None  # the source of the sample this one duplicates (per-source-pair reports)
-
-
-Where = tuple[int, int]  # (partition id, shard number)
-GlobalDrops = dict[Where, dict[str, GlobalDrop]]
 Sidecars = list["SidecarRef"]  # (partition id, shard number, staged sidecar), in dataset order
 
 _ROWS = """

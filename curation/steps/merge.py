@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from curation.recipe import MergeQaStep
-from curation.steps.contract import GlobalFindings, GlobalStep, ShardRewrite
-from curation.steps.dedup import GlobalDrop, GlobalDrops, Sidecars, Where, connect_sidecars
+from curation.steps.contract import GlobalDrop, GlobalDrops, GlobalFindings, GlobalStep, ShardRewrite, Where
+from curation.steps.dedup import Sidecars, connect_sidecars
 from schemas import SftRecord, Turn
 from shards.codec import decode_sample, encode_record
 from shards.reader import iter_members

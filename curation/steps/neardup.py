@@ -15,8 +15,8 @@ import numpy as np
 
 from curation.build.features import minhash_file
 from curation.recipe import NearDupImagesStep, NearDupTextStep
-from curation.steps.contract import GlobalFindings, GlobalStep
-from curation.steps.dedup import GlobalDrop, GlobalDrops, Sidecars, connect_sidecars
+from curation.steps.contract import GlobalDrop, GlobalDrops, GlobalFindings, GlobalStep
+from curation.steps.dedup import Sidecars, connect_sidecars
 
 _ROWS = """
     SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source, r.origin, r.{column} AS hashes,

@@ -145,7 +145,7 @@ class DocmatixGenerate(BatchedStep):
             return "page_too_long"
         variant = choose_variant(record.key, self.cfg.prompts.variants)
         s = self.cfg.sampling
-        schema = JSON_SCHEMA if getattr(self.cfg.engine, "structured_output", False) else None
+        schema = JSON_SCHEMA if self._structured_output() else None
         requests = [
             ChatRequest(
                 messages=build_messages(self.cfg.prompts, variant, chunk.text),
@@ -222,7 +222,7 @@ class DocmatixGenerate(BatchedStep):
     def _pairs(self, generation: Generation) -> list[tuple[str, str]]:
         """Parsed pairs; strings decoded from JSON are repaired like reply text (counted in ``repairs``)."""
         pairs = None
-        if getattr(self.cfg.engine, "structured_output", False):
+        if self._structured_output():
             pairs = parse_qa_json(generation.text)
             if pairs is None:
                 self.counts["json_fallbacks"] += 1
@@ -336,6 +336,11 @@ class DocmatixGenerate(BatchedStep):
             f"generated tokens/s; {rates['pairs_kept']:,} of {parsed:,} QA pairs kept"
         )
         return rates
+
+    def _structured_output(self) -> bool:
+        """Whether the engine is asked for JSON by schema (the transformers engine has no such option)."""
+        engine = self.cfg.engine
+        return not isinstance(engine, TransformersEngineConfig) and engine.structured_output
 
     def close(self) -> None:
         self.engine.close()

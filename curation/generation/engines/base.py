@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from curation.errors import CurationError
 from curation.generation.docmatix.untrusted import clean_text
+from curation.recipe.generation import EngineConfig, OpenAIEngineConfig, TransformersEngineConfig, VllmEngineConfig
 
 FAILURE_REASONS = (
     "timeout",
@@ -148,20 +149,21 @@ def require_model_dir(model: str | os.PathLike, field: str = "engine.model") -> 
     return path.resolve()
 
 
-def make_engine(cfg: Any) -> Engine:
-    """The engine for one of the recipe's engine configs (``engine.type``); engine modules import lazily so that
+def make_engine(cfg: EngineConfig) -> Engine:
+    """The engine for one of the recipe's engine configs, by its config class; engine modules import here so that
     torch/transformers/openai/vllm load only when used."""
-    kind = getattr(cfg, "type", None)
-    if kind == "transformers":
+    if isinstance(cfg, TransformersEngineConfig):
         from curation.generation.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(cfg)
-    if kind == "openai":
+    if isinstance(cfg, OpenAIEngineConfig):
         from curation.generation.engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine(cfg)
-    if kind == "vllm":
+    if isinstance(cfg, VllmEngineConfig):
         from curation.generation.engines.vllm_engine import VllmEngine
 
         return VllmEngine(cfg)
-    raise EngineConfigError(f"engine.type: unknown engine {kind!r} (expected transformers, openai or vllm)")
+    raise EngineConfigError(
+        f"engine.type: no engine implements {type(cfg).__name__} (expected transformers, openai or vllm)"
+    )

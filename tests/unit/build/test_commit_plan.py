@@ -14,8 +14,7 @@ from curation.build.messages import PartitionStats, Staged, partition_dir, stage
 from curation.build.rejects import RejectsWriter
 from curation.sample import Drop
 from curation.sources import Partition
-from curation.steps.contract import ShardRewrite
-from curation.steps.dedup import GlobalDrop, GlobalDrops, Where
+from curation.steps.contract import GlobalDrop, GlobalDrops, ShardRewrite, Where
 from schemas import SftRecord, Turn
 from shards import ShardWriter
 from shards.atomic import sha256_file
