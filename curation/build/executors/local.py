@@ -65,27 +65,34 @@ def run_local(
     # queue that needs it) before blocking.
     resource_tracker.ensure_running()
     q = ctx.Queue()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    pool: ProcessPoolExecutor | None = None
     try:
-        pool = ProcessPoolExecutor(
-            max_workers=min(workers, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(q, os.getpid())
-        )
-        pending = {pool.submit(_run_task, t) for t in tasks}  # spawns the workers
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pool = ProcessPoolExecutor(
+                max_workers=min(workers, len(tasks)),
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(q, os.getpid()),
+            )
+            pending = {pool.submit(_run_task, t) for t in tasks}  # spawns the workers
+        finally:
+            # A Ctrl-C that came while they started is raised here, inside the outer try: the workers still
+            # starting are stopped below, not left to fail on the queue this process is about to release.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(q, on_progress)
             for fut in done:
                 on_done(fut.result())
         _drain(q, on_progress)
+        pool.shutdown(wait=True)
     except BaseException:  # Ctrl-C or a failed partition: stop the others now, not after the queue drains
-        for proc in list(getattr(pool, "_processes", {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
     q.close()
 
 
