@@ -13,6 +13,7 @@ from pathlib import Path
 
 from curation.errors import CurationError
 from curation.recipe.selection import CommandEvaluatorConfig, HarnessEvaluatorConfig
+from curation.selection.launchers.process import log_tail
 
 LOG_TAIL_CHARS = 4000
 _EVAL_ID = re.compile(r"^T\d{8}_G\w+$")  # VLMEvalKit's per-run folder: T{YYYYMMDD}_G{commit}
@@ -149,7 +150,8 @@ def run_harness(
         except OSError as exc:
             raise CurationError(f"{cfg.type} evaluator: cannot run {command[0]!r} ({exc})") from None
     if rc != 0:
-        raise CurationError(f"{cfg.type} evaluator exited with {rc}; the end of {log}:\n{log_tail(log)}")
+        tail = log_tail(log, n_bytes=LOG_TAIL_CHARS)
+        raise CurationError(f"{cfg.type} evaluator exited with {rc}; the end of {log}:\n{tail}")
     if cfg.type == "lmms_eval":
         return parse_lmms_eval(output_dir)
     if cfg.type == "vlmevalkit":
@@ -161,15 +163,6 @@ def _fill(text: str, values: dict[str, str]) -> str:
     for placeholder, value in values.items():
         text = text.replace(placeholder, value)
     return text
-
-
-def log_tail(log: Path, chars: int = LOG_TAIL_CHARS) -> str:
-    """The last ``chars`` characters of a log file."""
-    try:
-        data = Path(log).read_bytes()
-    except OSError:
-        return ""
-    return data[-chars:].decode("utf-8", errors="replace")
 
 
 def parse_metrics_json(path: Path) -> dict[str, float]:
