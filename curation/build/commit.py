@@ -63,11 +63,12 @@ def plan_commit(
 ) -> list[ShardCommit]:
     """The final shards in dataset order (staged shards that lost every sample have none)."""
     plan: list[ShardCommit] = []
+    changing = [(r, r.shards()) for r in rewrites or ()]  # once per rewrite, not once per shard
     for shard in staged:
         dropped = drops.get(shard.where, {})
         if dropped and len(dropped) >= shard.info.samples:
             continue
-        mine = tuple(r.only(shard.where) for r in rewrites or () if shard.where in r.shards())
+        mine = tuple(r.only(shard.where) for r, wheres in changing if shard.where in wheres)
         plan.append(ShardCommit(shard, f"{prefix}-{len(plan):06d}", dropped, mine, tokenizer))
     return plan
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, get_args
 
 from curation.errors import CurationError
+from curation.registry import register_by_config
 from curation.sample import Drop, Sample
 from schemas import RecordError, parse_record
 
@@ -96,13 +97,7 @@ class Reader(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        config = cls.__dict__.get("config")
-        if config is not None:
-            if config in _BY_CONFIG:
-                raise TypeError(
-                    f"{config.__name__} is read by two classes: {_BY_CONFIG[config].__name__}, {cls.__name__}"
-                )
-            _BY_CONFIG[config] = cls
+        register_by_config(_BY_CONFIG, cls)
 
     def __init__(self, source: Any) -> None:
         self.source = source

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from curation.recipe.steps import GlobalStepBase
+from curation.registry import register_by_config
 from curation.sample import Sample
 
 if TYPE_CHECKING:
@@ -66,14 +67,10 @@ class Step(ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         config = cls.__dict__.get("config")
-        if config is not None:
-            if config in _BY_CONFIG:
-                raise TypeError(
-                    f"{config.__name__} is implemented twice: {_BY_CONFIG[config].__name__}, {cls.__name__}"
-                )
-            if issubclass(cls, GlobalStep) != issubclass(config, GlobalStepBase):  # the recipe orders steps by it
-                raise TypeError(f"{cls.__name__} and its config {config.__name__} disagree on being a global step")
-            _BY_CONFIG[config] = cls
+        if config is not None and issubclass(cls, GlobalStep) != issubclass(config, GlobalStepBase):
+            # the recipe orders steps by it
+            raise TypeError(f"{cls.__name__} and its config {config.__name__} disagree on being a global step")
+        register_by_config(_BY_CONFIG, cls)
 
     @classmethod
     def kind_error(cls, cfg: Any, kind: str) -> str | None:
