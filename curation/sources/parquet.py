@@ -54,6 +54,12 @@ def open_parquet(path: str | Path, source: str) -> pq.ParquetFile:
         raise CurationError(f"sources.{source}: cannot read parquet file {path}: {exc}") from None
 
 
+def streaming(path: str | Path) -> pq.ParquetFile:
+    """A parquet file to read once, in order, without pre-buffering: pyarrow keeps pre-buffered row groups
+    until the file is closed (~40 KB per row of a 10,000-row partition of images stayed resident)."""
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
 def row_batches(
     path: str, row_groups: list[int], columns: list[str] | None = None, batch_size: int = 512
 ) -> Iterator[list[dict[str, Any]] | str]:
@@ -61,7 +67,7 @@ def row_batches(
     cannot be read. Only the decoding is guarded: a failure of the caller's work on a row is that row's, and
     never taken for a damaged page that would lose the row in flight."""
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size, row_groups=row_groups, columns=columns)
+        batches = streaming(path).iter_batches(batch_size=batch_size, row_groups=row_groups, columns=columns)
         for batch in batches:
             rows = batch.to_pylist()
             yield rows

@@ -32,7 +32,7 @@ from curation.sources.laion.reader import _short_hash, cache_root
 from curation.sources.obelics import ObelicsDocument, WordLists, clean_document, count_image_urls
 from curation.sources.obelics.document import PARAGRAPH_SEPARATOR
 from curation.sources.obelics.filters import DOCUMENT_DROP_REASONS, check_image
-from curation.sources.parquet import row_group_partitions
+from curation.sources.parquet import row_group_partitions, streaming
 from schemas import InterleavedRecord
 from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 
@@ -89,7 +89,7 @@ class ObelicsReader(Reader):
         kept: list[tuple[str, str, ObelicsDocument, Counter]] = []
         row_number, emitted = spec["first_row"], 0
         # 1. parse and clean every document (drops are final; survivors wait for their images)
-        batches = pq.ParquetFile(spec["file"]).iter_batches(batch_size=256, row_groups=spec["row_groups"])
+        batches = streaming(spec["file"]).iter_batches(batch_size=256, row_groups=spec["row_groups"])
         for batch in batches:
             for row in batch.to_pylist():
                 if emitted >= partition.rows:
