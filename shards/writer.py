@@ -32,6 +32,9 @@ from shards.tokens import TokenCounter, count_record, count_tokens
 
 # Parquet written the same way every time (no wall-clock values, fixed compression).
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True, "store_schema": True}
+# The stats key of a shard's sample offsets (``ShardWriter(record_offsets=True)``): where each sample's first
+# header starts in the tar, then where the end-of-archive blocks start.
+SAMPLE_OFFSETS = "sample_offsets"
 
 
 class DuplicateKeyError(ValueError):
@@ -52,12 +55,15 @@ class _OpenShard:
     keys: set[str] = field(default_factory=set)
     payload: int = 0
     reencoded: int = 0
+    offsets: list[int] = field(default_factory=list)
 
 
 class ShardWriter:
     """Write records into ``directory`` as ``<stem>.tar`` + ``<stem>.parquet`` + ``<stem>.stats.json``.
 
-    A shard is closed when it holds ``max_samples`` samples or ``max_bytes`` of payload.
+    A shard is closed when it holds ``max_samples`` samples or ``max_bytes`` of payload. With
+    ``record_offsets``, its stats also list each sample's byte offset in the tar under :data:`SAMPLE_OFFSETS`
+    (staged shards: the build's commit then copies samples as byte ranges instead of parsing the tar).
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class ShardWriter:
         token_counter: TokenCounter = count_tokens,
         start_index: int = 0,
         score_keys: Sequence[str] = (),
+        record_offsets: bool = False,
     ) -> None:
         if pair_image_ext not in PAIR_IMAGE_EXTS:
             raise ValueError(f"pair_image_ext must be one of {PAIR_IMAGE_EXTS}, got {pair_image_ext!r}")
@@ -82,6 +89,7 @@ class ShardWriter:
         self.pair_image_ext = pair_image_ext
         self.count = token_counter
         self.score_keys = tuple(score_keys)
+        self.record_offsets = record_offsets
         self._next_index = start_index
         self._open: _OpenShard | None = None
         self._finishing: list[Future[ShardInfo]] = []
@@ -111,6 +119,8 @@ class ShardWriter:
         shard = self._open or self._start()
         if record.key in shard.keys:
             raise DuplicateKeyError(f"key {record.key!r} already in shard {shard.stem}")
+        if self.record_offsets:
+            shard.offsets.append(shard.tar.size)
         nbytes = shard.tar.add_sample(record.key, encode_record(record, self.pair_image_ext))
         text_tokens, answer_tokens = count_record(self.count, record)
         shard.rows.append(
@@ -187,6 +197,8 @@ class ShardWriter:
     def _finish(self) -> None:
         shard = self._open
         assert shard is not None
+        if self.record_offsets:
+            shard.offsets.append(shard.tar.size)  # the end of the last sample
         shard.tar.close()
         shard.file.close()
         self._open = None
@@ -196,13 +208,16 @@ class ShardWriter:
 
     def _finalize(self, shard: _OpenShard) -> ShardInfo:
         sha256 = sha256_file(shard.tmp, fsync=True)
+        extra: dict[str, object] = {"reencoded_images": shard.reencoded}
+        if self.record_offsets:
+            extra[SAMPLE_OFFSETS] = shard.offsets
         info = write_shard_metadata(
             self.directory,
             shard.stem,
             table=pa.Table.from_pylist(shard.rows, schema=SIDECAR_SCHEMA),
             sha256=sha256,
             size=shard.tar.size,
-            extra_stats={"reencoded_images": shard.reencoded},
+            extra_stats=extra,
         )
         os.replace(shard.tmp, self.directory / info.name)  # the tar becomes visible last
         return info

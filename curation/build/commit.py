@@ -2,15 +2,26 @@
 
 Idempotent: a final shard whose ``.tar`` exists is done (the tar is renamed into place last). Staged
 shards without global drops are renamed (no copy); shards with global drops are rewritten without them.
+
+A rewrite does not parse the staged tar: the partition's writer recorded where each sample starts
+(``sample_offsets`` in the staged stats), so runs of kept samples are copied as raw byte ranges (the bytes
+``TarStream`` would write for them again). Only single samples are parsed, each from its own range: dropped
+ones (for the rejects, and to check that the cuts fall between samples) and the kept ones a
+:class:`ShardRewrite` may change (to offer them to it).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,13 +35,14 @@ from curation.steps.contract import GlobalDrop, GlobalDrops, ShardRewrite, Where
 from shards.atomic import HashingWriter, tmp_path
 from shards.codec import decode_sample
 from shards.manifest import ShardInfo
-from shards.reader import iter_members
-from shards.tarstream import TarStream
+from shards.reader import MAX_MEMBER_BYTES, MemberError, open_regular, read_member, split_name
+from shards.tarstream import BLOCK, TarStream
 from shards.tokens import TokenCounter, count_record, make_token_counter
-from shards.writer import write_shard_metadata
+from shards.writer import SAMPLE_OFFSETS, write_shard_metadata
 
 _REJECT_SUFFIXES = (".parquet", ".stats.json", ".tar")  # the tar last: a shard is complete once its tar exists
 Tokenizer = tuple[str, str | None]  # (type, path) of the recipe's tokenizer: grown samples are counted again
+_COPY_CHUNK = 4 << 20  # bytes read and written at a time when copying kept samples
 
 
 def _done(out: Path, stem: str) -> ShardInfo | None:
@@ -81,14 +93,15 @@ def commit_shard(out: Path, item: ShardCommit) -> ShardInfo:
         return info
     staged = item.staged
     table = pq.read_table(staged.sidecar)
-    extra = {"reencoded_images": json.loads(staged.stats.read_text()).get("reencoded_images", 0)}
+    stats = json.loads(staged.stats.read_text())
+    extra = {"reencoded_images": stats.get("reencoded_images", 0)}  # never the staged sample offsets
     if item.unchanged:
         info = write_shard_metadata(
             out, item.stem, table=table, sha256=staged.info.sha256, size=staged.info.bytes, extra_stats=extra
         )
         os.replace(staged.tar, out / info.name)
         return info
-    return _rewrite(item, out, table, extra)
+    return _rewrite(item, out, table, stats.get(SAMPLE_OFFSETS), extra)
 
 
 def commit_shards(
@@ -116,29 +129,41 @@ def shards_by_partition(plan: list[ShardCommit], final: list[ShardInfo]) -> dict
     return by_partition
 
 
-def _rewrite(item: ShardCommit, out: Path, table: pa.Table, extra: dict) -> ShardInfo:
-    """Write the shard without its dropped samples and with its rewritten ones."""
+def _rewrite(item: ShardCommit, out: Path, table: pa.Table, offsets: object, extra: dict) -> ShardInfo:
+    """Write the shard without its dropped samples and with its rewritten ones: runs of kept samples are
+    copied as byte ranges; a kept sample a rewrite may change is parsed from its range and offered to it."""
     tmp = tmp_path(out / f"{item.stem}.tar")
     where = item.staged.where
     counter: TokenCounter | None = None
     grown: dict[str, dict[str, int]] = {}
-    with open(tmp, "wb") as f:
+    with _StagedSamples.open(item.staged, table, offsets) as samples, open(tmp, "wb") as f:
         hashing = HashingWriter(f)
-        tar = TarStream(hashing)
-        for key, members in iter_members(item.staged.tar):
+        tar = _TarCopy(hashing)
+        changing = set().union(*(r.changes(where) for r in item.rewrites))
+        run = 0  # the kept samples [run, i) are not written yet
+        for i, key in enumerate(samples.keys):
             if key in item.dropped:
+                samples.members(i)  # parsed only to check the bounds of the runs around it
+                samples.copy(run, i, tar)
+                run = i + 1
                 continue
-            patched = _apply(item.rewrites, where, key, members)
-            nbytes = tar.add_sample(key, patched or members)
-            if patched is not None:
-                counter = counter or make_token_counter(*item.tokenizer)
-                grown[key] = _sidecar_counts(decode_sample(key, patched), nbytes, counter)
+            if key not in changing:
+                continue
+            patched = _apply(item.rewrites, where, key, samples.members(i))
+            if patched is None:
+                continue
+            samples.copy(run, i, tar)
+            run = i + 1
+            nbytes = tar.add_sample(key, patched)
+            counter = counter or make_token_counter(*item.tokenizer)
+            grown[key] = _sidecar_counts(decode_sample(key, patched), nbytes, counter)
+        samples.copy(run, len(samples.keys), tar)
         tar.close()
         f.flush()
         os.fsync(f.fileno())
     crash_point("rewrite_tar_written")
-    keys = pa.array(sorted(item.dropped), pa.string())
-    gone = pc.is_in(table.column("key"), keys)  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
+    dropped = pa.array(sorted(item.dropped), pa.string())
+    gone = pc.is_in(table.column("key"), dropped)  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
     kept = table.filter(pc.invert(gone))  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
     if grown:
         kept = _update_rows(kept, grown)
@@ -149,6 +174,106 @@ def _rewrite(item: ShardCommit, out: Path, table: pa.Table, extra: dict) -> Shar
     )
     os.replace(tmp, out / info.name)
     return info
+
+
+class _TarCopy(TarStream):
+    """A :class:`TarStream` that also appends bytes copied from another tar of ours (whole samples)."""
+
+    def append(self, data: bytes) -> None:
+        self._f.write(data)
+        self.size += len(data)
+
+
+@dataclass(frozen=True)
+class _StagedSamples:
+    """A staged shard's samples as byte ranges of its tar: sample ``i`` is ``starts[i]:starts[i + 1]``, from
+    the offsets its writer recorded (``ShardWriter(record_offsets=True)``), checked by :meth:`open`."""
+
+    shard: StagedShard
+    src: BinaryIO
+    keys: list[str]
+    payload: list[int]  # the sidecar's ``bytes``: the sizes of each sample's members, summed
+    starts: list[int]
+
+    @classmethod
+    @contextmanager
+    def open(cls, shard: StagedShard, sidecar: pa.Table, offsets: object) -> Iterator[_StagedSamples]:
+        """Check the offsets against the sidecar and the tar before trusting them: their count and order, the
+        end-of-archive blocks after the last sample, and a header of the sample's key at each start. A sample
+        that is parsed (:meth:`members`) is checked exactly, so every cut a copy makes is: a copied run ends at
+        the end of the data or at a dropped or rewritten sample, which the commit parses. A mismatch is a bug
+        or a changed file: RuntimeError."""
+        keys: list[str] = sidecar.column("key").to_pylist()
+        with open_regular(shard.tar) as src:
+            if not isinstance(offsets, list) or not all(type(o) is int for o in offsets):
+                raise _untrusted(shard, f"its stats hold no {SAMPLE_OFFSETS} (a list of integers)")
+            if sidecar.column("index").to_pylist() != list(range(len(keys))):
+                raise _untrusted(shard, "its sidecar rows are not in tar order")
+            if len(offsets) != len(keys) + 1:
+                raise _untrusted(shard, f"{len(offsets)} offsets for {len(keys)} samples (want one more)")
+            if offsets[0] != 0 or any(a >= b for a, b in pairwise(offsets)) or any(o % BLOCK for o in offsets):
+                raise _untrusted(shard, "the offsets are not increasing block boundaries from 0")
+            fd = src.fileno()
+            end = offsets[-1]
+            if end > os.fstat(fd).st_size - 2 * BLOCK or os.pread(fd, 2 * BLOCK, end) != bytes(2 * BLOCK):
+                raise _untrusted(shard, f"no end-of-archive blocks at byte {end:,}")
+            for key, start in zip(keys, offsets, strict=False):
+                if not _header_names(fd, start, key):
+                    raise _untrusted(shard, f"no header of sample {key!r} at byte {start:,}")
+            samples = cls(shard, src, keys, sidecar.column("bytes").to_pylist(), offsets)
+            if keys:
+                samples.members(len(keys) - 1)  # the end of the last sample, where every copy may end
+            yield samples
+
+    def members(self, i: int) -> dict[str, bytes]:
+        """Sample ``i``'s members (extension -> bytes), parsed from its byte range alone; the range must hold
+        exactly the members of its key, as many bytes as its sidecar row counts."""
+        key, start, end = self.keys[i], self.starts[i], self.starts[i + 1]
+        self.src.seek(start)
+        data = self.src.read(end - start)
+        members: dict[str, bytes] = {}
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                for info in tar:
+                    parts = split_name(info.name)
+                    if parts is None or parts[0] != key or parts[1] in members:
+                        raise tarfile.ReadError(f"it holds member {info.name!r}")
+                    members[parts[1]] = read_member(tar, info, len(data), MAX_MEMBER_BYTES)
+                if tar.offset != len(data):
+                    raise tarfile.ReadError(f"its members end at byte {start + tar.offset:,}")
+        except (tarfile.TarError, MemberError) as exc:
+            raise _untrusted(self.shard, f"bytes {start:,} to {end:,} are not sample {key!r} ({exc})") from None
+        if sum(map(len, members.values())) != self.payload[i]:
+            raise _untrusted(self.shard, f"bytes {start:,} to {end:,} are not all of sample {key!r}")
+        return members
+
+    def copy(self, first: int, stop: int, tar: _TarCopy) -> None:
+        """Append samples ``first`` to ``stop - 1`` to ``tar`` as they are, a few MiB at a time."""
+        self.src.seek(self.starts[first])
+        left = self.starts[stop] - self.starts[first]
+        while left:
+            chunk = self.src.read(min(left, _COPY_CHUNK))
+            if not chunk:
+                raise _untrusted(self.shard, "the tar ended early")
+            tar.append(chunk)
+            left -= len(chunk)
+
+
+def _untrusted(shard: StagedShard, why: str) -> RuntimeError:
+    return RuntimeError(f"staged shard {shard.tar}: {why}; its recorded {SAMPLE_OFFSETS} cannot be trusted")
+
+
+def _header_names(fd: int, offset: int, key: str) -> bool:
+    """Whether the tar header at ``offset`` is one of sample ``key``'s members (``key.<ext>``): for a name of
+    100 bytes or more it is a PAX header, whose ``path`` record holds the name."""
+    header = os.pread(fd, BLOCK, offset)
+    if header[156:157] != tarfile.XHDTYPE:
+        return header.startswith(f"{key}.".encode())
+    try:
+        size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        return False
+    return f" path={key}.".encode() in os.pread(fd, min(size, 4 * BLOCK), offset + BLOCK)
 
 
 def _apply(
@@ -203,12 +328,13 @@ def commit_rejects(staged: Staged, out: Path, prefix: str, drops: GlobalDrops) -
             dropped = drops.get(shard.where, {})
             if not dropped:
                 continue
-            sidecar = pq.read_table(shard.sidecar, columns=["key", "origin"])
-            origins = dict(zip(sidecar.column("key").to_pylist(), sidecar.column("origin").to_pylist(), strict=True))
-            for key, members in iter_members(shard.tar):
-                drop = dropped.get(key)
-                if drop is not None:
-                    record = decode_sample(key, members)
-                    writer.add(drop.step, Drop(drop.reason, drop.source, origins[key], key, drop.detail, record))
+            sidecar = pq.read_table(shard.sidecar, columns=["key", "index", "bytes", "origin"])
+            offsets = json.loads(shard.stats.read_text()).get(SAMPLE_OFFSETS)
+            with _StagedSamples.open(shard, sidecar, offsets) as samples:
+                for i, (key, origin) in enumerate(zip(samples.keys, sidecar.column("origin").to_pylist(), strict=True)):
+                    drop = dropped.get(key)
+                    if drop is not None:
+                        record = decode_sample(key, samples.members(i))
+                        writer.add(drop.step, Drop(drop.reason, drop.source, origin, key, drop.detail, record))
         infos.extend(writer.close())
     return infos

@@ -10,7 +10,7 @@ from curation.build.accounting import Accounting
 from curation.build.messages import Staged
 from curation.recipe import BuildRecipe, step_label
 from curation.steps import GlobalStep, is_global, step_class
-from curation.steps.contract import GlobalDrops, ShardRewrite
+from curation.steps.contract import GlobalContext, GlobalDrops, ShardRewrite
 from curation.steps.dedup import UniqueKey
 
 UNIQUE_KEY = "unique_key"  # the always-on global step: keys are unique across the dataset
@@ -36,7 +36,11 @@ def global_steps(recipe: BuildRecipe) -> list[tuple[str, type[GlobalStep], Any]]
     return steps
 
 
-def run_global_steps(recipe: BuildRecipe, staged: Staged, acc: Accounting) -> GlobalOutcome:
+def run_global_steps(
+    recipe: BuildRecipe, staged: Staged, acc: Accounting, context: GlobalContext | None = None
+) -> GlobalOutcome:
+    """``context`` defaults to the staging's work directory, one thread, tasks run in this process."""
+    context = context or GlobalContext(staged.work)
     sidecars = staged.sidecars()
     outcome = GlobalOutcome()
     pairs: PairCounts = {}
@@ -46,7 +50,7 @@ def run_global_steps(recipe: BuildRecipe, staged: Staged, acc: Accounting) -> Gl
         counts = acc.steps[label]
         for source, n in acc.steps[previous].output.items():
             counts.input[source] += n
-        found = cls.find(cfg, label, sidecars, outcome.drops, staged.work)
+        found = cls.find(cfg, label, sidecars, outcome.drops, context)
         if found.rewrite is not None:
             outcome.rewrites.append(found.rewrite)
         for where, drops in found.drops.items():

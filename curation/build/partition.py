@@ -58,6 +58,7 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
         pair_image_ext=out.pair_image_format,
         token_counter=make_token_counter(recipe.tokenizer.type, recipe.tokenizer.path),
         score_keys=out.sidecar_scores,
+        record_offsets=True,  # the commit copies kept samples as byte ranges
     )
     rejects = RejectsWriter(tmp / "rejects", "p", max_samples=out.max_samples_per_shard) if out.rejects else None
     started = time.perf_counter()

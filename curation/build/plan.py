@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 from curation.errors import CurationError, RecipeError
 from curation.recipe import BuildRecipe, step_label
+from curation.recipe.loading import identity_doc
 from curation.sources import Partition, Reader, make_reader
 from curation.steps import step_class
 from curation.steps.contract import GlobalStep, Resources, registered_steps
@@ -39,7 +40,7 @@ class BuildPlan:
 
 def recipe_identity(recipe: BuildRecipe, limit: int | None) -> str:
     """The recipe's sha256 (= ``recipe_hash(recipe)`` without ``--limit``; a limited build is another build)."""
-    identity = recipe.model_dump(mode="json")
+    identity = identity_doc(recipe)
     if limit is not None:
         identity["limit"] = limit
     return content_sha256(identity)

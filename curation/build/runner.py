@@ -30,6 +30,7 @@ from curation.build.step_reports import merge_reports, output_reports, run_repor
 from curation.errors import CurationError
 from curation.recipe import BuildRecipe
 from curation.sources import make_reader
+from curation.steps.contract import GlobalContext
 from shards.atomic import atomic_write_json, remove_stale_tmp
 from shards.manifest import STATS_NAME, DatasetManifest, ShardInfo, read_manifest, write_wids_index
 
@@ -102,7 +103,7 @@ def _run_stages(
     done_now = {r.gid for r in results}
     staged = Staged.read(target.work, list(range(len(plan.partitions))))
     acc = count_partitions(recipe, staged)
-    outcome = run_global_steps(recipe, staged, acc)
+    outcome = run_global_steps(recipe, staged, acc, GlobalContext(target.work, ex.threads, ex.imap))
     check_declared(recipe, acc.summary())
     shards, rejects, by_partition = commit(recipe, target.root, staged, outcome, ex)
     manifest = write_manifest(recipe, target.root, plan, staged, acc, outcome, shards, rejects, by_partition)

@@ -9,11 +9,14 @@ and checking the full distance of those candidates removes the false ones. The s
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
-from curation.dedup.hashing import HASH_BITS, to_unsigned
+from curation.dedup.hashing import HASH_BITS, to_signed, to_unsigned
 
 
 class MultiIndexHash:
@@ -103,105 +106,38 @@ def greedy_image_dedup(
     samples: Sequence[Sequence[int]], max_distance: int, groups: Sequence[Hashable] | None = None
 ) -> list[int]:
     """Per sample (in dataset order) ``-1`` if kept, else the index of the earliest earlier kept sample it
-    duplicates: the same number (> 0) of images, image ``i`` within ``max_distance`` of image ``i`` for
+    duplicates: the same number (> 0) of images, image ``i`` within ``max_distance`` bits of image ``i`` for
     every ``i``, and (if ``groups`` is given) the same group. Samples are compared only with those kept so
     far, so in a chain A~B~C with A !~ C both A and C are kept. Samples with no images are always kept.
 
-    One :class:`MultiIndexHash` per (group, image count) indexes the first image of each kept sample;
-    candidates are verified on the others.
+    In memory, for tests and small inputs: the build runs the same :class:`HashSearch` over its sidecars.
     """
+    from curation.dedup.image_search import HashSearch
+
     _check_distance(max_distance)
     group_list = _groups(len(samples), groups)
-    unsigned = [_unsigned(sample) for sample in samples]
-    single = [i for i, h in enumerate(unsigned) if len(h) == 1]
+    positions = [i for i, sample in enumerate(samples) if len(sample)]
+    codes: dict[tuple[Hashable, int], int] = {}
+    signed = [[to_signed(to_unsigned(h)) for h in samples[i]] for i in positions]
+    rows = pa.table(
+        {
+            "pos": pa.array(range(len(positions)), pa.int64()),
+            "grp": pa.array([codes.setdefault((group_list[i], len(samples[i])), len(codes)) for i in positions]),
+            "h": pa.array([hashes[0] for hashes in signed], pa.int64()),
+            "rest": pa.array([hashes[1:] for hashes in signed], pa.list_(pa.int64())),
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="near-dup-images-") as tmp:
+        db = Path(tmp) / "search.duckdb"
+        con = HashSearch.create(db, memory_mb=256, threads=1)
+        con.register("rows", rows)
+        con.execute("INSERT INTO hashes SELECT pos, grp, h, rest FROM rows")
+        con.close()
+        found = HashSearch(db).run(max_distance)
     result = [-1] * len(samples)
-    # Single-image samples (nearly all of them) never meet multi-image ones: the vectorised path.
-    if single:
-        codes: dict[Hashable, int] = {}
-        hashes = np.array([unsigned[i][0] for i in single], dtype=np.uint64)
-        gcodes = np.array([codes.setdefault(group_list[i], len(codes)) for i in single], dtype=np.int64)
-        for local, match in enumerate(greedy_single_image_dedup(hashes, max_distance, gcodes)):
-            if match >= 0:
-                result[single[local]] = single[int(match)]
-    indexes: dict[tuple[Hashable, int], tuple[MultiIndexHash, dict[int, tuple[int, ...]]]] = {}
-    for i, (hashes, group) in enumerate(zip(unsigned, group_list, strict=True)):
-        if len(hashes) < 2:
-            continue
-        key = (group, len(hashes))
-        entry = indexes.get(key)
-        if entry is None:
-            entry = indexes[key] = (MultiIndexHash(max_distance), {})
-        index, kept = entry
-        match = -1
-        for j in index.query(hashes[0]):
-            if all((a ^ b).bit_count() <= max_distance for a, b in zip(hashes[1:], kept[j][1:], strict=True)):
-                match = j
-                break
-        if match < 0:
-            index.add(i, hashes[0])
-            kept[i] = hashes
-        result[i] = match
+    for later, earlier in found.tolist():
+        result[positions[later]] = positions[earlier]
     return result
-
-
-def greedy_single_image_dedup(hashes: np.ndarray, max_distance: int, groups: np.ndarray | None = None) -> np.ndarray:
-    """:func:`greedy_image_dedup` for one hash per sample, vectorised: the multi-index candidate pairs of
-    all samples at once (per chunk, equal (group, chunk value) runs of a sort), verified with popcount,
-    then the greedy kept-first pass over the true near pairs only. Exact copies are folded first (an exact
-    copy is always dropped: its first occurrence, or what that one duplicates, is kept and within 0 bits).
-    Returns, per sample, -1 or the index of the earliest earlier kept sample it duplicates."""
-    n = len(hashes)
-    hashes = np.asarray(hashes, dtype=np.uint64)
-    groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
-    if n == 0:
-        return np.empty(0, np.int64)
-    # 1. fold exact copies onto their first occurrence
-    order = np.lexsort((np.arange(n), hashes, groups))
-    g_sorted, h_sorted = groups[order], hashes[order]
-    starts = np.ones(n, bool)
-    starts[1:] = (g_sorted[1:] != g_sorted[:-1]) | (h_sorted[1:] != h_sorted[:-1])
-    run = np.cumsum(starts) - 1
-    first = order[starts]  # the first sample of each distinct (group, hash), per run
-    representative = np.empty(n, np.int64)
-    representative[order] = first[run]
-    unique = np.sort(first)  # distinct (group, hash) in dataset order
-    u_hash, u_group = hashes[unique], groups[unique]
-    # 2. candidate pairs (positions in `unique`, i < j) sharing a chunk, verified
-    chunks = max_distance + 1
-    widths = [HASH_BITS // chunks + (1 if c < HASH_BITS % chunks else 0) for c in range(chunks)]
-    pairs = []
-    shift = HASH_BITS
-    for width in widths:
-        shift -= width
-        value = (u_hash >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-        by_key = np.lexsort((np.arange(len(unique)), value, u_group))
-        key_g, key_v = u_group[by_key], value[by_key]
-        active = np.arange(len(by_key) - 1)
-        step = 1
-        while active.size:  # pairs at distance `step` within equal-key runs; shrink to the runs still long enough
-            same = (key_g[active] == key_g[active + step]) & (key_v[active] == key_v[active + step])
-            active = active[same]
-            if active.size:
-                i, j = by_key[active], by_key[active + step]
-                close = np.bitwise_count(u_hash[i] ^ u_hash[j]) <= max_distance
-                pairs.append(np.stack([np.minimum(i, j)[close], np.maximum(i, j)[close]]))
-            step += 1
-            active = active[active + step < len(by_key)]
-    match_u = np.full(len(unique), -1, np.int64)
-    if pairs:
-        edges = np.unique(np.concatenate(pairs, axis=1), axis=1)  # sorted by (i, j): a pair found in 2 chunks once
-        edges = edges[:, np.lexsort((edges[0], edges[1]))]  # by j, then i ascending
-        kept = np.ones(len(unique), bool)
-        for i, j in zip(edges[0].tolist(), edges[1].tolist(), strict=True):  # only the true near pairs
-            if match_u[j] < 0 and kept[i]:
-                match_u[j], kept[j] = i, False
-    # 3. back to samples: a representative takes its own match; an exact copy matches its representative,
-    # or what the representative matched when that one was dropped
-    position = np.empty(n, np.int64)
-    position[unique] = np.arange(len(unique))
-    rep_match = match_u[position[representative]]
-    rep_as_match = np.where(rep_match >= 0, unique[np.maximum(rep_match, 0)], representative)
-    return np.where(representative == np.arange(n), np.where(rep_match >= 0, rep_as_match, -1), rep_as_match)
 
 
 def all_pairs_image_dedup(

@@ -1,22 +1,23 @@
-"""Near-duplicate texts: word-shingle MinHash signatures (datasketch) and greedy MinHash-LSH deduplication."""
+"""Near-duplicate texts: word-shingle MinHash signatures (datasketch) and greedy MinHash-LSH deduplication
+(:mod:`curation.dedup.lsh`)."""
 
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Hashable, Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import cast
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+import pyarrow as pa
+from datasketch import MinHash
+
+from curation.dedup.lsh import Banding, SignatureSearch, banding_for
 
 # datasketch >= 2.0 permutation scheme: 64-bit affine permutations, collision-free, uint64 hash values.
 SCHEME = "affine64"
-# MinHashLSH's (false positive, false negative) weights when choosing bands x rows: candidates are verified
-# with the estimated Jaccard anyway, so favour recall. At threshold 0.7 and 128 permutations this gives 20 bands
-# of 6 rows instead of 14 of 9, which finds nearly all pairs whose estimate is >= 0.7 (the default weights
-# miss about 13% of pairs with a true Jaccard of 0.8), for ~1.5x the LSH time.
-LSH_WEIGHTS = (0.1, 0.9)
 _WORD = re.compile(r"\w+")
 
 
@@ -50,59 +51,43 @@ def minhash_signature(text: str, num_perm: int = 128, shingle_words: int = 3, se
     return m.hashvalues
 
 
-def _lsh_threshold(threshold: float, num_perm: int) -> float:
-    """The LSH threshold to index with: ``threshold``, or for thresholds so high that datasketch finds fewer
-    than 2 bands (about 0.95 at 128 permutations) the highest one it accepts. Candidates are verified
-    against ``threshold`` itself, so a lower LSH threshold only costs candidates, never adds duplicates."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    t = threshold
-    while True:
-        try:
-            MinHashLSH(threshold=t, num_perm=num_perm, weights=LSH_WEIGHTS)
-            return t
-        except ValueError:
-            if t <= 0.5:
-                raise
-            t = round(t - 0.01, 2)
-
-
 def greedy_text_dedup(
     signatures: Sequence[np.ndarray | None],
     threshold: float,
     num_perm: int = 128,
     groups: Sequence[Hashable] | None = None,
+    banding: Banding | None = None,
+    verify: bool = True,
 ) -> list[int]:
     """Per sample (in dataset order) ``-1`` if kept, else the index of the earliest kept sample whose
-    estimated Jaccard similarity is ``>= threshold`` (and, if ``groups`` is given, of the same group).
-
-    The kept samples are indexed in a ``MinHashLSH(threshold, num_perm)`` per group (with the recall-leaning
-    ``LSH_WEIGHTS``); LSH candidates are verified with the signatures' Jaccard estimate, so LSH can only miss
-    pairs (rarely, near the threshold), never add them. ``None`` signatures (no words) are always kept.
-    Signatures must come from :func:`minhash_signature` with one ``num_perm`` and seed.
-    """
+    estimated Jaccard similarity is ``>= threshold`` (and, if ``groups`` is given, of the same group), found
+    through LSH with ``banding`` (default: :func:`banding_for` the threshold). In memory, for tests and small
+    inputs: the build runs the same :class:`SignatureSearch` over its staged signatures.
+    ``None`` signatures (no words) are always kept."""
     if groups is not None and len(groups) != len(signatures):
         raise ValueError(f"groups has {len(groups)} entries for {len(signatures)} signatures")
-    lsh_threshold = _lsh_threshold(threshold, num_perm)
-    lshs: dict[Hashable, MinHashLSH] = {}
-    kept: dict[int, LeanMinHash] = {}
-    result: list[int] = []
-    for i, sig in enumerate(signatures):
-        if sig is None:
-            result.append(-1)
-            continue
-        if len(sig) != num_perm:
-            raise ValueError(f"signature {i} has {len(sig)} values, expected num_perm={num_perm}")
-        # The seed is only compared between sketches (all equal here); the hash values carry the permutations.
-        m = LeanMinHash(seed=0, hashvalues=sig, scheme=SCHEME)
-        group = None if groups is None else groups[i]
-        lsh = lshs.get(group)
-        if lsh is None:
-            lsh = lshs[group] = MinHashLSH(threshold=lsh_threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
-        candidates = cast("list[int]", lsh.query(m))  # the keys inserted below: sample indexes
-        match = next((j for j in sorted(candidates) if m.jaccard(kept[j]) >= threshold), -1)
-        if match < 0:
-            lsh.insert(i, m, check_duplication=False)
-            kept[i] = m
-        result.append(match)
+    codes: dict[Hashable, int] = {}
+    positions = [i for i, sig in enumerate(signatures) if sig is not None]
+    for i in positions:
+        if len(signatures[i]) != num_perm:  # type: ignore[arg-type]  # not None: filtered above
+            raise ValueError(f"signature {i} has {len(signatures[i])} values, expected num_perm={num_perm}")  # type: ignore[arg-type]
+    rows = pa.table(
+        {
+            "pos": pa.array(range(len(positions)), pa.int64()),
+            "grp": pa.array(
+                [codes.setdefault(None if groups is None else groups[i], len(codes)) for i in positions], pa.int64()
+            ),
+            "sig": pa.array([np.asarray(signatures[i], dtype=np.uint64).tobytes() for i in positions], pa.binary()),
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="near-dup-") as tmp:
+        db = Path(tmp) / "search.duckdb"
+        con = SignatureSearch.create(db, memory_mb=256, threads=1)
+        con.register("rows", rows)
+        con.execute("INSERT INTO sigs SELECT pos, grp, sig FROM rows")
+        con.close()
+        found = SignatureSearch(db, num_perm).run(threshold, banding or banding_for(threshold, num_perm), verify)
+    result = [-1] * len(signatures)
+    for later, earlier in found.tolist():
+        result[positions[later]] = positions[earlier]
     return result

@@ -7,8 +7,11 @@ from collections import Counter
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 NAME_MAX = 100
+# json_schema_extra of a setting that changes how a build runs, never what it produces (left out of its identity)
+NOT_IDENTITY: JsonDict = {"identity": False}
 """Longest name (recipe, output, source, step, benchmark): names become parts of file names (shard prefixes,
 subset indexes, step files), and a file name has at most 255 bytes."""
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from curation.errors import CurationError, RecipeError
 from curation.recipe.build import BuildRecipe
+from curation.recipe.common import NOT_IDENTITY
 from curation.recipe.mixture import MixtureRecipe
 from curation.recipe.selection import RECIPE_KINDS, SelectionRecipe
 from shards.atomic import content_sha256
@@ -460,9 +461,33 @@ def validate_recipe(data: dict[str, Any], ref: str = "recipe", substitute: bool 
         raise RecipeError(f"{ref}: {_format_error(exc, data, model)}") from None
 
 
+def identity_doc(recipe: BaseModel) -> dict[str, Any]:
+    """The resolved recipe as JSON, without the settings marked :data:`NOT_IDENTITY` (how much memory a step
+    may use changes how a build runs, never what it produces: changing it must not restart a build)."""
+    doc = recipe.model_dump(mode="json")
+    _strip_settings(recipe, doc)
+    return doc
+
+
+def _strip_settings(value: Any, doc: Any) -> None:
+    if isinstance(value, BaseModel) and isinstance(doc, dict):
+        for name, info in type(value).model_fields.items():
+            key = info.serialization_alias or info.alias or name
+            if info.json_schema_extra == NOT_IDENTITY:
+                doc.pop(key, None)
+            elif key in doc:
+                _strip_settings(getattr(value, name), doc[key])
+    elif isinstance(value, list | tuple) and isinstance(doc, list):
+        for item, item_doc in zip(value, doc, strict=False):
+            _strip_settings(item, item_doc)
+    elif isinstance(value, dict) and isinstance(doc, dict):
+        for key, item in value.items():
+            _strip_settings(item, doc.get(str(key)))
+
+
 def recipe_hash(recipe: BaseModel) -> str:
-    """Identity of what a build produces: the resolved recipe, canonical JSON, sha256."""
-    return content_sha256(recipe.model_dump(mode="json"))
+    """Identity of what a build produces: the resolved recipe (:func:`identity_doc`), canonical JSON, sha256."""
+    return content_sha256(identity_doc(recipe))
 
 
 def recipe_json_schema() -> dict[str, Any]:

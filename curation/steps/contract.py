@@ -13,6 +13,7 @@ docs/architecture.md, "Adding a step").
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -174,12 +175,30 @@ class ShardRewrite(ABC):
         """The staged shards (partition, shard number) it changes."""
 
     @abstractmethod
+    def changes(self, where: Where) -> set[str]:
+        """The keys of the samples it may change in one staged shard (the commit copies the others as bytes)."""
+
+    @abstractmethod
     def only(self, where: Where) -> ShardRewrite:
         """The part of it that concerns one staged shard (what a commit task needs to carry)."""
 
     @abstractmethod
     def apply(self, where: Where, key: str, members: dict[str, bytes]) -> dict[str, bytes] | None:
         """The sample's new members, or None when it leaves ``key`` unchanged."""
+
+
+Imap = Callable[[Callable[..., Any], list[tuple], Callable[[tuple], str]], Iterator[Any]]
+
+
+@dataclass(frozen=True)
+class GlobalContext:
+    """What a global step may use of its build: the work directory (its indexes and spill files go under
+    it), how many threads the driver may use, and ``imap``, which runs independent tasks on the executor's
+    workers (Ray tasks on a cluster; in this process on the local executor) and yields their results in order."""
+
+    work: Path
+    threads: int = 1
+    imap: Imap | None = None
 
 
 @dataclass
@@ -196,7 +215,9 @@ class GlobalStep(Step):
 
     @classmethod
     @abstractmethod
-    def find(cls, cfg: Any, label: str, sidecars: list[SidecarRef], already: GlobalDrops, work: Path) -> GlobalFindings:
+    def find(
+        cls, cfg: Any, label: str, sidecars: list[SidecarRef], already: GlobalDrops, context: GlobalContext
+    ) -> GlobalFindings:
         """The samples it drops (and the rewrites of kept samples), given those already dropped."""
 
 

@@ -10,13 +10,12 @@ Samples dropped by an earlier global step are not seen by later ones.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 
 from curation.recipe.steps import ExactImageDedupStep
-from curation.steps.contract import GlobalDrop, GlobalDrops, GlobalFindings, GlobalStep
+from curation.steps.contract import GlobalContext, GlobalDrop, GlobalDrops, GlobalFindings, GlobalStep
 
 if TYPE_CHECKING:
     from curation.build.messages import SidecarRef
@@ -56,13 +55,18 @@ def connect_sidecars(sidecars: Sidecars, already: GlobalDrops) -> duckdb.DuckDBP
     """A DuckDB connection with tables ``files`` (gid, shard, path) and ``gone`` (what earlier global steps
     dropped), for queries over the staged sidecars that skip dropped samples."""
     con = duckdb.connect()
+    fill_sidecar_tables(con, sidecars, already)
+    return con
+
+
+def fill_sidecar_tables(con: duckdb.DuckDBPyConnection, sidecars: Sidecars, already: GlobalDrops) -> None:
+    """Create and fill ``files`` and ``gone`` in ``con`` (see :func:`connect_sidecars`)."""
     con.execute("CREATE TABLE files (gid INTEGER, shard INTEGER, path VARCHAR)")
     con.executemany("INSERT INTO files VALUES (?, ?, ?)", [(g, s, str(p)) for g, s, p in sidecars])
     con.execute("CREATE TABLE gone (gid INTEGER, shard INTEGER, key VARCHAR)")
     gone = [(g, s, k) for (g, s), keys in already.items() for k in keys]
     if gone:
         con.executemany("INSERT INTO gone VALUES (?, ?, ?)", gone)
-    return con
 
 
 def find_global_drops(reason: str, step: str, sidecars: Sidecars, already: GlobalDrops) -> GlobalDrops:
@@ -82,7 +86,9 @@ class _ExactDuplicates(GlobalStep):
     """A duplicate found by one of the DuckDB queries above: its one drop reason names the query."""
 
     @classmethod
-    def find(cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path) -> GlobalFindings:
+    def find(
+        cls, cfg: Any, label: str, sidecars: Sidecars, already: GlobalDrops, context: GlobalContext
+    ) -> GlobalFindings:
         (reason,) = cls.drop_reasons
         return GlobalFindings(find_global_drops(reason, label, sidecars, already))
 

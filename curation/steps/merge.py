@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import ClassVar
 
 from curation.recipe import MergeQaStep
-from curation.steps.contract import GlobalDrop, GlobalDrops, GlobalFindings, GlobalStep, ShardRewrite, Where
+from curation.steps.contract import (
+    GlobalContext,
+    GlobalDrop,
+    GlobalDrops,
+    GlobalFindings,
+    GlobalStep,
+    ShardRewrite,
+    Where,
+)
 from curation.steps.dedup import Sidecars, connect_sidecars
 from schemas import SftRecord, Turn
 from shards.codec import decode_sample, encode_record
@@ -112,6 +120,9 @@ class MergedTurns(ShardRewrite):
     def shards(self) -> set[Where]:
         return set(self.patches)
 
+    def changes(self, where: Where) -> set[str]:
+        return set(self.patches.get(where, {}))
+
     def only(self, where: Where) -> MergedTurns:
         return MergedTurns({where: self.patches[where]} if where in self.patches else {}, self.db)
 
@@ -131,10 +142,12 @@ class MergeQa(GlobalStep):
     }
 
     @classmethod
-    def find(cls, cfg: MergeQaStep, label: str, sidecars: Sidecars, already: GlobalDrops, work: Path) -> GlobalFindings:
+    def find(
+        cls, cfg: MergeQaStep, label: str, sidecars: Sidecars, already: GlobalDrops, context: GlobalContext
+    ) -> GlobalFindings:
         drops, patches = find_merges(cfg, label, sidecars, already)
         if not patches:
             return GlobalFindings(drops)
-        db = work / f"merged_turns-{label}.sqlite"  # step labels are file-name safe
+        db = context.work / f"merged_turns-{label}.sqlite"  # step labels are file-name safe
         stage_merged_turns(patches, {(g, n): p.with_suffix(".tar") for g, n, p in sidecars}, db)
         return GlobalFindings(drops, MergedTurns(patches, db))

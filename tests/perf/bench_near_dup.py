@@ -36,14 +36,9 @@ import numpy as np
 from _common import WORDS, environment, loadavg, median, write_result
 from PIL import Image, ImageDraw
 
-from curation.dedup import (
-    all_pairs_image_dedup,
-    greedy_image_dedup,
-    greedy_text_dedup,
-    image_hash,
-    minhash_signature,
-    shingles,
-)
+from curation.dedup.hashing import image_hash
+from curation.dedup.index import all_pairs_image_dedup, greedy_image_dedup
+from curation.dedup.minhash import greedy_text_dedup, minhash_signature, shingles
 
 TARGET_GREEDY_S = 10.0  # "seconds, not minutes" for 200k hashes at max_distance 4
 PLANTED_SHARE = 0.05

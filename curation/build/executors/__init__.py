@@ -18,6 +18,7 @@ EXECUTORS = ("local", "ray")
 
 class Executor(Protocol):
     kind: str
+    threads: int  # CPU threads the driver may use for its own work (the global steps)
 
     def run(
         self,
@@ -41,6 +42,7 @@ class LocalExecutor:
 
     def __init__(self, workers: int | None) -> None:
         self.workers = workers or 1
+        self.threads = self.workers
 
     def run(
         self,

@@ -80,6 +80,7 @@ class RayExecutor:
         if importlib.util.find_spec("ray") is None:
             raise CurationError("--executor ray needs Ray on this machine: pip install 'vlm-curation[ray]'")
         self.workers = workers  # None: as many partitions at once as the cluster has CPUs for
+        self.threads = min(workers or os.cpu_count() or 1, os.cpu_count() or 1)  # the driver's own work
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._started = False
 

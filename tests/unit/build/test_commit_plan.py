@@ -38,7 +38,7 @@ def stage(work: Path, layout: dict[int, list[list[int]]], rejects: dict[int, lis
         folder = partition_dir(work, gid)
         infos: list[ShardInfo] = []
         for number, numbers in enumerate(shards):
-            with ShardWriter(folder, staged_stem, start_index=number) as writer:
+            with ShardWriter(folder, staged_stem, start_index=number, record_offsets=True) as writer:
                 for i in numbers:
                     writer.write(sft_record(i, source="ab"[i % 2]), origin=f"in.jsonl:{i}")
             infos += writer.shards
@@ -77,6 +77,9 @@ class ShoutAndAsk(ShardRewrite):
 
     def shards(self) -> set[Where]:
         return set(self.keys)
+
+    def changes(self, where: Where) -> set[str]:
+        return set(self.keys.get(where, frozenset()))
 
     def only(self, where: Where) -> ShoutAndAsk:
         return ShoutAndAsk({where: self.keys[where]} if where in self.keys else {})

@@ -26,3 +26,28 @@ def test_every_builtin_recipe_hashes_the_same_whatever_the_hash_seed():
         runs.append(out.stdout)
     assert len(runs[0].splitlines()) == len(builtin_recipes())
     assert runs[0] == runs[1] == runs[2]
+
+
+def _near_dup_recipe(**step: object) -> object:
+    from curation.recipe.loading import validate_recipe
+
+    return validate_recipe(
+        {
+            "name": "t",
+            "sources": [{"name": "a", "reader": "jsonl", "path": "x.jsonl", "record": "sft"}],
+            "steps": [{"step": "near_dup_text", **step}],
+            "output": {"kind": "sft"},
+        }
+    )
+
+
+def test_a_setting_that_only_changes_how_a_build_runs_is_not_part_of_its_identity():
+    from curation.build.plan import recipe_identity
+    from curation.recipe.loading import recipe_hash
+
+    base = _near_dup_recipe()
+    more_memory = _near_dup_recipe(memory_mb=4096)
+    other_layout = _near_dup_recipe(bands=16, rows=8)
+    assert recipe_hash(base) == recipe_hash(more_memory) != recipe_hash(other_layout)
+    assert recipe_identity(base, None) == recipe_identity(more_memory, None)  # type: ignore[arg-type]
+    assert "memory_mb" in base.model_dump_json()  # type: ignore[attr-defined]  # still in the recorded recipe

@@ -21,7 +21,7 @@ from shards.manifest import DatasetManifest, ShardInfo, write_wids_index
 from shards.reader import TruncatedShardError, iter_dataset, iter_members, iter_shard
 from shards.tokens import count_tokens
 from shards.verify import verify_dataset
-from shards.writer import DuplicateKeyError, ShardWriter
+from shards.writer import SAMPLE_OFFSETS, DuplicateKeyError, ShardWriter
 from tests.helpers import (
     dumps,
     image_bytes,
@@ -123,6 +123,31 @@ def test_split_by_max_samples(tmp_path):
     rows = sidecar_rows(tmp_path, shards)
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
     assert [r["shard"] for r in rows] == [s.name for s in shards for _ in range(s.samples)]
+
+
+def test_record_offsets_lists_where_each_sample_starts_and_changes_nothing_else(tmp_path):
+    long_key = pair_record(1).model_copy(update={"key": "k" * 150})  # a PAX long-name header
+    records = [pair_record(0), long_key, sft_record(2, n_images=3), interleaved_record(3), pdf_record(4)]
+    shards = write_shards(tmp_path / "with", records, max_samples=3, record_offsets=True)
+    plain = write_shards(tmp_path / "plain", records, max_samples=3)
+    assert shards == plain
+    for s in shards:
+        stats = json.loads((tmp_path / "with" / s.stats).read_text())
+        offsets = stats.pop(SAMPLE_OFFSETS)
+        assert stats == json.loads((tmp_path / "plain" / s.stats).read_text())
+        assert ShardInfo.from_stats(s.name.removesuffix(".tar"), {**stats, SAMPLE_OFFSETS: offsets}) == s
+        for name in (s.name, s.sidecar):
+            assert (tmp_path / "with" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+        with tarfile.open(tmp_path / "with" / s.name) as tar:
+            members = tar.getmembers()
+        starts = {}  # key -> offset of its first header (a PAX header's, for a long name)
+        for m in members:
+            starts.setdefault(m.name.split(".", 1)[0], m.offset)
+        end = members[-1].offset_data + -(-members[-1].size // 512) * 512
+        assert offsets == [*starts.values(), end] and len(offsets) == s.samples + 1
+        tail = (tmp_path / "with" / s.name).read_bytes()[end:]
+        assert len(tail) >= 1024 and tail == bytes(len(tail))  # then only the end-of-archive blocks
+    assert "k" * 150 in {k for s in shards for k, _ in iter_members(tmp_path / "with" / s.name)}
 
 
 def test_split_by_max_bytes(tmp_path):

@@ -47,7 +47,7 @@ def test_a_class_whose_config_disagrees_on_being_global_is_refused():
             config = LoneConfig
 
             @classmethod
-            def find(cls, cfg: Any, label: str, sidecars: Any, already: Any, work: Path) -> Any:
+            def find(cls, cfg: Any, label: str, sidecars: Any, already: Any, context: Any) -> Any:
                 return {}, {}
 
 
