@@ -73,6 +73,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20, fsync: bool = False) -> str:
     return h.hexdigest()
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a closed file's data to disk (before an atomic rename)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def remove_stale_tmp(directory: Path) -> int:
     """Delete temporary files left by a killed writer; returns how many were removed."""
     n = 0

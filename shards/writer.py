@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas import SIDECAR_SCHEMA, PairRecord, PdfRecord, Record
-from shards.atomic import atomic_write_json, sha256_file, tmp_path
+from shards.atomic import HashingWriter, atomic_write_json, fsync_file, sha256_file, tmp_path
 from shards.codec import PAIR_IMAGE_EXTS, encode_record
 from shards.imageinfo import ImageInfo, probe_image, reencode
 from shards.manifest import ShardInfo
@@ -51,6 +51,7 @@ class _OpenShard:
     tmp: Path
     file: BinaryIO
     tar: TarStream
+    hashing: HashingWriter
     rows: list[dict] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)
     payload: int = 0
@@ -191,7 +192,9 @@ class ShardWriter:
         self._next_index += 1
         tmp = tmp_path(self.directory / f"{stem}.tar")
         f = open(tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - closed in _finish/abort
-        self._open = _OpenShard(stem=stem, tmp=tmp, file=f, tar=TarStream(f))
+        # hashed as it is written: reading the shard back to hash it cost a second pass over its bytes
+        hashing = HashingWriter(f)
+        self._open = _OpenShard(stem=stem, tmp=tmp, file=f, tar=TarStream(hashing), hashing=hashing)
         return self._open
 
     def _finish(self) -> None:
@@ -207,7 +210,8 @@ class ShardWriter:
         self._finishing.append(self._pool.submit(self._finalize, shard))
 
     def _finalize(self, shard: _OpenShard) -> ShardInfo:
-        sha256 = sha256_file(shard.tmp, fsync=True)
+        fsync_file(shard.tmp)
+        sha256 = shard.hashing.sha256.hexdigest()
         extra: dict[str, object] = {"reencoded_images": shard.reencoded}
         if self.record_offsets:
             extra[SAMPLE_OFFSETS] = shard.offsets
