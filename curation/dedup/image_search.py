@@ -19,7 +19,6 @@ from itertools import combinations
 from math import comb
 from pathlib import Path
 
-import duckdb
 import numpy as np
 
 from curation.dedup import search_db
@@ -105,20 +104,10 @@ def chunk_candidates(db: Path, chunk: int, layout: ChunkLayout, out: Path, memor
         con.close()
 
 
-class HashSearch:
+class HashSearch(search_db.Search):
     """One search over the ``hashes`` table of ``db`` (created by :meth:`create`, filled by the caller)."""
 
-    def __init__(self, db: Path, memory_mb: int = 256, threads: int = 1) -> None:
-        self.db = db
-        self.memory_mb = memory_mb
-        self.threads = threads
-
-    @staticmethod
-    def create(db: Path, memory_mb: int, threads: int) -> duckdb.DuckDBPyConnection:
-        """A fresh database with an empty ``hashes`` table (positions dense from 0, in dataset order)."""
-        con = search_db.create(db, memory_mb, threads)
-        con.execute("CREATE TABLE hashes (pos BIGINT, grp BIGINT, h BIGINT, rest BIGINT[])")
-        return con
+    TABLE = "CREATE TABLE hashes (pos BIGINT, grp BIGINT, h BIGINT, rest BIGINT[])"
 
     def run(self, max_distance: int, imap: Imap | None = None, chunk_count: int | None = None) -> np.ndarray:
         """(n, 2) int64 array of (duplicate position, position of the kept sample it duplicates), ascending.

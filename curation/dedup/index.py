@@ -9,9 +9,7 @@ and checking the full distance of those candidates removes the false ones. The s
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Hashable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -112,32 +110,23 @@ def greedy_image_dedup(
 
     In memory, for tests and small inputs: the build runs the same :class:`HashSearch` over its sidecars.
     """
+    from curation.dedup import search_db
     from curation.dedup.image_search import HashSearch
 
     _check_distance(max_distance)
     group_list = _groups(len(samples), groups)
     positions = [i for i, sample in enumerate(samples) if len(sample)]
-    codes: dict[tuple[Hashable, int], int] = {}
     signed = [[to_signed(to_unsigned(h)) for h in samples[i]] for i in positions]
     rows = pa.table(
         {
             "pos": pa.array(range(len(positions)), pa.int64()),
-            "grp": pa.array([codes.setdefault((group_list[i], len(samples[i])), len(codes)) for i in positions]),
+            "grp": pa.array(search_db.group_codes([(group_list[i], len(samples[i])) for i in positions]), pa.int64()),
             "h": pa.array([hashes[0] for hashes in signed], pa.int64()),
             "rest": pa.array([hashes[1:] for hashes in signed], pa.list_(pa.int64())),
         }
     )
-    with tempfile.TemporaryDirectory(prefix="near-dup-images-") as tmp:
-        db = Path(tmp) / "search.duckdb"
-        con = HashSearch.create(db, memory_mb=256, threads=1)
-        con.register("rows", rows)
-        con.execute("INSERT INTO hashes SELECT pos, grp, h, rest FROM rows")
-        con.close()
-        found = HashSearch(db).run(max_distance)
-    result = [-1] * len(samples)
-    for later, earlier in found.tolist():
-        result[positions[later]] = positions[earlier]
-    return result
+    found = search_db.search_rows(HashSearch, rows, lambda db: HashSearch(db).run(max_distance))
+    return search_db.matches(found, positions, len(samples))
 
 
 def all_pairs_image_dedup(

@@ -123,21 +123,14 @@ def _blobs(column: pa.Array, num_perm: int) -> np.ndarray:
     return np.frombuffer(b"".join(column.to_pylist()), dtype=np.uint64).reshape(-1, num_perm)
 
 
-class SignatureSearch:
-    """One search over the ``sigs`` table of ``db`` (created by the caller, see :meth:`create`)."""
+class SignatureSearch(search_db.Search):
+    """One search over the ``sigs`` table of ``db`` (created by :meth:`create`, filled by the caller)."""
+
+    TABLE = "CREATE TABLE sigs (pos BIGINT, grp BIGINT, sig BLOB)"
 
     def __init__(self, db: Path, num_perm: int, memory_mb: int = 256, threads: int = 1) -> None:
-        self.db = db
+        super().__init__(db, memory_mb, threads)
         self.num_perm = num_perm
-        self.memory_mb = memory_mb
-        self.threads = threads
-
-    @staticmethod
-    def create(db: Path, memory_mb: int, threads: int) -> duckdb.DuckDBPyConnection:
-        """A fresh database with an empty ``sigs`` table to fill (positions dense from 0, in dataset order)."""
-        con = search_db.create(db, memory_mb, threads)
-        con.execute("CREATE TABLE sigs (pos BIGINT, grp BIGINT, sig BLOB)")
-        return con
 
     def run(self, threshold: float, banding: Banding, verify: bool = True, imap: Imap | None = None) -> np.ndarray:
         """(n, 2) int64 array of (duplicate position, position of the kept sample it duplicates), ascending."""

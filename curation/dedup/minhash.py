@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Hashable, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import cast
 
 import numpy as np
 import pyarrow as pa
 from datasketch import MinHash
 
+from curation.dedup import search_db
 from curation.dedup.lsh import Banding, SignatureSearch, banding_for
 
 # datasketch >= 2.0 permutation scheme: 64-bit affine permutations, collision-free, uint64 hash values.
@@ -66,28 +65,20 @@ def greedy_text_dedup(
     ``None`` signatures (no words) are always kept."""
     if groups is not None and len(groups) != len(signatures):
         raise ValueError(f"groups has {len(groups)} entries for {len(signatures)} signatures")
-    codes: dict[Hashable, int] = {}
     positions = [i for i, sig in enumerate(signatures) if sig is not None]
     for i in positions:
         if len(signatures[i]) != num_perm:  # type: ignore[arg-type]  # not None: filtered above
             raise ValueError(f"signature {i} has {len(signatures[i])} values, expected num_perm={num_perm}")  # type: ignore[arg-type]
+    keys = [None if groups is None else groups[i] for i in positions]
     rows = pa.table(
         {
             "pos": pa.array(range(len(positions)), pa.int64()),
-            "grp": pa.array(
-                [codes.setdefault(None if groups is None else groups[i], len(codes)) for i in positions], pa.int64()
-            ),
+            "grp": pa.array(search_db.group_codes(keys), pa.int64()),
             "sig": pa.array([np.asarray(signatures[i], dtype=np.uint64).tobytes() for i in positions], pa.binary()),
         }
     )
-    with tempfile.TemporaryDirectory(prefix="near-dup-") as tmp:
-        db = Path(tmp) / "search.duckdb"
-        con = SignatureSearch.create(db, memory_mb=256, threads=1)
-        con.register("rows", rows)
-        con.execute("INSERT INTO sigs SELECT pos, grp, sig FROM rows")
-        con.close()
-        found = SignatureSearch(db, num_perm).run(threshold, banding or banding_for(threshold, num_perm), verify)
-    result = [-1] * len(signatures)
-    for later, earlier in found.tolist():
-        result[positions[later]] = positions[earlier]
-    return result
+    layout = banding or banding_for(threshold, num_perm)
+    found = search_db.search_rows(
+        SignatureSearch, rows, lambda db: SignatureSearch(db, num_perm).run(threshold, layout, verify)
+    )
+    return search_db.matches(found, positions, len(signatures))

@@ -15,12 +15,14 @@ memory is 1 byte per position plus 16 bytes per duplicate found.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 Imap = Callable[[Callable[..., Any], list[tuple], Callable[[tuple], str]], Iterator[Any]]
 BATCH = 8192
@@ -84,3 +86,47 @@ def follow_copies(con: duckdb.DuckDBPyConnection, unique: np.ndarray) -> np.ndar
     target[hit] = unique[at[hit], 1]
     every = np.concatenate([unique, np.stack([pos, target], axis=1)])
     return every[np.argsort(every[:, 0], kind="stable")]
+
+
+class Search:
+    """A search over one table of a database file: ``TABLE`` is its DDL (its first column is ``pos``)."""
+
+    TABLE: ClassVar[str]
+
+    def __init__(self, db: Path, memory_mb: int = 256, threads: int = 1) -> None:
+        self.db = db
+        self.memory_mb = memory_mb
+        self.threads = threads
+
+    @classmethod
+    def create(cls, db: Path, memory_mb: int, threads: int) -> duckdb.DuckDBPyConnection:
+        """A fresh database with the empty table to fill (positions dense from 0, in dataset order)."""
+        con = create(db, memory_mb, threads)
+        con.execute(cls.TABLE)
+        return con
+
+
+def search_rows(search: type[Search], rows: pa.Table, run: Callable[[Path], np.ndarray]) -> np.ndarray:
+    """``run`` over a temporary database holding ``rows`` (the table's columns, in order): for tests and small
+    inputs held in memory; builds fill the table from their staged files instead."""
+    with tempfile.TemporaryDirectory(prefix="near-dup-") as tmp:
+        db = Path(tmp) / "search.duckdb"
+        con = search.create(db, memory_mb=256, threads=1)
+        con.register("rows", rows)
+        con.execute(f"INSERT INTO {search.TABLE.split()[2]} SELECT * FROM rows")
+        con.close()
+        return run(db)
+
+
+def group_codes(keys: list[Hashable]) -> list[int]:
+    """Each key's number, in order of first appearance."""
+    codes: dict[Hashable, int] = {}
+    return [codes.setdefault(k, len(codes)) for k in keys]
+
+
+def matches(found: np.ndarray, positions: list[int], count: int) -> list[int]:
+    """Per item of ``count``: -1, or the item it duplicates, from (duplicate, kept) pairs over ``positions``."""
+    result = [-1] * count
+    for later, earlier in found.tolist():
+        result[positions[later]] = positions[earlier]
+    return result

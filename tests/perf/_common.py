@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -9,12 +10,14 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from PIL import Image
 
 PERF_DIR = Path(__file__).resolve().parent
@@ -131,3 +134,59 @@ def noise_jpeg(seed: int, target_bytes: int, size: tuple[int, int] = (480, 360),
 
 def fmt_mib(nbytes: float) -> str:
     return f"{nbytes / (1 << 20):,.1f} MiB"
+
+
+class TreeRssSampler(threading.Thread):
+    """Polls the summed RSS of a process and its descendants; remembers the peak and a timeline (used by the
+    benchmarks that run real builds).
+
+    Every ``pss_interval`` s it also sums PSS (proportional set size: shared pages split between the
+    processes sharing them), which does not double-count the libraries every worker maps.
+    """
+
+    def __init__(self, pid: int, interval: float, pss_interval: float = 0.25, include_root: bool = True) -> None:
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.include_root = include_root  # False: only its descendants (``pid`` is a measuring wrapper)
+        self.interval = interval
+        self.pss_interval = pss_interval
+        self.peak = 0
+        self.peak_procs = 0
+        self.peak_pss = 0
+        self.samples = 0
+        self.timeline: list[tuple[float, int]] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        last_pss = -self.pss_interval
+        while not self._stop_event.is_set():
+            total, procs = 0, 0
+            try:
+                members = [*([self.proc] if self.include_root else []), *self.proc.children(recursive=True)]
+            except psutil.Error:
+                break
+            for p in members:
+                try:
+                    total += p.memory_info().rss
+                    procs += 1
+                except psutil.Error:
+                    pass
+            now = time.perf_counter() - t0
+            if procs:
+                self.samples += 1
+                self.timeline.append((now, total))
+                if total > self.peak:
+                    self.peak, self.peak_procs = total, procs
+            if now - last_pss >= self.pss_interval:
+                last_pss = now
+                pss = 0
+                for p in members:
+                    with contextlib.suppress(psutil.Error, AttributeError):
+                        pss += p.memory_full_info().pss
+                self.peak_pss = max(self.peak_pss, pss)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()

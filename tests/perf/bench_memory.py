@@ -26,21 +26,18 @@ Run: ``python tests/perf/bench_memory.py [--sizes 20000,100000] [--pool 300]``
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
-from _common import WORDS, environment, loadavg, noise_jpeg, write_result
+from _common import WORDS, TreeRssSampler, environment, loadavg, noise_jpeg, write_result
 
 TARGET_RATIO = 1.25
 TARGET_MAX_MIB = 1024.0
@@ -114,60 +111,6 @@ def make_inputs(root: Path, n: int, pool: list[str], images: Path) -> tuple[Path
     recipe = root / "recipe.yaml"
     recipe.write_text(RECIPE.format(sources="".join(blocks).rstrip("\n")))
     return recipe, counts, blanks
-
-
-class TreeRssSampler(threading.Thread):
-    """Polls the summed RSS of a process and its descendants; remembers the peak and a timeline.
-
-    Every ``pss_interval`` s it also sums PSS (proportional set size: shared pages split between the
-    processes sharing them), which does not double-count the libraries every worker maps.
-    """
-
-    def __init__(self, pid: int, interval: float, pss_interval: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.proc = psutil.Process(pid)
-        self.interval = interval
-        self.pss_interval = pss_interval
-        self.peak = 0
-        self.peak_procs = 0
-        self.peak_pss = 0
-        self.samples = 0
-        self.timeline: list[tuple[float, int]] = []
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        t0 = time.perf_counter()
-        last_pss = -self.pss_interval
-        while not self._stop_event.is_set():
-            total, procs = 0, 0
-            try:
-                members = [self.proc, *self.proc.children(recursive=True)]
-            except psutil.Error:
-                break
-            for p in members:
-                try:
-                    total += p.memory_info().rss
-                    procs += 1
-                except psutil.Error:
-                    pass
-            now = time.perf_counter() - t0
-            if procs:
-                self.samples += 1
-                self.timeline.append((now, total))
-                if total > self.peak:
-                    self.peak, self.peak_procs = total, procs
-            if now - last_pss >= self.pss_interval:
-                last_pss = now
-                pss = 0
-                for p in members:
-                    with contextlib.suppress(psutil.Error, AttributeError):
-                        pss += p.memory_full_info().pss
-                self.peak_pss = max(self.peak_pss, pss)
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
 
 
 def curate_cmd() -> list[str]:
