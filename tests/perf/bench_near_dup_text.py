@@ -15,7 +15,8 @@ datasketch ``MinHashLSH`` greedy search this toolkit used before (the reference:
 Targets: peak(5M) / peak(1M) <= 1.25 (memory flat in the number of texts), recall >= 0.99 and precision 1.0
 on these planted copies. Results: tests/perf/results/bench_near_dup_text.json.
 
-Run: ``python tests/perf/bench_near_dup_text.py [--sizes 100000,1000000,5000000] [--memory-mb 512]``
+Run: ``python tests/perf/bench_near_dup_text.py [--sizes 100000,1000000,5000000] [--memory-mb 512]``;
+``--compare-threads`` also runs each size with one DuckDB thread (what ``--workers 1`` gives a build).
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-threads", action="store_true", help="also search each size with 1 thread")
     parser.add_argument("--tmp", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--reference", default=None, help=argparse.SUPPRESS)
@@ -169,6 +171,13 @@ def main() -> None:
             common = ["--memory-mb", str(args.memory_mb), "--threads", str(args.threads)]
             ours = run_child(["--child", str(folder), *common], Path(tmp) / f"ours-{n}.json")
             run = {"texts": n, "generate_s": gen_s, "ours": _summary(ours, truth)}
+            if args.compare_threads and args.threads > 1:
+                one = run_child(
+                    ["--child", str(folder), "--memory-mb", str(args.memory_mb), "--threads", "1"],
+                    Path(tmp) / f"one-{n}.json",
+                )
+                run["one_thread"] = _summary(one, truth)
+                run["speedup_threads"] = one["wall_s"] / ours["wall_s"]
             if n == sizes[0]:
                 ref = run_child(["--reference", str(folder)], Path(tmp) / f"ref-{n}.json")
                 run["datasketch_in_memory"] = _summary(ref, truth)
@@ -185,7 +194,7 @@ def main() -> None:
         result["target_flat"] = TARGET_FLAT
         result["met"] = ratio <= TARGET_FLAT
     result["environment"] = environment()
-    path = write_result("bench_near_dup_text", result)
+    path = write_result("bench_near_dup_text" + ("_threads" if args.compare_threads else ""), result)
     print(f"results: {path}")
 
 
