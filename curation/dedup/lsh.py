@@ -182,14 +182,14 @@ class SignatureSearch(search_db.Search):
         reader = con.sql(
             f"SELECT c.i, c.j, a.sig, b.sig FROM ({pairs}) c JOIN sigs a ON a.pos = c.i JOIN sigs b ON b.pos = c.j"
         ).to_arrow_reader(search_db.BATCH)
-        kept_i: list[np.ndarray] = []
-        kept_j: list[np.ndarray] = []
-        for batch in reader:
-            equal = (_blobs(batch.column(2), self.num_perm) == _blobs(batch.column(3), self.num_perm)).sum(axis=1)
-            similar = equal / self.num_perm >= threshold  # as MinHash.jaccard estimates it
-            kept_i.append(batch.column(0).to_numpy()[similar])
-            kept_j.append(batch.column(1).to_numpy()[similar])
-        if kept_i:
-            con.register("found", pa.table({"i": np.concatenate(kept_i), "j": np.concatenate(kept_j)}))
-            con.execute("INSERT INTO verified SELECT i, j FROM found")
-            con.unregister("found")
+        writer = con.cursor()  # a second connection to the database: it inserts while the reader streams
+        try:
+            for batch in reader:
+                equal = (_blobs(batch.column(2), self.num_perm) == _blobs(batch.column(3), self.num_perm)).sum(axis=1)
+                similar = equal / self.num_perm >= threshold  # as MinHash.jaccard estimates it
+                found = pa.table({"i": batch.column(0).filter(similar), "j": batch.column(1).filter(similar)})
+                writer.register("found", found)
+                writer.execute("INSERT INTO verified SELECT i, j FROM found")
+                writer.unregister("found")
+        finally:
+            writer.close()
