@@ -198,11 +198,11 @@ class _StagedSamples:
     @classmethod
     @contextmanager
     def open(cls, shard: StagedShard, sidecar: pa.Table, offsets: object) -> Iterator[_StagedSamples]:
-        """Check the offsets against the sidecar and the tar before trusting them: their count and order, the
-        end-of-archive blocks after the last sample, and a header of the sample's key at each start. A sample
-        that is parsed (:meth:`members`) is checked exactly, so every cut a copy makes is: a copied run ends at
-        the end of the data or at a dropped or rewritten sample, which the commit parses. A mismatch is a bug
-        or a changed file: RuntimeError."""
+        """Check the offsets against the sidecar and the tar before trusting them: their count and order, and
+        the end-of-archive blocks after the last sample. A sample that is parsed (:meth:`members`) is checked
+        exactly, so every cut a copy makes is: a copied run starts at 0 or after a parsed sample and ends at
+        the end of the data (the last sample, parsed here) or at a parsed (dropped or rewritten) one. Offsets
+        inside a run are never used. A mismatch is a bug or a changed file: RuntimeError."""
         keys: list[str] = sidecar.column("key").to_pylist()
         with open_regular(shard.tar) as src:
             if not isinstance(offsets, list) or not all(type(o) is int for o in offsets):
@@ -217,9 +217,6 @@ class _StagedSamples:
             end = offsets[-1]
             if end > os.fstat(fd).st_size - 2 * BLOCK or os.pread(fd, 2 * BLOCK, end) != bytes(2 * BLOCK):
                 raise _untrusted(shard, f"no end-of-archive blocks at byte {end:,}")
-            for key, start in zip(keys, offsets, strict=False):
-                if not _header_names(fd, start, key):
-                    raise _untrusted(shard, f"no header of sample {key!r} at byte {start:,}")
             samples = cls(shard, src, keys, sidecar.column("bytes").to_pylist(), offsets)
             if keys:
                 samples.members(len(keys) - 1)  # the end of the last sample, where every copy may end
@@ -261,19 +258,6 @@ class _StagedSamples:
 
 def _untrusted(shard: StagedShard, why: str) -> RuntimeError:
     return RuntimeError(f"staged shard {shard.tar}: {why}; its recorded {SAMPLE_OFFSETS} cannot be trusted")
-
-
-def _header_names(fd: int, offset: int, key: str) -> bool:
-    """Whether the tar header at ``offset`` is one of sample ``key``'s members (``key.<ext>``): for a name of
-    100 bytes or more it is a PAX header, whose ``path`` record holds the name."""
-    header = os.pread(fd, BLOCK, offset)
-    if header[156:157] != tarfile.XHDTYPE:
-        return header.startswith(f"{key}.".encode())
-    try:
-        size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
-    except ValueError:
-        return False
-    return f" path={key}.".encode() in os.pread(fd, min(size, 4 * BLOCK), offset + BLOCK)
 
 
 def _apply(

@@ -72,9 +72,9 @@ def chunk_layout(max_distance: int, samples: int) -> ChunkLayout:
     return best
 
 
-def chunk_candidates(db: Path, chunk: int, layout: ChunkLayout, out: Path, memory_mb: int, threads: int) -> int:
+def chunk_candidates(db: Path, chunk: int, layout: ChunkLayout, out: Path, memory_mb: int, threads: int) -> None:
     """Write the pairs ``(i, j)``, ``i < j``, within ``layout.radius`` bits in one chunk and within
-    ``max_distance`` bits in every image, to ``out`` (parquet); returns how many. A task of its own: the
+    ``max_distance`` bits in every image, to ``out`` (parquet). A task of its own: the
     database is opened read-only."""
     shift, mask = layout.chunks[chunk]
     d = int(layout.max_distance)
@@ -98,8 +98,6 @@ def chunk_candidates(db: Path, chunk: int, layout: ChunkLayout, out: Path, memor
             ) TO {search_db.sql_path(out)} (FORMAT parquet)
             """
         )
-        ((count,),) = con.execute("SELECT count(*) FROM read_parquet(?)", [str(out)]).fetchall()
-        return int(count)
     finally:
         con.close()
 
@@ -107,7 +105,8 @@ def chunk_candidates(db: Path, chunk: int, layout: ChunkLayout, out: Path, memor
 class HashSearch(search_db.Search):
     """One search over the ``hashes`` table of ``db`` (created by :meth:`create`, filled by the caller)."""
 
-    TABLE = "CREATE TABLE hashes (pos BIGINT, grp BIGINT, h BIGINT, rest BIGINT[])"
+    TABLE = "hashes"
+    COLUMNS = "pos BIGINT, grp BIGINT, h BIGINT, rest BIGINT[]"
 
     def run(self, max_distance: int, imap: Imap | None = None, chunk_count: int | None = None) -> np.ndarray:
         """(n, 2) int64 array of (duplicate position, position of the kept sample it duplicates), ascending.

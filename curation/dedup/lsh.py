@@ -91,8 +91,8 @@ def banding_for(threshold: float, num_perm: int) -> Banding:
         t = round(t - 0.01, 2)
 
 
-def band_candidates(db: Path, band: int, banding: Banding, out: Path, memory_mb: int, threads: int) -> int:
-    """Write the candidate pairs ``(i, j)``, ``i < j``, of one band to ``out`` (parquet); returns how many.
+def band_candidates(db: Path, band: int, banding: Banding, out: Path, memory_mb: int, threads: int) -> None:
+    """Write the candidate pairs ``(i, j)``, ``i < j``, of one band to ``out`` (parquet).
     A task of its own: it opens the database read-only, so bands can run in other processes or nodes."""
     con = search_db.connect(db, memory_mb, threads, read_only=True)
     try:
@@ -112,8 +112,6 @@ def band_candidates(db: Path, band: int, banding: Banding, out: Path, memory_mb:
             ) TO {search_db.sql_path(out)} (FORMAT parquet)
             """
         )
-        ((count,),) = con.execute("SELECT count(*) FROM read_parquet(?)", [str(out)]).fetchall()
-        return int(count)
     finally:
         con.close()
 
@@ -126,7 +124,8 @@ def _blobs(column: pa.Array, num_perm: int) -> np.ndarray:
 class SignatureSearch(search_db.Search):
     """One search over the ``sigs`` table of ``db`` (created by :meth:`create`, filled by the caller)."""
 
-    TABLE = "CREATE TABLE sigs (pos BIGINT, grp BIGINT, sig BLOB)"
+    TABLE = "sigs"
+    COLUMNS = "pos BIGINT, grp BIGINT, sig BLOB"
 
     def __init__(self, db: Path, num_perm: int, memory_mb: int = 256, threads: int = 1) -> None:
         super().__init__(db, memory_mb, threads)

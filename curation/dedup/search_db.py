@@ -89,9 +89,11 @@ def follow_copies(con: duckdb.DuckDBPyConnection, unique: np.ndarray) -> np.ndar
 
 
 class Search:
-    """A search over one table of a database file: ``TABLE`` is its DDL (its first column is ``pos``)."""
+    """A search over one table of a database file: ``TABLE`` names it, ``COLUMNS`` declares them (``pos``
+    first)."""
 
     TABLE: ClassVar[str]
+    COLUMNS: ClassVar[str]
 
     def __init__(self, db: Path, memory_mb: int = 256, threads: int = 1) -> None:
         self.db = db
@@ -102,7 +104,7 @@ class Search:
     def create(cls, db: Path, memory_mb: int, threads: int) -> duckdb.DuckDBPyConnection:
         """A fresh database with the empty table to fill (positions dense from 0, in dataset order)."""
         con = create(db, memory_mb, threads)
-        con.execute(cls.TABLE)
+        con.execute(f"CREATE TABLE {cls.TABLE} ({cls.COLUMNS})")
         return con
 
 
@@ -113,7 +115,7 @@ def search_rows(search: type[Search], rows: pa.Table, run: Callable[[Path], np.n
         db = Path(tmp) / "search.duckdb"
         con = search.create(db, memory_mb=256, threads=1)
         con.register("rows", rows)
-        con.execute(f"INSERT INTO {search.TABLE.split()[2]} SELECT * FROM rows")
+        con.execute(f"INSERT INTO {search.TABLE} SELECT * FROM rows")
         con.close()
         return run(db)
 

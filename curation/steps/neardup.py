@@ -82,6 +82,7 @@ def near_duplicate_texts(
         groups = [*(["r.source"] if cfg.scope == "source" else []), *(["r.image_set"] if cfg.same_images else [])]
         _stage_rows(con, sidecars, already, "n_images", "TRUE", groups, (signatures, [p for _, p in partitions]))
         con.execute("INSERT INTO sigs SELECT pos, grp, payload FROM rows")
+        con.execute("ALTER TABLE rows DROP COLUMN payload")  # one copy of the signatures is enough
     finally:
         con.close()
     banding = Banding(cfg.bands, cfg.rows) if cfg.bands and cfg.rows else banding_for(cfg.threshold, cfg.num_perm)

@@ -154,7 +154,7 @@ TAMPERED = {
     "one_short": (lambda o, s: o[:-1], (5,), "offsets for 12 samples"),
     "not_from_0": (lambda o, s: [512, *o[1:]], (5,), "increasing block boundaries"),
     "unaligned": (lambda o, s: [*o[:4], o[4] + 1, *o[5:]], (5,), "increasing block boundaries"),
-    "not_a_header": (lambda o, s: [*o[:4], o[4] + 512, *o[5:]], (5,), "no header of sample"),
+    "not_a_header": (lambda o, s: [*o[:5], o[5] + 512, *o[6:]], (5,), "not sample|not all of"),
     "past_the_end": (lambda o, s: [*o[:-1], o[-1] + 512], (5,), "end-of-archive|not all of|members end"),
     # a header of the right key, but not the sample's first: caught by parsing the sample beside the cut
     "late_start_dropped": (lambda o, s: [*o[:5], second_member(s, 5), *o[6:]], (5,), "not all of sample"),
@@ -171,3 +171,13 @@ def test_offsets_that_do_not_match_the_tar_are_refused(shard: StagedShard, tmp_p
         commit_shard(tmp_path, item)
     assert str(shard.tar) in str(caught.value)
     assert not (tmp_path / f"{item.stem}.tar").exists()
+
+
+def test_an_offset_inside_a_copied_run_is_never_used(shard: StagedShard, tmp_path: Path):
+    """Only the bounds of copied runs matter (each is checked by parsing the sample beside it): an offset
+    inside a run, even a wrong one, changes nothing the commit writes."""
+    drops = drop(shard, 5)
+    expected = fresh(shard, set(drops[shard.where]), {})
+    tamper(shard, lambda o, s: [*o[:2], o[2] + 512, *o[3:]])
+    (item,) = plan_commit([shard], "ds", drops)
+    assert commit(tmp_path / "out", item) == expected
