@@ -51,3 +51,14 @@ def test_a_setting_that_only_changes_how_a_build_runs_is_not_part_of_its_identit
     assert recipe_hash(base) == recipe_hash(more_memory) != recipe_hash(other_layout)
     assert recipe_identity(base, None) == recipe_identity(more_memory, None)  # type: ignore[arg-type]
     assert "memory_mb" in base.model_dump_json()  # type: ignore[attr-defined]  # still in the recorded recipe
+
+
+def test_an_lsh_layout_that_cannot_work_is_refused_with_the_fix():
+    import pytest
+
+    from curation.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"steps\.0: give both bands and rows"):
+        _near_dup_recipe(bands=20)
+    with pytest.raises(RecipeError, match=r"steps\.0: bands x rows \(20 x 9\) must be <= num_perm \(128\)"):
+        _near_dup_recipe(bands=20, rows=9)
