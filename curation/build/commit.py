@@ -32,17 +32,17 @@ from curation.build.messages import Staged, StagedShard
 from curation.build.rejects import RejectsWriter
 from curation.sample import Drop
 from curation.steps.contract import GlobalDrop, GlobalDrops, ShardRewrite, Where
-from shards.atomic import HashingWriter, tmp_path
+from shards.atomic import tmp_path
 from shards.codec import decode_sample
 from shards.manifest import ShardInfo
 from shards.reader import MAX_MEMBER_BYTES, MemberError, open_regular, read_member, split_name
+from shards.splice import SpliceWriter
 from shards.tarstream import BLOCK, TarStream
 from shards.tokens import TokenCounter, count_record, make_token_counter
 from shards.writer import SAMPLE_OFFSETS, write_shard_metadata
 
 _REJECT_SUFFIXES = (".parquet", ".stats.json", ".tar")  # the tar last: a shard is complete once its tar exists
 Tokenizer = tuple[str, str | None]  # (type, path) of the recipe's tokenizer: grown samples are counted again
-_COPY_CHUNK = 4 << 20  # bytes read and written at a time when copying kept samples
 
 
 def _done(out: Path, stem: str) -> ShardInfo | None:
@@ -136,9 +136,12 @@ def _rewrite(item: ShardCommit, out: Path, table: pa.Table, offsets: object, ext
     where = item.staged.where
     counter: TokenCounter | None = None
     grown: dict[str, dict[str, int]] = {}
-    with _StagedSamples.open(item.staged, table, offsets) as samples, open(tmp, "wb") as f:
-        hashing = HashingWriter(f)
-        tar = _TarCopy(hashing)
+    with (
+        _StagedSamples.open(item.staged, table, offsets) as samples,
+        open(tmp, "wb", buffering=0) as f,
+        SpliceWriter(f, samples.src) as sink,
+    ):
+        tar = _TarCopy(sink)
         changing = set().union(*(r.changes(where) for r in item.rewrites))
         run = 0  # the kept samples [run, i) are not written yet
         for i, key in enumerate(samples.keys):
@@ -159,8 +162,7 @@ def _rewrite(item: ShardCommit, out: Path, table: pa.Table, offsets: object, ext
             grown[key] = _sidecar_counts(decode_sample(key, patched), nbytes, counter)
         samples.copy(run, len(samples.keys), tar)
         tar.close()
-        f.flush()
-        os.fsync(f.fileno())
+        sha256 = sink.finish()
     crash_point("rewrite_tar_written")
     dropped = pa.array(sorted(item.dropped), pa.string())
     gone = pc.is_in(table.column("key"), dropped)  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
@@ -170,18 +172,22 @@ def _rewrite(item: ShardCommit, out: Path, table: pa.Table, offsets: object, ext
     index = kept.schema.get_field_index("index")
     kept = kept.set_column(index, kept.schema.field(index), pa.array(range(kept.num_rows), pa.int32()))
     info = write_shard_metadata(
-        out, item.stem, table=kept, sha256=hashing.sha256.hexdigest(), size=hashing.size, extra_stats=extra
+        out, item.stem, table=kept, sha256=sha256, size=tar.size, extra_stats=extra
     )
     os.replace(tmp, out / info.name)
     return info
 
 
 class _TarCopy(TarStream):
-    """A :class:`TarStream` that also appends bytes copied from another tar of ours (whole samples)."""
+    """A :class:`TarStream` that also appends byte ranges of the staged tar of ours (whole samples)."""
 
-    def append(self, data: bytes) -> None:
-        self._f.write(data)
-        self.size += len(data)
+    def __init__(self, sink: SpliceWriter) -> None:
+        super().__init__(sink)
+        self._sink = sink
+
+    def copy(self, offset: int, length: int) -> None:
+        self._sink.copy(offset, length)
+        self.size += length
 
 
 @dataclass(frozen=True)
@@ -245,15 +251,8 @@ class _StagedSamples:
         return members
 
     def copy(self, first: int, stop: int, tar: _TarCopy) -> None:
-        """Append samples ``first`` to ``stop - 1`` to ``tar`` as they are, a few MiB at a time."""
-        self.src.seek(self.starts[first])
-        left = self.starts[stop] - self.starts[first]
-        while left:
-            chunk = self.src.read(min(left, _COPY_CHUNK))
-            if not chunk:
-                raise _untrusted(self.shard, "the tar ended early")
-            tar.append(chunk)
-            left -= len(chunk)
+        """Append samples ``first`` to ``stop - 1`` to ``tar`` as they are."""
+        tar.copy(self.starts[first], self.starts[stop] - self.starts[first])
 
 
 def _untrusted(shard: StagedShard, why: str) -> RuntimeError:
