@@ -76,6 +76,8 @@ class MinhashStager:
         }
 
     def add(self, record: Record, where: tuple[str, int]) -> None:
+        if not self.steps:
+            return  # importing the MinHash code costs ~0.5 s per process (datasketch pulls in scipy)
         from curation.dedup.minhash import minhash_signature
 
         for label, text, cfg in self.steps:
