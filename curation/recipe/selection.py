@@ -178,9 +178,16 @@ class Baseline(_Strict):
 
 
 class DecisionConfig(_Strict):
-    """A candidate is accepted when its (mean) score >= the baseline's - ``tolerance`` ("comparable" counts)."""
+    """How a candidate is judged against its baseline, on the seeds both ran (paired). ``tolerance``: accepted
+    when the mean score delta >= -``tolerance`` ("comparable" counts). ``interval``: accepted when the
+    bootstrap interval of the delta (over items and seeds) lies above -``tolerance``, rejected when it lies
+    below, otherwise another seed of both trials runs, up to ``max_seeds``, then the delta decides."""
 
+    rule: Literal["tolerance", "interval"] = "tolerance"
     tolerance: float = Field(default=0.0, ge=0.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Coverage of the delta's interval.")
+    max_seeds: int = Field(default=3, ge=1, description="interval rule: seeds a candidate may use at most.")
+    resamples: int = Field(default=2000, ge=100, le=100_000, description="Bootstrap resamples per comparison.")
 
 
 class SelectionRecipe(_Strict):
@@ -221,6 +228,11 @@ class SelectionRecipe(_Strict):
             if comp.dataset not in self.datasets:
                 raise ValueError(f"component {comp.name}: no dataset {comp.dataset!r} under datasets")
         _check_unique("seed", [str(s) for s in self.seeds])
+        if self.decision.rule == "interval" and self.decision.max_seeds < len(self.seeds):
+            raise ValueError(
+                f"decision.max_seeds ({self.decision.max_seeds}) is below the {len(self.seeds)} seeds listed; "
+                "raise max_seeds or list fewer seeds"
+            )
         return self
 
 

@@ -4,13 +4,16 @@ in ``meta``; a model's answers to ``turns[0].user`` are scored with :mod:`curati
 from __future__ import annotations
 
 import itertools
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from curation.errors import CurationError
 from curation.recipe.selection import BenchmarkSet, BuiltinEvaluatorConfig
-from curation.selection.metrics import anls, extract_choice, mme_answer, mme_scores, vqa_accuracy
+from curation.selection.items import ItemScore
+from curation.selection.metrics import MME_CATEGORIES, anls, extract_choice, mme_answer, mme_scores, vqa_accuracy
 from schemas import SftRecord
 from shards.atomic import atomic_write_json
 from shards.manifest import ManifestError
@@ -104,11 +107,19 @@ def _mme_item(rec: SftRecord, prediction: str) -> tuple[str, str, str, bool]:
     return str(meta["subtask"]), str(meta["image_id"]), str(meta["category"]), correct
 
 
+def _choice(rec: SftRecord, prediction: str) -> str | None:
+    options: Any = rec.meta["options"]
+    return extract_choice(prediction, {str(k): str(v) for k, v in options.items()})
+
+
+def _choice_correct(rec: SftRecord, prediction: str) -> bool:
+    return _choice(rec, prediction) == _refs(rec)[0].strip().upper()
+
+
 def _multiple_choice(records: Sequence[SftRecord], predictions: Sequence[str]) -> dict[str, float]:
     correct = unparsed = 0
     for rec, pred in zip(records, predictions, strict=True):
-        options: Any = rec.meta["options"]
-        letter = extract_choice(pred, {str(k): str(v) for k, v in options.items()})
+        letter = _choice(rec, pred)
         if letter is None:
             unparsed += 1
         elif letter == _refs(rec)[0].strip().upper():
@@ -116,9 +127,56 @@ def _multiple_choice(records: Sequence[SftRecord], predictions: Sequence[str]) -
     return {"accuracy": 100.0 * correct / len(records), "unparsed": float(unparsed)}
 
 
-def evaluate_builtin(cfg: BuiltinEvaluatorConfig, predict: PredictFn) -> dict[str, float]:
-    """``{"<benchmark>/<metric>": value}`` over ``cfg.benchmarks``, predicting in batches of ``cfg.batch_size``."""
-    out: dict[str, float] = {}
+def benchmark_items(bench: str, records: Sequence[SftRecord], predictions: Sequence[str]) -> list[ItemScore]:
+    """Per-item values of the benchmark's metrics that are means over items (their mean is the metric
+    ``score_benchmark`` reports): accuracy and ANLS per record (key = item); MME per image
+    (``<subtask>/<image_id>``), weighted so that the mean over a subtask's images is its acc + acc+ and the
+    mean over a category's (or all) images is the category's (or the total) sum of subtask scores. A multiple
+    choice benchmark's ``unparsed`` is a count, so it has no per-item values."""
+    metric = records[0].meta["metric"]
+    pairs = list(zip(records, predictions, strict=True))
+    if metric == "vqa_accuracy":
+        return [ItemScore(bench, r.key, "accuracy", 100.0 * vqa_accuracy(p, _refs(r))) for r, p in pairs]
+    if metric == "anls":
+        return [ItemScore(bench, r.key, "anls", 100.0 * anls(p, _refs(r))) for r, p in pairs]
+    if metric == "multiple_choice":
+        return [ItemScore(bench, r.key, "accuracy", 100.0 * _choice_correct(r, p)) for r, p in pairs]
+    if metric == "mme":
+        return _mme_items(bench, [_mme_item(r, p) for r, p in pairs])
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def _mme_items(bench: str, answers: list[tuple[str, str, str, bool]]) -> list[ItemScore]:
+    images: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    category = {}
+    for subtask, image_id, cat, correct in answers:
+        images[subtask][image_id].append(correct)
+        category[subtask] = cat
+    per_image: list[tuple[str, str, float]] = []  # (subtask, item, acc + acc+ share of the subtask's mean)
+    for subtask, by_image in images.items():
+        questions = sum(len(a) for a in by_image.values())
+        for image_id, correct in by_image.items():
+            acc = 100.0 * sum(correct) * len(by_image) / questions  # the subtask's acc is the mean of these
+            per_image.append((subtask, f"{subtask}/{image_id}", acc + 100.0 * all(correct)))
+    counts = {s: len(by_image) for s, by_image in images.items()}
+    out = [ItemScore(bench, item, subtask, value) for subtask, item, value in per_image]
+    for group in (*MME_CATEGORIES, "total"):
+        members = [row for row in per_image if group == "total" or category[row[0]] == group]
+        out += [ItemScore(bench, item, group, value * len(members) / counts[s]) for s, item, value in members]
+    return out
+
+
+@dataclass
+class Evaluated:
+    """What the built-in evaluator gives: ``{"<benchmark>/<metric>": value}`` and the per-item values."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    items: list[ItemScore] = field(default_factory=list)
+
+
+def evaluate_builtin(cfg: BuiltinEvaluatorConfig, predict: PredictFn) -> Evaluated:
+    """The metrics over ``cfg.benchmarks`` and their per-item values, predicting in batches of ``cfg.batch_size``."""
+    out = Evaluated()
     for bench in cfg.benchmarks:
         records = load_benchmark(bench)
         predictions: list[str] = []
@@ -129,7 +187,8 @@ def evaluate_builtin(cfg: BuiltinEvaluatorConfig, predict: PredictFn) -> dict[st
                 raise CurationError(f"benchmark {bench.name}: the model gave {len(answers)} answers for {len(batch)}")
             predictions.extend(str(a) for a in answers)
         for name, value in score_benchmark(records, predictions).items():
-            out[f"{bench.name}/{name}"] = value
+            out.metrics[f"{bench.name}/{name}"] = value
+        out.items += benchmark_items(bench.name, records, predictions)
     return out
 
 

@@ -1,8 +1,9 @@
 """Individual Select (Rethinking VLMs, section 3.3): per category, one trial per candidate on baseline +
-candidate; a candidate whose score is >= the baseline's minus the tolerance joins the pool ("comparable"
-counts); the pool merges into the baseline, which is trained again and moves on to the next category.
-With several seeds a mixture's score is the mean (the spread is reported). Optionally a final trial on the
-baseline plus every candidate (the paper's Table 5 comparison).
+candidate; a candidate the decision rule accepts (:mod:`curation.selection.decide`: the paper's tolerance on
+the mean score delta, or a bootstrap interval over items and seeds) joins the pool; the pool merges into the
+baseline, which is trained again and moves on to the next category. Undecided candidates (interval rule) get
+another seed of both trials, up to ``max_seeds``. Optionally a final trial on the baseline plus every
+candidate (the paper's Table 5 comparison).
 
 Every trial goes through the trial engine: content-hashed ids, cached results, retries, resumable.
 """
@@ -17,6 +18,8 @@ from typing import Any
 
 from curation.errors import CurationError
 from curation.recipe import Component, SelectionRecipe
+from curation.selection.decide import Comparison, SeedRun, compare, verdict
+from curation.selection.items import ITEMS_NAME, read_items
 from curation.selection.trials import VirtualMixture, prepare_trial
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -27,29 +30,49 @@ class Evaluation:
     """A mixture's trials (one per seed) and what they gave."""
 
     label: str
-    components: list[str]
-    trial_ids: list[str]
-    scores: list[float] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)  # mean over the seeds
+    components: list[Component]
+    trial_ids: dict[int, str] = field(default_factory=dict)  # seed -> trial
+    runs: dict[int, SeedRun] = field(default_factory=dict)  # the seeds whose trial finished
     failed: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # run time of its trials (cached ones: as recorded when they ran)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.components]
 
     @property
     def ok(self) -> bool:
-        return bool(self.scores)
+        return bool(self.runs)
+
+    @property
+    def scores(self) -> list[float]:
+        return [run.score for _, run in sorted(self.runs.items())]
 
     @property
     def score(self) -> float | None:
-        return statistics.fmean(self.scores) if self.scores else None
+        return statistics.fmean(self.scores) if self.runs else None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Each metric's mean over the seeds that have it."""
+        return _mean_metrics(list(self.runs.values()))
 
     @property
     def spread(self) -> dict[str, float] | None:
-        if not self.scores:
+        if not self.runs:
             return None
+        scores = self.scores
         return {
-            "min": min(self.scores),
-            "max": max(self.scores),
-            "stdev": statistics.pstdev(self.scores) if len(self.scores) > 1 else 0.0,
+            "min": min(scores),
+            "max": max(scores),
+            "stdev": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
         }
+
+
+def _mean_metrics(runs: list[SeedRun]) -> dict[str, float]:
+    """Each metric's mean over the runs that have it."""
+    keys = sorted(set().union(*(run.metrics for run in runs))) if runs else []
+    return {k: statistics.fmean(r.metrics[k] for r in runs if k in r.metrics) for k in keys}
 
 
 class TrialRunner:
@@ -68,83 +91,126 @@ class TrialRunner:
         self.gpus = getattr(recipe.launcher, "gpus_per_trial", None) or int(
             getattr(recipe.launcher, "num_gpus", 0) or 0
         )
+        self.trial_seconds: dict[str, float] = {}  # every trial this sweep used, once
 
     def run(self, mixtures: list[tuple[str, list[Component]]]) -> list[Evaluation]:
-        """Evaluate several mixtures at once (their trials run concurrently as the launcher allows)."""
+        """Evaluate several mixtures on the recipe's seeds at once (their trials run concurrently as the launcher
+        allows)."""
+        evaluations = [Evaluation(label, list(components)) for label, components in mixtures]
+        self.add_seeds(evaluations, list(self.recipe.seeds))
+        return evaluations
+
+    def add_seeds(self, evaluations: list[Evaluation], seeds: list[int]) -> None:
+        """Run ``seeds`` of each evaluation's mixture (all at once) and add what they give to it."""
         from curation.selection.engine import run_trials
         from curation.selection.launchers.process import TrialTask
 
-        evaluations, tasks = [], {}
-        for label, components in mixtures:
-            ids = []
-            for seed in self.recipe.seeds:
-                mixture = VirtualMixture(tuple(components), self.dirs, seed, self.recipe.tokenizer)
+        tasks: dict[str, TrialTask] = {}
+        for ev in evaluations:
+            for seed in seeds:
+                mixture = VirtualMixture(tuple(ev.components), self.dirs, seed, self.recipe.tokenizer)
                 tid, directory = prepare_trial(
-                    self.trials_dir, mixture, self.trainer, self.evaluator, self.score, seed, label
+                    self.trials_dir, mixture, self.trainer, self.evaluator, self.score, seed, ev.label
                 )
-                ids.append(tid)
+                ev.trial_ids[seed] = tid
                 tasks[tid] = TrialTask(tid, directory, self.gpus)
-            evaluations.append(Evaluation(label, [c.name for c in components], ids))
         records = run_trials(list(tasks.values()), self.launcher, self.store, self.recipe.retries, self.on_event)
         for ev in evaluations:
-            per_seed = []
-            for tid in ev.trial_ids:
+            for seed in seeds:
+                tid = ev.trial_ids[seed]
                 rec = records[tid]
-                if rec.status == "ok":
-                    assert rec.result is not None  # mark_ok always stores one
-                    ev.scores.append(float(rec.result["score"]))
-                    per_seed.append(rec.result["metrics"])
-                else:
+                self.trial_seconds[tid] = rec.seconds or 0.0
+                ev.seconds += rec.seconds or 0.0
+                if rec.status != "ok":
                     ev.failed.append({"trial": tid, "error": rec.error, "log": str(rec.log), "attempts": rec.attempts})
-            if per_seed:
-                keys = sorted(set().union(*per_seed))
-                ev.metrics = {k: statistics.fmean(m[k] for m in per_seed if k in m) for k in keys}
-        return evaluations
+                    continue
+                assert rec.result is not None  # mark_ok always stores one
+                items = tuple(read_items(tasks[tid].directory / ITEMS_NAME))
+                ev.runs[seed] = SeedRun(seed, float(rec.result["score"]), rec.result["metrics"], items)
+
+
+def _next_seed(used: list[int]) -> int:
+    return max(used) + 1
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A candidate's decision, why, and the comparison it rests on."""
+
+    decision: str  # accepted | rejected
+    reason: str  # score (tolerance rule) | interval | undecided (fell back to the delta) | failed
+    comparison: Comparison | None
+
+
+class Judge:
+    """Applies the recipe's decision rule, running extra seeds of undecided candidates (and of their baseline)."""
+
+    def __init__(self, runner: TrialRunner, recipe: SelectionRecipe) -> None:
+        self.runner = runner
+        self.recipe = recipe
+        self.cfg = recipe.decision
+        metrics = recipe.score.metrics
+        self.weights = {key: scale / len(metrics) for key, scale in metrics.items()}
+
+    def compare(self, candidate: Evaluation, baseline: Evaluation) -> Comparison | None:
+        return compare(
+            candidate.runs,
+            baseline.runs,
+            self.weights,
+            confidence=self.cfg.confidence,
+            resamples=self.cfg.resamples,
+            seed=f"{self.recipe.seed}/{candidate.label}",
+        )
+
+    def judge(self, base: Evaluation, candidates: list[Evaluation]) -> list[Judgement]:
+        seeds = list(self.recipe.seeds)
+        while True:
+            comparisons = [self.compare(ev, base) if ev.ok else None for ev in candidates]
+            undecided = [
+                ev
+                for ev, cmp in zip(candidates, comparisons, strict=True)
+                if cmp is not None and verdict(self.cfg.rule, self.cfg.tolerance, cmp) == "undecided"
+            ]
+            if not undecided or len(seeds) >= self.cfg.max_seeds:
+                break
+            seeds.append(_next_seed(seeds))
+            self.runner.add_seeds([base, *undecided], seeds[-1:])
+        return [self._judgement(cmp) for cmp in comparisons]
+
+    def _judgement(self, cmp: Comparison | None) -> Judgement:
+        if cmp is None:  # no seed on which both the candidate's and the baseline's trials finished
+            return Judgement("rejected", "failed", None)
+        said = verdict(self.cfg.rule, self.cfg.tolerance, cmp)
+        if said == "undecided":
+            said = verdict("tolerance", self.cfg.tolerance, cmp)
+            return Judgement("accepted" if said == "accept" else "rejected", "undecided", cmp)
+        reason = "score" if self.cfg.rule == "tolerance" else "interval"
+        return Judgement("accepted" if said == "accept" else "rejected", reason, cmp)
 
 
 def individual_select(runner: TrialRunner, recipe: SelectionRecipe) -> dict[str, Any]:
     """The algorithm; returns the report document (what report.json holds)."""
-    tolerance = recipe.decision.tolerance
+    judge = Judge(runner, recipe)
     baseline = list(recipe.baseline.components)
     (base,) = runner.run([("baseline", baseline)])
     if not base.ok:
         raise CurationError(f"the baseline trial failed ({base.failed[0]['error']}); see {base.failed[0]['log']}")
-    progression = [{"step": "baseline", "score": base.score, "components": base.components, "metrics": base.metrics}]
+    progression = [_step("baseline", base)]
     categories = []
     for category in recipe.categories:
-        base_score = base.score
-        assert base_score is not None  # base.ok (checked where it ran)
         candidates = runner.run(
             [(f"{category.name}/{c.name}", baseline + list(c.components)) for c in category.candidates]
         )
-        rows, accepted = [], []
-        for cand, ev in zip(category.candidates, candidates, strict=True):
-            if ev.score is None:  # not ev.ok
-                decision = "rejected"
-                why = "failed"
-            else:
-                decision = "accepted" if ev.score >= base_score - tolerance else "rejected"
-                why = "score"
-            if decision == "accepted":
-                accepted.append(cand)
-            rows.append(
-                {
-                    "name": cand.name,
-                    "score": ev.score,
-                    "baseline_score": base.score,
-                    "delta": None if ev.score is None else ev.score - base_score,
-                    "decision": decision,
-                    "reason": why,
-                    "spread": ev.spread,
-                    "metrics": ev.metrics,
-                    "metric_deltas": {k: v - base.metrics[k] for k, v in ev.metrics.items() if k in base.metrics},
-                    "trials": ev.trial_ids,
-                    "failed": ev.failed,
-                }
-            )
+        judgements = judge.judge(base, candidates)
+        rows = [
+            _candidate_row(cand.name, ev, base, j, runner.gpus)
+            for cand, ev, j in zip(category.candidates, candidates, judgements, strict=True)
+        ]
+        accepted = [c for c, j in zip(category.candidates, judgements, strict=True) if j.decision == "accepted"]
         entry = {
             "name": category.name,
             "baseline_score": base.score,
+            "baseline_seeds": sorted(base.runs),
             "candidates": rows,
             "accepted": [c.name for c in accepted],
         }
@@ -155,12 +221,12 @@ def individual_select(runner: TrialRunner, recipe: SelectionRecipe) -> dict[str,
                 raise CurationError(f"the merged baseline of {category.name} failed; see {base.failed[0]['log']}")
         entry["merged_score"] = base.score
         categories.append(entry)
-        progression.append(
-            {"step": category.name, "score": base.score, "components": base.components, "metrics": base.metrics}
-        )
+        progression.append(_step(category.name, base))
+    seconds = sum(runner.trial_seconds.values())
     doc: dict[str, Any] = {
         "name": recipe.name,
-        "tolerance": tolerance,
+        "tolerance": recipe.decision.tolerance,
+        "decision": recipe.decision.model_dump(mode="json"),
         "seeds": recipe.seeds,
         "categories": categories,
         "progression": progression,
@@ -171,6 +237,43 @@ def individual_select(runner: TrialRunner, recipe: SelectionRecipe) -> dict[str,
             x for cat in recipe.categories for c in cat.candidates for x in c.components
         ]
         (allc,) = runner.run([("all_candidates", everything)])
+        seconds = sum(runner.trial_seconds.values())
         doc["all_candidates"] = {"score": allc.score, "metrics": allc.metrics, "selected_score": base.score,
                                  "failed": allc.failed}  # fmt: skip
+    doc["trials"] = len(runner.trial_seconds)
+    doc["trial_seconds"] = round(seconds, 3)
+    doc["gpu_seconds"] = round(seconds * runner.gpus, 3)
     return doc
+
+
+def _step(name: str, ev: Evaluation) -> dict[str, Any]:
+    return {"step": name, "score": ev.score, "components": ev.names, "metrics": ev.metrics}
+
+
+def _candidate_row(name: str, ev: Evaluation, base: Evaluation, j: Judgement, gpus: int) -> dict[str, Any]:
+    cmp = j.comparison
+    seeds = sorted(ev.runs) if cmp is None else list(cmp.seeds)  # deltas on the seeds both sides ran
+    base_metrics = _mean_metrics([base.runs[s] for s in seeds if s in base.runs])
+    return {
+        "name": name,
+        "score": ev.score,
+        "baseline_score": base.score if cmp is None else statistics.fmean(base.runs[s].score for s in seeds),
+        "delta": None if cmp is None else cmp.delta,
+        "ci_low": None if cmp is None else cmp.ci_low,
+        "ci_high": None if cmp is None else cmp.ci_high,
+        "decision": j.decision,
+        "reason": j.reason,
+        "undecided": j.reason == "undecided",
+        **({} if cmp is None else {k: v for k, v in cmp.as_dict().items() if k not in ("delta", "ci_low", "ci_high")}),
+        "spread": ev.spread,
+        "metrics": ev.metrics,
+        "metric_deltas": {
+            k: v - base_metrics[k]
+            for k, v in _mean_metrics([ev.runs[s] for s in seeds if s in ev.runs]).items()
+            if k in base_metrics
+        },
+        "trials": [ev.trial_ids[s] for s in sorted(ev.trial_ids)],
+        "trial_seconds": round(ev.seconds, 3),
+        "gpu_seconds": round(ev.seconds * gpus, 3),
+        "failed": ev.failed,
+    }

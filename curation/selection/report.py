@@ -44,21 +44,51 @@ def progression_plot(doc: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _interval(c: dict[str, Any]) -> str:
+    if c.get("ci_low") is None or c.get("ci_high") is None:
+        return "—"
+    return f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
+
+
+_REASONS = {"failed": " (trial failed)", "undecided": " (undecided: the delta decided)"}
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    d = doc.get("decision") or {"rule": "tolerance", "tolerance": doc["tolerance"]}
+    rule = f"rule {d['rule']}, tolerance {d['tolerance']}"
+    if d["rule"] == "interval":
+        rule += f", {round(100 * d['confidence'])}% intervals, up to {d['max_seeds']} seeds"
+    cost = ""
+    if "trials" in doc:
+        cost = f" {doc['trials']} trials, {doc['trial_seconds']:.0f} s of trial time"
+        cost += f" ({doc['gpu_seconds']:.0f} GPU-seconds)." if doc.get("gpu_seconds") else "."
+    return f"Decision {rule}; seeds {doc['seeds']}.{cost}"
+
+
 def sections(doc: dict[str, Any], plot_png: bytes | None = None) -> list[Section]:
     """The report as sections (the audit report's renderers make the HTML and the markdown)."""
     head = Section("summary", f"Selection report: {doc['name']}")
-    head.text(f"Tolerance {doc['tolerance']}, seeds {doc['seeds']}.")
+    head.text(_summary(doc))
     out = [head]
     for cat in doc["categories"]:
         sec = Section(f"category-{cat['name']}", f"{cat['name']} (baseline score {_fmt(cat['baseline_score'])})")
         metric_names = sorted({k for c in cat["candidates"] for k in c["metric_deltas"]})
         rows = []
         for c in cat["candidates"]:
-            decision = c["decision"] + (" (trial failed)" if c["reason"] == "failed" else "")
+            decision = c["decision"] + _REASONS.get(c["reason"], "")
             deltas = [_fmt(c["metric_deltas"].get(m)) for m in metric_names]
-            rows.append([c["name"], _fmt(c["score"]), _fmt(c["delta"]), *deltas, decision])
-        headers = ["candidate", "score", "Δ score", *[f"Δ {m}" for m in metric_names], "decision"]
-        sec.table("candidates", headers, rows, numeric=range(1, len(headers) - 1))
+            seeds = ", ".join(str(s) for s in c.get("seeds", [])) or "—"
+            rows.append([c["name"], _fmt(c["score"]), _fmt(c["delta"]), _interval(c), seeds, *deltas, decision])
+        headers = [
+            "candidate",
+            "score",
+            "Δ score",
+            "interval of Δ",
+            "seeds",
+            *[f"Δ {m}" for m in metric_names],
+            "decision",
+        ]
+        sec.table("candidates", headers, rows, numeric=[1, 2, *range(5, len(headers) - 1)])
         sec.text(f"Merged baseline score: {_fmt(cat['merged_score'])}")
         out.append(sec)
     progression = Section("progression", "Baseline progression")

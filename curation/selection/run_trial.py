@@ -19,6 +19,7 @@ from typing import Any
 
 from curation.errors import CurationError
 from curation.recipe.selection import ScoreConfig
+from curation.selection.items import COMMAND_ITEMS_NAME, ITEMS_NAME, read_items_jsonl, write_items
 from curation.selection.trials import MIXTURE_NAME, RESULT_NAME, TRIAL_NAME
 from shards.atomic import atomic_write_json
 
@@ -74,6 +75,7 @@ def train(trial: dict[str, Any], directory: Path) -> dict[str, Any]:
 
 
 def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
+    """The trained model's metrics; their per-item values go to ``<trial_dir>/items.parquet``."""
     cfg = trial["evaluator"]
     output = directory / "train"
     if cfg["type"] == "builtin":
@@ -84,14 +86,24 @@ def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
         ev = BuiltinEvaluatorConfig.model_validate(cfg)
         base = trial["trainer"].get("model", str(output))
         predict = make_predict_fn(output, base, ev.max_new_tokens, ev.batch_size)
-        return evaluate_builtin(ev, predict)
+        evaluated = evaluate_builtin(ev, predict)
+        write_items(directory / ITEMS_NAME, evaluated.items)
+        return evaluated.metrics
     from curation.recipe.selection import CommandEvaluatorConfig, HarnessEvaluatorConfig
     from curation.selection.harness import run_harness
 
     model = CommandEvaluatorConfig if cfg["type"] == "command" else HarnessEvaluatorConfig
     eval_dir = directory / "eval"
     eval_dir.mkdir(exist_ok=True)
-    return run_harness(model.model_validate(cfg), output, eval_dir, directory / "trial.log")
+    metrics = run_harness(model.model_validate(cfg), output, eval_dir, directory / "trial.log")
+    if cfg["type"] == "command":  # a command evaluator may write its per-item values beside its metrics
+        items = read_items_jsonl(eval_dir / COMMAND_ITEMS_NAME)
+    else:
+        from curation.selection.harness import harness_items
+
+        items = harness_items(cfg["type"], eval_dir)
+    write_items(directory / ITEMS_NAME, items)
+    return metrics
 
 
 def _exit_with_parent() -> None:

@@ -12,7 +12,8 @@ from curation.build.runner import build
 from curation.errors import CurationError
 from curation.recipe import validate_recipe
 from curation.recipe.selection import BenchmarkSet, BuiltinEvaluatorConfig
-from curation.selection.evaluate import evaluate_builtin, load_benchmark, score_benchmark, write_eval
+from curation.selection.evaluate import _mme_items, evaluate_builtin, load_benchmark, score_benchmark, write_eval
+from curation.selection.metrics import mme_scores
 from schemas import SftRecord
 from tests.helpers import png
 
@@ -135,7 +136,8 @@ def test_evaluate_builtin_exact_metrics(benches: dict[str, Path]) -> None:
         type="builtin", benchmarks=[_bench(benches, n) for n in ("vqa", "doc", "mc", "mme")], batch_size=3
     )
     model = TableModel(ANSWERS)
-    metrics = evaluate_builtin(cfg, model)
+    evaluated = evaluate_builtin(cfg, model)
+    metrics = evaluated.metrics
     assert metrics == pytest.approx(
         {
             "vqa/accuracy": 100 * (0.9 + 1.0 + 0.0) / 3,
@@ -154,6 +156,28 @@ def test_evaluate_builtin_exact_metrics(benches: dict[str, Path]) -> None:
         }
     )
     assert model.batches == [3, 2, 3, 1, 3, 3, 2]  # 3 + 2 + 4 + 8 records in batches of 3
+    # every metric that is a mean over items has per-item values whose mean is the metric
+    by_key: dict[str, list[float]] = {}
+    for row in evaluated.items:
+        by_key.setdefault(row.key, []).append(row.value)
+    assert set(by_key) == {k for k in metrics if not k.endswith(("_acc", "_acc_plus", "/unparsed"))}
+    assert {k: sum(v) / len(v) for k, v in by_key.items()} == pytest.approx({k: metrics[k] for k in by_key})
+    assert len(by_key["vqa/accuracy"]) == 3 and len(by_key["mme/total"]) == 4  # MME items are images
+
+
+def test_mme_items_reproduce_the_scores_with_uneven_questions_per_image() -> None:
+    answers = [  # (subtask, image, category, correct): image b has three questions, d only one
+        ("color", "a", "perception", True), ("color", "a", "perception", True),
+        ("color", "b", "perception", True), ("color", "b", "perception", False), ("color", "b", "perception", True),
+        ("ocr", "c", "perception", False), ("ocr", "c", "perception", True),
+        ("code", "d", "cognition", True), ("code", "e", "cognition", False), ("code", "e", "cognition", False),
+    ]  # fmt: skip
+    scores = mme_scores(answers)
+    by_key: dict[str, list[float]] = {}
+    for row in _mme_items("mme", answers):
+        by_key.setdefault(row.metric, []).append(row.value)
+    assert set(by_key) == {"color", "ocr", "code", "perception", "cognition", "total"}
+    assert {k: sum(v) / len(v) for k, v in by_key.items()} == pytest.approx({k: scores[k] for k in by_key})
 
 
 def test_load_benchmark_limit_and_meta(benches: dict[str, Path]) -> None:

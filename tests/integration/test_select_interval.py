@@ -1,0 +1,97 @@
+"""The interval rule end to end: command trials whose per-item answers are noisy by construction (a known effect
+per candidate plus item-level noise that changes with the mixture and the seed), sequential seeds for the
+undecided, and the intervals in the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from curation.recipe import validate_recipe
+from curation.selection.sweep import run_selection
+from tests.integration.test_select import _dataset
+
+TRAIN = r"""
+import json, sys, pathlib
+mixture, out, seed, trial = sys.argv[1:5]
+names = [c["name"] for c in json.loads((pathlib.Path(trial) / "trial.json").read_text())["components"]]
+pathlib.Path(out, "model.json").write_text(json.dumps({"components": sorted(names), "seed": int(seed)}))
+pathlib.Path(out, "metrics.json").write_text("{}")
+with open(pathlib.Path(trial).parent.parent / "trained.txt", "a") as f:
+    f.write(f"{'+'.join(sorted(names))}@{seed}\n")
+"""
+# 400 items; an item is answered right with probability 0.5 + effect, drawn afresh per (mixture, seed, item):
+# a neutral candidate differs from the baseline by noise alone.
+EVALUATE = r"""
+import hashlib, json, sys, pathlib
+model, out = sys.argv[1:3]
+m = json.loads(pathlib.Path(model, "model.json").read_text())
+effect = {"strong": 0.25, "poison": -0.3, "neutral": 0.0}
+p = 0.5 + sum(effect.get(c, 0.0) for c in m["components"])
+rows, right = [], 0
+for i in range(400):
+    h = hashlib.sha256(f"{'+'.join(m['components'])}|{m['seed']}|{i}".encode()).digest()
+    ok = int.from_bytes(h[:8], "little") / 2**64 < p
+    right += ok
+    rows.append({"benchmark": "quiz", "item": f"q{i}", "metric": "accuracy", "value": 100.0 * ok})
+pathlib.Path(out, "metrics.json").write_text(json.dumps({"quiz/accuracy": 100.0 * right / 400}))
+pathlib.Path(out, "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+"""
+
+
+def _recipe(root: Path, rule: str) -> dict:
+    (root / "train.py").write_text(TRAIN)
+    (root / "evaluate.py").write_text(EVALUATE)
+    names = ["base", "strong", "poison", "neutral"]
+
+    def comp(name: str) -> dict:
+        return {"name": name, "dataset": name, "target": {"epochs": 1}}
+
+    return {
+        "kind": "selection",
+        "name": "noisy",
+        "datasets": {n: _dataset(root, n) for n in names},
+        "baseline": {"components": [comp("base")]},
+        "categories": [{"name": "all", "candidates": [{"name": n, "components": [comp(n)]} for n in names[1:]]}],
+        "trainer": {"type": "command", "command": [sys.executable, str(root / "train.py"), "{mixture}", "{output}",
+                                                   "{seed}", "{trial_dir}"]},
+        "evaluator": {"type": "command", "command": [sys.executable, str(root / "evaluate.py"), "{model}", "{output}"]},
+        "score": {"metrics": {"quiz/accuracy": 1.0}},
+        "decision": {"rule": rule, "tolerance": 1.0, "max_seeds": 3, "resamples": 1000},
+        "launcher": {"type": "local", "max_concurrent": 2},
+    }  # fmt: skip
+
+
+def test_interval_rule_runs_more_seeds_only_for_the_undecided(tmp_path: Path) -> None:
+    doc = run_selection(validate_recipe(_recipe(tmp_path, "interval")), tmp_path / "sweep", progress=False)
+    rows = {c["name"]: c for c in doc["categories"][0]["candidates"]}
+    assert rows["strong"]["decision"] == "accepted" and rows["strong"]["reason"] == "interval"
+    assert rows["poison"]["decision"] == "rejected" and rows["poison"]["reason"] == "interval"
+    assert rows["strong"]["seeds"] == rows["poison"]["seeds"] == [0]  # clear at once: one seed each
+    assert rows["strong"]["ci_low"] > -1.0 and rows["poison"]["ci_high"] < -1.0
+    neutral = rows["neutral"]
+    assert neutral["seeds"] == [0, 1, 2] and neutral["undecided"] is True and neutral["reason"] == "undecided"
+    assert neutral["ci_low"] < -1.0 <= neutral["ci_high"]  # still straddling -tolerance after three seeds
+    assert neutral["interval_basis"] == "items and seeds" and neutral["paired_items"] == 400
+    assert neutral["decision"] == ("accepted" if neutral["delta"] >= -1.0 else "rejected")  # the delta decides
+    trained = (tmp_path / "sweep" / "trained.txt").read_text().split()
+    # seed 0 of the baseline and the three candidates, then seeds 1 and 2 of the baseline and neutral only,
+    # then the merged baseline (base + strong, and neutral when it was accepted) on seed 0
+    assert sorted(t for t in trained if "@1" in t or "@2" in t) == [
+        "base+neutral@1", "base+neutral@2", "base@1", "base@2"]  # fmt: skip
+    report = json.loads((tmp_path / "sweep" / "report.json").read_text())
+    assert report["decision"]["rule"] == "interval" and report["trials"] == len(trained)
+    assert {"ci_low", "ci_high", "seeds", "trial_seconds", "gpu_seconds"} <= set(
+        report["categories"][0]["candidates"][0]
+    )
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    assert "undecided" in md and "[" in md  # intervals and the fallback are shown
+
+
+def test_tolerance_rule_decides_on_the_delta_with_one_seed(tmp_path: Path) -> None:
+    doc = run_selection(validate_recipe(_recipe(tmp_path, "tolerance")), tmp_path / "sweep", progress=False)
+    rows = {c["name"]: c for c in doc["categories"][0]["candidates"]}
+    assert all(r["seeds"] == [0] and r["reason"] == "score" for r in rows.values())
+    assert rows["strong"]["decision"] == "accepted" and rows["poison"]["decision"] == "rejected"
+    assert rows["neutral"]["ci_low"] is not None  # the interval is reported even where the rule ignores it
