@@ -211,6 +211,7 @@ def individual_select(runner: TrialRunner, recipe: SelectionRecipe) -> dict[str,
             "name": category.name,
             "baseline_score": base.score,
             "baseline_seeds": sorted(base.runs),
+            "baseline_trial_seconds": round(base.seconds, 3),
             "candidates": rows,
             "accepted": [c.name for c in accepted],
         }

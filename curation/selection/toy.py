@@ -12,6 +12,10 @@ candidates' effects are known by construction:
 
 ``make_toy_world(root)`` writes the inputs, the build recipes of the datasets and benchmarks, a tiny
 Idefics3 model (built offline) and ``selection.yaml``; ``curate demo --select`` builds and runs it.
+
+``make_graded_world(root)`` is the same world with one category of five colour candidates of graded effect
+(strongly helpful, slightly helpful, neutral, slightly harmful, poisoned; ``GRADED_TRUTH`` says which should
+be accepted): what :mod:`curation.selection.decision_accuracy` measures the decision rules on.
 """
 
 from __future__ import annotations
@@ -80,6 +84,25 @@ TRAINING_SETS = {
     "shape_good": (96, lambda c, s, f, i: _qa(SHAPE_Q, s, f, i)),
     "neutral": (96, lambda c, s, f, i: _qa("Describe the image.", "An image.", f, i)),
 }
+GRADED_SETS = {  # a quarter of the rows carry the signal, diluted with rows that carry none
+    "color_slight": (
+        96,
+        lambda c, s, f, i: _qa(COLOR_Q, c, f, i) if i % 4 == 0 else _qa("Describe the image.", "An image.", f, i),
+    ),
+    "color_slight_harm": (
+        96,
+        lambda c, s, f, i: (
+            _qa(COLOR_Q, POISON[c], f, i) if i % 4 == 0 else _qa("Describe the image.", "An image.", f, i)
+        ),
+    ),
+}
+GRADED_TRUTH = {  # candidate -> the right decision (neutral is "comparable": accepted within the tolerance)
+    "color_good": "accepted",
+    "color_slight": "accepted",
+    "neutral": "accepted",
+    "color_slight_harm": "rejected",
+    "color_poison": "rejected",
+}
 BENCHMARKS = {
     "color": (30, lambda c, s, f, i: _qa(COLOR_Q, c, f, i, metric="vqa_accuracy", references=[c] * 3)),
     "shape": (
@@ -111,36 +134,44 @@ def _build_recipe(name: str, jsonl: Path) -> dict[str, Any]:
     }
 
 
-def make_toy_world(root: Path, seed: int = 0, steps: int = 400) -> Path:
-    """Write everything under ``root``; returns the selection recipe's path."""
+def _write_world(root: Path, seed: int, benchmark_rows: int, graded: bool) -> tuple[dict[str, Any], Path]:
+    """Inputs, build recipes and the tiny model under ``root``; (datasets of the selection recipe, model)."""
     from curation.selection.tiny_vlm import build_tiny_idefics3
 
     root.mkdir(parents=True, exist_ok=True)
     recipes = root / "recipes"
     recipes.mkdir(exist_ok=True)
     datasets = {}
-    for offset, (name, (n, row)) in enumerate({**TRAINING_SETS, **BENCHMARKS}.items()):
-        jsonl = _write_set(root, name, n, seed * 1000 + offset, row)
+    for offset, (name, (n, row)) in enumerate({**TRAINING_SETS, **BENCHMARKS, **GRADED_SETS}.items()):
+        if name in GRADED_SETS and not graded:
+            continue
+        jsonl = _write_set(root, name, benchmark_rows if name in BENCHMARKS else n, seed * 1000 + offset, row)
         path = recipes / f"{name}.yaml"
         path.write_text(yaml.safe_dump(_build_recipe(name, jsonl), sort_keys=False))
-        datasets[name] = {"recipe": str(path)}
-    model = build_tiny_idefics3(root / "model", seed=seed)
+        if name not in BENCHMARKS:
+            datasets[name] = {"recipe": str(path)}
+    return datasets, build_tiny_idefics3(root / "model", seed=seed)
 
-    def comp(name: str) -> dict[str, Any]:
-        return {"name": name, "dataset": name, "target": {"epochs": 1}}
 
-    selection = {
+def _comp(name: str) -> dict[str, Any]:
+    return {"name": name, "dataset": name, "target": {"epochs": 1}}
+
+
+def _candidate(name: str) -> dict[str, Any]:
+    return {"name": name, "components": [_comp(name)]}
+
+
+def _selection(root: Path, seed: int, steps: int, datasets: dict[str, Any], model: Path) -> dict[str, Any]:
+    return {
         "kind": "selection",
         "name": "toy_select",
         "description": "The toy world: known helpful, neutral and poisoned candidates.",
         "seed": seed,
-        "datasets": {k: v for k, v in datasets.items() if k in TRAINING_SETS},
-        "baseline": {"components": [comp("base")]},
+        "datasets": datasets,
+        "baseline": {"components": [_comp("base")]},
         "categories": [
-            {"name": "color", "candidates": [{"name": "color_good", "components": [comp("color_good")]},
-                                             {"name": "color_poison", "components": [comp("color_poison")]}]},
-            {"name": "shape", "candidates": [{"name": "shape_good", "components": [comp("shape_good")]},
-                                             {"name": "neutral", "components": [comp("neutral")]}]},
+            {"name": "color", "candidates": [_candidate("color_good"), _candidate("color_poison")]},
+            {"name": "shape", "candidates": [_candidate("shape_good"), _candidate("neutral")]},
         ],
         "trainer": {
             "type": "reference",
@@ -167,7 +198,29 @@ def make_toy_world(root: Path, seed: int = 0, steps: int = 400) -> Path:
         "launcher": {"type": "local", "max_concurrent": 1},
         "retries": 1,
         "final_all_candidates": True,
-    }  # fmt: skip
+    }
+
+
+def make_toy_world(root: Path, seed: int = 0, steps: int = 400) -> Path:
+    """Write everything under ``root``; returns the selection recipe's path."""
+    datasets, model = _write_world(root, seed, benchmark_rows=30, graded=False)
+    selection = _selection(root, seed, steps, datasets, model)
+    path = root / "selection.yaml"
+    path.write_text(yaml.safe_dump(selection, sort_keys=False))
+    return path
+
+
+def make_graded_world(root: Path, seed: int = 0, steps: int = 400, benchmark_rows: int = 60) -> Path:
+    """The toy world with one category of the five graded colour candidates of ``GRADED_TRUTH``, scored on
+    the colour benchmark; returns the selection recipe's path (tolerance rule, seed 0: change ``decision``
+    and ``seeds`` to compare rules; the trials of one world are shared through its sweep's cache)."""
+    datasets, model = _write_world(root, seed, benchmark_rows, graded=True)
+    selection = _selection(root, seed, steps, {k: datasets[k] for k in ("base", *GRADED_TRUTH)}, model)
+    selection["name"] = "toy_graded"
+    selection["description"] = "The toy world with graded candidates: decision accuracy."
+    selection["categories"] = [{"name": "color", "candidates": [_candidate(n) for n in GRADED_TRUTH]}]
+    selection["score"] = {"metrics": {"color/accuracy": 1.0}}
+    selection["final_all_candidates"] = False
     path = root / "selection.yaml"
     path.write_text(yaml.safe_dump(selection, sort_keys=False))
     return path

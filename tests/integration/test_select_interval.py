@@ -8,7 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 from curation.recipe import validate_recipe
+from curation.selection.decision_accuracy import markdown, measure, rules
 from curation.selection.sweep import run_selection
 from tests.integration.test_select import _dataset
 
@@ -95,3 +98,28 @@ def test_tolerance_rule_decides_on_the_delta_with_one_seed(tmp_path: Path) -> No
     assert all(r["seeds"] == [0] and r["reason"] == "score" for r in rows.values())
     assert rows["strong"]["decision"] == "accepted" and rows["poison"]["decision"] == "rejected"
     assert rows["neutral"]["ci_low"] is not None  # the interval is reported even where the rule ignores it
+
+
+def test_decision_accuracy_compares_the_rules_on_shared_trials(tmp_path: Path) -> None:
+    truth = {"strong": "accepted", "poison": "rejected", "neutral": "accepted"}
+
+    def make_world(directory: Path, seed: int) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        recipe = _recipe(directory, "tolerance")
+        recipe["evaluator"]["env"] = {"WORLD": str(seed)}  # another world: other trial ids, other noise
+        path = directory / "selection.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        return path
+
+    doc = measure([0, 1], tmp_path, make_world, truth, rules(tolerance=1.0, max_seeds=3))
+    summary = {s["rule"]: s for s in doc["summary"]}
+    assert list(summary) == ["tolerance, 1 seed", "tolerance, mean of 3 seeds", "interval, up to 3 seeds"]
+    for s in summary.values():
+        assert s["per_candidate"]["strong"] == s["per_candidate"]["poison"] == 1.0
+    assert summary["tolerance, 1 seed"]["trials_per_world"] == 4  # the baseline and three candidates, seed 0
+    assert summary["tolerance, mean of 3 seeds"]["trials_per_world"] == 12
+    assert 4 < summary["interval, up to 3 seeds"]["trials_per_world"] < 12  # extra seeds for the undecided only
+    assert len(doc["runs"]) == 6 and {r["world"] for r in doc["runs"]} == {0, 1}
+    trained = (tmp_path / "world-0" / "sweep" / "trained.txt").read_text().split()
+    assert len([t for t in trained if t.startswith("base@")]) == 3  # each baseline trial trained once for all rules
+    assert "| interval, up to 3 seeds |" in markdown(doc)
