@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, model_validator
 from curation.recipe.build import BuildRecipe, Tokenizer
 from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
 from curation.recipe.mixture import Component, DatasetAlias, DatasetRef, MixtureRecipe, name_inline_builds
+from curation.recipe.steps import Benchmark, DecontaminationMatch
 
 
 # ---- trainer -------------------------------------------------------------------------------------
@@ -190,6 +191,23 @@ class DecisionConfig(_Strict):
     resamples: int = Field(default=2000, ge=100, le=100_000, description="Bootstrap resamples per comparison.")
 
 
+class ContaminationConfig(DecontaminationMatch):
+    """Every trial's mixture is checked against the benchmarks its evaluator scores (the built-in evaluator's
+    own; for lmms-eval, VLMEvalKit or a command, the benchmark data listed here). ``flag``: overlapping
+    training samples are counted and named in the report; ``refuse``: a trial whose mixture overlaps is not
+    run (the sweep stops before training it); ``off``: no check."""
+
+    action: Literal["flag", "refuse", "off"] = "flag"
+    benchmarks: list[Benchmark] = Field(
+        default_factory=list, description="The benchmark data an external evaluator scores (built or raw)."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> ContaminationConfig:
+        _check_unique("contamination benchmark", [b.name for b in self.benchmarks])
+        return self
+
+
 class SelectionRecipe(_Strict):
     kind: Literal["selection"]
     name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
@@ -203,6 +221,7 @@ class SelectionRecipe(_Strict):
     evaluator: EvaluatorConfig
     score: ScoreConfig
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
     seeds: list[int] = Field(
         default_factory=lambda: [0], min_length=1, description="One trial per seed; decisions on the mean."
     )

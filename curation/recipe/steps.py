@@ -195,12 +195,11 @@ class Benchmark(_Strict):
         return self
 
 
-class DecontaminateStep(StepBase):
-    """Drop training samples that show a benchmark image (perceptual hash within ``max_distance``) or ask a
-    benchmark question (word n-gram overlap), with per-benchmark reasons."""
+class DecontaminationMatch(_Strict):
+    """When a training sample matches a benchmark item: an image within ``max_distance`` bits of a benchmark
+    image's perceptual hash, or a question sharing ``min_overlap`` of a benchmark question's word n-grams.
+    Shared by the decontaminate step and the selection engine's contamination check."""
 
-    step: Literal["decontaminate"]
-    benchmarks: Annotated[list[Benchmark], Field(min_length=1)]
     match: Literal["image_or_question", "image", "question", "image_and_question"] = "image_or_question"
     hash: Literal["phash", "dhash"] = "phash"
     max_distance: int = Field(4, ge=0, le=32)
@@ -211,6 +210,14 @@ class DecontaminateStep(StepBase):
     min_question_words: int = Field(
         5, ge=1, description="Shorter questions ('What is this?') never match on text alone."
     )
+
+
+class DecontaminateStep(StepBase, DecontaminationMatch):
+    """Drop training samples that show a benchmark image (perceptual hash within ``max_distance``) or ask a
+    benchmark question (word n-gram overlap), with per-benchmark reasons."""
+
+    step: Literal["decontaminate"]
+    benchmarks: Annotated[list[Benchmark], Field(min_length=1)]
 
     @field_validator("benchmarks")
     @classmethod

@@ -18,9 +18,10 @@ from typing import Any
 
 from curation.errors import CurationError
 from curation.recipe import Component, SelectionRecipe
+from curation.selection.contamination import ContaminationCheck, merge_findings
 from curation.selection.decide import Comparison, SeedRun, compare, verdict
 from curation.selection.items import ITEMS_NAME, read_items
-from curation.selection.trials import VirtualMixture, prepare_trial
+from curation.selection.trials import MIXTURE_NAME, VirtualMixture, prepare_trial
 
 EventFn = Callable[[str, dict[str, Any]], None]
 
@@ -35,6 +36,7 @@ class Evaluation:
     runs: dict[int, SeedRun] = field(default_factory=dict)  # the seeds whose trial finished
     failed: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0  # run time of its trials (cached ones: as recorded when they ran)
+    contamination: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> the check's finding
 
     @property
     def names(self) -> list[str]:
@@ -92,6 +94,7 @@ class TrialRunner:
             getattr(recipe.launcher, "num_gpus", 0) or 0
         )
         self.trial_seconds: dict[str, float] = {}  # every trial this sweep used, once
+        self.contamination = ContaminationCheck(recipe, sweep)
 
     def run(self, mixtures: list[tuple[str, list[Component]]]) -> list[Evaluation]:
         """Evaluate several mixtures on the recipe's seeds at once (their trials run concurrently as the launcher
@@ -113,6 +116,7 @@ class TrialRunner:
                     self.trials_dir, mixture, self.trainer, self.evaluator, self.score, seed, ev.label
                 )
                 ev.trial_ids[seed] = tid
+                ev.contamination[seed] = self.contamination.check_trial(directory, directory / MIXTURE_NAME, ev.label)
                 tasks[tid] = TrialTask(tid, directory, self.gpus)
         records = run_trials(list(tasks.values()), self.launcher, self.store, self.recipe.retries, self.on_event)
         for ev in evaluations:
@@ -212,6 +216,7 @@ def individual_select(runner: TrialRunner, recipe: SelectionRecipe) -> dict[str,
             "baseline_score": base.score,
             "baseline_seeds": sorted(base.runs),
             "baseline_trial_seconds": round(base.seconds, 3),
+            "baseline_contamination": merge_findings(list(base.contamination.values())),
             "candidates": rows,
             "accepted": [c.name for c in accepted],
         }
@@ -276,5 +281,6 @@ def _candidate_row(name: str, ev: Evaluation, base: Evaluation, j: Judgement, gp
         "trials": [ev.trial_ids[s] for s in sorted(ev.trial_ids)],
         "trial_seconds": round(ev.seconds, 3),
         "gpu_seconds": round(ev.seconds * gpus, 3),
+        "contamination": merge_findings(list(ev.contamination.values())),
         "failed": ev.failed,
     }

@@ -50,6 +50,13 @@ def _interval(c: dict[str, Any]) -> str:
     return f"[{c['ci_low']:.2f}, {c['ci_high']:.2f}]"
 
 
+def _overlap(found: dict[str, Any] | None) -> str:
+    """A candidate's benchmark overlap in one cell: samples, or why it was not checked."""
+    if not found or not found.get("checked"):
+        return "not checked"
+    return str(found["samples"]) if found["samples"] else "none"
+
+
 _REASONS = {"failed": " (trial failed)", "undecided": " (undecided: the delta decided)"}
 
 
@@ -78,7 +85,10 @@ def sections(doc: dict[str, Any], plot_png: bytes | None = None) -> list[Section
             decision = c["decision"] + _REASONS.get(c["reason"], "")
             deltas = [_fmt(c["metric_deltas"].get(m)) for m in metric_names]
             seeds = ", ".join(str(s) for s in c.get("seeds", [])) or "—"
-            rows.append([c["name"], _fmt(c["score"]), _fmt(c["delta"]), _interval(c), seeds, *deltas, decision])
+            overlap = _overlap(c.get("contamination"))
+            rows.append(
+                [c["name"], _fmt(c["score"]), _fmt(c["delta"]), _interval(c), seeds, *deltas, overlap, decision]
+            )
         headers = [
             "candidate",
             "score",
@@ -86,9 +96,18 @@ def sections(doc: dict[str, Any], plot_png: bytes | None = None) -> list[Section
             "interval of Δ",
             "seeds",
             *[f"Δ {m}" for m in metric_names],
+            "benchmark overlap",
             "decision",
         ]
-        sec.table("candidates", headers, rows, numeric=[1, 2, *range(5, len(headers) - 1)])
+        sec.table("candidates", headers, rows, numeric=[1, 2, *range(5, len(headers) - 2)])
+        for c in [{"name": "baseline", "contamination": cat.get("baseline_contamination")}, *cat["candidates"]]:
+            found = c.get("contamination") or {}
+            if found.get("samples"):
+                shown = ", ".join(f"{e['key']} ({e['reason']})" for e in found["examples"][:5])
+                sec.text(
+                    f"{c['name']}: {found['samples']} of {found['of']} training samples overlap the evaluation "
+                    f"benchmarks ({', '.join(f'{b}: {n}' for b, n in found['by_benchmark'].items())}), e.g. {shown}."
+                )
         sec.text(f"Merged baseline score: {_fmt(cat['merged_score'])}")
         out.append(sec)
     progression = Section("progression", "Baseline progression")

@@ -8,8 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+from curation.errors import CurationError
 from curation.recipe import validate_recipe
 from curation.selection.decision_accuracy import markdown, measure, rules
 from curation.selection.sweep import run_selection
@@ -123,3 +125,49 @@ def test_decision_accuracy_compares_the_rules_on_shared_trials(tmp_path: Path) -
     trained = (tmp_path / "world-0" / "sweep" / "trained.txt").read_text().split()
     assert len([t for t in trained if t.startswith("base@")]) == 3  # each baseline trial trained once for all rules
     assert "| interval, up to 3 seeds |" in markdown(doc)
+
+
+def _questions_dataset(root: Path, name: str, questions: list[str]) -> dict:
+    path = root / f"{name}.jsonl"
+    rows = [{"id": f"{name}{i}", "turns": [{"user": q, "assistant": "yes"}]} for i, q in enumerate(questions)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"build": {"sources": [{"name": name, "reader": "jsonl", "record": "sft", "path": str(path),
+                                   "fields": {"key": "id"}}], "output": {"kind": "sft"}}}  # fmt: skip
+
+
+def _leaky_recipe(root: Path, action: str) -> dict:
+    recipe = _recipe(root, "tolerance")
+    clean = [f"is there a red {w} on the table in this picture" for w in ("cup", "pen", "car")]
+    leaked = "how many people are standing near the blue bus"
+    recipe["datasets"]["strong"] = _questions_dataset(root, "strong", [*clean, leaked])
+    bench = root / "bench.jsonl"
+    bench.write_text(json.dumps({"question": "How many people are standing near the blue bus?"}) + "\n")
+    recipe["contamination"] = {"action": action, "benchmarks": [{"name": "quizbench", "questions": str(bench)}]}
+    return recipe
+
+
+def test_a_trial_trained_on_its_own_benchmark_is_flagged_with_the_overlap(tmp_path: Path) -> None:
+    doc = run_selection(validate_recipe(_leaky_recipe(tmp_path, "flag")), tmp_path / "sweep", progress=False)
+    rows = {c["name"]: c for c in doc["categories"][0]["candidates"]}
+    found = rows["strong"]["contamination"]
+    assert found["checked"] and found["samples"] == 1 and found["of"] == 10  # 6 base rows + 4 of its own
+    assert found["by_benchmark"] == {"quizbench": 1}
+    assert found["examples"] == [
+        {"key": "strong3", "shard": "strong-000000.tar", "reason": "contaminated_question:quizbench"}]  # fmt: skip
+    assert rows["neutral"]["contamination"]["samples"] == 0
+    assert doc["categories"][0]["baseline_contamination"]["samples"] == 0
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    assert "strong: 1 of 10 training samples overlap the evaluation benchmarks (quizbench: 1)" in md
+
+
+def test_refuse_stops_the_sweep_before_the_contaminated_trial_trains(tmp_path: Path) -> None:
+    with pytest.raises(CurationError, match=r"trial all/strong: 1 training samples overlap .*quizbench.*strong3"):
+        run_selection(validate_recipe(_leaky_recipe(tmp_path, "refuse")), tmp_path / "sweep", progress=False)
+    trained = tmp_path / "sweep" / "trained.txt"
+    assert not trained.exists() or not any("strong" in t for t in trained.read_text().split())
+
+
+def test_no_benchmark_data_means_not_checked_and_says_why(tmp_path: Path) -> None:
+    doc = run_selection(validate_recipe(_recipe(tmp_path, "tolerance")), tmp_path / "sweep", progress=False)
+    found = doc["categories"][0]["candidates"][0]["contamination"]
+    assert found == {"checked": False, "why": "the evaluator names no benchmark data (contamination.benchmarks)"}
