@@ -102,7 +102,7 @@ def read_items_jsonl(path: Path) -> list[ItemScore]:
         try:
             for number, line in enumerate(f, 1):
                 if line.strip():
-                    rows.append(_item_row(line, f"{path}:{number}"))
+                    rows.append(_item_row(line, f"{path}, line {number}"))
         except UnicodeDecodeError as exc:
             raise CurationError(f"{path} is not UTF-8 ({exc})") from None
     try:

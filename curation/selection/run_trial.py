@@ -19,7 +19,7 @@ from typing import Any
 
 from curation.errors import CurationError
 from curation.recipe.selection import ScoreConfig
-from curation.selection.items import COMMAND_ITEMS_NAME, ITEMS_NAME, read_items_jsonl, write_items
+from curation.selection.items import ITEMS_NAME, write_items
 from curation.selection.trials import MIXTURE_NAME, RESULT_NAME, TRIAL_NAME
 from shards.atomic import atomic_write_json
 
@@ -90,19 +90,13 @@ def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
         write_items(directory / ITEMS_NAME, evaluated.items)
         return evaluated.metrics
     from curation.recipe.selection import CommandEvaluatorConfig, HarnessEvaluatorConfig
-    from curation.selection.harness import run_harness
+    from curation.selection.harness import harness_items, run_harness
 
     model = CommandEvaluatorConfig if cfg["type"] == "command" else HarnessEvaluatorConfig
     eval_dir = directory / "eval"
     eval_dir.mkdir(exist_ok=True)
     metrics = run_harness(model.model_validate(cfg), output, eval_dir, directory / "trial.log")
-    if cfg["type"] == "command":  # a command evaluator may write its per-item values beside its metrics
-        items = read_items_jsonl(eval_dir / COMMAND_ITEMS_NAME)
-    else:
-        from curation.selection.harness import harness_items
-
-        items = harness_items(cfg["type"], eval_dir)
-    write_items(directory / ITEMS_NAME, items)
+    write_items(directory / ITEMS_NAME, harness_items(cfg["type"], eval_dir))
     return metrics
 
 
