@@ -90,7 +90,7 @@ def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
         write_items(directory / ITEMS_NAME, evaluated.items)
         return evaluated.metrics
     from curation.recipe.selection import CommandEvaluatorConfig, HarnessEvaluatorConfig
-    from curation.selection.harness import harness_items, run_harness
+    from curation.selection.harnesses import harness_items, run_harness
 
     model = CommandEvaluatorConfig if cfg["type"] == "command" else HarnessEvaluatorConfig
     eval_dir = directory / "eval"

@@ -14,14 +14,9 @@ import pytest
 
 from curation.errors import CurationError
 from curation.recipe.selection import CommandEvaluatorConfig, HarnessEvaluatorConfig
-from curation.selection import harness
-from curation.selection.harness import (
-    lmms_eval_stderrs,
-    parse_lmms_eval,
-    parse_metrics_json,
-    parse_vlmevalkit,
-    run_harness,
-)
+from curation.selection.harnesses import files, parse_metrics_json, run_harness
+from curation.selection.harnesses.lmms_eval import lmms_eval_stderrs, parse_lmms_eval
+from curation.selection.harnesses.vlmevalkit import parse_vlmevalkit
 from tests.harness_data import (
     LmmsMetric,
     lmms_results_doc,
@@ -190,7 +185,7 @@ def test_parse_lmms_eval_hostile_files(tmp_path: Path, monkeypatch: pytest.Monke
     path.write_text('{"results": {"t": {"a,none": NaN, "b,none": Infinity, "c,none": 2, "c_stderr,none": NaN}}}')
     assert parse_lmms_eval(tmp_path) == {"t/c": 2.0}
     assert lmms_eval_stderrs(tmp_path) == {}
-    monkeypatch.setattr(harness, "MAX_SUMMARY_BYTES", 10)
+    monkeypatch.setattr(files, "MAX_SUMMARY_BYTES", 10)
     with pytest.raises(CurationError, match="over the 10-byte limit"):
         parse_lmms_eval(tmp_path)
     with pytest.raises(CurationError, match=r"no \*_results\.json"):
@@ -429,7 +424,7 @@ def test_parse_vlmevalkit_hostile_files(tmp_path: Path, monkeypatch: pytest.Monk
     (run / f"{QWEN}_MMStar_acc.csv").write_bytes(b'"split","Overall"\n"\xff","0.5"\n')
     with pytest.raises(CurationError, match="not UTF-8"):
         parse_vlmevalkit(tmp_path)
-    monkeypatch.setattr(harness, "MAX_WALK_ENTRIES", 2)
+    monkeypatch.setattr(files, "MAX_WALK_ENTRIES", 2)
     with pytest.raises(CurationError, match="more than 2 files and folders under"):
         parse_vlmevalkit(tmp_path)
 

@@ -14,14 +14,9 @@ from pathlib import Path
 import pytest
 
 from curation.errors import CurationError
-from curation.selection import harness
-from curation.selection.harness import (
-    harness_items,
-    lmms_eval_items,
-    parse_lmms_eval,
-    parse_vlmevalkit,
-    vlmevalkit_items,
-)
+from curation.selection.harnesses import files, harness_items
+from curation.selection.harnesses.lmms_eval import lmms_eval_items, parse_lmms_eval
+from curation.selection.harnesses.vlmevalkit import parse_vlmevalkit, vlmevalkit_items
 from curation.selection.items import ItemScore, items_table
 from tests.harness_data import (
     AI2D_HITS,
@@ -154,7 +149,7 @@ def test_lmms_eval_items_bad_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         lmms_eval_items(tmp_path)
     path.write_text("\n".join(good) + "\n\n")  # blank lines are fine
     assert len(lmms_eval_items(tmp_path)) == 3
-    monkeypatch.setattr(harness, "MAX_ITEMS_BYTES", 100)
+    monkeypatch.setattr(files, "MAX_ITEMS_BYTES", 100)
     with pytest.raises(CurationError, match=r"samples_vqav2_val\.jsonl is \d+ bytes, over the 100-byte limit"):
         lmms_eval_items(tmp_path)
 
@@ -294,7 +289,7 @@ def test_vlmevalkit_items_bad_tables(tmp_path: Path, monkeypatch: pytest.MonkeyP
     vlm_dump([{"Overall": 50.0}], run / f"{QWEN}_DocVQA_VAL_acc.csv")
     with pytest.raises(CurationError, match=r"row 3: eval_match '\[0.5, oops\]' is not a list of numbers"):
         vlmevalkit_items(tmp_path)
-    monkeypatch.setattr(harness, "MAX_ITEMS_BYTES", 50)
+    monkeypatch.setattr(files, "MAX_ITEMS_BYTES", 50)
     with pytest.raises(CurationError, match=r"DocVQA_VAL_results\.tsv is \d+ bytes, over the 50-byte limit"):
         vlmevalkit_items(tmp_path)
 
