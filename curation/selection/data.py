@@ -13,21 +13,24 @@ import tarfile
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
 from curation.errors import CurationError
-from schemas import SftRecord
+from curation.selection.families import images_per_sample
+from schemas import SftRecord, Turn
 from shards.codec import decode_sample
 
 IGNORE_INDEX = -100
 MANIFEST_COLUMNS = ("tar", "idx", "repeat", "component")
-TEXT_OUTPUTS = {"input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", "token_type_ids"}
+TEXT_OUTPUTS = {"input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets"}
+TOKEN_OUTPUTS = ("token_type_ids", "mm_token_type_ids")  # per-token; see token_outputs
 
 
 @dataclass
@@ -151,6 +154,12 @@ def iter_mixture(manifest: Path, batch_rows: int = 1024) -> Iterator[SftRecord]:
 
 
 # ---- collation -----------------------------------------------------------------------------------
+# How a record becomes model inputs, for every family alike: the processor's chat template renders the
+# conversation (the images open the first user message), the processor itself expands the image placeholders
+# and tokenizes, and the labels keep the answers only. An answer is the text its turn adds after the
+# generation prompt, trailing whitespace excluded, so it ends with the template's end-of-turn token
+# (<end_of_utterance>, <|im_end|>, <end_of_turn>): the model learns to stop. A template with no end-of-turn
+# token (LLaVA-1.5's) gets the tokenizer's eos after each answer, as the family's own training had it.
 def messages(record: SftRecord, turns: int | None = None) -> list[dict[str, Any]]:
     """Chat messages of the first ``turns`` turns (all by default); the images open the first user message."""
     out: list[dict[str, Any]] = []
@@ -162,12 +171,23 @@ def messages(record: SftRecord, turns: int | None = None) -> list[dict[str, Any]
 
 
 def _render(processor: Any, msgs: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+    if not (getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)):
+        raise CurationError(f"the {type(processor).__name__} has no chat template")
     return processor.apply_chat_template(msgs, add_generation_prompt=generation_prompt, tokenize=False)
 
 
+def _ends_with_special_token(tokenizer: Any, text: str) -> bool:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        return False
+    added = tokenizer.added_tokens_decoder.get(ids[-1])
+    return ids[-1] in tokenizer.all_special_ids or (added is not None and added.special)
+
+
 def answer_spans(processor: Any, record: SftRecord) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span of each answer (its end-of-turn marker included,
-    trailing whitespace excluded): the text a turn adds after the generation prompt."""
+    """The rendered conversation and the character span of each answer (its end-of-turn token included,
+    trailing whitespace excluded): the text a turn adds after the generation prompt. Where that text does not
+    end with a special token, the tokenizer's eos is inserted after it (and belongs to the answer)."""
     msgs = messages(record)
     full = _render(processor, msgs)
     spans = []
@@ -177,16 +197,50 @@ def answer_spans(processor: Any, record: SftRecord) -> tuple[str, list[tuple[int
         if not (upto.startswith(prompt) and full.startswith(upto)):
             raise CurationError("the chat template does not render conversation prefixes as prefixes")
         spans.append((len(prompt), len(prompt) + len(upto[len(prompt) :].rstrip())))
-    return full, spans
+    eos = processor.tokenizer.eos_token
+    if not spans or _ends_with_special_token(processor.tokenizer, full[spans[0][0] : spans[0][1]]):
+        return full, spans
+    if not eos:
+        raise CurationError("the chat template ends answers with no special token and the tokenizer has no eos")
+    shifted, added = [], 0
+    for start, end in spans:
+        full = full[: end + added] + eos + full[end + added :]
+        shifted.append((start + added, end + added + len(eos)))
+        added += len(eos)
+    return full, shifted
+
+
+def answer_end_ids(processor: Any) -> list[int]:
+    """The token that closes an answer (the template's end-of-turn token, or the eos ``answer_spans`` adds):
+    generation stops there. Empty if answers end with ordinary text."""
+    probe = SftRecord(key="probe", source="probe", turns=[Turn(user="Say yes.", assistant="yes")])
+    full, [(start, end)] = answer_spans(processor, probe)
+    ids = processor.tokenizer(full[start:end], add_special_tokens=False)["input_ids"]
+    return ids[-1:] if ids and _ends_with_special_token(processor.tokenizer, full[start:end]) else []
+
+
+def image_token_ids(processor: Any) -> list[int]:
+    """The ids the processor expands image placeholders into (what the model replaces with image features)."""
+    ids = getattr(processor, "image_token_ids", None) or [getattr(processor, "image_token_id", None)]
+    return [int(i) for i in ids if i is not None]
+
+
+def token_outputs(processor: Any) -> list[str]:
+    """Per-token processor outputs the model takes besides input_ids and attention_mask (Qwen2-VL's
+    ``mm_token_type_ids``, Gemma 3's ``token_type_ids``): truncated and padded with the ids."""
+    names = getattr(processor, "model_input_names", None) or []
+    return [n for n in TOKEN_OUTPUTS if n in names]
 
 
 @dataclass
 class Encoded:
-    """One sample's token ids, labels (None for prompts) and the processor's image tensors (name -> tensor)."""
+    """One sample's token ids, labels (None for prompts), per-token extras (name -> ids, e.g.
+    ``mm_token_type_ids``) and the processor's image tensors (name -> tensor)."""
 
     input_ids: list[int]
     labels: list[int] | None
     images: dict[str, torch.Tensor]
+    tokens: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _images(record: SftRecord) -> list[Image.Image]:
@@ -212,14 +266,13 @@ def _shift(spans: list[tuple[int, int]], replacements: list[dict[str, Any]]) -> 
     ]
 
 
-def _truncate(ids: list[int], max_length: int, image_token_id: int | None) -> int:
+def _truncate(ids: list[int], max_length: int, image_ids: list[int]) -> int:
     """Where to cut: ``max_length``, but never inside the image tokens (the model needs them all)."""
     if len(ids) <= max_length:
         return len(ids)
-    if image_token_id is not None and image_token_id in ids:
-        last = len(ids) - 1 - ids[::-1].index(image_token_id)
-        return max(max_length, last + 1)
-    return max_length
+    wanted = set(image_ids)
+    marked = [pos for pos, token in enumerate(ids) if token in wanted]
+    return max(max_length, marked[-1] + 1) if marked else max_length
 
 
 def encode(record: SftRecord, processor: Any, max_length: int, prompt_only: bool = False) -> Encoded:
@@ -233,6 +286,11 @@ def encode(record: SftRecord, processor: Any, max_length: int, prompt_only: bool
     out = _process(processor, text, record)
     ids = list(out["input_ids"][0])
     replacements = out.get("text_replacement_offsets")
+    if record.images and replacements is None:
+        raise CurationError(
+            f"the {type(processor).__name__} does not report where it expands image placeholders "
+            "(return_text_replacement_offsets): the answers cannot be located in its tokens"
+        )
     spans = _shift(spans, replacements[0] if replacements else [])
     labels = None
     if not prompt_only:
@@ -240,9 +298,13 @@ def encode(record: SftRecord, processor: Any, max_length: int, prompt_only: bool
         for pos, (start, end) in enumerate(out["offset_mapping"][0]):
             if any(start < e and end > s for s, e in spans):
                 labels[pos] = ids[pos]
-    cut = _truncate(ids, max_length, getattr(processor, "image_token_id", None))
-    images = {k: torch.as_tensor(v) for k, v in out.items() if k not in TEXT_OUTPUTS}
-    return Encoded(ids[:cut], None if labels is None else labels[:cut], images)
+    cut = _truncate(ids, max_length, image_token_ids(processor))
+    extras = token_outputs(processor)
+    tokens = {name: [int(v) for v in out[name][0]][:cut] for name in extras if name in out}
+    images = {
+        k: torch.as_tensor(np.asarray(v)) for k, v in out.items() if k not in TEXT_OUTPUTS and k not in TOKEN_OUTPUTS
+    }
+    return Encoded(ids[:cut], None if labels is None else labels[:cut], images, tokens)
 
 
 def _pad_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -253,30 +315,35 @@ def _pad_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.nn.functional.pad(t, pad)
 
 
-def _stack_images(encoded: list[Encoded]) -> dict[str, torch.Tensor]:
-    """Image tensors of a batch. Idefics2/3 layout (5-D ``pixel_values``: sample, image, channel, height, width):
-    each tensor zero-padded to the batch's largest (zero images are padding to the model) and stacked,
-    text-only samples getting all-zero entries. Other layouts (one row per image or patch): concatenated."""
+def _stack_images(encoded: list[Encoded], per_sample: bool) -> dict[str, torch.Tensor]:
+    """Image tensors of a batch. ``per_sample`` (Idefics2/3, SmolVLM: ``pixel_values`` is sample, image,
+    channel, height, width): each tensor zero-padded to the batch's largest (zero images are padding to the
+    model) and stacked, text-only samples getting all-zero entries. Otherwise (one row per image or patch:
+    LLaVA, LLaVA-OneVision's (image, crop, ...), Qwen2-VL's patches with ``image_grid_thw``): concatenated,
+    each zero-padded to the largest beyond its first dimension."""
     names = sorted({k for e in encoded for k in e.images})
-    per_sample = any(e.images["pixel_values"].dim() == 5 for e in encoded if "pixel_values" in e.images)
     out: dict[str, torch.Tensor] = {}
     for name in names:
         present = [e.images[name] for e in encoded if name in e.images]
-        if not per_sample:
-            out[name] = torch.cat(present)
-            continue
         shape = tuple(max(t.shape[d] for t in present) for d in range(present[0].dim()))
+        if not per_sample:
+            out[name] = torch.cat([_pad_to(t, (t.shape[0], *shape[1:])) for t in present])
+            continue
         empty = torch.zeros(shape, dtype=present[0].dtype)
         out[name] = torch.cat([_pad_to(e.images[name], shape) if name in e.images else empty for e in encoded])
     return out
 
 
-def pad_batch(encoded: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
-    """input_ids, attention_mask, labels (when encoded with them) and image tensors of a batch."""
+def pad_batch(
+    encoded: list[Encoded], pad_id: int, side: str = "right", per_sample_images: bool = False
+) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask, labels (when encoded with them), per-token extras (padded with 0) and image
+    tensors of a batch."""
     width = max(len(e.input_ids) for e in encoded)
     ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(encoded), width), dtype=torch.long)
     labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+    extras = {name: torch.zeros((len(encoded), width), dtype=torch.long) for e in encoded for name in e.tokens}
     for i, e in enumerate(encoded):
         n = len(e.input_ids)
         cols = slice(width - n, width) if side == "left" else slice(0, n)
@@ -284,7 +351,9 @@ def pad_batch(encoded: list[Encoded], pad_id: int, side: str = "right") -> dict[
         mask[i, cols] = 1
         if e.labels is not None:
             labels[i, cols] = torch.tensor(e.labels, dtype=torch.long)
-    batch = {"input_ids": ids, "attention_mask": mask, **_stack_images(encoded)}
+        for name, values in e.tokens.items():
+            extras[name][i, cols] = torch.tensor(values, dtype=torch.long)
+    batch = {"input_ids": ids, "attention_mask": mask, **extras, **_stack_images(encoded, per_sample_images)}
     if any(e.labels is not None for e in encoded):
         batch["labels"] = labels
     return batch
@@ -300,11 +369,12 @@ def pad_token_id(processor: Any) -> int:
 
 def collate(records: list[SftRecord], processor: Any, max_length: int) -> dict[str, torch.Tensor]:
     """A training batch: chat-formatted inputs, right-padded, ``labels`` = -100 except on answer tokens."""
-    return pad_batch([encode(r, processor, max_length) for r in records], pad_token_id(processor))
+    encoded = [encode(r, processor, max_length) for r in records]
+    return pad_batch(encoded, pad_token_id(processor), per_sample_images=images_per_sample(processor))
 
 
 def collate_prompts(records: list[SftRecord], processor: Any, max_length: int) -> dict[str, torch.Tensor]:
     """A generation batch: each record's first question (with its images) and the generation prompt,
     left-padded."""
     encoded = [encode(r, processor, max_length, prompt_only=True) for r in records]
-    return pad_batch(encoded, pad_token_id(processor), side="left")
+    return pad_batch(encoded, pad_token_id(processor), side="left", per_sample_images=images_per_sample(processor))

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from curation.errors import CurationError
-from curation.selection.data import collate_prompts, pad_token_id
+from curation.selection.data import answer_end_ids, collate_prompts, pad_token_id
+from curation.selection.families import load_model, load_processor
 from curation.selection.trainer import ADAPTER_DIR, quiet_peft, resolve_device
 from schemas import SftRecord
 
@@ -24,8 +25,6 @@ def _has_processor(directory: Path) -> bool:
 def load_trained(output: Path, base_model: str) -> tuple[Any, Any]:
     """(model, processor) from a trainer's output: ``output/adapter`` (or ``output``) holding a PEFT adapter,
     merged into ``base_model``, or a full model directory."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     output = Path(output)
     for directory in (output / ADAPTER_DIR, output):
         if (directory / "adapter_config.json").is_file():
@@ -33,28 +32,27 @@ def load_trained(output: Path, base_model: str) -> tuple[Any, Any]:
 
             if not (Path(base_model) / "config.json").is_file():
                 raise CurationError(f"no base model directory at {base_model} for the adapter in {directory}")
-            base = AutoModelForImageTextToText.from_pretrained(base_model, local_files_only=True)
+            base = load_model(base_model)
             with quiet_peft():
                 model = PeftModel.from_pretrained(base, directory).merge_and_unload()
             source = directory if _has_processor(directory) else Path(base_model)
-            return model, AutoProcessor.from_pretrained(source, local_files_only=True)
+            return model, load_processor(source)
         if (directory / "config.json").is_file():
-            model = AutoModelForImageTextToText.from_pretrained(directory, local_files_only=True)
+            model = load_model(directory)
             source = directory if _has_processor(directory) else Path(base_model)
-            return model, AutoProcessor.from_pretrained(source, local_files_only=True)
+            return model, load_processor(source)
     raise CurationError(f"no trained model under {output} (neither {ADAPTER_DIR}/ nor a model directory)")
 
 
 def _stop_ids(processor: Any, model: Any) -> list[int]:
-    """End-of-sequence ids: the generation config's, the tokenizer's eos and <end_of_utterance> if known."""
+    """End-of-sequence ids: the generation config's, the tokenizer's eos and the token closing an answer
+    (the chat template's end-of-turn token, see ``data.answer_end_ids``)."""
     tokenizer = processor.tokenizer
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    eou = getattr(processor, "end_of_utterance_token", None)
-    if eou is not None:
-        ids.add(tokenizer.convert_tokens_to_ids(eou))
+    ids.update(answer_end_ids(processor))
     return sorted(ids)
 
 

@@ -62,27 +62,34 @@ def corpus() -> list[str]:
     return lines * 4
 
 
-def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """A byte-level BPE (any text encodes) trained on ``corpus()``, with Idefics3's special tokens."""
+def train_tokenizer(
+    special_tokens: list[str], vocab_size: int = VOCAB_SIZE, **tokens: str | list[str] | dict[str, str] | None
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (any text encodes) trained on ``corpus()`` with ``special_tokens`` first (ids 0, 1, ...);
+    ``tokens`` name them for the tokenizer (``bos_token=...``, ``extra_special_tokens=...``)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=2048, padding_side="right", **tokens)
+
+
+def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """The BPE of ``train_tokenizer`` with Idefics3's special tokens."""
+    return train_tokenizer(
+        SPECIAL_TOKENS,
+        vocab_size,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
         extra_special_tokens=[FAKE, IMAGE, GLOBAL, EOU],
-        model_max_length=2048,
-        padding_side="right",
     )
 
 

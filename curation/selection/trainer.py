@@ -37,6 +37,7 @@ import torch.distributed as dist
 from curation.errors import CurationError
 from curation.recipe.selection import PeftConfig, ReferenceTrainerConfig
 from curation.selection.data import IGNORE_INDEX, collate, iter_mixture, mixture_size, pad_token_id
+from curation.selection.families import load_model, load_processor, preflight
 from schemas import SftRecord
 from shards.atomic import atomic_write_json
 
@@ -148,15 +149,10 @@ def needs_unused_search(model: Any, processor: Any, device: torch.device) -> boo
 
 
 def load_base(model_dir: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    """(model, processor) from a local directory, never from a hub."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise CurationError(f"no model directory at {path} (expected a config.json from save_pretrained)")
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    return model, processor
+    """(model, processor) from a local directory, never from a hub (``families.load_model`` and
+    ``load_processor``: a clear CurationError for a model type the trainer cannot train)."""
+    model = load_model(model_dir, dtype)
+    return model, load_processor(model_dir)
 
 
 @contextlib.contextmanager
@@ -275,6 +271,8 @@ def train(cfg: ReferenceTrainerConfig, mixture: Path, output: Path, seed: int) -
     n = mixture_size(mixture)
     if n == 0:
         raise CurationError(f"the mixture {mixture} is empty: nothing to train on")
+    # fail fast, before the weights load: the model type, processor, chat template and the first batch
+    preflight(cfg.model, list(itertools.islice(iter_mixture(mixture), cfg.batch_size)), cfg.max_length)
     with distributed(resolve_device(cfg.device)) as (ranks, device):
         if ranks.world == 1:
             return _train(cfg, mixture, n, output, seed, ranks, device)
