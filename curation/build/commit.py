@@ -171,9 +171,7 @@ def _rewrite(item: ShardCommit, out: Path, table: pa.Table, offsets: object, ext
         kept = _update_rows(kept, grown)
     index = kept.schema.get_field_index("index")
     kept = kept.set_column(index, kept.schema.field(index), pa.array(range(kept.num_rows), pa.int32()))
-    info = write_shard_metadata(
-        out, item.stem, table=kept, sha256=sha256, size=tar.size, extra_stats=extra
-    )
+    info = write_shard_metadata(out, item.stem, table=kept, sha256=sha256, size=tar.size, extra_stats=extra)
     os.replace(tmp, out / info.name)
     return info
 

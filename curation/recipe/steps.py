@@ -202,13 +202,13 @@ class DecontaminationMatch(_Strict):
 
     match: Literal["image_or_question", "image", "question", "image_and_question"] = "image_or_question"
     hash: Literal["phash", "dhash"] = "phash"
-    max_distance: int = Field(4, ge=0, le=32)
-    ngram: int = Field(3, ge=1, le=16, description="Question overlap is measured on word n-grams.")
+    max_distance: int = Field(default=4, ge=0, le=32)
+    ngram: int = Field(default=3, ge=1, le=16, description="Question overlap is measured on word n-grams.")
     min_overlap: float = Field(
-        0.8, gt=0.0, le=1.0, description="Share of a benchmark question's n-grams found in a training question."
+        default=0.8, gt=0.0, le=1.0, description="Share of a benchmark question's n-grams found in a training question."
     )
     min_question_words: int = Field(
-        5, ge=1, description="Shorter questions ('What is this?') never match on text alone."
+        default=5, ge=1, description="Shorter questions ('What is this?') never match on text alone."
     )
 
 

@@ -10,6 +10,7 @@ Every trial goes through the trial engine: content-hashed ids, cached results, r
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,12 @@ class Evaluation:
         }
 
 
+def _first_batch(mixture: Path, n: int) -> list[Any]:
+    from curation.selection.data import iter_mixture
+
+    return list(itertools.islice(iter_mixture(mixture), n))
+
+
 def _mean_metrics(runs: list[SeedRun]) -> dict[str, float]:
     """Each metric's mean over the runs that have it."""
     keys = sorted(set().union(*(run.metrics for run in runs))) if runs else []
@@ -95,6 +102,7 @@ class TrialRunner:
         )
         self.trial_seconds: dict[str, float] = {}  # every trial this sweep used, once
         self.contamination = ContaminationCheck(recipe, sweep)
+        self._processor: Any = None  # the reference trainer's, loaded once for the pre-flight checks
 
     def run(self, mixtures: list[tuple[str, list[Component]]]) -> list[Evaluation]:
         """Evaluate several mixtures on the recipe's seeds at once (their trials run concurrently as the launcher
@@ -102,6 +110,21 @@ class TrialRunner:
         evaluations = [Evaluation(label, list(components)) for label, components in mixtures]
         self.add_seeds(evaluations, list(self.recipe.seeds))
         return evaluations
+
+    def preflight(self, mixture: Path, label: str) -> None:
+        """The reference trainer's pre-flight check of a mixture's first batch, in the sweep itself: a model
+        directory or records it cannot train on stop the sweep before the trial starts, not inside it."""
+        cfg = self.recipe.trainer
+        if cfg.type != "reference":
+            return
+        from curation.selection.families import load_processor, preflight
+
+        if self._processor is None:
+            self._processor = load_processor(cfg.model)
+        try:
+            preflight(cfg.model, _first_batch(mixture, cfg.batch_size), cfg.max_length, self._processor)
+        except CurationError as exc:
+            raise CurationError(f"trial {label}: the pre-flight check of its first batch failed: {exc}") from None
 
     def add_seeds(self, evaluations: list[Evaluation], seeds: list[int]) -> None:
         """Run ``seeds`` of each evaluation's mixture (all at once) and add what they give to it."""
@@ -117,6 +140,9 @@ class TrialRunner:
                 )
                 ev.trial_ids[seed] = tid
                 ev.contamination[seed] = self.contamination.check_trial(directory, directory / MIXTURE_NAME, ev.label)
+                done = self.store.get(tid)
+                if done is None or done.status != "ok":  # a finished trial needs no check (and no processor)
+                    self.preflight(directory / MIXTURE_NAME, ev.label)
                 tasks[tid] = TrialTask(tid, directory, self.gpus)
         records = run_trials(list(tasks.values()), self.launcher, self.store, self.recipe.retries, self.on_event)
         for ev in evaluations:

@@ -169,7 +169,6 @@ def test_a_killed_sweep_resumes_without_retraining(tmp_path):
 @pytest.mark.slow
 def test_toy_world_accepts_the_helpful_and_rejects_the_poisoned(tmp_path):
     """`curate demo --select`: a tiny Idefics3 model trained per trial on 2 CPU cores."""
-    started = time.perf_counter()
     run = subprocess.run([*CLI, "demo", "--select", "--out", str(tmp_path)], capture_output=True, text=True,
                          timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -180,7 +179,6 @@ def test_toy_world_accepts_the_helpful_and_rejects_the_poisoned(tmp_path):
     assert doc["progression"][-1]["score"] > doc["progression"][0]["score"]
     # indiscriminately training on every candidate (the poisoned one included) is worse: the paper's Table 5
     assert doc["all_candidates"]["score"] < doc["all_candidates"]["selected_score"]
-    assert time.perf_counter() - started < 600
     rerun = subprocess.run([*CLI, "demo", "--select", "--out", str(tmp_path)], capture_output=True, text=True)
     assert rerun.returncode == 0 and " started" not in rerun.stderr and "cached" in rerun.stderr
 

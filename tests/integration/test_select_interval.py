@@ -171,3 +171,15 @@ def test_no_benchmark_data_means_not_checked_and_says_why(tmp_path: Path) -> Non
     doc = run_selection(validate_recipe(_recipe(tmp_path, "tolerance")), tmp_path / "sweep", progress=False)
     found = doc["categories"][0]["candidates"][0]["contamination"]
     assert found == {"checked": False, "why": "the evaluator names no benchmark data (contamination.benchmarks)"}
+
+
+def test_a_model_without_a_chat_template_stops_the_sweep_before_any_trial(tmp_path: Path) -> None:
+    from curation.selection.tiny_vlm import build_tiny_idefics3
+
+    model = build_tiny_idefics3(tmp_path / "model")
+    (model / "chat_template.jinja").unlink()
+    recipe = _recipe(tmp_path, "tolerance")
+    recipe["trainer"] = {"type": "reference", "model": str(model), "max_steps": 1, "device": "cpu"}
+    with pytest.raises(CurationError, match=r"trial baseline: the pre-flight check .* no chat template"):
+        run_selection(validate_recipe(recipe), tmp_path / "sweep", progress=False)
+    assert not list((tmp_path / "sweep" / "trials").glob("*/trial.log"))  # nothing started
