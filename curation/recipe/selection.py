@@ -187,6 +187,12 @@ class DecisionConfig(_Strict):
     rule: Literal["tolerance", "interval"] = "tolerance"
     tolerance: float = Field(default=0.0, ge=0.0)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Coverage of the delta's interval.")
+    min_seeds: int = Field(
+        default=1,
+        ge=1,
+        description="interval rule: seeds before an interval may decide (1: the items' noise only; 2 or more "
+        "include the seed-to-seed noise of training).",
+    )
     max_seeds: int = Field(default=3, ge=1, description="interval rule: seeds a candidate may use at most.")
     resamples: int = Field(default=2000, ge=100, le=100_000, description="Bootstrap resamples per comparison.")
 
@@ -247,6 +253,21 @@ class SelectionRecipe(_Strict):
             if comp.dataset not in self.datasets:
                 raise ValueError(f"component {comp.name}: no dataset {comp.dataset!r} under datasets")
         _check_unique("seed", [str(s) for s in self.seeds])
+        gate = self.contamination
+        if self.evaluator.type == "builtin" and gate.benchmarks:
+            raise ValueError(
+                "contamination.benchmarks is for lmms_eval, vlmevalkit and command evaluators; the built-in "
+                "evaluator's benchmarks are checked already"
+            )
+        if self.evaluator.type != "builtin" and gate.action == "refuse" and not gate.benchmarks:
+            raise ValueError(
+                "contamination.action is refuse, but nothing names the benchmark data this evaluator scores: "
+                "list it under contamination.benchmarks"
+            )
+        if self.decision.min_seeds > self.decision.max_seeds:
+            raise ValueError(
+                f"decision.min_seeds ({self.decision.min_seeds}) exceeds max_seeds ({self.decision.max_seeds})"
+            )
         if self.decision.rule == "interval" and self.decision.max_seeds < len(self.seeds):
             raise ValueError(
                 f"decision.max_seeds ({self.decision.max_seeds}) is below the {len(self.seeds)} seeds listed; "

@@ -54,8 +54,9 @@ class ContaminationCheck:
         if self.action != "off" and self.benchmarks:
             settings = recipe.contamination.model_dump(include=set(DecontaminationMatch.model_fields))
             cfg = DecontaminateStep(step="decontaminate", benchmarks=self.benchmarks, **settings)
-            self.key = content_sha256(cfg.model_dump(mode="json"))[:16]
             check_benchmarks(cfg, "contamination")
+            # the settings and what the benchmark files hold now: a rebuilt benchmark is checked afresh
+            self.key = content_sha256([cfg.model_dump(mode="json"), [_content(b) for b in self.benchmarks]])[:16]
             prepare_benchmarks(cfg, self.key, self.work)
             self._matcher = Decontaminate(cfg, StepContext(self.key, self.work))
 
@@ -73,6 +74,11 @@ class ContaminationCheck:
     def enabled(self) -> bool:
         return self._matcher is not None
 
+    @property
+    def identity(self) -> str:
+        """What a trial's finding was made by: the action and, when enabled, the settings and benchmarks."""
+        return f"{self.action}:{self.key}" if self.enabled else f"{self.action}:unchecked"
+
     def check_trial(self, directory: Path, mixture: Path, label: str) -> dict[str, Any]:
         """The trial's finding (written to its directory; read back when already there). With ``refuse``, a
         contaminated mixture is a CurationError naming the overlap."""
@@ -80,7 +86,9 @@ class ContaminationCheck:
         try:
             finding = json.loads(path.read_text())
         except (OSError, ValueError):
-            finding = self._finding(mixture)
+            finding = None
+        if not isinstance(finding, dict) or finding.get("check") != self.identity:  # absent, or another check's
+            finding = {"check": self.identity, **self._finding(mixture)}
             atomic_write_json(path, finding)
         if self.action == "refuse" and finding.get("samples"):
             shown = ", ".join(f"{e['key']} ({e['reason']})" for e in finding["examples"][:5])
@@ -150,19 +158,27 @@ def _shard_sha256(tar: Path) -> str:
     return content_sha256([str(tar.resolve()), stat.st_size, stat.st_mtime_ns])[:16]
 
 
+def _content(bench: Benchmark) -> list[Any]:
+    """What identifies a benchmark's data: a built dataset's shard hashes, else the files' sizes and times."""
+    if bench.shards:
+        try:
+            return [s.sha256 for s in read_manifest(Path(bench.shards)).shards]
+        except (OSError, ValueError):
+            return [str(bench.shards)]
+    files = [Path(bench.questions)] if bench.questions else []
+    if bench.images:
+        files += sorted(p for p in Path(bench.images).rglob("*") if p.is_file())
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def _counts(by_benchmark: dict[str, int]) -> str:
     return ", ".join(f"{n} with {bench}" for bench, n in by_benchmark.items())
 
 
 def merge_findings(findings: list[dict[str, Any]]) -> dict[str, Any]:
-    """One mixture's findings over its seeds (each seed samples its own mixture): the most overlapping samples
-    any seed trained on, per benchmark, and the examples of the seed with the most."""
+    """One mixture's finding over its seeds (each seed samples its own mixture): the seed that trained on the
+    most overlapping samples (its counts, per benchmark, and examples)."""
     checked = [f for f in findings if f.get("checked")]
     if not checked:
         return findings[0] if findings else {"checked": False, "why": "no trial"}
-    worst = max(checked, key=lambda f: f["samples"])
-    by_benchmark: Counter[str] = Counter()
-    for f in checked:
-        for bench, n in f["by_benchmark"].items():
-            by_benchmark[bench] = max(by_benchmark[bench], n)
-    return {**worst, "by_benchmark": dict(sorted(by_benchmark.items()))}
+    return max(checked, key=lambda f: f["samples"])

@@ -132,31 +132,30 @@ class TrialRunner:
         from curation.selection.launchers.process import TrialTask
 
         tasks: dict[str, TrialTask] = {}
-        for ev in evaluations:
-            for seed in seeds:
-                mixture = VirtualMixture(tuple(ev.components), self.dirs, seed, self.recipe.tokenizer)
-                tid, directory = prepare_trial(
-                    self.trials_dir, mixture, self.trainer, self.evaluator, self.score, seed, ev.label
-                )
-                ev.trial_ids[seed] = tid
-                ev.contamination[seed] = self.contamination.check_trial(directory, directory / MIXTURE_NAME, ev.label)
-                done = self.store.get(tid)
-                if done is None or done.status != "ok":  # a finished trial needs no check (and no processor)
-                    self.preflight(directory / MIXTURE_NAME, ev.label)
-                tasks[tid] = TrialTask(tid, directory, self.gpus)
+        todo = [(ev, seed) for ev in evaluations for seed in seeds if seed not in ev.trial_ids]  # once per seed
+        for ev, seed in todo:
+            mixture = VirtualMixture(tuple(ev.components), self.dirs, seed, self.recipe.tokenizer)
+            tid, directory = prepare_trial(
+                self.trials_dir, mixture, self.trainer, self.evaluator, self.score, seed, ev.label
+            )
+            ev.trial_ids[seed] = tid
+            ev.contamination[seed] = self.contamination.check_trial(directory, directory / MIXTURE_NAME, ev.label)
+            done = self.store.get(tid)
+            if done is None or done.status != "ok":  # a finished trial needs no check (and no processor)
+                self.preflight(directory / MIXTURE_NAME, ev.label)
+            tasks[tid] = TrialTask(tid, directory, self.gpus)
         records = run_trials(list(tasks.values()), self.launcher, self.store, self.recipe.retries, self.on_event)
-        for ev in evaluations:
-            for seed in seeds:
-                tid = ev.trial_ids[seed]
-                rec = records[tid]
-                self.trial_seconds[tid] = rec.seconds or 0.0
-                ev.seconds += rec.seconds or 0.0
-                if rec.status != "ok":
-                    ev.failed.append({"trial": tid, "error": rec.error, "log": str(rec.log), "attempts": rec.attempts})
-                    continue
-                assert rec.result is not None  # mark_ok always stores one
-                items = tuple(read_items(tasks[tid].directory / ITEMS_NAME))
-                ev.runs[seed] = SeedRun(seed, float(rec.result["score"]), rec.result["metrics"], items)
+        for ev, seed in todo:
+            tid = ev.trial_ids[seed]
+            rec = records[tid]
+            self.trial_seconds[tid] = rec.seconds or 0.0
+            ev.seconds += rec.seconds or 0.0
+            if rec.status != "ok":
+                ev.failed.append({"trial": tid, "error": rec.error, "log": str(rec.log), "attempts": rec.attempts})
+                continue
+            assert rec.result is not None  # mark_ok always stores one
+            items = tuple(read_items(tasks[tid].directory / ITEMS_NAME))
+            ev.runs[seed] = SeedRun(seed, float(rec.result["score"]), rec.result["metrics"], items)
 
 
 def _next_seed(used: list[int]) -> int:
@@ -197,9 +196,7 @@ class Judge:
         while True:
             comparisons = [self.compare(ev, base) if ev.ok else None for ev in candidates]
             undecided = [
-                ev
-                for ev, cmp in zip(candidates, comparisons, strict=True)
-                if cmp is not None and verdict(self.cfg.rule, self.cfg.tolerance, cmp) == "undecided"
+                ev for ev, cmp in zip(candidates, comparisons, strict=True) if cmp is not None and self._open(cmp)
             ]
             if not undecided or len(seeds) >= self.cfg.max_seeds:
                 break
@@ -207,11 +204,18 @@ class Judge:
             self.runner.add_seeds([base, *undecided], seeds[-1:])
         return [self._judgement(cmp) for cmp in comparisons]
 
+    def _open(self, cmp: Comparison) -> bool:
+        """Whether the rule cannot decide yet: an interval straddling -tolerance, or fewer seeds than
+        ``min_seeds`` (an interval from one seed holds the item noise only, not the seed-to-seed noise)."""
+        if self.cfg.rule != "interval":
+            return False
+        return len(cmp.seeds) < self.cfg.min_seeds or verdict("interval", self.cfg.tolerance, cmp) == "undecided"
+
     def _judgement(self, cmp: Comparison | None) -> Judgement:
         if cmp is None:  # no seed on which both the candidate's and the baseline's trials finished
             return Judgement("rejected", "failed", None)
         said = verdict(self.cfg.rule, self.cfg.tolerance, cmp)
-        if said == "undecided":
+        if self._open(cmp):
             said = verdict("tolerance", self.cfg.tolerance, cmp)
             return Judgement("accepted" if said == "accept" else "rejected", "undecided", cmp)
         reason = "score" if self.cfg.rule == "tolerance" else "interval"

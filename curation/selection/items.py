@@ -115,15 +115,19 @@ def read_items_jsonl(path: Path) -> list[ItemScore]:
 def _item_row(line: str, where: str) -> ItemScore:
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CurationError(f"{where}: not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an over-long integer, deep nesting
+        raise CurationError(f"{where}: not JSON ({str(exc)[:200]})") from None
     fields = ("benchmark", "item", "metric", "value")
     if not isinstance(obj, dict) or set(obj) != set(fields):
         raise CurationError(f"{where}: want an object with exactly {', '.join(fields)}")
     value = obj["value"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CurationError(f"{where}: value {value!r} is not a finite number")
+    try:
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer beyond float range
+        number = math.nan
+    if not math.isfinite(number):
+        raise CurationError(f"{where}: value {str(value)[:40]} is not a finite number")
     names = [obj[k] for k in fields[:3]]
     if not all(isinstance(n, str) and n for n in names) or "/" in obj["benchmark"]:
         raise CurationError(f"{where}: benchmark, item and metric must be non-empty strings (no '/' in benchmark)")
-    return ItemScore(obj["benchmark"], obj["item"], obj["metric"], float(value))
+    return ItemScore(obj["benchmark"], obj["item"], obj["metric"], number)

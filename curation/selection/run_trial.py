@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -75,9 +76,12 @@ def train(trial: dict[str, Any], directory: Path) -> dict[str, Any]:
 
 
 def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
-    """The trained model's metrics; their per-item values go to ``<trial_dir>/items.parquet``."""
+    """The trained model's metrics; their per-item values go to ``<trial_dir>/items.parquet``. Nothing an
+    earlier attempt evaluated is read: its ``eval/`` and items are removed first."""
     cfg = trial["evaluator"]
     output = directory / "train"
+    (directory / ITEMS_NAME).unlink(missing_ok=True)
+    shutil.rmtree(directory / "eval", ignore_errors=True)
     if cfg["type"] == "builtin":
         from curation.recipe.selection import BuiltinEvaluatorConfig
         from curation.selection.evaluate import evaluate_builtin
@@ -96,7 +100,12 @@ def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
     eval_dir = directory / "eval"
     eval_dir.mkdir(exist_ok=True)
     metrics = run_harness(model.model_validate(cfg), output, eval_dir, directory / "trial.log")
-    write_items(directory / ITEMS_NAME, harness_items(cfg["type"], eval_dir))
+    try:
+        items = harness_items(cfg["type"], eval_dir, metrics)
+    except CurationError as exc:  # the metrics stand; decisions fall back to the per-seed scores
+        print(f"warning: no per-item results ({exc})", file=sys.stderr)
+        items = []
+    write_items(directory / ITEMS_NAME, items)
     return metrics
 
 

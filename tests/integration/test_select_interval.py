@@ -170,7 +170,11 @@ def test_refuse_stops_the_sweep_before_the_contaminated_trial_trains(tmp_path: P
 def test_no_benchmark_data_means_not_checked_and_says_why(tmp_path: Path) -> None:
     doc = run_selection(validate_recipe(_recipe(tmp_path, "tolerance")), tmp_path / "sweep", progress=False)
     found = doc["categories"][0]["candidates"][0]["contamination"]
-    assert found == {"checked": False, "why": "the evaluator names no benchmark data (contamination.benchmarks)"}
+    assert found == {
+        "check": "flag:unchecked",
+        "checked": False,
+        "why": "the evaluator names no benchmark data (contamination.benchmarks)",
+    }
 
 
 def test_a_model_without_a_chat_template_stops_the_sweep_before_any_trial(tmp_path: Path) -> None:
@@ -183,3 +187,29 @@ def test_a_model_without_a_chat_template_stops_the_sweep_before_any_trial(tmp_pa
     with pytest.raises(CurationError, match=r"trial baseline: the pre-flight check .* no chat template"):
         run_selection(validate_recipe(recipe), tmp_path / "sweep", progress=False)
     assert not list((tmp_path / "sweep" / "trials").glob("*/trial.log"))  # nothing started
+
+
+def test_min_seeds_makes_even_clear_cases_wait_for_a_second_seed(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, "interval")
+    recipe["decision"]["min_seeds"] = 2
+    doc = run_selection(validate_recipe(recipe), tmp_path / "sweep", progress=False)
+    rows = {c["name"]: c for c in doc["categories"][0]["candidates"]}
+    assert rows["strong"]["seeds"] == rows["poison"]["seeds"] == [0, 1]
+    assert rows["strong"]["decision"] == "accepted" and rows["poison"]["decision"] == "rejected"
+    with pytest.raises(CurationError, match=r"min_seeds \(4\) exceeds max_seeds \(3\)"):
+        validate_recipe({**recipe, "decision": {"rule": "interval", "min_seeds": 4, "max_seeds": 3}})
+
+
+def test_unreadable_per_item_results_leave_the_trial_standing(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, "interval")
+    broken = tmp_path / "broken_items.py"
+    broken.write_text(
+        EVALUATE + "pathlib.Path(out, 'items.jsonl').write_text('{not json\\n')\n"  # after the good file: broken
+    )
+    recipe["evaluator"]["command"][1] = str(broken)
+    doc = run_selection(validate_recipe(recipe), tmp_path / "sweep", progress=False)
+    rows = {c["name"]: c for c in doc["categories"][0]["candidates"]}
+    assert all(not r["failed"] and r["paired_items"] == 0 for r in rows.values())  # the seeds alone, then
+    assert rows["strong"]["interval_basis"] in ("seeds", "none")
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / "trials").glob("*/trial.log"))
+    assert "warning: no per-item results" in logs and "line 1: not JSON" in logs

@@ -4,14 +4,14 @@ parser of its type."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
+from collections import defaultdict
 from pathlib import Path
 
 from curation.errors import CurationError
 from curation.recipe.selection import CommandEvaluatorConfig, HarnessEvaluatorConfig
-from curation.selection.harnesses.files import _number
+from curation.selection.harnesses.files import _close, _number, _read_json
 from curation.selection.harnesses.lmms_eval import lmms_eval_items, parse_lmms_eval
 from curation.selection.harnesses.vlmevalkit import parse_vlmevalkit, vlmevalkit_items
 from curation.selection.items import COMMAND_ITEMS_NAME, ItemScore, read_items_jsonl
@@ -22,14 +22,22 @@ __all__ = ["harness_items", "parse_metrics_json", "run_harness"]
 LOG_TAIL_CHARS = 4000
 
 
-def harness_items(cfg_type: str, output_dir: Path) -> list[ItemScore]:
-    """The per-item rows of an external evaluator's output (a command evaluator's optional ``items.jsonl``)."""
+def harness_items(cfg_type: str, output_dir: Path, metrics: dict[str, float] | None = None) -> list[ItemScore]:
+    """The per-item rows of an external evaluator's output. A command evaluator's optional ``items.jsonl``
+    keeps, as the harness readers do, only the metrics of ``metrics`` whose items average to their value."""
     if cfg_type == "lmms_eval":
         return lmms_eval_items(output_dir)
     if cfg_type == "vlmevalkit":
         return vlmevalkit_items(output_dir)
     if cfg_type == "command":
-        return read_items_jsonl(output_dir / COMMAND_ITEMS_NAME)
+        rows = read_items_jsonl(output_dir / COMMAND_ITEMS_NAME)
+        if metrics is None:
+            return rows
+        by_key: dict[str, list[float]] = defaultdict(list)
+        for row in rows:
+            by_key[row.key].append(row.value)
+        kept = {k for k, v in by_key.items() if k in metrics and _close(sum(v) / len(v), metrics[k])}
+        return [row for row in rows if row.key in kept]
     raise CurationError(f"no per-item reader for evaluator type {cfg_type!r}")
 
 
@@ -69,12 +77,10 @@ def _fill(text: str, values: dict[str, str]) -> str:
 
 def parse_metrics_json(path: Path) -> dict[str, float]:
     """A command evaluator's ``metrics.json``: an object of ``"benchmark/metric": number``."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CurationError(f"command evaluator: it exited 0 but wrote no {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CurationError(f"command evaluator: {path} is not readable JSON ({exc})") from None
+    path = Path(path)
+    if not path.is_file():
+        raise CurationError(f"command evaluator: it exited 0 but wrote no {path} (a regular file)")
+    doc = _read_json(path, "command evaluator")
     if not isinstance(doc, dict):
         raise CurationError(f"command evaluator: {path} must hold a JSON object, got {type(doc).__name__}")
     out: dict[str, float] = {}

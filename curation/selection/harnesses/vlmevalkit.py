@@ -318,23 +318,30 @@ def _vlm_dataset_items(ds: _VlmDataset, known: set[str]) -> list[ItemScore]:
         splits = [r.get("split") if "split" in columns else "none" for r in table]
         n_splits = len({"" if s is None else str(s) for s in splits})
         for i, (r, split) in enumerate(zip(table, splits, strict=True), 2):
-            add(_overall_name(split, n_splits), _item_id(r["index"], path, i), _flag(r["hit"], path, i, "hit"), i)
+            add(
+                _overall_name(split, n_splits),
+                _item_id(r.get("index"), path, i),
+                _flag(r.get("hit"), path, i, "hit"),
+                i,
+            )
     elif kind == "yorn" and "MME" in name and {"category", "image_path", "score"} <= columns:
         images: dict[str, dict[str, list[float]]] = {}
         for i, r in enumerate(table, 2):
-            image = _item_id(r["image_path"], path, i, "image_path")
-            images.setdefault(str(r["category"]), {}).setdefault(image, []).append(_flag(r["score"], path, i, "score"))
+            image = _item_id(r.get("image_path"), path, i, "image_path")
+            images.setdefault(str(r.get("category")), {}).setdefault(image, []).append(
+                _flag(r.get("score"), path, i, "score")
+            )
         for category, per_image in images.items():
             if all(len(s) == 2 for s in per_image.values()):  # MME_rating pairs each image's two questions
                 values[category] = {img: 100 * ((s[0] + s[1]) / 2 + s[0] * s[1]) for img, s in per_image.items()}
     elif kind == "yorn" and {"index", "score"} <= columns:
         if not any(x in name for x in ("MME", "Hallusion", "POPE", "AMBER", "VSR-zeroshot")):  # default_rating
             for i, r in enumerate(table, 2):
-                add("Overall", _item_id(r["index"], path, i), 100 * _flag(r["score"], path, i, "score"), i)
+                add("Overall", _item_id(r.get("index"), path, i), 100 * _flag(r.get("score"), path, i, "score"), i)
     elif kind == "vqa" and {"index", "eval_match"} <= columns:
         for i, r in enumerate(table, 2):
-            hit = _vqa_hit(name, _match_list(r["eval_match"], path, i))
-            add("Overall", _item_id(r["index"], path, i), 100 * hit, i)
+            hit = _vqa_hit(name, _match_list(r.get("eval_match"), path, i))
+            add("Overall", _item_id(r.get("index"), path, i), 100 * hit, i)
     rows: list[ItemScore] = []
     for metric, per_item in sorted(values.items()):
         parsed = ds.metrics.get(metric)

@@ -98,3 +98,17 @@ def test_refuse_names_the_overlap(world: dict[str, Path], tmp_path: Path) -> Non
     trial.mkdir()
     with pytest.raises(CurationError, match=r"trial c/x: 6 training samples overlap .*6 with bench.*refuse"):
         check.check_trial(trial, _mixture(tmp_path / "m.parquet", world["plain"]), "c/x")
+
+
+def test_a_finding_made_under_other_settings_is_not_trusted(world: dict[str, Path], tmp_path: Path) -> None:
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    mixture = _mixture(tmp_path / "m.parquet", world["plain"])
+    off = ContaminationCheck(_selection(tmp_path, world["plain"], world["bench"], "off"), tmp_path / "sweep")
+    assert off.check_trial(trial, mixture, "c/x")["checked"] is False
+    refuse = ContaminationCheck(_selection(tmp_path, world["plain"], world["bench"], "refuse"), tmp_path / "sweep")
+    with pytest.raises(CurationError, match="6 training samples overlap"):  # checked afresh, not read back
+        refuse.check_trial(trial, mixture, "c/x")
+    (trial / contamination.FINDING_NAME).write_text("[1, 2]")  # damaged: checked afresh too
+    flag = ContaminationCheck(_selection(tmp_path, world["plain"], world["bench"]), tmp_path / "sweep")
+    assert flag.check_trial(trial, mixture, "c/x")["samples"] == 6

@@ -314,12 +314,19 @@ def test_harness_items_dispatch(tmp_path: Path) -> None:
     )
     assert harness_items("command", tmp_path) == [
         ItemScore("quiz", "q1", "accuracy", 100.0), ItemScore("quiz", "q2", "accuracy", 0.0)]  # fmt: skip
+    # beside its metrics, only metrics whose items average to the reported value keep their items
+    assert len(harness_items("command", tmp_path, {"quiz/accuracy": 50.0})) == 2
+    assert harness_items("command", tmp_path, {"quiz/accuracy": 0.5}) == []  # another scale: not the same metric
+    assert harness_items("command", tmp_path, {"other/accuracy": 50.0}) == []
     for bad, message in [
         ('{"benchmark": "quiz", "item": "q1", "metric": "accuracy", "value": NaN}', "line 1: value nan"),
         ('{"benchmark": "quiz", "item": "q1", "metric": "accuracy"}', "line 1: want an object with exactly"),
         ('{"benchmark": "a/b", "item": "q1", "metric": "m", "value": 1}', "no '/' in benchmark"),
         ("[1, 2", "line 1: not JSON"),
         ('{"benchmark": "q", "item": "1", "metric": "m", "value": 1}\n' * 2, "item '1' appears twice"),
+        ('{"benchmark": "q", "item": "1", "metric": "m", "value": 1' + "0" * 400 + "}", "is not a finite number"),
+        ('{"benchmark": "q", "item": "1", "metric": "m", "value": 1' + "0" * 5000 + "}", "line 1: not JSON"),
+        ("[" * 100_000, "line 1: not JSON"),
     ]:
         (tmp_path / "items.jsonl").write_text(bad)
         with pytest.raises(CurationError, match=message):
@@ -328,3 +335,14 @@ def test_harness_items_dispatch(tmp_path: Path) -> None:
         harness_items("builtin", tmp_path)
     with pytest.raises(CurationError, match=r"VLMEvalKit: no \*_acc\.csv"):
         harness_items("vlmevalkit", tmp_path)
+
+
+def test_a_json_result_table_with_a_row_missing_its_hit_is_a_clear_error(tmp_path: Path) -> None:
+    run = vlm_run_dir(tmp_path, QWEN, "T20260502-101500")
+    rows = mcq_rows([1, 0, 1])
+    vlm_dump(report_acc(rows), run / f"{QWEN}_MMStar_acc.csv")
+    del rows[1]["hit"]
+    path = run / f"{QWEN}_MMStar_exact_matching_result.json"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(CurationError, match=r"row 3: hit None is not a number"):
+        vlmevalkit_items(tmp_path)
