@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import io
 import tarfile
+import weakref
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -184,10 +185,41 @@ def _ends_with_special_token(tokenizer: Any, text: str) -> bool:
     return ids[-1] in tokenizer.all_special_ids or (added is not None and added.special)
 
 
+_CLOSES_ANSWERS: dict[int, tuple[weakref.ref, bool]] = {}  # id(processor) -> (the processor, the answer)
+
+
+def template_closes_answers(processor: Any) -> bool:
+    """Whether the chat template ends each answer with a special token (an end-of-turn token). Decided once per
+    processor on a probe answer, never from a record's own text (an answer that happens to end in "</s>")."""
+    known = _CLOSES_ANSWERS.get(id(processor))
+    if known is not None and known[0]() is processor:
+        return known[1]
+    probe = SftRecord(key="probe", source="probe", turns=[Turn(user="Say yes.", assistant="yes")])
+    full, [(start, end)] = _rendered_spans(processor, probe)
+    closes = _ends_with_special_token(processor.tokenizer, full[start:end])
+    _CLOSES_ANSWERS[id(processor)] = (weakref.ref(processor), closes)
+    return closes
+
+
 def answer_spans(processor: Any, record: SftRecord) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span of each answer (its end-of-turn token included,
-    trailing whitespace excluded): the text a turn adds after the generation prompt. Where that text does not
-    end with a special token, the tokenizer's eos is inserted after it (and belongs to the answer)."""
+    trailing whitespace excluded): the text a turn adds after the generation prompt. Where the template closes
+    answers with no special token, the tokenizer's eos is inserted after each (and belongs to the answer)."""
+    full, spans = _rendered_spans(processor, record)
+    if not spans or template_closes_answers(processor):
+        return full, spans
+    eos = processor.tokenizer.eos_token
+    if not eos:
+        raise CurationError("the chat template ends answers with no special token and the tokenizer has no eos")
+    shifted, added = [], 0
+    for start, end in spans:
+        full = full[: end + added] + eos + full[end + added :]
+        shifted.append((start + added, end + added + len(eos)))
+        added += len(eos)
+    return full, shifted
+
+
+def _rendered_spans(processor: Any, record: SftRecord) -> tuple[str, list[tuple[int, int]]]:
     msgs = messages(record)
     full = _render(processor, msgs)
     spans = []
@@ -197,17 +229,7 @@ def answer_spans(processor: Any, record: SftRecord) -> tuple[str, list[tuple[int
         if not (upto.startswith(prompt) and full.startswith(upto)):
             raise CurationError("the chat template does not render conversation prefixes as prefixes")
         spans.append((len(prompt), len(prompt) + len(upto[len(prompt) :].rstrip())))
-    eos = processor.tokenizer.eos_token
-    if not spans or _ends_with_special_token(processor.tokenizer, full[spans[0][0] : spans[0][1]]):
-        return full, spans
-    if not eos:
-        raise CurationError("the chat template ends answers with no special token and the tokenizer has no eos")
-    shifted, added = [], 0
-    for start, end in spans:
-        full = full[: end + added] + eos + full[end + added :]
-        shifted.append((start + added, end + added + len(eos)))
-        added += len(eos)
-    return full, shifted
+    return full, spans
 
 
 def answer_end_ids(processor: Any) -> list[int]:

@@ -291,3 +291,16 @@ def test_video_sub_processors_load_without_torchvision_and_save_their_config(mod
     if not is_torchvision_available():
         with pytest.raises(CurationError, match="videos are not supported"):
             processor.video_processor.preprocess([])
+
+
+def test_llava_eos_follows_every_answer_even_one_that_ends_in_eos_text(models):
+    """LLaVA-1.5's template closes answers with nothing: the eos is added after each, decided once per processor,
+    not from the record's own first answer (which here ends in the eos text itself)."""
+    processor = load_processor(models("llava"))
+    eos = processor.tokenizer.eos_token
+    record = _record("eos-text", [_png("red")], (QUESTION, f"red {eos}"), ("And?", "nothing else"))
+    batch = collate([record], processor, max_length=2048)
+    labels = batch["labels"][0]
+    assert _runs(labels) == 2
+    kept = processor.tokenizer.decode(labels[labels != IGNORE_INDEX])
+    assert kept.count(eos) == 3  # the one in the text, and one closing each answer
