@@ -47,7 +47,7 @@ class ContaminationCheck:
         self.action = recipe.contamination.action
         self.benchmarks = evaluator_benchmarks(recipe)
         self.work = sweep / "contamination"
-        self._shards: dict[str, dict[str, str]] = {}
+        self._shards: dict[str, dict[str, list[str]]] = {}
         self._matcher: Decontaminate | None = None
         self.key = ""
         self.method = recipe.contamination.hash
@@ -104,27 +104,28 @@ class ContaminationCheck:
             return {"checked": False, "why": why}
         table = pq.read_table(mixture, columns=["tar", "key"])
         pairs = sorted(set(zip(table.column("tar").to_pylist(), table.column("key").to_pylist(), strict=True)))
-        examples, by_benchmark = [], Counter()
+        examples, by_benchmark, samples = [], Counter(), 0
         for tar, key in pairs:
-            reason = self._shard(tar).get(key)
-            if reason is None:
+            reasons = self._shard(tar).get(key)
+            if not reasons:
                 continue
-            by_benchmark[reason.rsplit(":", 1)[-1]] += 1
+            samples += 1
+            by_benchmark.update(r.rsplit(":", 1)[-1] for r in reasons)  # a sample counts for every benchmark
             if len(examples) < EXAMPLES:
-                examples.append({"key": key, "shard": Path(tar).name, "reason": reason})
+                examples.append({"key": key, "shard": Path(tar).name, "reason": ", ".join(reasons)})
         return {
             "checked": True,
             "benchmarks": [b.name for b in self.benchmarks],
-            "samples": sum(by_benchmark.values()),
+            "samples": samples,
             "of": len(pairs),
             "by_benchmark": dict(sorted(by_benchmark.items())),
             "examples": examples,
         }
 
-    def _shard(self, tar: str) -> dict[str, str]:
-        """key -> reason for the samples of one shard that match a benchmark (checked once, then cached)."""
+    def _shard(self, tar: str) -> dict[str, list[str]]:
+        """key -> reasons (one per benchmark) for the samples of one shard that match (checked once, cached)."""
         if tar not in self._shards:
-            cache = self.work / f"{self.key}-{_shard_sha256(Path(tar))}.json"
+            cache = self.work / f"{self.key}-{_shard_sha256(Path(tar))}.hits.json"  # key -> reasons
             try:
                 self._shards[tar] = json.loads(cache.read_text())
             except (OSError, ValueError):
@@ -132,7 +133,7 @@ class ContaminationCheck:
                 atomic_write_json(cache, self._shards[tar])
         return self._shards[tar]
 
-    def _scan(self, tar: Path) -> dict[str, str]:
+    def _scan(self, tar: Path) -> dict[str, list[str]]:
         assert self._matcher is not None  # only an enabled check scans
         known = self._sidecar_hashes(tar)
         hits = {}
@@ -140,9 +141,9 @@ class ContaminationCheck:
             sample = Sample(decode_sample(key, members), origin=str(tar))
             if key in known:
                 sample.image_hashes[self.method] = known[key]
-            result = self._matcher(sample)
-            if isinstance(result, str) and result != "image_corrupt":
-                hits[key] = result
+            reasons = [r for r in self._matcher.reasons(sample) if r != "image_corrupt"]
+            if reasons:
+                hits[key] = reasons
         return hits
 
 

@@ -215,19 +215,26 @@ class Decontaminate(RecordStep):
                     hits.add(bench)
         return hits
 
-    def __call__(self, sample: Sample) -> Sample | str:
+    def reasons(self, sample: Sample) -> list[str]:
+        """Every benchmark the sample matches, as drop reasons in the recipe's benchmark order
+        (``["image_corrupt"]`` when an image does not decode)."""
         try:
             images = self._image_hits(sample)
         except ValueError:
-            return "image_corrupt"
+            return ["image_corrupt"]
         questions = self._question_hits(sample)
         both = images & questions
         match = self.cfg.match
+        found = []
         for bench in sorted(images | questions, key=self.order.__getitem__):
             if bench in both:
-                return f"contaminated_image_and_question:{bench}"
-            if bench in images and match in ("image", "image_or_question"):
-                return f"contaminated_image:{bench}"
-            if bench in questions and match in ("question", "image_or_question"):
-                return f"contaminated_question:{bench}"
-        return sample
+                found.append(f"contaminated_image_and_question:{bench}")
+            elif bench in images and match in ("image", "image_or_question"):
+                found.append(f"contaminated_image:{bench}")
+            elif bench in questions and match in ("question", "image_or_question"):
+                found.append(f"contaminated_question:{bench}")
+        return found
+
+    def __call__(self, sample: Sample) -> Sample | str:
+        found = self.reasons(sample)
+        return found[0] if found else sample

@@ -112,3 +112,14 @@ def test_a_finding_made_under_other_settings_is_not_trusted(world: dict[str, Pat
     (trial / contamination.FINDING_NAME).write_text("[1, 2]")  # damaged: checked afresh too
     flag = ContaminationCheck(_selection(tmp_path, world["plain"], world["bench"]), tmp_path / "sweep")
     assert flag.check_trial(trial, mixture, "c/x")["samples"] == 6
+
+
+def test_a_sample_matching_two_benchmarks_counts_for_both(world: dict[str, Path], tmp_path: Path) -> None:
+    recipe = _selection(tmp_path, world["plain"], world["bench"])
+    recipe.evaluator.benchmarks.append(recipe.evaluator.benchmarks[0].model_copy(update={"name": "again"}))
+    check = ContaminationCheck(recipe, tmp_path / "sweep")
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    finding = check.check_trial(trial, _mixture(tmp_path / "m.parquet", world["plain"]), "c/x")
+    assert finding["samples"] == 6 and finding["by_benchmark"] == {"again": 6, "bench": 6}
+    assert finding["examples"][0]["reason"] == "contaminated_image:bench, contaminated_image:again"
