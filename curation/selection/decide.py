@@ -184,5 +184,7 @@ def _replicates(blocks: list[_Block], constant: np.ndarray, seed_w: np.ndarray, 
             mask = block.member[k]
             den = counts @ mask  # R
             num = counts @ (block.values[k] * mask).T  # R x seeds
-            per_seed += num / np.where(den > 0, den, 1.0)[:, None]
+            everything = (block.values[k] * mask).sum(axis=1) / mask.sum()  # seeds: the metric on all its items
+            # a resample that drew none of this metric's items (a metric with very few) says nothing of it
+            per_seed += np.where(den[:, None] > 0, num / np.where(den > 0, den, 1.0)[:, None], everything)
     return (seed_w * per_seed).sum(axis=1)

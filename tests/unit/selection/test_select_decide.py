@@ -117,3 +117,14 @@ def test_resamples_are_the_same_on_every_rerun_and_differ_per_comparison() -> No
 def test_the_rules(low: float, high: float, rule: str, tolerance: float, want: str) -> None:
     cmp = Comparison((low + high) / 2, low, high, (0,), ((low + high) / 2,), 10, "items")
     assert verdict(rule, tolerance, cmp) == want
+
+
+def test_a_resample_without_any_item_of_a_small_metric_does_not_pull_the_interval_to_zero() -> None:
+    # a benchmark with 300 items on one metric and 1 item on another, both +50 for the candidate
+    def run(seed: int, value: float) -> SeedRun:
+        items = [ItemScore("b", f"q{i}", "big", value) for i in range(300)] + [ItemScore("b", "q0", "small", value)]
+        metrics = {"b/big": value, "b/small": value}
+        return SeedRun(seed, value, metrics, tuple(items))
+
+    cmp = compare({0: run(0, 100.0)}, {0: run(0, 50.0)}, {"b/big": 0.5, "b/small": 0.5}, resamples=2000, seed="z")
+    assert cmp is not None and cmp.ci_low == pytest.approx(50.0) and cmp.ci_high == pytest.approx(50.0)
