@@ -319,11 +319,19 @@ def sweep_cmd(
 
 
 def _print_selection(doc: dict) -> None:
-    t = Table("category", "candidate", "score", "baseline", "decision", title=f"{doc['name']}: Individual Select")
+    t = Table(
+        "category", "candidate", "score", "baseline", "Δ", "interval of Δ", "seeds", "decision",
+        title=f"{doc['name']}: Individual Select",
+    )  # fmt: skip
     for cat in doc["categories"]:
         for c in cat["candidates"]:
             score = "failed" if c["score"] is None else f"{c['score']:.2f}"
-            t.add_row(cat["name"], c["name"], score, f"{c['baseline_score']:.2f}", c["decision"])
+            delta = "—" if c.get("delta") is None else f"{c['delta']:+.2f}"
+            low, high = c.get("ci_low"), c.get("ci_high")
+            interval = "—" if low is None or high is None else f"[{low:+.2f}, {high:+.2f}]"
+            seeds = ",".join(str(s) for s in c.get("seeds", [])) or "—"
+            decision = c["decision"] + (f" ({c['reason']})" if c["reason"] in ("undecided", "failed") else "")
+            t.add_row(cat["name"], c["name"], score, f"{c['baseline_score']:.2f}", delta, interval, seeds, decision)
     console.print(t)
     console.print("selected: " + ", ".join(c["name"] for c in doc["selected_components"]))
     if "all_candidates" in doc and doc["all_candidates"]["score"] is not None:
