@@ -25,6 +25,7 @@ from shards.atomic import tmp_path
 ITEMS_NAME = "items.parquet"
 COMMAND_ITEMS_NAME = "items.jsonl"  # what a command evaluator may write beside its metrics.json
 MAX_ITEMS_FILE_BYTES = 1 << 30
+MAX_LINE_CHARS = 1 << 16  # one item's row is a few dozen characters
 ITEMS_SCHEMA = pa.schema(
     [
         pa.field("benchmark", pa.string(), nullable=False),
@@ -100,7 +101,9 @@ def read_items_jsonl(path: Path) -> list[ItemScore]:
     rows: list[ItemScore] = []
     with open(path, encoding="utf-8", errors="strict") as f:
         try:
-            for number, line in enumerate(f, 1):
+            for number, line in enumerate(iter(lambda: f.readline(MAX_LINE_CHARS + 1), ""), 1):
+                if len(line) > MAX_LINE_CHARS:
+                    raise CurationError(f"{path}, line {number}: longer than {MAX_LINE_CHARS:,} characters")
                 if line.strip():
                     rows.append(_item_row(line, f"{path}, line {number}"))
         except UnicodeDecodeError as exc:

@@ -81,6 +81,8 @@ def evaluate(trial: dict[str, Any], directory: Path) -> dict[str, float]:
     cfg = trial["evaluator"]
     output = directory / "train"
     (directory / ITEMS_NAME).unlink(missing_ok=True)
+    if (directory / "eval").is_symlink():  # never follow a link out of the trial directory
+        (directory / "eval").unlink()
     shutil.rmtree(directory / "eval", ignore_errors=True)
     if cfg["type"] == "builtin":
         from curation.recipe.selection import BuiltinEvaluatorConfig

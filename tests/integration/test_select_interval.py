@@ -213,3 +213,22 @@ def test_unreadable_per_item_results_leave_the_trial_standing(tmp_path: Path) ->
     assert rows["strong"]["interval_basis"] in ("seeds", "none")
     logs = "".join(p.read_text() for p in (tmp_path / "sweep" / "trials").glob("*/trial.log"))
     assert "warning: no per-item results" in logs and "line 1: not JSON" in logs
+
+
+def test_an_attempt_evaluates_afresh_and_never_through_a_link_out_of_the_trial(tmp_path: Path) -> None:
+    from curation.selection.run_trial import evaluate
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not ours")
+    trial_dir = tmp_path / "trial"
+    (trial_dir / "train").mkdir(parents=True)
+    (trial_dir / "eval").symlink_to(outside, target_is_directory=True)
+    script = tmp_path / "ev.py"
+    script.write_text(
+        "import json, sys, pathlib\npathlib.Path(sys.argv[2], 'metrics.json').write_text('{\"q/a\": 1}')\n"
+    )
+    cfg = {"type": "command", "command": [sys.executable, str(script), "{model}", "{output}"], "env": {}}
+    assert evaluate({"evaluator": cfg, "trainer": {}}, trial_dir) == {"q/a": 1.0}
+    assert (outside / "keep.txt").read_text() == "not ours" and not (outside / "metrics.json").exists()
+    assert not (trial_dir / "eval").is_symlink() and (trial_dir / "eval" / "metrics.json").is_file()

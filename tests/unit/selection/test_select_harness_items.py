@@ -326,7 +326,8 @@ def test_harness_items_dispatch(tmp_path: Path) -> None:
         ('{"benchmark": "q", "item": "1", "metric": "m", "value": 1}\n' * 2, "item '1' appears twice"),
         ('{"benchmark": "q", "item": "1", "metric": "m", "value": 1' + "0" * 400 + "}", "is not a finite number"),
         ('{"benchmark": "q", "item": "1", "metric": "m", "value": 1' + "0" * 5000 + "}", "line 1: not JSON"),
-        ("[" * 100_000, "line 1: not JSON"),
+        ("[" * 60_000, "line 1: not JSON"),
+        ('{"benchmark": "q", "item": "1", "metric": "m", "value": 1}\n' + "x" * 70_000, "line 2: longer than"),
     ]:
         (tmp_path / "items.jsonl").write_text(bad)
         with pytest.raises(CurationError, match=message):
