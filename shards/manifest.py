@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
 from shards.atomic import atomic_write_json
 
@@ -29,6 +29,18 @@ def _inside(path: str) -> str:
 
 
 InsidePath = Annotated[str, AfterValidator(_inside)]
+Per = Literal["sample", "image"]
+
+
+class EmbeddingFile(BaseModel):
+    """A shard's embeddings of one name (``shards.embeddings``), as its stats file and the manifest list them."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: InsidePath
+    sha256: str
+    rows: int = Field(ge=0)
+    dim: int = Field(ge=1)
+    per: Per
 
 
 class ShardInfo(BaseModel):
@@ -40,6 +52,17 @@ class ShardInfo(BaseModel):
     samples: int
     bytes: int
     sidecar_sha256: str | None = Field(default=None, description="sha256 of the sidecar parquet (absent in old builds)")
+    embeddings: dict[str, EmbeddingFile] | None = Field(
+        default=None, description="Embeddings stored beside the shard, by name (builds with an embed step)."
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_embeddings(self, handler: Any) -> dict[str, Any]:
+        """Builds without embeddings keep the manifest they always had (no ``embeddings: null``)."""
+        data = handler(self)
+        if data.get("embeddings") is None:
+            data.pop("embeddings", None)
+        return data
 
     @classmethod
     def from_stats(cls, stem: str, stats: dict[str, Any], folder: str = "") -> ShardInfo:
@@ -53,6 +76,12 @@ class ShardInfo(BaseModel):
             samples=stats["samples"],
             bytes=stats["bytes"],
             sidecar_sha256=stats.get("sidecar_sha256"),
+            embeddings={
+                name: EmbeddingFile(**{**entry, "file": f"{prefix}{entry['file']}"})
+                for name, entry in stats["embeddings"].items()
+            }
+            if stats.get("embeddings")
+            else None,
         )
 
 

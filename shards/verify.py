@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.atomic import TMP_SUFFIX, sha256_file
+from shards.embeddings import EmbeddingsError, load_embeddings, rows_per_sample
 from shards.manifest import STATS_NAME, DatasetManifest, ManifestError, ShardInfo, read_manifest
 from shards.reader import TruncatedShardError, iter_members
 
@@ -100,12 +101,15 @@ def _check_shard(
     if shard.sidecar_sha256 is not None and sha256_file(sidecar_path) != shard.sidecar_sha256:
         problems.append(f"{shard.sidecar}: sha256 differs from the manifest")
     try:
-        sidecar_keys = pq.read_table(sidecar_path, columns=["key"]).column("key").to_pylist()
+        sidecar = pq.read_table(sidecar_path, columns=["key", "n_images"] if shard.embeddings else ["key"])
     except (pa.ArrowException, OSError, KeyError) as exc:
         problems.append(f"{shard.sidecar}: unreadable sidecar ({_one_line(str(exc))})")
         return stats, 0
+    sidecar_keys = sidecar.column("key").to_pylist()
     if len(sidecar_keys) != shard.samples:
         problems.append(f"{shard.sidecar}: {len(sidecar_keys)} rows != manifest {shard.samples}")
+    if shard.embeddings:
+        _check_embeddings(directory, shard, sidecar.column("n_images").to_pylist(), problems)
     if not (check_members and tar_ok):
         return stats, 0
     try:
@@ -116,6 +120,26 @@ def _check_shard(
     if tar_keys != sidecar_keys:
         problems.append(f"{shard.name}: tar keys differ from sidecar keys (count or order)")
     return stats, len(tar_keys)
+
+
+def _check_embeddings(directory: Path, shard: ShardInfo, n_images: list[int], problems: list[str]) -> None:
+    """Each embeddings file the manifest lists: present, its sha256, and one row per sample or image."""
+    for name, entry in sorted((shard.embeddings or {}).items()):
+        path = directory / entry.file
+        if not path.is_file():
+            problems.append(f"{entry.file}: missing embeddings {name!r} of {shard.name}")
+            continue
+        if sha256_file(path) != entry.sha256:
+            problems.append(f"{entry.file}: sha256 differs from the manifest")
+            continue
+        want = (sum(rows_per_sample(entry.per, n_images)), entry.dim)
+        try:
+            shape = load_embeddings(path).shape
+        except EmbeddingsError as exc:
+            problems.append(f"{entry.file}: {_one_line(str(exc))}")
+            continue
+        if shape != want or entry.rows != want[0]:
+            problems.append(f"{entry.file}: shape {shape}, the sidecar and manifest want {want}")
 
 
 def _check_stats(directory: Path, shard: ShardInfo, problems: list[str]) -> dict[str, Any] | None:
@@ -163,10 +187,12 @@ def _check_unlisted(directory: Path, manifest: DatasetManifest, problems: list[s
     found = [p.name for p in directory.glob("*.tar")]
     if (directory / "rejects").is_dir():
         found += [f"rejects/{p.name}" for p in (directory / "rejects").glob("*.tar")]
+    listed |= {e.file for s in manifest.shards for e in (s.embeddings or {}).values()}
+    found += [p.name for p in directory.glob("*.emb.*.npy")]
     unlisted = sorted(n for n in found if n not in listed)
     if unlisted:
         more = f" (+ {len(unlisted) - 5} more)" if len(unlisted) > 5 else ""
-        problems.append(f"tar files not listed in the manifest: {', '.join(unlisted[:5])}{more}")
+        problems.append(f"shard files not listed in the manifest: {', '.join(unlisted[:5])}{more}")
 
 
 def _check_totals(manifest: DatasetManifest, shard_stats: list[dict[str, Any] | None], problems: list[str]) -> None:

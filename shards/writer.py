@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from schemas import SIDECAR_SCHEMA, PairRecord, PdfRecord, Record
 from shards.atomic import HashingWriter, atomic_write_json, fsync_file, sha256_file, tmp_path
 from shards.codec import PAIR_IMAGE_EXTS, encode_record
+from shards.embeddings import check_name, per_of, write_embeddings
 from shards.imageinfo import ImageInfo, probe_image, reencode
 from shards.manifest import ShardInfo
 from shards.tarstream import TarStream
@@ -57,6 +59,7 @@ class _OpenShard:
     payload: int = 0
     reencoded: int = 0
     offsets: list[int] = field(default_factory=list)
+    vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)  # embedding name -> rows per sample
 
 
 class ShardWriter:
@@ -65,6 +68,7 @@ class ShardWriter:
     A shard is closed when it holds ``max_samples`` samples or ``max_bytes`` of payload. With
     ``record_offsets``, its stats also list each sample's byte offset in the tar under :data:`SAMPLE_OFFSETS`
     (staged shards: the build's commit then copies samples as byte ranges instead of parsing the tar).
+    ``embedding_dims`` names the embeddings (``shards.embeddings``) every sample brings, with their width.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class ShardWriter:
         start_index: int = 0,
         score_keys: Sequence[str] = (),
         record_offsets: bool = False,
+        embedding_dims: dict[str, int] | None = None,
     ) -> None:
         if pair_image_ext not in PAIR_IMAGE_EXTS:
             raise ValueError(f"pair_image_ext must be one of {PAIR_IMAGE_EXTS}, got {pair_image_ext!r}")
@@ -91,6 +96,7 @@ class ShardWriter:
         self.count = token_counter
         self.score_keys = tuple(score_keys)
         self.record_offsets = record_offsets
+        self.embedding_dims = {check_name(n): d for n, d in sorted((embedding_dims or {}).items())}
         self._next_index = start_index
         self._open: _OpenShard | None = None
         self._finishing: list[Future[ShardInfo]] = []
@@ -104,12 +110,15 @@ class ShardWriter:
         infos: Sequence[ImageInfo] | None = None,
         origin: str = "",
         image_hashes: dict[str, list[int]] | None = None,
+        embeddings: dict[str, np.ndarray] | None = None,
     ) -> tuple[str, int]:
         """Add one record; returns (shard stem, index in the shard). ``infos`` are the probed images (probed
-        here when not given); ``image_hashes`` maps ``phash``/``dhash`` to one signed 64-bit hash per image."""
+        here when not given); ``image_hashes`` maps ``phash``/``dhash`` to one signed 64-bit hash per image;
+        ``embeddings`` holds the sample's rows of each name in ``embedding_dims``."""
         images = record.image_list()
         if infos is None:
             infos = [probe_image(b) for b in images]
+        rows = self._embedding_rows(record.key, len(images), embeddings or {})
         if isinstance(record, PairRecord) and infos[0].format != self.pair_image_ext:
             data = reencode(record.image, self.pair_image_ext)
             record = record.model_copy(update={"image": data})
@@ -148,6 +157,8 @@ class ShardWriter:
             }
         )
         shard.keys.add(record.key)
+        for name, vectors in rows.items():
+            shard.vectors.setdefault(name, []).append(vectors)
         shard.payload += nbytes
         shard.reencoded += reencoded
         where = (shard.stem, len(shard.rows) - 1)
@@ -161,6 +172,19 @@ class ShardWriter:
             for k in self.score_keys
             if isinstance(v := meta.get(k), int | float) and not isinstance(v, bool)
         ]
+
+    def _embedding_rows(self, key: str, n_images: int, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The sample's embedding rows, checked: exactly the declared names, one row per image or per sample
+        (a mismatch is a bug of the step that computed them, never bad data: RuntimeError)."""
+        if set(given) != set(self.embedding_dims):
+            raise RuntimeError(
+                f"sample {key!r}: embeddings {sorted(given)} given, {sorted(self.embedding_dims)} declared"
+            )
+        for name, dim in self.embedding_dims.items():
+            want = (n_images if per_of(name) == "image" else 1, dim)
+            if given[name].shape != want:
+                raise RuntimeError(f"sample {key!r}: embeddings {name!r} of shape {given[name].shape}, want {want}")
+        return given
 
     def close(self) -> list[ShardInfo]:
         """Finish the open shard and wait for all shards to be complete; returns them in order."""
@@ -215,6 +239,16 @@ class ShardWriter:
         extra: dict[str, object] = {"reencoded_images": shard.reencoded}
         if self.record_offsets:
             extra[SAMPLE_OFFSETS] = shard.offsets
+        if self.embedding_dims:
+            extra["embeddings"] = {
+                name: write_embeddings(
+                    self.directory,
+                    shard.stem,
+                    name,
+                    np.concatenate(shard.vectors.get(name, []) or [np.zeros((0, dim))]),
+                ).model_dump()
+                for name, dim in self.embedding_dims.items()
+            }
         info = write_shard_metadata(
             self.directory,
             shard.stem,

@@ -270,7 +270,7 @@ def test_unlisted_tars_are_reported(built):
     shutil.copy(directory / manifest.shards[0].name, directory / "ds-000003.tar")
     shutil.copy(directory / manifest.rejects[0].name, directory / "rejects" / "ds-rejects-000009.tar")
     report = verify_dataset(directory)
-    assert report.problems == ["tar files not listed in the manifest: ds-000003.tar, rejects/ds-rejects-000009.tar"]
+    assert report.problems == ["shard files not listed in the manifest: ds-000003.tar, rejects/ds-rejects-000009.tar"]
 
 
 # -- (f) wids index --------------------------------------------------------------------------------
