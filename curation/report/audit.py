@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import duckdb
 from rich.console import Console
 
 from curation.errors import CurationError
+from curation.report.scores import WhatIf, score_report, score_tables
 from curation.report.table import Table, markdown_table, rich_table
 from shards import read_manifest
 
@@ -28,28 +31,54 @@ ORDER BY source
 """
 
 
-def source_stats(sidecars: list[Path], threads: int | None = None) -> list[dict[str, Any]]:
+def source_stats(
+    sidecars: list[Path], threads: int | None = None, con: duckdb.DuckDBPyConnection | None = None
+) -> list[dict[str, Any]]:
+    """Per source: samples, images, QA pairs, text and answer tokens, bytes (``con``: a connection to use)."""
     if not sidecars:
         return []
+    own = con is None
+    con = con or connect(threads)
+    try:
+        with reading_sidecars():
+            cur = con.execute(PER_SOURCE_SQL, [[str(p) for p in sidecars]])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        if own:
+            con.close()
+
+
+def connect(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     if threads:
         con.execute(f"SET threads TO {int(threads)}")
+    return con
+
+
+@contextmanager
+def reading_sidecars() -> Iterator[None]:
+    """A sidecar DuckDB cannot read is a one-line error that suggests `curate verify`."""
     try:
-        cur = con.execute(PER_SOURCE_SQL, [[str(p) for p in sidecars]])
+        yield
     except duckdb.IOException as exc:
         raise CurationError(
             f"cannot read the sidecars ({' '.join(str(exc).split())[:300]}); run `curate verify`"
         ) from None
-    cols = [d[0] for d in cur.description]
-    rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-    con.close()
-    return rows
 
 
-def audit(directory: Path) -> dict[str, Any]:
+def audit(directory: Path, scores: bool = False, what_if: dict[str, WhatIf] | None = None) -> dict[str, Any]:
+    """The build's statistics from its manifest and sidecars. ``scores`` (or ``what_if``): also the score
+    distributions and what-if tables (:mod:`curation.report.scores`); otherwise their keys hold empty dicts."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    rows = source_stats([directory / s.sidecar for s in manifest.shards])
+    files = [str(directory / s.sidecar) for s in manifest.shards]
+    with connect() as con:
+        rows = source_stats([Path(f) for f in files], con=con)
+        scored = {"scores": {}, "what_if": {}}
+        if scores or what_if is not None:
+            with reading_sidecars():
+                scored = score_report(con, files, {r["source"]: int(r["samples"]) for r in rows}, what_if)
     total_answer = sum(r["answer_tokens"] for r in rows)
     accounting = manifest.accounting or {}
     per_source_acc = accounting.get("sources", {})
@@ -102,6 +131,7 @@ def audit(directory: Path) -> dict[str, Any]:
         "dropped_by_step": by_step,
         "totals": manifest.totals,
         "recipe_sha256": manifest.recipe_sha256,
+        **scored,
     }
 
 
@@ -257,7 +287,7 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     title = f"{report['dataset']} ({report['kind']}): {report['samples']:,} samples in {report['shards']} shards"
     console.print(rich_table(sources_table(report, title), no_wrap=True))
-    for table in (*(of(report) for of in SECTIONS), drops_table(report)):
+    for table in (*(of(report) for of in SECTIONS), drops_table(report), *score_tables(report)):
         if table.rows:
             console.print(rich_table(table))
     if not report["dropped_by_step"]:
@@ -272,7 +302,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *markdown_table(sources_table(report)),
     ]
-    for table in (*(of(report) for of in SECTIONS), drops_table(report)):
+    for table in (*(of(report) for of in SECTIONS), drops_table(report), *score_tables(report)):
         if table.rows:
             lines += ["", *markdown_table(table)]
     return "\n".join(lines) + "\n"

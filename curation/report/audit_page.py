@@ -13,6 +13,7 @@ from curation.report import audit as audit_mod
 from curation.report import plots
 from curation.report.blocks import Cards, Section, render_html, render_markdown
 from curation.report.previews import previews
+from curation.report.scores import WhatIf, score_histograms, scores_table, what_if_tables
 from curation.report.stats import distributions, download_success, funnels
 from curation.report.table import Table
 from shards import read_manifest
@@ -25,23 +26,29 @@ QUANTILE_HEADERS = ["source", "n", "p50", "p90", "p99", "max"]
 
 
 def write_audit_report(
-    directory: Path, html_path: Path | None = None, md_path: Path | None = None, per_source: int = 3
+    directory: Path,
+    html_path: Path | None = None,
+    md_path: Path | None = None,
+    per_source: int = 3,
+    what_if: dict[str, WhatIf] | None = None,
 ) -> dict[str, Path]:
-    """Write <directory>/audit.html and audit.md (or the given paths); returns {"html": path, "md": path}."""
+    """Write <directory>/audit.html and audit.md (or the given paths); returns {"html": path, "md": path}.
+    ``what_if``: thresholds of the scores' what-if tables (default: each score's build-wide quantiles)."""
     directory = Path(directory)
     html_path = Path(html_path) if html_path else directory / "audit.html"
     md_path = Path(md_path) if md_path else directory / "audit.md"
-    sections = build_sections(directory, per_source)
+    sections = build_sections(directory, per_source, what_if)
     title = sections[0].title
     atomic_write_bytes(html_path, render_html(title, sections).encode("utf-8"))
     atomic_write_bytes(md_path, render_markdown(title, sections).encode("utf-8"))
     return {"html": html_path, "md": md_path}
 
 
-def build_sections(directory: Path, per_source: int = 3) -> list[Section]:
+def build_sections(directory: Path, per_source: int = 3, what_if: dict[str, WhatIf] | None = None) -> list[Section]:
     manifest = read_manifest(directory)
-    report = audit_mod.audit(directory)
-    dists = distributions([directory / s.sidecar for s in manifest.shards], threads=os.cpu_count())
+    report = audit_mod.audit(directory, scores=True, what_if=what_if)
+    sidecars = [directory / s.sidecar for s in manifest.shards]
+    dists = distributions(sidecars, threads=os.cpu_count())
     head = Section("summary", f"Audit: {report['dataset']} ({report['kind']})")
     head.text(
         f"{report['samples']:,} samples in {report['shards']} shards from {report['input']:,} inputs; "
@@ -53,6 +60,7 @@ def build_sections(directory: Path, per_source: int = 3) -> list[Section]:
         head,
         _table3(report),
         _distributions(dists),
+        *([_scores(report, sidecars)] if report["scores"] else []),
         _quality(report, manifest),
         _generation(report),
         _previews(previews(directory, manifest, per_source)),
@@ -126,6 +134,19 @@ def _distributions(dists: dict[str, Any]) -> Section:
         bins = [[d["labels"][i], *(f"{c['counts'][i]:,}" for _, c in cells)] for i in span]
         headers = ["bin", *(src for src, _ in cells)]
         sec.add(Table(f"{d['title']}: histogram ({name})", headers, bins, numeric=range(1, len(headers))))
+    return sec
+
+
+def _scores(report: dict[str, Any], sidecars: list[Path]) -> Section:
+    """Each score's distribution per source (table and histogram) and its what-if tables."""
+    sec = Section("scores", "Scores")
+    sec.add(scores_table(report))
+    with audit_mod.connect(os.cpu_count()) as con, audit_mod.reading_sidecars():
+        hists = score_histograms(con, [str(p) for p in sidecars], report["scores"])
+    for hist in hists.values():
+        sec.image(hist["title"], plots.histogram(hist))
+    for table in what_if_tables(report):
+        sec.add(table)
     return sec
 
 
