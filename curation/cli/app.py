@@ -178,13 +178,25 @@ def audit_cmd(
     compare: Annotated[
         Path | None, typer.Option("--compare", help="Another build: show what changed from DIRECTORY to it.")
     ] = None,
+    what_if: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--what-if",
+            metavar="SPEC",
+            help="Thresholds of a score's what-if table: NAME=T,T,... keeps samples scoring >= T, 'NAME<T,T,...' "
+            "keeps those scoring < T; repeatable (default: each score's build-wide p10, p25, p50, p75).",
+        ),
+    ] = None,
 ) -> None:
-    """Per-source samples, images, QA pairs, tokens and share of answer tokens, and drops by step and reason;
-    --html writes the report a team reviews (distributions, funnels, duplicates, contamination, previews);
-    --compare B shows what changed between two builds."""
+    """Per-source samples, images, QA pairs, tokens and share of answer tokens, drops by step and reason, and
+    score distributions with what-if tables; --html writes the report a team reviews (distributions, funnels,
+    duplicates, contamination, previews); --compare B shows what changed between two builds."""
     from curation.report.audit import audit, render_json, render_markdown, render_table
+    from curation.report.scores import parse_what_ifs
 
     if compare is not None:
+        if what_if:
+            raise CurationError("--what-if is for one build's audit, not with --compare")
         from curation.report.compare import compare as compare_builds
         from curation.report.compare import render_compare_markdown, render_compare_table
 
@@ -196,13 +208,16 @@ def audit_cmd(
         else:
             render_compare_table(doc, console)
         return
+    specs = parse_what_ifs(what_if or [])
     if html is not None:
         from curation.report.audit_page import write_audit_report
 
         with _writing(html):
-            files = _manifest_call(lambda d: write_audit_report(d, html, html.with_suffix(".md")), directory)
+            files = _manifest_call(
+                lambda d: write_audit_report(d, html, html.with_suffix(".md"), what_if=specs), directory
+            )
         err_console.print(f"report: {files['html']} (and {files['md']})")
-    report = _manifest_call(audit, directory)
+    report = _manifest_call(lambda d: audit(d, scores=True, what_if=specs), directory)
     if format is AuditFormat.json:
         sys.stdout.write(render_json(report))
     elif format is AuditFormat.markdown:
