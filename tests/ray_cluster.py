@@ -77,9 +77,11 @@ class LocalRayCluster:
         )
         self.wait_for(1)
 
-    def add_worker(self, num_cpus: int = 1, resources: str | None = None) -> subprocess.Popen:
+    def add_worker(self, num_cpus: int = 1, resources: str | None = None, num_gpus: int = 0) -> subprocess.Popen:
+        """A worker node; ``num_gpus`` declares GPUs it does not have (Ray schedules on the declaration)."""
         alive = self.alive()
         extra = ["--resources", resources] if resources else []
+        extra += ["--num-gpus", str(num_gpus)] if num_gpus else []
         proc = self._start(["--address", self.address, "--num-cpus", str(num_cpus), *extra])
         self.wait_for(alive + 1)
         return proc

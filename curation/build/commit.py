@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ from curation.sample import Drop
 from curation.steps.contract import GlobalDrop, GlobalDrops, ShardRewrite, Where
 from shards.atomic import tmp_path
 from shards.codec import decode_sample
+from shards.embeddings import embedding_file_name, load_embeddings, select_rows, write_embeddings
 from shards.manifest import ShardInfo
 from shards.reader import MAX_MEMBER_BYTES, MemberError, open_regular, read_member, split_name
 from shards.splice import SpliceWriter
@@ -94,8 +96,9 @@ def commit_shard(out: Path, item: ShardCommit) -> ShardInfo:
     staged = item.staged
     table = pq.read_table(staged.sidecar)
     stats = json.loads(staged.stats.read_text())
-    extra = {"reencoded_images": stats.get("reencoded_images", 0)}  # never the staged sample offsets
+    extra: dict[str, object] = {"reencoded_images": stats.get("reencoded_images", 0)}  # never the sample offsets
     if item.unchanged:
+        extra |= _commit_embeddings(staged, stats, out, item.stem, None)
         info = write_shard_metadata(
             out, item.stem, table=table, sha256=staged.info.sha256, size=staged.info.bytes, extra_stats=extra
         )
@@ -169,11 +172,50 @@ def _rewrite(item: ShardCommit, out: Path, table: pa.Table, offsets: object, ext
     kept = table.filter(pc.invert(gone))  # pyright: ignore[reportAttributeAccessIssue]  # generated functions
     if grown:
         kept = _update_rows(kept, grown)
+    keep = [not g for g in gone.to_pylist()]
+    extra = extra | _commit_embeddings(item.staged, json.loads(item.staged.stats.read_text()), out, item.stem, keep)
     index = kept.schema.get_field_index("index")
     kept = kept.set_column(index, kept.schema.field(index), pa.array(range(kept.num_rows), pa.int32()))
     info = write_shard_metadata(out, item.stem, table=kept, sha256=sha256, size=tar.size, extra_stats=extra)
     os.replace(tmp, out / info.name)
     return info
+
+
+def _commit_embeddings(
+    staged: StagedShard, stats: dict, out: Path, stem: str, keep: list[bool] | None
+) -> dict[str, object]:
+    """The staged shard's embedding files under the final name (before its tar appears): renamed when every
+    sample stays (``keep`` None), else rewritten with the kept samples' rows. Their stats entries."""
+    entries = stats.get("embeddings") or {}
+    if not entries:
+        return {}
+    n_images = pq.read_table(staged.sidecar, columns=["n_images"]).column("n_images").to_pylist()
+    final: dict[str, object] = {}
+    for name, entry in sorted(entries.items()):
+        source = staged.folder / entry["file"]
+        target = out / embedding_file_name(stem, name)
+        if keep is None:
+            _link_or_copy(source, target)
+            final[name] = {**entry, "file": target.name}
+            continue
+        vectors = select_rows(load_embeddings(source), entry["per"], n_images, keep)
+        final[name] = write_embeddings(out, stem, name, vectors).model_dump()
+    return {"embeddings": final}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Place a staged file under its final name and keep the staged one: a commit killed after this reruns
+    the global steps, which read the staged embeddings again (a hard link costs nothing; a copy where the
+    file system has none)."""
+    if target.exists():
+        return
+    tmp = tmp_path(target)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 class _TarCopy(TarStream):

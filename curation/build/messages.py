@@ -58,6 +58,7 @@ class PartitionTask:
 class PartitionResult:
     gid: int
     seconds: float
+    placement: dict[str, Any] = field(default_factory=dict)  # where it ran: host, pid, GPUs, Ray node (run log)
 
 
 class SidecarRef(NamedTuple):

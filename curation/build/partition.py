@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from curation.errors import CurationError, is_disk_full
 from curation.recipe import BuildRecipe
 from curation.sample import Drop, Sample
 from curation.sources import Partition, Reader, make_reader
-from curation.steps import BatchedStep, RecordStep, build_steps, is_global, step_label
+from curation.steps import BatchedStep, RecordStep, build_steps, is_global, step_class, step_label
 from shards import ShardWriter
 from shards.imageinfo import ImageProbeError, probe_image
 from shards.tokens import make_token_counter
@@ -47,7 +48,7 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     source = next(s for s in recipe.sources if s.name == part.source)
     reader = make_reader(source)
-    steps = build_steps(recipe.steps, work, (recipe.tokenizer.type, recipe.tokenizer.path))
+    steps = build_steps(recipe.steps, work, (recipe.tokenizer.type, recipe.tokenizer.path), recipe.models)
     acc = Accounting(record_step_names(recipe))
     out = recipe.output
     writer = ShardWriter(
@@ -57,8 +58,9 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
         max_bytes=out.max_bytes_per_shard,
         pair_image_ext=out.pair_image_format,
         token_counter=make_token_counter(recipe.tokenizer.type, recipe.tokenizer.path),
-        score_keys=out.sidecar_scores,
+        score_keys=[*out.sidecar_scores, *step_scores(recipe)],
         record_offsets=True,  # the commit copies kept samples as byte ranges
+        embedding_dims={name: dim for _, step in steps for name, dim in step.stored_embeddings().items()},
     )
     rejects = RejectsWriter(tmp / "rejects", "p", max_samples=out.max_samples_per_shard) if out.rejects else None
     started = time.perf_counter()
@@ -115,7 +117,13 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
         if not PartitionStats.is_done(work, gid):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-    return PartitionResult(gid, stats.seconds)
+    return PartitionResult(gid, stats.seconds, placement())
+
+
+def placement() -> dict[str, Any]:
+    """Where this partition ran, for the run log: host, process and the GPUs it could see."""
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {"host": socket.gethostname(), "pid": os.getpid(), **({"gpus": gpus} if gpus is not None else {})}
 
 
 def read_every_row(reader: Reader, part: Partition) -> Iterator[Sample | Drop]:
@@ -231,7 +239,9 @@ class RecordPipeline:
             return
         try:
             add_image_hashes(sample, self.features.hashes)
-            where = self.writer.write(record, sample.infos, sample.origin, sample.image_hashes)
+            where = self.writer.write(
+                record, sample.infos, sample.origin, sample.image_hashes, sample.stored(self.writer.embedding_dims)
+            )
         except UnicodeEncodeError as exc:  # lone surrogates (e.g. "\ud800" in JSON input) cannot be stored as UTF-8
             self.dropped(WRITE, Drop("invalid_unicode", source, sample.origin, record.key, str(exc)[:300], record))
             return
@@ -245,6 +255,11 @@ class RecordPipeline:
             return
         self.features.minhash.add(record, where)
         self.acc.out(WRITE, source)
+
+
+def step_scores(recipe: BuildRecipe) -> list[str]:
+    """The sidecar scores the recipe's steps write, in step order."""
+    return [name for i, s in enumerate(recipe.steps) for name in step_class(s).scores(s, step_label(recipe.steps, i))]
 
 
 def _step_reports(steps: list[tuple[str, RecordStep]]) -> dict[str, Any]:

@@ -55,7 +55,17 @@ def plan_build(recipe: BuildRecipe, limit: int | None) -> BuildPlan:
         "tokenizer": check_tokenizer(recipe.tokenizer),  # a changed tokenizer file is a changed input
         "partitions": [p.to_dict() for p in partitions],
     }
+    inputs = step_inputs(recipe)
+    if inputs:  # e.g. model fingerprints: changed weights are a changed build
+        doc["step_inputs"] = inputs
     return BuildPlan(rhash, partitions, doc, partition_resources(recipe))
+
+
+def step_inputs(recipe: BuildRecipe) -> dict[str, Any]:
+    """What each step records of its inputs beyond its config (``Step.identity``), by step label."""
+    steps = recipe.steps
+    found = {step_label(steps, i): step_class(s).input_identity(s, recipe.models) for i, s in enumerate(steps)}
+    return {label: identity for label, identity in found.items() if identity}
 
 
 def partition_resources(recipe: BuildRecipe) -> Resources:
@@ -64,7 +74,7 @@ def partition_resources(recipe: BuildRecipe) -> Resources:
     for step in recipe.steps:
         cls = step_class(step)
         if not issubclass(cls, GlobalStep):
-            needed = needed.joined(cls.resources(step))
+            needed = needed.joined(cls.resources(step, recipe.models))
     return needed
 
 
@@ -91,7 +101,7 @@ def plan_partitions(recipe: BuildRecipe, limit: int | None) -> list[Partition]:
     readers = {s.name: make_reader(s) for s in recipe.sources}
     check_kinds(recipe, readers)
     for i, step in enumerate(recipe.steps):
-        step_class(step).check_inputs(step, f"steps.{i}")
+        step_class(step).check_inputs(step, f"steps.{i}", recipe.models)
     plan: list[Partition] = []
     remaining = limit
     for src in recipe.sources:
@@ -135,4 +145,4 @@ def check_kinds(recipe: BuildRecipe, readers: dict[str, Reader]) -> None:
 def prepare_steps(recipe: BuildRecipe, work: Path) -> None:
     """Build-wide inputs of steps, made once before the partitions run (e.g. benchmark indexes)."""
     for i, step in enumerate(recipe.steps):
-        step_class(step).prepare(step, step_label(recipe.steps, i), work)
+        step_class(step).prepare(step, step_label(recipe.steps, i), work, recipe.models)

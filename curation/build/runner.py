@@ -123,6 +123,7 @@ def _run_stages(
             "samples": manifest.totals["samples"],
             "recipe_sha256": manifest.recipe_sha256,
             "steps": run_reports(recipe, done_reports, seconds),
+            "partitions": [{"gid": r.gid, "seconds": r.seconds, **r.placement} for r in results],
         }
     )
     skipped = len(plan.partitions) - len(done_now)

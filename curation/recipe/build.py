@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
+from curation.recipe.models import (
+    MODEL_STEPS,
+    ClipScoreStep,
+    EmbeddingDecontaminateStep,
+    EmbedStep,
+    KeepTopStep,
+    ModelConfig,
+    ModelName,
+    SemanticDedupStep,
+)
 from curation.recipe.sources import RecordKind, Source
 from curation.recipe.steps import RESERVED_STEP_NAMES, GlobalStepBase, Step, step_label
 
@@ -64,6 +75,9 @@ class BuildRecipe(_Strict):
     steps: list[Step] = Field(default_factory=list)
     output: Output
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
+    models: dict[ModelName, ModelConfig] = Field(
+        default_factory=dict, description="Models the steps run (embed, clip_score, ...), by name; local paths only."
+    )
     vars: dict[str, str | int | float] = Field(
         default_factory=dict, description="Values substituted for ${name} in the recipe's strings (--set vars.x=...)."
     )
@@ -83,6 +97,54 @@ class BuildRecipe(_Strict):
     def _unique_sources(cls, sources: list[Any]) -> list[Any]:
         _check_unique("source", [s.name for s in sources])
         return sources
+
+    @model_validator(mode="after")
+    def _keep_top_fraction(self) -> BuildRecipe:
+        """``clip_score.keep_top_fraction`` is a global step: it becomes a keep_top step after the record steps
+        (so the recipe's dump, which has the keep_top step, builds the same thing)."""
+        for i, step in enumerate(self.steps):
+            if isinstance(step, ClipScoreStep) and step.keep_top_fraction is not None:
+                label = step_label(self.steps, i)
+                first_global = next(
+                    (j for j, s in enumerate(self.steps) if isinstance(s, GlobalStepBase)), len(self.steps)
+                )
+                top = KeepTopStep(
+                    step="keep_top",
+                    name=f"{label}_top",
+                    score=step.score or label,
+                    fraction=step.keep_top_fraction,
+                    lowest=False,
+                )
+                self.steps[i] = step.model_copy(update={"keep_top_fraction": None})
+                self.steps.insert(first_global, top)
+        return self
+
+    @model_validator(mode="after")
+    def _models_named(self) -> BuildRecipe:
+        """Each model step names a model of ``models``; steps over stored embeddings follow an embed step."""
+        stored: set[tuple[str, str]] = set()
+        for i, step in enumerate(self.steps):
+            if not isinstance(step, MODEL_STEPS):
+                continue
+            model = step.model
+            if model not in self.models:
+                close = difflib.get_close_matches(model, list(self.models), n=1)
+                hint = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else f"declare it under models: (have: {sorted(self.models)})"
+                )
+                raise ValueError(f"steps.{i}.model: no model named {model!r}; {hint}")
+            if isinstance(step, EmbedStep):
+                stored |= {(model, m) for m, on in (("image", step.image), ("text", step.text)) if on}
+            want = {SemanticDedupStep: lambda s: s.embedding, EmbeddingDecontaminateStep: lambda s: "image"}
+            for cls, modality in want.items():
+                if isinstance(step, cls) and (model, modality(step)) not in stored:
+                    raise ValueError(
+                        f"steps.{i} ({step.step}) reads the stored {modality(step)} embeddings of {model!r}: add an "
+                        f"earlier step `embed` with model: {model} and {modality(step)}: true"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _unique_step_names(self) -> BuildRecipe:

@@ -52,3 +52,11 @@ def _check_unique(what: str, names: list[str]) -> None:
 def _check_bounds(low_name: str, low: int, high_name: str, high: int | None) -> None:
     if high is not None and low > high:
         raise ValueError(f"{low_name} ({low}) is greater than {high_name} ({high}); nothing could pass")
+
+
+class StepBase(_Strict):
+    name: Label | None = Field(None, description="Label in the accounting (defaults to the step type).")
+
+
+class GlobalStepBase(StepBase):
+    """The config of a step over the whole dataset: it runs after every record step, so it comes last."""

@@ -149,7 +149,7 @@ def _exists(path: Path) -> bool:
 
 
 PATH_KEYS = ("path", "image_root", "cache_dir", "common_words")
-BENCHMARK_PATH_KEYS = ("shards", "images", "questions")
+BENCHMARK_PATH_KEYS = ("shards", "images", "questions", "parquet")
 _VAR = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -164,9 +164,16 @@ def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
     tokenizer = data.get("tokenizer")
     if isinstance(tokenizer, dict) and "path" in tokenizer:
         yield tokenizer, "path"
+    models = data.get("models")
+    for model in models.values() if isinstance(models, dict) else []:
+        if isinstance(model, dict):
+            yield from ((model, k) for k in ("path", "cache_dir") if k in model)
     for step in dicts(data.get("steps")):
         for bench in dicts(step.get("benchmarks")):
             yield from ((bench, k) for k in BENCHMARK_PATH_KEYS if k in bench)
+        head = step.get("head")
+        if isinstance(head, dict) and "path" in head:
+            yield head, "path"
     trainer = data.get("trainer")
     if isinstance(trainer, dict) and trainer.get("type") == "reference" and "model" in trainer:
         yield trainer, "model"

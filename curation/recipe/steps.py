@@ -10,13 +10,22 @@ from curation.recipe.common import (
     DOTTED_NAME_PATTERN,
     NAME_MAX,
     NOT_IDENTITY,
-    Label,
+    GlobalStepBase,
     PathStr,
+    StepBase,
     _check_bounds,
     _check_unique,
     _Strict,
 )
 from curation.recipe.generation import DocmatixGenerateStep
+from curation.recipe.models import (
+    ClipScoreStep,
+    EmbeddingClassifierStep,
+    EmbeddingDecontaminateStep,
+    EmbedStep,
+    KeepTopStep,
+    SemanticDedupStep,
+)
 
 # ---- steps ---------------------------------------------------------------------------------------
 RESERVED_STEP_NAMES = ("read", "probe", "write", "unique_key")
@@ -29,14 +38,6 @@ def step_label(steps: list[Any], i: int) -> str:
         return step.name
     same = [j for j, s in enumerate(steps) if s.step == step.step and not s.name]
     return step.step if len(same) == 1 else f"{step.step}#{same.index(i) + 1}"
-
-
-class StepBase(_Strict):
-    name: Label | None = Field(None, description="Label in the accounting (defaults to the step type).")
-
-
-class GlobalStepBase(StepBase):
-    """The config of a step over the whole dataset: it runs after every record step, so it comes last."""
 
 
 class TextLengthStep(StepBase):
@@ -247,6 +248,12 @@ Step = Annotated[
     | NearDupTextStep
     | DecontaminateStep
     | MergeQaStep
-    | DocmatixGenerateStep,
+    | DocmatixGenerateStep
+    | EmbedStep
+    | ClipScoreStep
+    | EmbeddingClassifierStep
+    | KeepTopStep
+    | SemanticDedupStep
+    | EmbeddingDecontaminateStep,
     Field(discriminator="step"),
 ]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ from curation.steps.contract import GlobalStep, RecordStep, StepContext, step_cl
 
 
 def build_steps(
-    configs: list[Any], work: Path, tokenizer: tuple[str, str | None] = ("regex", None)
+    configs: list[Any],
+    work: Path,
+    tokenizer: tuple[str, str | None] = ("regex", None),
+    models: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, RecordStep]]:
     """(label, step) for the record and batched steps of ``configs``, in order, each given its context."""
     out = []
@@ -19,7 +23,7 @@ def build_steps(
         cls = step_class(cfg)
         if issubclass(cls, RecordStep):
             label = step_label(configs, i)
-            out.append((label, cls(cfg, StepContext(label, work, tokenizer))))
+            out.append((label, cls(cfg, StepContext(label, work, tokenizer, models or {}))))
     return out
 
 

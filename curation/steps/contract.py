@@ -13,7 +13,7 @@ docs/architecture.md, "Adding a step").
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,20 +34,27 @@ class Resources:
 
     cpus: float = 1.0
     gpus: float = 0.0
+    gpu_optional: bool = False  # a model on device auto: without any GPU, the same work runs on CPU
 
     def joined(self, other: Resources) -> Resources:
         """Enough for both (steps of one partition run in the same process, one after another)."""
-        return Resources(max(self.cpus, other.cpus), max(self.gpus, other.gpus))
+        gpus = max(self.gpus, other.gpus)
+        optional = bool(gpus) and all(r.gpu_optional or not r.gpus for r in (self, other))
+        return Resources(max(self.cpus, other.cpus), gpus, optional)
+
+    def without_gpus(self) -> Resources:
+        return Resources(self.cpus)
 
 
 @dataclass(frozen=True)
 class StepContext:
     """What a step instance may use of its build: its accounting label, the build's work directory (indexes
-    prepared before the partitions, caches) and the recipe's tokenizer (type, path)."""
+    prepared before the partitions, caches), the recipe's tokenizer (type, path) and its models."""
 
     label: str
     work: Path
     tokenizer: tuple[str, str | None] = ("regex", None)
+    models: Mapping[str, Any] = field(default_factory=dict)  # the recipe's models: (name -> ModelConfig)
 
 
 class Step(ABC):
@@ -85,19 +92,30 @@ class Step(ABC):
         return cls.converts[1] if cls.converts is not None and cls.converts[0] == kind else kind
 
     @classmethod
-    def resources(cls, cfg: Any) -> Resources:
+    def resources(cls, cfg: Any, models: Mapping[str, Any]) -> Resources:
         """What a worker running this step needs (a GPU for a model on ``cuda``); one CPU by default."""
         return Resources()
 
     @classmethod
-    def check_inputs(cls, cfg: Any, where: str) -> None:
+    def check_inputs(cls, cfg: Any, where: str, models: Mapping[str, Any]) -> None:
         """Before anything is written: the step's own inputs exist and are usable (raise CurationError)."""
         return None
 
     @classmethod
-    def prepare(cls, cfg: Any, label: str, work: Path) -> None:
+    def input_identity(cls, cfg: Any, models: Mapping[str, Any]) -> dict[str, Any]:
+        """What the build plan records of the step's inputs beyond its config (e.g. a model's fingerprint), so
+        a changed input is a changed build."""
+        return {}
+
+    @classmethod
+    def prepare(cls, cfg: Any, label: str, work: Path, models: Mapping[str, Any]) -> None:
         """Once per build, before the partitions run: build-wide inputs (e.g. a benchmark index in ``work``)."""
         return None
+
+    @classmethod
+    def scores(cls, cfg: Any, label: str) -> list[str]:
+        """The sidecar scores the step writes (into the record's meta and the sidecar ``scores`` map)."""
+        return []
 
     @classmethod
     def image_hashes(cls, cfg: Any) -> set[str]:
@@ -127,6 +145,11 @@ class RecordStep(Step):
     def report(self) -> dict[str, Any] | None:
         """What the step reports about its work in this partition (numbers add up across partitions)."""
         return None
+
+    def stored_embeddings(self) -> dict[str, int]:
+        """The embeddings (name -> dim) the step puts in ``Sample.embeddings`` to be stored beside each shard
+        (``shards.embeddings``)."""
+        return {}
 
     def close(self) -> None:
         """Release what the step holds (engines, caches) at the end of a partition."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -141,11 +141,11 @@ class Decontaminate(RecordStep):
     }
 
     @classmethod
-    def check_inputs(cls, cfg: DecontaminateStep, where: str) -> None:
+    def check_inputs(cls, cfg: DecontaminateStep, where: str, models: Mapping[str, Any]) -> None:
         check_benchmarks(cfg, where)
 
     @classmethod
-    def prepare(cls, cfg: DecontaminateStep, label: str, work: Path) -> None:
+    def prepare(cls, cfg: DecontaminateStep, label: str, work: Path, models: Mapping[str, Any]) -> None:
         prepare_benchmarks(cfg, label, work)
 
     @classmethod

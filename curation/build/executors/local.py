@@ -7,6 +7,7 @@ parent when it is interrupted. Finished partitions are kept either way, so a rer
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -20,6 +21,7 @@ from typing import Any
 
 from curation.build.messages import PartitionResult, PartitionTask
 from curation.build.partition import process_partition
+from curation.models.devices import visible_gpus
 
 _QUEUE: Any = None
 
@@ -31,9 +33,11 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _init_worker(q: Any, parent: int) -> None:
+def _init_worker(q: Any, parent: int, gpu_slots: Any = None) -> None:
     global _QUEUE
     _QUEUE = q
+    if gpu_slots is not None:  # before anything imports torch: the worker sees only its own GPU(s)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_slots.get_nowait()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while spawning us
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
@@ -47,14 +51,33 @@ def _run_task(task: PartitionTask) -> PartitionResult:
     return process_partition(task, _report)
 
 
+def gpu_slots(visible: list[str], gpus_per_worker: float) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each GPU worker: one worker per GPU, a GPU shared by ``1 / gpus`` workers
+    for a fraction, or consecutive groups of GPUs for a worker that needs several."""
+    if not visible or gpus_per_worker <= 0:
+        return []
+    if gpus_per_worker < 1:
+        share = max(1, int(1 / gpus_per_worker + 1e-9))
+        return [gpu for gpu in visible for _ in range(share)]
+    size = math.ceil(gpus_per_worker)
+    return [",".join(visible[i : i + size]) for i in range(0, len(visible) - size + 1, size)]
+
+
 def run_local(
     tasks: list[PartitionTask],
     workers: int,
     on_progress: Callable[[int, int], None],
     on_done: Callable[[PartitionResult], None],
+    run_task: Callable[[PartitionTask], PartitionResult] | None = None,
 ) -> None:
-    """Run ``tasks``; with one worker, in this process (easy to debug, no start-up cost)."""
-    if workers <= 1 or len(tasks) <= 1:
+    """Run ``tasks``; with one worker, in this process (easy to debug, no start-up cost). Partitions whose
+    steps run a model on a GPU get one worker per visible GPU slot (``gpu_slots``), each seeing only its own
+    GPU(s) through ``CUDA_VISIBLE_DEVICES``; without a visible GPU they run on ``workers`` CPU workers."""
+    needed = tasks[0].resources if tasks else None
+    slots = gpu_slots(visible_gpus(), needed.gpus) if needed is not None and needed.gpus else []
+    if slots:
+        workers = len(slots)
+    if (workers <= 1 or len(tasks) <= 1) and run_task is None:
         for task in tasks:
             on_done(process_partition(task, on_progress))
         return
@@ -65,6 +88,11 @@ def run_local(
     # queue that needs it) before blocking.
     resource_tracker.ensure_running()
     q = ctx.Queue()
+    slot_queue = None
+    if slots:
+        slot_queue = ctx.Queue()
+        for slot in slots[: min(workers, len(tasks))]:
+            slot_queue.put(slot)
     pool: ProcessPoolExecutor | None = None
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -73,9 +101,9 @@ def run_local(
                 max_workers=min(workers, len(tasks)),
                 mp_context=ctx,
                 initializer=_init_worker,
-                initargs=(q, os.getpid()),
+                initargs=(q, os.getpid(), slot_queue),
             )
-            pending = {pool.submit(_run_task, t) for t in tasks}  # spawns the workers
+            pending = {pool.submit(run_task or _run_task, t) for t in tasks}  # spawns the workers
         finally:
             # A Ctrl-C that came while they started is raised here, inside the outer try: the workers still
             # starting are stopped below, not left to fail on the queue this process is about to release.

@@ -9,6 +9,7 @@ reruns after a dead driver give the same bytes. Ray is imported only here (the `
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -70,7 +71,9 @@ def _run_partition(task: PartitionTask, progress: Any, driver_version: str) -> P
             "node mounts at the same path (NFS, Lustre, a FUSE mount of object storage)"
         )
     attempt = uuid.uuid4().hex
-    return process_partition(task, lambda n_in, n_drop: progress.add.remote(task.gid, attempt, n_in, n_drop))
+    result = process_partition(task, lambda n_in, n_drop: progress.add.remote(task.gid, attempt, n_in, n_drop))
+    where = {**result.placement, "ray_node": ray.get_runtime_context().get_node_id()}
+    return dataclasses.replace(result, placement=where)
 
 
 class RayExecutor:
@@ -156,7 +159,7 @@ class RayExecutor:
         self.connect()
         import ray
 
-        needed = tasks[0].resources  # one recipe: every partition task needs the same
+        needed = _on_this_cluster(ray, tasks[0].resources)  # one recipe: every partition task needs the same
         _check_feasible(ray, needed)
         remote = self._remote(_run_partition, needed)
         # On the head node: the driver may be off the cluster, and the head lives as long as the cluster does.
@@ -202,6 +205,13 @@ class RayExecutor:
             for ref in refs[i + 1 :]:
                 ray.cancel(ref, force=True)
             raise
+
+
+def _on_this_cluster(ray: Any, needed: Resources) -> Resources:
+    """A GPU request of models on ``device: auto`` is dropped on a cluster without any GPU: they run on CPU."""
+    if needed.gpus and needed.gpu_optional and not ray.cluster_resources().get("GPU", 0):
+        return needed.without_gpus()
+    return needed
 
 
 def _check_feasible(ray: Any, needed: Resources) -> None:

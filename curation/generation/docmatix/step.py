@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -86,7 +87,7 @@ class DocmatixGenerate(BatchedStep):
     run_only_report_keys: ClassVar[tuple[str, ...]] = RUN_ONLY
 
     @classmethod
-    def resources(cls, cfg: DocmatixGenerateStep) -> Resources:
+    def resources(cls, cfg: DocmatixGenerateStep, models: Mapping[str, Any]) -> Resources:
         """The GPUs of a local model: vLLM's tensor-parallel size, or one for transformers on ``cuda``
         (``device: auto`` uses a GPU only where one happens to be visible, so it asks for none)."""
         engine = cfg.engine

@@ -33,3 +33,10 @@ def test_plain_steps_ask_for_one_cpu_and_global_steps_ask_for_nothing():
 
 def test_joined_resources_are_enough_for_both():
     assert Resources(2, 0).joined(Resources(1, 1)) == Resources(2, 1)
+
+
+def test_a_model_on_auto_asks_for_a_gpu_it_can_do_without():
+    auto = Resources(gpus=0.5, gpu_optional=True)
+    assert Resources().joined(auto) == auto
+    assert auto.joined(Resources(gpus=1.0)) == Resources(gpus=1.0)  # another step needs one for sure
+    assert auto.without_gpus() == Resources()
