@@ -123,7 +123,8 @@ class Embedder(ABC):
 
     def _prepare_one(self, data: bytes) -> np.ndarray | str:
         try:
-            image = decode_rgb(bytes(data), self.spec.max_image_pixels, self.input_side)
+            side = self.input_side if self.spec.fast_jpeg_decode else None
+            image = decode_rgb(bytes(data), self.spec.max_image_pixels, side)
             return np.ascontiguousarray(self._preprocess(image), dtype=np.float32)
         except ImageRejected as exc:
             return str(exc)

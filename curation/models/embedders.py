@@ -42,6 +42,8 @@ def fingerprint_extra(spec: ModelSpec, kind: str, dtype: str) -> dict[str, Any]:
     """What besides the files changes the vectors: the dtype, and a TorchScript/open_clip model's preprocessing
     (a transformers directory's preprocessing is in its hashed preprocessor config)."""
     extra: dict[str, Any] = {"dtype": dtype}
+    if spec.fast_jpeg_decode:
+        extra["fast_jpeg_decode"] = True
     if kind == "torchscript":
         extra |= {"image_size": spec.image_size, "mean": list(spec.mean), "std": list(spec.std), "resize": "bicubic"}
     if kind == "open_clip":

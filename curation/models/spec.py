@@ -26,6 +26,9 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN  # torchscript normalisation (SSCD uses ImageNet's)
     std: tuple[float, float, float] = IMAGENET_STD
     max_image_pixels: int = 50_000_000  # decoded size cap, checked on the header before any pixel is decoded
+    # decode large JPEGs at libjpeg's 1/2-1/8 scales (sides >= 2x the model's input): much faster, but the
+    # pixels (so the vectors) differ slightly from the model's own preprocessing of a full decode
+    fast_jpeg_decode: bool = False
 
 
 @dataclass

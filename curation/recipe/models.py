@@ -38,6 +38,11 @@ class ModelConfig(_Strict):
         "auto", description="auto: bfloat16 on a GPU, float32 on CPU."
     )
     batch_size: int = Field(64, ge=1, le=8192, description="Samples per model call.")
+    fast_jpeg_decode: bool = Field(
+        False,
+        description="Decode large JPEGs at a reduced scale (at least twice the model's input side): several times "
+        "faster on large photos, vectors slightly different from the model's own preprocessing.",
+    )
     gpus: float = Field(
         1.0,
         gt=0.0,

@@ -47,6 +47,7 @@ def model_spec(cfg: ModelConfig) -> ModelSpec:
         image_size=cfg.image_size,
         mean=cfg.mean,
         std=cfg.std,
+        fast_jpeg_decode=cfg.fast_jpeg_decode,
     )
 
 
