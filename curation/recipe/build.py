@@ -122,7 +122,7 @@ class BuildRecipe(_Strict):
     @model_validator(mode="after")
     def _models_named(self) -> BuildRecipe:
         """Each model step names a model of ``models``; steps over stored embeddings follow an embed step."""
-        stored: set[tuple[str, str]] = set()
+        stored: dict[tuple[str, str], int] = {}
         for i, step in enumerate(self.steps):
             if not isinstance(step, MODEL_STEPS):
                 continue
@@ -136,7 +136,13 @@ class BuildRecipe(_Strict):
                 )
                 raise ValueError(f"steps.{i}.model: no model named {model!r}; {hint}")
             if isinstance(step, EmbedStep):
-                stored |= {(model, m) for m, on in (("image", step.image), ("text", step.text)) if on}
+                for modality in [m for m, on in (("image", step.image), ("text", step.text)) if on]:
+                    if (model, modality) in stored:
+                        raise ValueError(
+                            f"steps.{i}: the {modality} embeddings of {model!r} are already stored by "
+                            f"steps.{stored[(model, modality)]} (one {model}.{modality} per shard); drop one"
+                        )
+                    stored[(model, modality)] = i
             want = {SemanticDedupStep: lambda s: s.embedding, EmbeddingDecontaminateStep: lambda s: "image"}
             for cls, modality in want.items():
                 if isinstance(step, cls) and (model, modality(step)) not in stored:

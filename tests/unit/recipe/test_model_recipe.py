@@ -1,0 +1,72 @@
+"""Recipes with models: steps name declared models, steps over stored embeddings follow an embed step, each
+embedding is stored once, clip_score's keep_top_fraction becomes a keep_top step, model fields are checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from curation.errors import RecipeError
+from curation.recipe import validate_recipe
+from curation.recipe.loading import recipe_hash
+
+SOURCES = [{"name": "a", "reader": "jsonl", "path": "x.jsonl"}]
+
+
+def _recipe(steps: list[dict], models: dict | None = None) -> dict:
+    return {
+        "name": "m",
+        "sources": SOURCES,
+        "models": models
+        if models is not None
+        else {"clip": {"path": "clip"}, "sscd": {"path": "s.pt", "kind": "torchscript", "image_size": 64}},
+        "steps": steps,
+        "output": {"kind": "pair"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("steps", "models", "message"),
+    [
+        ([{"step": "embed", "model": "clipp"}], None, "no model named 'clipp'; did you mean 'clip'"),
+        ([{"step": "semantic_dedup", "model": "sscd"}], None, "add an earlier step `embed` with model: sscd"),
+        (
+            [
+                {"step": "embed", "model": "clip", "image": False, "text": True},
+                {"step": "semantic_dedup", "model": "clip"},
+            ],
+            None,
+            "reads the stored image embeddings of 'clip'",
+        ),
+        (
+            [{"step": "embed", "model": "clip"}, {"step": "embed", "model": "clip", "name": "again"}],
+            None,
+            "already stored by steps.0",
+        ),
+        ([{"step": "embed", "model": "clip", "image": False}], None, "image: true or text: true"),
+        ([], {"t": {"path": "t.pt", "kind": "torchscript"}}, "needs image_size"),
+        ([], {"o": {"path": "w.bin", "kind": "open_clip"}}, "needs arch"),
+        ([], {"c": {"path": "c", "device": "gpu"}}, "device"),
+        ([{"step": "keep_top", "score": "s", "fraction": 0}], None, "fraction"),
+    ],
+)
+def test_bad_model_recipes_name_the_problem(steps, models, message):
+    with pytest.raises(RecipeError, match=message):
+        validate_recipe(_recipe(steps, models))
+
+
+def test_keep_top_fraction_becomes_a_keep_top_step_after_the_record_steps():
+    recipe = validate_recipe(
+        _recipe(
+            [
+                {"step": "embed", "model": "sscd"},
+                {"step": "clip_score", "model": "clip", "keep_top_fraction": 0.3, "name": "cs"},
+                {"step": "semantic_dedup", "model": "sscd"},
+            ]
+        )
+    )
+    steps = [(s.step, s.name) for s in recipe.steps]
+    assert steps == [("embed", None), ("clip_score", "cs"), ("keep_top", "cs_top"), ("semantic_dedup", None)]
+    top = recipe.steps[2]
+    assert (top.score, top.fraction, top.per) == ("cs", 0.3, "source")
+    again = validate_recipe(recipe.model_dump(mode="json"))  # the dumped recipe builds the same thing
+    assert again == recipe and recipe_hash(again) == recipe_hash(recipe)
