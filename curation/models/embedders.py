@@ -45,7 +45,7 @@ def fingerprint_extra(spec: ModelSpec, kind: str, dtype: str) -> dict[str, Any]:
     if spec.fast_jpeg_decode:
         extra["fast_jpeg_decode"] = True
     if kind == "torchscript":
-        extra |= {"image_size": spec.image_size, "mean": list(spec.mean), "std": list(spec.std), "resize": "bicubic"}
+        extra |= {"image_size": spec.image_size, "mean": list(spec.mean), "std": list(spec.std), "resize": "bilinear"}
     if kind == "open_clip":
         extra |= {"arch": spec.arch}
     return extra

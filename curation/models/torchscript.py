@@ -1,4 +1,4 @@
-"""A TorchScript image embedder (e.g. SSCD for copy detection): square bicubic resize, mean/std
+"""A TorchScript image embedder (e.g. SSCD for copy detection): square bilinear resize (torchvision's default), mean/std
 normalisation, (B, 3, H, W) in, (B, dim) out. No text tower."""
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class TorchScriptEmbedder(Embedder):
 
     def _preprocess(self, image: Image.Image) -> np.ndarray:
         side = self.input_side or 1
-        arr = np.asarray(image.resize((side, side), Image.Resampling.BICUBIC), np.float32) / 255.0
+        # bilinear, as torchvision's Resize on a PIL image (SSCD's published "skew_320" preprocessing)
+        arr = np.asarray(image.resize((side, side), Image.Resampling.BILINEAR), np.float32) / 255.0
         return ((arr - self._mean) / self._std).transpose(2, 0, 1)
 
     def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
