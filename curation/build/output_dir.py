@@ -192,7 +192,8 @@ class OutputDir:
         out = self.root
         prefixes = self._prefixes()
         names = "|".join(re.escape(p) for p in sorted(prefixes)) or "(?!)"
-        shard = re.compile(rf"^(?:{names})-(?:rejects-)?\d{{6}}\.(?:tar|parquet|stats\.json)$")
+        embeddings = r"emb\.[A-Za-z0-9_]+(?:[.-][A-Za-z0-9_]+)*\.(?:image|text)\.npy"  # shards.embeddings
+        shard = re.compile(rf"^(?:{names})-(?:rejects-)?\d{{6}}\.(?:tar|parquet|stats\.json|{embeddings})$")
         singles = {MANIFEST_NAME, STATS_NAME, *(f"{p}.wids.json" for p in prefixes)}
         if (out / MANIFEST_NAME).is_file():  # a build's card and report; a README.md elsewhere is the user's
             singles |= {CARD_NAME, "audit.html", "audit.md"}

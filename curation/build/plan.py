@@ -5,6 +5,7 @@ Everything that can fail on bad configuration or inputs fails here, before anyth
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -59,6 +60,9 @@ def plan_build(recipe: BuildRecipe, limit: int | None) -> BuildPlan:
     if inputs:  # e.g. model fingerprints: changed weights are a changed build
         doc["step_inputs"] = inputs
     return BuildPlan(rhash, partitions, doc, partition_resources(recipe))
+
+
+Call = Callable[[Callable[..., Any], tuple, Resources], Any]  # run fn(*args) where the resources are
 
 
 def step_inputs(recipe: BuildRecipe) -> dict[str, Any]:
@@ -142,7 +146,20 @@ def check_kinds(recipe: BuildRecipe, readers: dict[str, Reader]) -> None:
             )
 
 
-def prepare_steps(recipe: BuildRecipe, work: Path) -> None:
-    """Build-wide inputs of steps, made once before the partitions run (e.g. benchmark indexes)."""
+def prepare_steps(recipe: BuildRecipe, work: Path, call: Call | None = None) -> None:
+    """Build-wide inputs of steps, made once before the partitions run (e.g. benchmark indexes). A step whose
+    preparation runs a model on a GPU (embedding benchmark images) is prepared through ``call``: on Ray, a task
+    with the step's resources, so its vectors come from the same kind of device as the workers'."""
     for i, step in enumerate(recipe.steps):
-        step_class(step).prepare(step, step_label(recipe.steps, i), work, recipe.models)
+        cls = step_class(step)
+        args = (step, step_label(recipe.steps, i), work, recipe.models)
+        needed = cls.resources(step, recipe.models)
+        if call is not None and needed.gpus:
+            call(prepare_step, args, needed)
+        else:
+            prepare_step(*args)
+
+
+def prepare_step(step: Any, label: str, work: Path, models: Any) -> None:
+    """One step's preparation (a plain function: what an executor ships to a Ray task)."""
+    step_class(step).prepare(step, label, work, models)

@@ -98,7 +98,7 @@ def _run_stages(
     progress: bool,
     started: float,
 ) -> BuildResult:
-    prepare_steps(recipe, target.work)
+    prepare_steps(recipe, target.work, ex.call)
     results = process_partitions(recipe, target.work, plan, ex, progress)
     done_now = {r.gid for r in results}
     staged = Staged.read(target.work, list(range(len(plan.partitions))))

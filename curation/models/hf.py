@@ -16,11 +16,11 @@ from PIL import Image
 
 from curation.errors import CurationError
 from curation.models.base import Embedder
+from curation.models.images import bound_aspect
 from curation.models.spec import ModelSpec
 from curation.models.torch_utils import pooled, quiet_loading, torch_dtype, unit_rows
 
 LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError, AttributeError)
-MAX_ASPECT = 4.0  # longer/shorter side kept before a shortest-edge resize (its centre crop is far inside)
 
 
 class HFEmbedder(Embedder):
@@ -53,7 +53,7 @@ class HFEmbedder(Embedder):
 
     def _preprocess(self, image: Image.Image) -> np.ndarray:
         if self._shortest_edge:
-            image = _bound_aspect(image)
+            image = bound_aspect(image)
         return self.processor(images=[image], return_tensors="np")["pixel_values"][0]
 
     def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
@@ -119,21 +119,6 @@ def _input_size(processor: Any) -> int | None:
             if value:
                 return int(value)
     return None
-
-
-def _bound_aspect(image: Image.Image) -> Image.Image:
-    """Centre-crop a banner-shaped image to MAX_ASPECT: a shortest-edge resize of a 1x40000 image would
-    allocate gigabytes; CLIP's square centre crop lies well inside what is kept, so its input is unchanged."""
-    w, h = image.size
-    if max(w, h) <= MAX_ASPECT * min(w, h):
-        return image
-    if w > h:
-        keep = int(MAX_ASPECT * h)
-        left = (w - keep) // 2
-        return image.crop((left, 0, left + keep, h))
-    keep = int(MAX_ASPECT * w)
-    top = (h - keep) // 2
-    return image.crop((0, top, w, top + keep))
 
 
 def _line(exc: BaseException) -> str:

@@ -11,6 +11,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 _HIGH_DEPTH = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
+MAX_ASPECT = 4.0  # longer/shorter side kept before a shortest-edge resize (its centre crop is far inside)
+
 
 class ImageRejected(Exception):
     """An image that does not embed; the message is its one-line reason."""
@@ -64,6 +66,21 @@ def to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+def bound_aspect(image: Image.Image) -> Image.Image:
+    """Centre-crop a banner-shaped image to MAX_ASPECT: a shortest-edge resize of a 1x40000 image would
+    allocate gigabytes; CLIP's square centre crop lies well inside what is kept, so its input is unchanged."""
+    w, h = image.size
+    if max(w, h) <= MAX_ASPECT * min(w, h):
+        return image
+    if w > h:
+        keep = int(MAX_ASPECT * h)
+        left = (w - keep) // 2
+        return image.crop((left, 0, left + keep, h))
+    keep = int(MAX_ASPECT * w)
+    top = (h - keep) // 2
+    return image.crop((0, top, w, top + keep))
 
 
 def _line(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from curation.errors import CurationError
 from curation.models.base import Embedder
+from curation.models.images import bound_aspect
 from curation.models.spec import ModelSpec
 from curation.models.torch_utils import torch_dtype, unit_rows
 
@@ -59,7 +60,7 @@ class OpenClipEmbedder(Embedder):
         self.dim = int(probe.shape[-1])
 
     def _preprocess(self, image: Image.Image) -> np.ndarray:
-        return self.transform(image).numpy()
+        return self.transform(bound_aspect(image)).numpy()  # a banner's shortest-edge resize would be gigabytes
 
     def _forward_images(self, pixels: np.ndarray) -> np.ndarray:
         import torch

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
+from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, StepBase, _check_unique, _Strict
 from curation.recipe.models import (
     MODEL_STEPS,
     ClipScoreStep,
@@ -99,27 +99,6 @@ class BuildRecipe(_Strict):
         return sources
 
     @model_validator(mode="after")
-    def _keep_top_fraction(self) -> BuildRecipe:
-        """``clip_score.keep_top_fraction`` is a global step: it becomes a keep_top step after the record steps
-        (so the recipe's dump, which has the keep_top step, builds the same thing)."""
-        for i, step in enumerate(self.steps):
-            if isinstance(step, ClipScoreStep) and step.keep_top_fraction is not None:
-                label = step_label(self.steps, i)
-                first_global = next(
-                    (j for j, s in enumerate(self.steps) if isinstance(s, GlobalStepBase)), len(self.steps)
-                )
-                top = KeepTopStep(
-                    step="keep_top",
-                    name=f"{label}_top",
-                    score=step.score or label,
-                    fraction=step.keep_top_fraction,
-                    lowest=False,
-                )
-                self.steps[i] = step.model_copy(update={"keep_top_fraction": None})
-                self.steps.insert(first_global, top)
-        return self
-
-    @model_validator(mode="after")
     def _models_named(self) -> BuildRecipe:
         """Each model step names a model of ``models``; steps over stored embeddings follow an embed step."""
         stored: dict[tuple[str, str], int] = {}
@@ -150,6 +129,48 @@ class BuildRecipe(_Strict):
                         f"steps.{i} ({step.step}) reads the stored {modality(step)} embeddings of {model!r}: add an "
                         f"earlier step `embed` with model: {model} and {modality(step)}: true"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _keep_top_fraction(self) -> BuildRecipe:
+        """``clip_score.keep_top_fraction`` is a global step: it becomes a keep_top step after the record steps
+        (so the recipe's dump, which has the keep_top step, builds the same thing)."""
+        for i, step in enumerate(self.steps):
+            if isinstance(step, ClipScoreStep) and step.keep_top_fraction is not None:
+                label = step_label(self.steps, i)
+                first_global = next(
+                    (j for j, s in enumerate(self.steps) if isinstance(s, GlobalStepBase)), len(self.steps)
+                )
+                if len(f"{label}_top") > NAME_MAX:
+                    raise ValueError(
+                        f"steps.{i}: name the step in {NAME_MAX - 4} characters or fewer (its keep_top "
+                        "step is named <name>_top)"
+                    )
+                top = KeepTopStep(
+                    step="keep_top",
+                    name=f"{label}_top",
+                    score=step.score_names(label)[0],
+                    fraction=step.keep_top_fraction,
+                    lowest=False,
+                )
+                self.steps[i] = step.model_copy(update={"keep_top_fraction": None})
+                self.steps.insert(first_global, top)
+        return self
+
+    @model_validator(mode="after")
+    def _scores_exist(self) -> BuildRecipe:
+        """A keep_top step ranks a score the sidecars will hold: output.sidecar_scores, or an earlier step's."""
+        known = set(self.output.sidecar_scores)
+        for i, step in enumerate(self.steps):
+            if isinstance(step, KeepTopStep) and step.score not in known:
+                close = difflib.get_close_matches(step.score, sorted(known), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known scores: {sorted(known) or 'none'}"
+                raise ValueError(
+                    f"steps.{i}.score: no earlier step writes {step.score!r} and output.sidecar_scores does not "
+                    f"list it; {hint}"
+                )
+            if isinstance(step, StepBase):
+                known |= set(step.score_names(step_label(self.steps, i)))
         return self
 
     @model_validator(mode="after")

@@ -57,6 +57,10 @@ def _check_bounds(low_name: str, low: int, high_name: str, high: int | None) -> 
 class StepBase(_Strict):
     name: Label | None = Field(None, description="Label in the accounting (defaults to the step type).")
 
+    def score_names(self, label: str) -> list[str]:
+        """The sidecar scores this step writes, given its accounting label (a recipe checks what reads them)."""
+        return []
+
 
 class GlobalStepBase(StepBase):
     """The config of a step over the whole dataset: it runs after every record step, so it comes last."""

@@ -18,7 +18,7 @@ from curation.recipe.common import (
     _Strict,
 )
 
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"
+DEVICE_PATTERN = r"^(auto|cpu|cuda)$"  # not cuda:N: GPU workers each see only their own GPU(s), as cuda
 SCORE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
 
 
@@ -32,7 +32,10 @@ class ModelConfig(_Strict):
     )
     arch: str | None = Field(None, max_length=100, description="open_clip architecture, e.g. ViT-B-32.")
     device: str = Field(
-        "auto", pattern=DEVICE_PATTERN, description="auto (a GPU when one is visible), cpu, cuda or cuda:N."
+        "auto",
+        pattern=DEVICE_PATTERN,
+        description="auto (a GPU when one is visible), cpu or cuda. Each GPU worker sees only its own GPU(s) "
+        "(CUDA_VISIBLE_DEVICES); to pick GPUs, set CUDA_VISIBLE_DEVICES for the build.",
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 on a GPU, float32 on CPU."
@@ -75,7 +78,13 @@ class ModelConfig(_Strict):
         return self
 
 
-ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$", max_length=64)]
+# the model's name is part of embedding file names (``<shard>.emb.<model>.image.npy``): the same rule as theirs
+ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*$", max_length=64)]
+
+
+def default_score(label: str) -> str:
+    """A step's label as a score name (``clip_score#2`` -> ``clip_score_2``)."""
+    return label.replace("#", "_")
 
 
 class _ModelStep(StepBase):
@@ -114,6 +123,9 @@ class ClipScoreStep(_ModelStep):
         None, gt=0.0, le=1.0, description="Keep this best-scoring fraction of each source (a global step)."
     )
 
+    def score_names(self, label: str) -> list[str]:
+        return [self.score or default_score(label)]
+
 
 class ClassifierHead(_Strict):
     """A head over image embeddings, as a state dict file (.safetensors, or .pt/.pth/.bin weights only)."""
@@ -139,6 +151,9 @@ class EmbeddingClassifierStep(_ModelStep):
     min: float | None = Field(None, description="Drop samples scoring below.")
     max: float | None = Field(None, description="Drop samples scoring above.")
 
+    def score_names(self, label: str) -> list[str]:
+        return [self.score or default_score(label)]
+
     @model_validator(mode="after")
     def _bounds(self) -> EmbeddingClassifierStep:
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -152,7 +167,7 @@ class KeepTopStep(GlobalStepBase):
 
     step: Literal["keep_top"]
     score: str = Field(pattern=SCORE_PATTERN, max_length=NAME_MAX)
-    fraction: float = Field(gt=0.0, le=1.0)
+    fraction: float = Field(ge=1e-6, le=1.0)
     per: Literal["source", "all"] = "source"
     lowest: bool = Field(False, description="Keep the lowest-scoring fraction instead (scores where less is better).")
 
@@ -175,6 +190,13 @@ class SemanticDedupStep(GlobalStepBase):
     exact_below: int = Field(100_000, ge=1)
     nlist: int | None = Field(None, ge=1, le=1 << 20, description="ivf/clusters: lists or clusters (default: from N).")
     nprobe: int | None = Field(None, ge=1, le=1 << 20, description="ivf: lists searched per query.")
+    threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="faiss threads. Part of the recipe, not taken from --workers: ivf and clusters train k-means, "
+        "whose result may depend on the thread count, so the same recipe gives the same drops on any machine.",
+    )
 
 
 class EmbeddingBenchmark(_Strict):

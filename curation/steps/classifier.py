@@ -61,7 +61,7 @@ class EmbeddingClassifier(BatchedStep):
         self.stage = ModelStage(cfg.model, model_config(context.models, cfg.model))
         self.batch_size = self.stage.cfg.batch_size
         self.head = load_head(head_spec(cfg))
-        self.score = cfg.score or context.label
+        self.score = cfg.score_names(context.label)[0]
         self.unscored = 0
 
     @classmethod
@@ -89,7 +89,7 @@ class EmbeddingClassifier(BatchedStep):
 
     @classmethod
     def scores(cls, cfg: EmbeddingClassifierStep, label: str) -> list[str]:
-        return [cfg.score or label]
+        return cfg.score_names(label)
 
     def process_batch(self, samples: list[Sample]) -> list[Sample | str]:
         images = self.stage.images(samples)

@@ -40,7 +40,7 @@ class ClipScore(BatchedStep):
         super().__init__(cfg, context)
         self.stage = ModelStage(cfg.model, model_config(context.models, cfg.model))
         self.batch_size = self.stage.cfg.batch_size
-        self.score = cfg.score or context.label
+        self.score = cfg.score_names(context.label)[0]
         self.unscored = 0
 
     @classmethod
@@ -57,7 +57,7 @@ class ClipScore(BatchedStep):
 
     @classmethod
     def scores(cls, cfg: ClipScoreStep, label: str) -> list[str]:
-        return [cfg.score or label]
+        return cfg.score_names(label)
 
     def process_batch(self, samples: list[Sample]) -> list[Sample | str]:
         images = self.stage.images(samples)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 from curation.recipe.steps import PairToSftStep
@@ -27,4 +28,4 @@ class PairToSft(RecordStep):
             images=[r.image],
             turns=[Turn.model_construct(user=self.cfg.prompt, assistant=r.caption)],
         )
-        return Sample(sft, sample.origin, sample.infos)
+        return dataclasses.replace(sample, record=sft)  # same images: their hashes and embeddings stay

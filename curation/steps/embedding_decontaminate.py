@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.errors import CurationError
@@ -80,10 +82,15 @@ def _images(bench: EmbeddingBenchmark) -> Iterator[bytes]:
             have = ", ".join(parquet.schema_arrow.names)
             raise CurationError(f"{file}: no column {bench.image_column!r} (image_column); it has: {have}")
         for batch in parquet.iter_batches(batch_size=64, columns=[bench.image_column]):
-            for value in batch.column(0).to_pylist():
-                data = value.get("bytes") if isinstance(value, dict) else value
-                if isinstance(data, bytes) and len(data) <= MAX_IMAGE_BYTES:
-                    yield data
+            column = batch.column(0)
+            if pa.types.is_struct(column.type) and column.type.get_field_index("bytes") >= 0:
+                column = pc.struct_field(column, "bytes")  # pyright: ignore[reportAttributeAccessIssue]
+            if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+                raise CurationError(f"{file}: column {bench.image_column!r} holds {column.type}, not image bytes")
+            sizes = pc.binary_length(column).to_pylist()  # pyright: ignore[reportAttributeAccessIssue]
+            for i, size in enumerate(sizes):  # the size is checked before the bytes become a Python object
+                if size is not None and 0 < size <= MAX_IMAGE_BYTES:
+                    yield column[i].as_py()
 
 
 def prepare_index(cfg: EmbeddingDecontaminateStep, label: str, work: Path, models: Mapping[str, Any]) -> Path:

@@ -190,12 +190,18 @@ class ModelStage:
         import time
 
         started = time.perf_counter()
-        result = self.embedder.embed_images(images)
+        fresh: dict[str, np.ndarray] = {}
+        failed: dict[str, str] = {}
+        size = self.cfg.batch_size  # samples may hold many images: a model call takes at most batch_size of them
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            result = self.embedder.embed_images(chunk)
+            half = np.asarray(result.vectors, dtype=np.float16)
+            ok = [i for i in range(len(chunk)) if i not in result.failed]
+            fresh |= {shas[start + i]: half[row] for row, i in enumerate(ok)}
+            failed |= {shas[start + i]: why for i, why in result.failed.items()}
         self.counts["model_seconds"] += time.perf_counter() - started
-        ok = [i for i in range(len(images)) if i not in result.failed]
-        half = np.asarray(result.vectors, dtype=np.float16)
-        fresh = {shas[i]: half[row] for row, i in enumerate(ok)}
-        return fresh, {shas[i]: why for i, why in result.failed.items()}
+        return fresh, failed
 
     def _embed_texts(self, shas: list[str], texts: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         import time

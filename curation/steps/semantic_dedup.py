@@ -8,6 +8,7 @@ without images are never duplicates, nor are samples an earlier global step drop
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ class SemanticDedup(GlobalStep):
                 exact_below=cfg.exact_below,
                 nlist=cfg.nlist,
                 nprobe=cfg.nprobe,
-                threads=context.threads,
+                threads=cfg.threads,  # not context.threads: the drops must not depend on --workers
                 work=context.work / f"semantic-dedup-{label}",
                 excluded=excluded,
             )
@@ -130,14 +131,14 @@ def _drops(label: str, shards: list[_Shard], matches: list) -> GlobalDrops:
     """The matches as drops naming the kept sample each duplicates; only the sidecars of shards with a match,
     or holding a kept original, are read."""
     firsts = np.asarray([s.first_row for s in shards], dtype=np.int64)
-    rows_of: dict[int, dict] = {}
+
+    @functools.lru_cache(maxsize=32)  # bounded: the matches touch any number of shards
+    def columns(i: int) -> dict:
+        return pq.read_table(shards[i].sidecar, columns=["key", "source", "origin"]).to_pydict()
 
     def sample(row: int) -> tuple[_Shard, int, dict]:
         i = int(np.searchsorted(firsts, row, side="right")) - 1
-        shard = shards[i]
-        if i not in rows_of:
-            rows_of[i] = pq.read_table(shard.sidecar, columns=["key", "source", "origin"]).to_pydict()
-        return shard, row - shard.first_row, rows_of[i]
+        return shards[i], row - shards[i].first_row, columns(i)
 
     found: GlobalDrops = {}
     for match in matches:

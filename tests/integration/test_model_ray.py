@@ -36,7 +36,7 @@ def recipe(tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("VLM_CURATION_CACHE", str(root / "cache"))
     inputs = make_pair_inputs(root / "in", n=40, n_copies=4, n_contaminated=2)
     recipe = pairs_recipe(inputs, make_models(root / "models"))
-    recipe["steps"] = [recipe["steps"][0], recipe["steps"][4]]  # embed (sscd) + semantic_dedup
+    recipe["steps"] = [recipe["steps"][0], *recipe["steps"][4:]]  # embed sscd, semantic_dedup, decontaminate
     recipe["models"] = {"sscd": recipe["models"]["sscd"]}
     return recipe
 

@@ -269,3 +269,26 @@ def test_changed_model_weights_are_changed_inputs(inputs, tmp_path, cache_env):
     make_downsample_embedder(models.sscd, grid=4)  # other weights, same file name
     with pytest.raises(CurationError, match="inputs have changed"):
         build(recipe, tmp_path / "out", progress=False)
+
+
+def test_overwrite_replaces_a_build_with_embeddings(reference, inputs, models, tmp_path):
+    """Embedding files are the build's own: --overwrite removes them with the shards."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(pairs_recipe(inputs, models)))
+    out = tmp_path / "out"
+    for extra in ([], ["--overwrite"]):
+        done = subprocess.run(
+            [*CLI, "build", str(recipe), "--out", str(out), "-q", *extra], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    assert tree_digest(out) == tree_digest(reference)
+
+
+def test_pair_to_sft_after_embed_keeps_the_embeddings(inputs, models, tmp_path, cache_env):
+    recipe = pairs_recipe(inputs, models)
+    recipe["steps"] = [recipe["steps"][0], {"step": "pair_to_sft"}, recipe["steps"][4]]
+    recipe["output"]["kind"] = "sft"
+    out = tmp_path / "sft"
+    build(validate_recipe(recipe), out, progress=False)
+    assert {k for k, (r, _) in _rejects(out).items() if r == "semantic_duplicate"} == set(inputs.copies)
+    assert shards.embeddings(out, "sscd.image").vectors.shape[0] == read_manifest(out).totals["samples"]

@@ -12,6 +12,7 @@ from curation.build.executors.local import run_local
 from curation.build.messages import PartitionResult, PartitionTask
 from curation.errors import CurationError
 from curation.sources import Partition, Reader
+from curation.steps.contract import Resources
 
 EXECUTORS = ("local", "ray")
 
@@ -34,6 +35,10 @@ class Executor(Protocol):
 
     def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
         """``fn(*a)`` for each of ``args``, results in order (``label(a)`` names one in errors)."""
+        ...
+
+    def call(self, fn: Callable[..., Any], args: tuple, resources: Resources) -> Any:
+        """``fn(*args)`` once, where ``resources`` are (a GPU for a model)."""
         ...
 
 
@@ -61,6 +66,10 @@ class LocalExecutor:
     def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
         """In this process, one after another (the work it is used for is disk-bound)."""
         return (fn(*a) for a in args)
+
+    def call(self, fn: Callable[..., Any], args: tuple, resources: Resources) -> Any:
+        """In this process: it sees this machine's GPUs, like the workers."""
+        return fn(*args)
 
 
 def check_executor(kind: str, address: str | None) -> None:

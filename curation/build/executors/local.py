@@ -59,7 +59,7 @@ def gpu_slots(visible: list[str], gpus_per_worker: float) -> list[str]:
     if gpus_per_worker < 1:
         share = max(1, int(1 / gpus_per_worker + 1e-9))
         return [gpu for gpu in visible for _ in range(share)]
-    size = math.ceil(gpus_per_worker)
+    size = min(math.ceil(gpus_per_worker), len(visible))  # asking for more than there are: one worker, all of them
     return [",".join(visible[i : i + size]) for i in range(0, len(visible) - size + 1, size)]
 
 

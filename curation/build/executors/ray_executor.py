@@ -185,6 +185,15 @@ class RayExecutor:
         finally:
             ray.kill(progress)
 
+    def call(self, fn: Callable[..., Any], args: tuple, resources: Resources) -> Any:
+        """``fn(*args)`` as one Ray task asking for ``resources`` (dropped GPUs on a cluster without any)."""
+        self.connect()
+        import ray
+
+        needed = _on_this_cluster(ray, resources)
+        _check_feasible(ray, needed)
+        return _result(ray, self._remote(fn, needed).remote(*args), getattr(fn, "__qualname__", "a task"))
+
     def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
         """``fn(*a)`` for each of ``args`` as Ray tasks (at most ``workers`` at once), results in order."""
         if not args:

@@ -4,6 +4,7 @@ seeing only its own GPU(s); without a visible GPU they run on the CPU workers as
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,6 +21,7 @@ from curation.steps.contract import Resources
         (["0", "1"], 0.5, ["0", "0", "1", "1"]),
         (["0", "1", "2", "3"], 2.0, ["0,1", "2,3"]),
         (["0", "1", "2"], 2.0, ["0,1"]),
+        (["0", "1"], 4.0, ["0,1"]),
         ([], 1.0, []),
         (["0"], 0.0, []),
     ],
@@ -35,6 +37,7 @@ class _Task:
 
 
 def _report_gpus(task: _Task) -> PartitionResult:
+    time.sleep(0.3)  # long enough that both workers take tasks
     return PartitionResult(task.gid, 0.0, {"gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()})
 
 

@@ -70,3 +70,34 @@ def test_keep_top_fraction_becomes_a_keep_top_step_after_the_record_steps():
     assert (top.score, top.fraction, top.per) == ("cs", 0.3, "source")
     again = validate_recipe(recipe.model_dump(mode="json"))  # the dumped recipe builds the same thing
     assert again == recipe and recipe_hash(again) == recipe_hash(recipe)
+
+
+def test_keep_top_ranks_a_score_that_exists():
+    steps = [{"step": "keep_top", "score": "clipscore", "fraction": 0.5}]
+    with pytest.raises(RecipeError, match="no earlier step writes 'clipscore'"):
+        validate_recipe(_recipe([{"step": "clip_score", "model": "clip"}, *steps]))
+    validate_recipe(_recipe([{"step": "clip_score", "model": "clip"}, {**steps[0], "score": "clip_score"}]))
+    recipe = _recipe(steps)
+    recipe["output"]["sidecar_scores"] = ["clipscore"]  # a reader's meta number (e.g. LAION similarity)
+    validate_recipe(recipe)
+
+
+def test_errors_name_the_steps_as_written_and_repeated_steps_get_valid_score_names():
+    steps = [
+        {"step": "clip_score", "model": "clip", "keep_top_fraction": 0.5},
+        {"step": "semantic_dedup", "model": "sscd"},  # steps.1 as written (the keep_top step comes later)
+    ]
+    with pytest.raises(RecipeError, match=r"steps\.1 \(semantic_dedup\)"):
+        validate_recipe(_recipe(steps))
+    two = validate_recipe(
+        _recipe(
+            [{"step": "clip_score", "model": "clip", "keep_top_fraction": 0.5}, {"step": "clip_score", "model": "clip"}]
+        )
+    )
+    assert [s.score for s in two.steps if s.step == "keep_top"] == ["clip_score_1"]
+
+
+def test_model_names_are_valid_in_embedding_file_names():
+    for bad in ("clip-", "-clip", "a--b", "a.b"):
+        with pytest.raises(RecipeError, match="models"):
+            validate_recipe(_recipe([], {bad: {"path": "clip"}}))
