@@ -20,11 +20,20 @@ Misbehaving servers (each bounded: a handler never outlives the server, nor ``HO
 - ``("unsized", reply)``: no Content-Length, the body runs until the connection closes (legal HTTP/1.1).
 
 Every request is recorded (``.requests``: path, headers, parsed body).
+
+Messages are checked as OpenAI and ``vllm serve`` check them: ``content`` is a string or a list of content parts,
+``{"type": "text", "text": str}`` or ``{"type": "image_url", "image_url": {"url": "data:image/<fmt>;base64,..."}}``.
+A data URI must decode (base64, then the image with Pillow) to an image of the format its media type names;
+anything else is answered 400 before the script sees the request. The decoded images are recorded
+(``RecordedRequest.images``: (media type, bytes, (width, height)) in order).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import io
 import json
 import socket
 import struct
@@ -46,6 +55,7 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]  # names lower-cased
     body: dict | None = field(default=None)
+    images: list[tuple[str, bytes, tuple[int, int]]] = field(default_factory=list)  # decoded data URIs
 
     @property
     def authorization(self) -> str | None:
@@ -54,7 +64,7 @@ class RecordedRequest:
 
 def chat_completion(content: str | None, request: dict, finish_reason: str = "stop") -> dict:
     """A realistic ``chat.completion`` object; token counts are whitespace words (deterministic, non-zero)."""
-    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+    prompt_tokens = sum(len(message_text(m).split()) for m in request.get("messages", []) if isinstance(m, dict))
     completion_tokens = len((content or "").split())
     return {
         "id": f"chatcmpl-{time.monotonic_ns():x}",
@@ -75,6 +85,65 @@ def chat_completion(content: str | None, request: dict, finish_reason: str = "st
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+_PIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF"}
+
+
+class InvalidContent(ValueError):
+    """A message the server refuses (400), as OpenAI-compatible servers refuse malformed content parts."""
+
+
+def decode_data_uri(url: str) -> tuple[str, bytes, tuple[int, int]]:
+    """(media type, bytes, size) of a ``data:image/...;base64,...`` URI whose image decodes as that type."""
+    from PIL import Image
+
+    head, comma, payload = url.partition(",")
+    if not comma or not head.startswith("data:") or not head.endswith(";base64"):
+        raise InvalidContent(f"image_url is not a base64 data URI: {url[:40]!r}")
+    mime = head[len("data:") : -len(";base64")]
+    if mime not in _PIL_FORMATS:
+        raise InvalidContent(f"unsupported image media type {mime!r}")
+    try:
+        data = base64.b64decode(payload, validate=True)
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            fmt, size = image.format, image.size
+    except (binascii.Error, ValueError, OSError) as exc:
+        raise InvalidContent(f"the data URI does not decode to an image: {exc}") from None
+    if fmt != _PIL_FORMATS[mime]:
+        raise InvalidContent(f"the data URI says {mime} but holds {fmt}")
+    return mime, data, size
+
+
+def check_messages(messages: Any) -> list[tuple[str, bytes, tuple[int, int]]]:
+    """The images of valid chat messages, in order; ``InvalidContent`` for what a server would refuse."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidContent("messages must be a non-empty list")
+    images = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not content:
+            raise InvalidContent("content must be a string or a non-empty list of content parts")
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                continue
+            url = part.get("image_url") if kind == "image_url" else None
+            if not isinstance(url, dict) or not isinstance(url.get("url"), str):
+                raise InvalidContent(f"invalid content part: {str(part)[:80]}")
+            images.append(decode_data_uri(url["url"]))
+    return images
+
+
+def message_text(message: dict) -> str:
+    """The text of a message, whichever form its content takes."""
+    content = message.get("content", "")
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content)
 
 
 def error_body(status: int, message: str) -> dict:
@@ -228,12 +297,18 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             body = None
-        self.server_ref._record(RecordedRequest("POST", self.path, self._headers(), body))
+        recorded = RecordedRequest("POST", self.path, self._headers(), body)
+        self.server_ref._record(recorded)
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._send(404, error_body(404, f"no route {self.path}"))
             return
         if not isinstance(body, dict) or "messages" not in body or "model" not in body:
             self._send(400, error_body(400, "request must be a JSON object with model and messages"))
+            return
+        try:
+            recorded.images = check_messages(body["messages"])
+        except InvalidContent as exc:
+            self._send(400, error_body(400, str(exc)))
             return
         self._answer(self.server_ref._next_reply(body), body)
 

@@ -18,6 +18,12 @@ that replaced guided decoding in v0.12), from the sources:
   ``CompletionOutput(index, text, token_ids, cumulative_logprob, logprobs, finish_reason, stop_reason)``.
 - A prompt longer than ``max_model_len`` fails the whole call with vLLM's ``ValueError`` ("The decoder prompt
   (length N) is longer than the maximum model length of M. ...").
+- Multi-modal chat (``vllm/entrypoints/chat_utils.py``, ``MM_PARSER_MAP``): a message's ``content`` is a string
+  or a list of parts, ``{"type": "text", "text": str}``, ``{"type": "image_pil", "image_pil": PIL.Image.Image}``
+  or ``{"type": "image_url", "image_url": {"url": str}}``; an unknown part type, or a part without its field, is
+  a ``ValueError``. Images on a text-only model (``multimodal=False``: ``llm_engine.model_config.
+  is_multimodal_model`` is False) fail the call, as do more images in one prompt than ``limit_mm_per_prompt``
+  (``{"image": N}``; vLLM's default 999). The double's template renders each image as ``<image>`` (one token).
 
 ``api="guided"`` mimics vLLM before v0.12 instead (v0.10 docs): ``SamplingParams(guided_decoding=
 GuidedDecodingParams(json=...))`` and no ``StructuredOutputsParams``.
@@ -185,13 +191,57 @@ class VllmDouble:
 
     responder: Responder
     api: str = "current"
+    multimodal: bool = True  # llm_engine.model_config.is_multimodal_model: a text-only model rejects images
     llm_kwargs: list[dict[str, Any]] = field(default_factory=list)
     chat_calls: list[ChatCall] = field(default_factory=list)
 
 
+IMAGE_LIMIT_DEFAULT = 999  # vLLM's limit_mm_per_prompt for each modality when unset
+MM_PROCESSOR_MISSING = "Resolving modality 'image' requires a multimodal processor but none is available."
+
+
+def text_of(content: str | list[dict]) -> str:
+    """A message's content as the double's template renders it: text parts, and ``<image>`` per image."""
+    if isinstance(content, str):
+        return content
+    return " ".join(part["text"] if part["type"] == "text" else "<image>" for part in content)
+
+
+def images_of(conversation: list[dict]) -> list[Any]:
+    """The images of a conversation, in order (PIL images, or the URLs of ``image_url`` parts)."""
+    found = []
+    for message in conversation:
+        for part in message["content"] if isinstance(message["content"], list) else []:
+            if part["type"] == "image_pil":
+                found.append(part["image_pil"])
+            elif part["type"] == "image_url":
+                found.append(part["image_url"]["url"])
+    return found
+
+
+def _check_parts(content: Any) -> None:
+    """vLLM's content-part parsing, for the part types the double knows (see the module docstring)."""
+    from PIL import Image
+
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise TypeError(f"message content is a str or a list of parts, got {type(content).__name__}")
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            continue
+        if kind == "image_pil" and isinstance(part.get("image_pil"), Image.Image):
+            continue
+        url = part.get("image_url") if kind == "image_url" else None
+        if isinstance(url, dict) and isinstance(url.get("url"), str):
+            continue
+        raise ValueError(f"Unknown or malformed multimodal content part: {part!r}")
+
+
 def _render(conversation: list[dict]) -> str:
     """The chat template the double 'applies' (Phi-3 style)."""
-    turns = "".join(f"<|{m['role']}|> {m['content']} <|end|> " for m in conversation)
+    turns = "".join(f"<|{m['role']}|> {text_of(m['content'])} <|end|> " for m in conversation)
     return f"<s> {turns}<|assistant|>"
 
 
@@ -206,7 +256,10 @@ def _make_llm_class(double: VllmDouble, sampling_class: type) -> type:
             double.llm_kwargs.append({"model": model, **kwargs})
             self.model = model
             self.max_model_len = kwargs.get("max_model_len")
+            self.image_limit = (kwargs.get("limit_mm_per_prompt") or {}).get("image", IMAGE_LIMIT_DEFAULT)
             self._tokenizer = WordTokenizer()
+            model_config = types.SimpleNamespace(is_multimodal_model=double.multimodal)
+            self.llm_engine = types.SimpleNamespace(model_config=model_config)
 
         def get_tokenizer(self) -> WordTokenizer:
             return self._tokenizer
@@ -223,6 +276,12 @@ def _make_llm_class(double: VllmDouble, sampling_class: type) -> type:
                 bound[name] = value
             conversations = self._conversations(messages)
             params = self._params(bound.get("sampling_params"), len(conversations))
+            for conversation in conversations:  # vLLM parses every conversation's media before running any
+                count = len(images_of(conversation))
+                if count and not double.multimodal:
+                    raise ValueError(MM_PROCESSOR_MISSING)
+                if count > self.image_limit:
+                    raise ValueError(f"At most {self.image_limit} image(s) may be provided in one prompt.")
             double.chat_calls.append(ChatCall(conversations, params, bound))
             prompts = [_render(c) for c in conversations]
             prompt_ids = [self._tokenizer.encode(p, add_special_tokens=False) for p in prompts]
@@ -247,6 +306,7 @@ def _make_llm_class(double: VllmDouble, sampling_class: type) -> type:
                 for message in conversation:
                     if not isinstance(message, dict) or "role" not in message or "content" not in message:
                         raise TypeError(f"each message is a dict with 'role' and 'content', got {message!r}")
+                    _check_parts(message["content"])
             return conversations
 
         @staticmethod
@@ -277,15 +337,19 @@ def _make_llm_class(double: VllmDouble, sampling_class: type) -> type:
     return LLM
 
 
-def install_vllm_double(monkeypatch: Any, responder: Responder, api: str = "current") -> VllmDouble:
+def install_vllm_double(
+    monkeypatch: Any, responder: Responder, api: str = "current", multimodal: bool = True
+) -> VllmDouble:
     """Put the double into ``sys.modules`` as ``vllm`` and ``vllm.sampling_params`` (undone by ``monkeypatch``).
 
-    ``responder(conversation, sampling_params) -> text | (text, finish_reason)`` plays the model.
+    ``responder(conversation, sampling_params) -> text | (text, finish_reason)`` plays the model (a message's
+    content may be a list of parts: ``text_of``, ``images_of``).
     ``api``: "current" (``structured_outputs``) or "guided" (``guided_decoding``, before v0.12).
+    ``multimodal``: False plays a text-only model (images are refused).
     """
     if api not in ("current", "guided"):
         raise ValueError(f"api: current or guided, got {api!r}")
-    double = VllmDouble(responder, api)
+    double = VllmDouble(responder, api, multimodal)
     sampling_class = SamplingParams if api == "current" else LegacySamplingParams
     package = types.ModuleType("vllm")
     package.__path__ = []  # a package, so `import vllm.sampling_params` works

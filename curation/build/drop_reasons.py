@@ -98,6 +98,10 @@ _NOTES = {
     "DocmatixGenerate": (
         "Every `generation_failed:<reason>` and the rules that discard single pairs: [docmatix.md](docmatix.md)."
     ),
+    "Judge": (
+        "Replies without a rating and failed requests are counted per request in `reports`; with `on_unparsed: "
+        "keep` / `on_failure: keep` the sample stays, its rating None: [judges.md](judges.md#outcomes)."
+    ),
     SELECT: (
         "Repeats are counted as `added: {repeated: n}`, so that `input + added = output + dropped` "
         "(`added` reasons below the drops)."

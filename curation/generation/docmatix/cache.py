@@ -1,16 +1,19 @@
 """Generations persist as they complete, keyed by what produced them, so a rerun never generates twice.
 
 One SQLite file per cache directory (WAL mode: the build's worker processes write to it concurrently).
-The key is the sha256 of (engine identity, sampling, messages, JSON schema): a rerun with the same recipe
-and engine finds every finished generation, whatever the partitioning; another engine or prompt misses.
+The key is the sha256 of (engine identity, sampling, messages, JSON schema, and the images' sha256 when a
+request has images): a rerun with the same recipe and engine finds every finished generation, whatever the
+partitioning; another engine or prompt misses.
 Failures are not stored (a rebuild retries them). What is stored is the reply after the step's repairs
 (``curation.generation.docmatix.untrusted``) with their names, so a rerun reads exactly what the first run used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +24,31 @@ from shards.atomic import content_sha256
 DB_NAME = "generations.sqlite"
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("VLM_CURATION_CACHE") or Path.home() / ".cache" / "vlm-curation") / "docmatix"
+def default_cache_dir(name: str = "docmatix") -> Path:
+    """``$VLM_CURATION_CACHE/<name>``, or ``~/.cache/vlm-curation/<name>``."""
+    return Path(os.environ.get("VLM_CURATION_CACHE") or Path.home() / ".cache" / "vlm-curation") / name
+
+
+@lru_cache(maxsize=64)  # an image goes with every turn and criterion of its sample: hashed once
+def image_digest(image: bytes) -> str:
+    return hashlib.sha256(image).hexdigest()
 
 
 def request_key(engine_identity: dict[str, Any], request: ChatRequest) -> str:
-    return content_sha256(
-        {
-            "engine": engine_identity,
-            "messages": [list(m) for m in request.messages],
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "seed": request.seed,
-            "json_schema": request.json_schema,
-        }
-    )
+    """The cache key of ``request``. Images (their sha256, in order) enter the key only when there are some:
+    the keys of text-only requests are those of caches written before requests had images."""
+    parts: dict[str, Any] = {
+        "engine": engine_identity,
+        "messages": [list(m) for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "seed": request.seed,
+        "json_schema": request.json_schema,
+    }
+    if request.images:
+        parts["images"] = [image_digest(image) for image in request.images]
+    return content_sha256(parts)
 
 
 class GenerationCache:

@@ -15,14 +15,13 @@ pair counted by rule); kept pairs become the turns, the rendered pages the image
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from curation.build.faults import crash_point
-from curation.generation.docmatix.cache import GenerationCache, default_cache_dir, request_key
+from curation.generation.cached import RUN_COUNTS, CachedGenerator, engine_resources
+from curation.generation.docmatix.cache import GenerationCache, default_cache_dir
 from curation.generation.docmatix.filters import apply_filters
 from curation.generation.docmatix.parse import parse_qa, parse_qa_json
 from curation.generation.docmatix.text import (
@@ -33,9 +32,9 @@ from curation.generation.docmatix.text import (
     chunk_pages,
     page_texts,
 )
-from curation.generation.docmatix.untrusted import clean_text, max_reply_chars, replace_surrogates, sanitize_generation
+from curation.generation.docmatix.untrusted import clean_text, max_reply_chars, replace_surrogates
 from curation.generation.engines import ChatRequest, Generation, GenerationFailure, make_engine
-from curation.recipe import DocmatixGenerateStep, TransformersEngineConfig, VllmEngineConfig
+from curation.recipe import DocmatixGenerateStep, TransformersEngineConfig
 from curation.sample import Sample
 from curation.steps.contract import BatchedStep, Resources, StepContext
 from curation.steps.pdf import RenderError, render_pages
@@ -47,7 +46,6 @@ from shards.tokens import make_token_counter
 COUNTS = ("documents", "chunks", "requests", "prompt_tokens", "completion_tokens", "pairs_parsed", "pairs_kept",
           "json_fallbacks")  # fmt: skip
 # ... and what this run did (throughput; they live in the run log only).
-RUN_COUNTS = ("generated_requests", "cached_requests", "generated_prompt_tokens", "generated_completion_tokens")
 RUN_ONLY = (*RUN_COUNTS, "engine_seconds")
 MAX_PAIRS = 100  # question/answer pairs of one document that reach the filters (turns of one sample)
 Result = Generation | GenerationFailure
@@ -88,14 +86,8 @@ class DocmatixGenerate(BatchedStep):
 
     @classmethod
     def resources(cls, cfg: DocmatixGenerateStep, models: Mapping[str, Any]) -> Resources:
-        """The GPUs of a local model: vLLM's tensor-parallel size, or one for transformers on ``cuda``
-        (``device: auto`` uses a GPU only where one happens to be visible, so it asks for none)."""
-        engine = cfg.engine
-        if isinstance(engine, VllmEngineConfig):
-            return Resources(gpus=float(engine.tensor_parallel_size))
-        if isinstance(engine, TransformersEngineConfig) and engine.device.startswith("cuda"):
-            return Resources(gpus=1.0)
-        return Resources()
+        """The GPUs of a local model (``engine_resources``)."""
+        return engine_resources(cfg.engine)
 
     def __init__(self, cfg: DocmatixGenerateStep, context: StepContext) -> None:
         super().__init__(cfg, context)
@@ -110,7 +102,7 @@ class DocmatixGenerate(BatchedStep):
         # requests whose generation needed each repair (documents, for prompt_invalid_unicode)
         self.repairs: Counter[str] = Counter()
         self.max_chars = max_reply_chars(cfg.sampling.max_tokens)
-        self.engine_seconds = 0.0
+        self.generator = CachedGenerator(self.engine, self.cache, self.max_chars, self.counts, self.repairs)
 
     # -- tokens ---------------------------------------------------------------------------------------
     def _count(self, text: str) -> int:
@@ -121,7 +113,8 @@ class DocmatixGenerate(BatchedStep):
     def process_batch(self, samples: list[Sample]) -> list[Sample | str]:
         results: list[Sample | str | _Document] = [self._prepare(s) for s in samples]
         docs = [d for d in results if isinstance(d, _Document)]
-        generations = self._generate([r for d in docs for r in d.requests], docs)
+        # cached generations, and the engine for the rest (repaired and stored at once)
+        generations = self.generator.run([r for d in docs for r in d.requests])
         out: list[Sample | str] = []
         position = 0
         for item in results:
@@ -168,57 +161,6 @@ class DocmatixGenerate(BatchedStep):
         if sendable != pages:
             self.repairs["prompt_invalid_unicode"] += 1
         return sendable
-
-    def _generate(self, requests: list[ChatRequest], docs: list[_Document]) -> list[Result]:
-        """Cached generations, and the engine for the rest; new generations are repaired and stored at once."""
-        keys = [request_key(self.identity, r) for r in requests]
-        cached = {k: self._accept(g) for k, g in self.cache.get_many(sorted(set(keys))).items()}
-        todo: dict[str, int] = {}  # key -> the first request with it (identical chunks are generated once)
-        for i, k in enumerate(keys):
-            if k not in cached and k not in todo:
-                todo[k] = i
-        self.counts["requests"] += len(requests)
-        self.counts["cached_requests"] += sum(1 for k in keys if k in cached)
-        failures: dict[str, GenerationFailure] = {}
-        if todo:
-            fresh = dict(zip(todo, self._ask([requests[i] for i in todo.values()]), strict=True))
-            self.cache.put_many([(k, g) for k, g in fresh.items() if isinstance(g, Generation)])
-            crash_point("generation_batch")
-            for k, g in fresh.items():
-                if isinstance(g, Generation):
-                    cached[k] = g
-                    self.counts["generated_requests"] += 1
-                    self.counts["generated_prompt_tokens"] += g.prompt_tokens
-                    self.counts["generated_completion_tokens"] += g.completion_tokens
-                else:
-                    failures[k] = g
-        out = [cached.get(k) or failures[k] for k in keys]
-        for g in out:
-            if isinstance(g, Generation):
-                self.counts["prompt_tokens"] += g.prompt_tokens
-                self.counts["completion_tokens"] += g.completion_tokens
-                self.repairs.update(g.repairs)
-        return out
-
-    def _ask(self, requests: list[ChatRequest]) -> list[Result]:
-        """The engine's results for ``requests``, each repaired (``_accept``) before anything else sees it."""
-        started = time.perf_counter()
-        results = self.engine.generate(requests)
-        self.engine_seconds += time.perf_counter() - started
-        if len(results) != len(requests):  # an engine bug: fail these requests, not the build
-            detail = f"the engine returned {len(results)} results for {len(requests)} requests"
-            return [GenerationFailure("engine_error", detail)] * len(requests)
-        return [self._accept(r) for r in results]
-
-    def _accept(self, result: object) -> Result:
-        """Where a reply enters the pipeline: a repaired Generation, or a failure (what is neither)."""
-        if isinstance(result, GenerationFailure):
-            return result
-        if isinstance(result, Generation):
-            repaired = sanitize_generation(result, self.max_chars)
-            if repaired is not None:
-                return repaired
-        return GenerationFailure("invalid_response", f"not a text generation: {type(result).__name__}")
 
     def _pairs(self, generation: Generation) -> list[tuple[str, str]]:
         """Parsed pairs; strings decoded from JSON are repaired like reply text (counted in ``repairs``)."""
@@ -304,7 +246,7 @@ class DocmatixGenerate(BatchedStep):
             "discarded": dict(sorted(self.discarded.items())),
             "failures": dict(sorted(self.failures.items())),
             "repairs": dict(sorted(self.repairs.items())),
-            "engine_seconds": round(self.engine_seconds, 3),
+            "engine_seconds": round(self.generator.engine_seconds, 3),
         }
 
     @classmethod

@@ -26,6 +26,7 @@ FAILURE_REASONS = (
     "invalid_response",
     "context_too_long",
     "response_too_large",
+    "image_unreadable",  # an image of the request could not be decoded or fitted to the engine's bounds
     "engine_error",
 )  # plus "http_<status code>"
 
@@ -38,9 +39,20 @@ class ChatRequest:
     top_p: float
     seed: int | None
     json_schema: dict | None = None  # structured output, when the engine is configured for it
+    # encoded images (JPEG, PNG, ...) shown with the last user message, after its text; only engines whose
+    # ``image_identity()`` is not None take them
+    images: tuple[bytes, ...] = ()
 
     def message_dicts(self) -> list[dict[str, str]]:
+        """The messages as text (what every engine sends for a request without images)."""
         return [{"role": role, "content": content} for role, content in self.messages]
+
+    def image_message_index(self) -> int:
+        """The message the images go with: the last user message."""
+        for index in range(len(self.messages) - 1, -1, -1):
+            if self.messages[index][0] == "user":
+                return index
+        raise ValueError("a request with images needs a user message")
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,11 @@ class Engine(Protocol):
 
     def count_tokens(self, text: str) -> int | None:
         """Tokens of ``text`` by the model's tokenizer when the engine holds one locally, else None."""
+        ...
+
+    def image_identity(self) -> dict | None:
+        """None when the engine takes no images; else JSON-able settings that change how images reach the model
+        (size bounds, re-encoding): cache keys of requests with images add it to ``identity()``."""
         ...
 
     def close(self) -> None: ...

@@ -13,6 +13,10 @@ an error status is read by the client itself: only the deadline bounds it). What
 shorter than its Content-Length), ``response_too_large``, ``invalid_response`` (not JSON, no choices, no
 string content) or ``context_too_long`` (a 400 whose message says the prompt exceeds the context, as vLLM's
 server words it). The reply's text is repaired by the step (``curation.generation.docmatix.untrusted``).
+
+A request's images become ``image_url`` content parts with data URIs (``images.data_uri``: JPEG/PNG/WebP within
+``max_image_bytes`` and ``max_image_side`` as they are, others re-encoded); one that cannot be sent fails that
+request as ``image_unreadable``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from curation.generation.engines.base import (
     looks_like_context_overflow,
     one_line,
 )
+from curation.generation.engines.images import ImageInputError, data_uri
 
 SCHEMA_NAME = "qa_pairs"
 BACKOFF_START = 0.5  # seconds before the first retry, doubling up to BACKOFF_MAX
@@ -176,24 +181,53 @@ class OpenAIEngine:
     def count_tokens(self, text: str) -> None:
         return None  # the endpoint's tokenizer is not available locally
 
+    def image_identity(self) -> dict:
+        """Images go as data URIs; whether the served model takes them is the endpoint's word (an HTTP 400)."""
+        return {"max_image_bytes": self.cfg.max_image_bytes, "max_image_side": self.cfg.max_image_side}
+
     def generate(self, requests: Sequence[ChatRequest]) -> list[Generation | GenerationFailure]:
         if not requests:
             return []
-        return self._events.run(self._all(requests))
+        # arguments (images encoded) in the calling thread, not on the event loop the requests share
+        return self._events.run(self._all([self._prepare(r) for r in requests]))
 
-    async def _all(self, requests: Sequence[ChatRequest]) -> list[Generation | GenerationFailure]:
+    def _prepare(self, request: ChatRequest) -> tuple[dict[str, Any], int] | GenerationFailure:
+        """(arguments, response byte limit) of a request, or its failure when an image cannot be sent."""
+        try:
+            return self._arguments(request), max_response_bytes(request.max_tokens)
+        except ImageInputError as exc:
+            return GenerationFailure("image_unreadable", one_line(str(exc)))
+
+    async def _all(
+        self, prepared: list[tuple[dict[str, Any], int] | GenerationFailure]
+    ) -> list[Generation | GenerationFailure]:
         slots = asyncio.Semaphore(self.cfg.concurrency)
 
-        async def in_slot(request: ChatRequest) -> Generation | GenerationFailure:
+        async def in_slot(item: tuple[dict[str, Any], int] | GenerationFailure) -> Generation | GenerationFailure:
+            if isinstance(item, GenerationFailure):
+                return item
             async with slots:
-                return await self._one(request)
+                return await self._one(item)
 
-        return list(await asyncio.gather(*(in_slot(r) for r in requests)))  # gather keeps the order
+        return list(await asyncio.gather(*(in_slot(p) for p in prepared)))  # gather keeps the order
+
+    def _messages(self, request: ChatRequest) -> list[dict[str, Any]]:
+        """The chat messages; a request's images go with its last user message as ``image_url`` content parts
+        holding data URIs, after the text (``images.data_uri``: bounded, re-encoded where needed)."""
+        messages: list[dict[str, Any]] = list(request.message_dicts())
+        if request.images:
+            index = request.image_message_index()
+            parts: list[dict[str, Any]] = [{"type": "text", "text": messages[index]["content"]}]
+            for image in request.images:
+                url = data_uri(image, self.cfg.max_image_bytes, self.cfg.max_image_side)
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            messages[index] = {"role": messages[index]["role"], "content": parts}
+        return messages
 
     def _arguments(self, request: ChatRequest) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.cfg.model,
-            "messages": request.message_dicts(),
+            "messages": self._messages(request),
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
@@ -201,19 +235,20 @@ class OpenAIEngine:
         if request.seed is not None:
             arguments["seed"] = request.seed
         if self.cfg.structured_output and request.json_schema is not None:
+            name = request.json_schema.get("title")
             arguments["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": SCHEMA_NAME, "schema": request.json_schema},
+                "json_schema": {"name": name if isinstance(name, str) else SCHEMA_NAME, "schema": request.json_schema},
             }
         return arguments
 
-    async def _one(self, request: ChatRequest) -> Generation | GenerationFailure:
+    async def _one(self, prepared: tuple[dict[str, Any], int]) -> Generation | GenerationFailure:
         """Attempts until one succeeds, a failure is final, retries run out or the deadline would pass. A retry
         cut short by the deadline reports the failure that called for it (the server's 503 says more than the
         timeout that ended the retry)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.timeout
-        arguments, limit = self._arguments(request), max_response_bytes(request.max_tokens)
+        arguments, limit = prepared
         attempt, last = 0, None
         while True:
             try:
