@@ -1,12 +1,16 @@
-"""The ``docmatix_generate`` step: PDF text -> question/answer pairs from an LLM (three engines, one step)."""
+"""The LLM steps: ``docmatix_generate`` (PDF text -> question/answer pairs) and ``judge`` (ratings of sft turns),
+three engines for both."""
 
 from __future__ import annotations
 
+import difflib
+import string
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from curation.recipe.common import Label, PathStr, _check_unique, _Strict
+from curation.generation.judge.presets import PRESETS
+from curation.recipe.common import Label, PathStr, StepBase, _check_unique, _Strict
 
 
 class TransformersEngineConfig(_Strict):
@@ -37,6 +41,14 @@ class OpenAIEngineConfig(_Strict):
         description="Retries per request (backoff, or Retry-After) on connection errors, 408/409/429 and 5xx.",
     )
     structured_output: bool = Field(default=False, description="Ask for JSON ({qa: [{question, answer}]}) by schema.")
+    max_image_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="Largest image sent as it is (judge); larger ones are re-encoded (JPEG, or PNG with alpha) to fit.",
+    )
+    max_image_side: int = Field(
+        default=2048, ge=32, description="Longest image side sent, in pixels; larger images are scaled down."
+    )
 
 
 class VllmEngineConfig(_Strict):
@@ -51,6 +63,9 @@ class VllmEngineConfig(_Strict):
     batch_size: int = Field(default=512, ge=1, description="Prompts per LLM.chat() call (vLLM schedules them itself).")
     structured_output: bool = Field(default=False, description="Constrain the output to the QA JSON schema.")
     trust_remote_code: bool = False
+    limit_images_per_prompt: int | None = Field(
+        default=None, ge=1, description="vLLM's limit_mm_per_prompt for images (vLLM's default when unset: 999)."
+    )
 
 
 EngineConfig = Annotated[TransformersEngineConfig | OpenAIEngineConfig | VllmEngineConfig, Field(discriminator="type")]
@@ -133,3 +148,126 @@ class DocmatixGenerateStep(_Strict):
         default=None,
         description="Where generations persist [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation]/docmatix.",
     )
+
+
+# ---- judge ---------------------------------------------------------------------------------------
+JUDGE_FIELDS = frozenset({"question", "answer", "conversation", "min", "max"})
+CRITERION_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+def _check_template(prompt: str) -> str:
+    """A criterion prompt: plain ``{name}`` fields from JUDGE_FIELDS only, and some text of the exchange."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(prompt) if name is not None]
+    except ValueError as exc:  # a lone '{' or '}'
+        raise ValueError(f"{exc} (write a literal brace as '{{{{' or '}}}}')") from None
+    for name, spec, conversion in fields:
+        if name not in JUDGE_FIELDS or spec or conversion:
+            raise ValueError(f"unknown field {{{name}}}; fields: {', '.join(sorted(JUDGE_FIELDS))}")
+    if not {name for name, _, _ in fields} & {"question", "answer", "conversation"}:
+        raise ValueError("must contain {question}, {answer} or {conversation}")
+    return prompt
+
+
+class JudgeCriterion(_Strict):
+    """A criterion to rate. Unset fields of a preset's name come from the preset; another name needs a prompt."""
+
+    name: str = Field(pattern=CRITERION_PATTERN, description="Names the ratings (meta.ratings.<name>, <name>_min).")
+    prompt: str | None = Field(
+        default=None, description="Template: {question} {answer} {conversation} {min} {max}; the preset's if unset."
+    )
+    images: bool | None = Field(default=None, description="Show the sample's images too [preset's, else false].")
+    scale: tuple[int, int] | None = Field(default=None, description="Lowest and highest rating [preset's, else 1-5].")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, prompt: str | None) -> str | None:
+        return None if prompt is None else _check_template(prompt)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, scale: tuple[int, int] | None) -> tuple[int, int] | None:
+        if scale is not None and not 0 <= scale[0] < scale[1] <= 100:
+            raise ValueError(f"[low, high] with 0 <= low < high <= 100, got {list(scale)}")
+        return scale
+
+    @model_validator(mode="after")
+    def _known(self) -> JudgeCriterion:
+        if self.prompt is None and self.name not in PRESETS:
+            raise ValueError(f"criterion {self.name!r}: give a prompt (it is no preset: {', '.join(PRESETS)})")
+        return self
+
+    def resolved(self) -> JudgeCriterion:
+        """This criterion with every field set (from its preset where unset)."""
+        preset = PRESETS.get(self.name)
+        return self.model_copy(
+            update={
+                "prompt": self.prompt if self.prompt is not None else preset.prompt if preset else None,
+                "images": self.images if self.images is not None else bool(preset and preset.images),
+                "scale": self.scale or (preset.scale if preset else (1, 5)),
+            }
+        )
+
+
+class JudgeSamplingConfig(_Strict):
+    max_tokens: int = Field(default=256, ge=1, description="A short reason and the rating.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int = 0
+
+
+class JudgeStep(StepBase):
+    """An LLM/VLM rates each turn (``per: turn``) or each sample (``per: sample``) of sft records on named
+    criteria: ``meta.ratings.<criterion>`` (one rating per turn, None where no rating could be read) and the
+    sidecar scores ``<criterion>_min`` and ``<criterion>_mean`` over the rated turns."""
+
+    step: Literal["judge"]
+    engine: EngineConfig
+    criteria: Annotated[list[JudgeCriterion], Field(min_length=1)] = Field(
+        description="Preset names (relevance, formatting, visual_dependency, image_correspondence) or criteria."
+    )
+    per: Literal["turn", "sample"] = Field(default="turn", description="One rating per turn, or one per sample.")
+    system: str | None = Field(default=None, description="The system prompt [the built-in judge's].")
+    json_mode: bool = Field(
+        default=False, description="Ask for JSON {reason, rating}, by schema where the engine can (openai, vllm)."
+    )
+    sampling: JudgeSamplingConfig = Field(default_factory=JudgeSamplingConfig)
+    max_images: int | None = Field(default=None, ge=1, description="Images shown per request: the first N [all].")
+    on_unparsed: Literal["keep", "drop"] = Field(
+        default="keep", description="A reply without a rating in range: keep the sample (rating None), or drop it."
+    )
+    on_failure: Literal["drop", "keep"] = Field(
+        default="drop", description="A failed request (timeout, HTTP 5xx, ...): drop the sample, or keep it unrated."
+    )
+    batch_size: int = Field(default=16, ge=1, description="Samples gathered per engine call.")
+    cache_dir: PathStr | None = Field(
+        default=None,
+        description="Where replies persist [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation]/judge.",
+    )
+
+    @field_validator("criteria", mode="before")
+    @classmethod
+    def _presets(cls, criteria: object) -> object:
+        """A preset's name stands for ``{name: <preset>}``."""
+        if not isinstance(criteria, list):
+            return criteria
+        for item in criteria:
+            if isinstance(item, str) and item not in PRESETS:
+                close = difflib.get_close_matches(item, list(PRESETS), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                presets = ", ".join(PRESETS)
+                raise ValueError(f"unknown preset {item!r}; {hint}presets: {presets} (or give {{name, prompt}})")
+        return [{"name": item} if isinstance(item, str) else item for item in criteria]
+
+    @field_validator("criteria")
+    @classmethod
+    def _unique(cls, criteria: list[JudgeCriterion]) -> list[JudgeCriterion]:
+        _check_unique("criterion", [c.name for c in criteria])
+        return criteria
+
+    def resolved_criteria(self) -> list[JudgeCriterion]:
+        """Every criterion with all its fields set."""
+        return [c.resolved() for c in self.criteria]
+
+    def score_names(self, label: str) -> list[str]:
+        return [f"{c.name}_{stat}" for c in self.criteria for stat in ("min", "mean")]

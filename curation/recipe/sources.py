@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, PathStr, _Strict
+from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, Label, PathStr, _Strict
 from curation.sources.obelics.filters import ObelicsFilterConfig
 from schemas import KINDS
 
@@ -209,6 +209,21 @@ class CauldronSource(SourceBase):
         return self.config or self.name
 
 
+class FineVisionSource(SourceBase):
+    """FineVision (``images``, ``texts`` of {user, assistant}, ``source``, per-turn ratings 1-5 on four axes and
+    their minimum) -> ``sft`` records with the ratings in meta. ``path`` is a local root in the hub layout
+    (``<subset>/train-*.parquet``, read by row groups) or anything ``datasets`` opens, as for ``cauldron``."""
+
+    reader: Literal["finevision"]
+    path: PathStr = Field(description="Local root (<subset>/train-*.parquet), a saved dataset or dataset directory.")
+    config: Label | None = Field(default=None, description="Subset (a folder), e.g. sharegpt4v(coco) [default: name].")
+    split: str = Field(default="train", description="Split to read (parquet files named <split>-*.parquet).")
+    image_root: PathStr | None = Field(default=None, description="Directory that relative image paths start from.")
+
+    def config_name(self) -> str:
+        return self.config or self.name
+
+
 class LlavaSource(SourceBase):
     """LLaVA-665K / ShareGPT4V conversation JSON (a list) or JSONL (OpenHermes-style text-only sets)
     -> ``sft`` records. ``<image>`` placeholders are removed from the turns; records without an image are
@@ -241,7 +256,8 @@ Source = Annotated[
     | LaionSource
     | ObelicsSource
     | CauldronSource
-    | LlavaSource,
+    | LlavaSource
+    | FineVisionSource,
     Field(discriminator="reader"),
 ]
 

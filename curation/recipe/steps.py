@@ -17,8 +17,9 @@ from curation.recipe.common import (
     _check_unique,
     _Strict,
 )
-from curation.recipe.generation import DocmatixGenerateStep
+from curation.recipe.generation import DocmatixGenerateStep, JudgeStep
 from curation.recipe.models import (
+    SCORE_PATTERN,
     ClipScoreStep,
     EmbeddingClassifierStep,
     EmbeddingDecontaminateStep,
@@ -112,6 +113,31 @@ class QaFilterStep(StepBase):
         _check_bounds("min_question_chars", self.min_question_chars, "max_question_chars", self.max_question_chars)
         _check_bounds("min_answer_chars", self.min_answer_chars, "max_answer_chars", self.max_answer_chars)
         _check_bounds("min_turns", self.min_turns, "max_turns", self.max_turns)
+        return self
+
+
+class ScoreFilterStep(StepBase):
+    """Bounds on a score. ``level: sample``: a sample whose meta number ``score`` (e.g. relevance_min,
+    clip_score) is below ``min`` or above ``max`` is dropped. ``level: turn`` (sft): the turns whose rating
+    ``meta.ratings[score]`` (e.g. relevance) is out of bounds are removed; the sample stays while a turn remains."""
+
+    step: Literal["score_filter"]
+    score: str = Field(
+        pattern=SCORE_PATTERN,
+        max_length=NAME_MAX,
+        description="sample: a meta number (relevance_min, clip_score, ...); turn: a rating axis (relevance, ...).",
+    )
+    min: float | None = Field(None, allow_inf_nan=False, description="Keep scores >= min.")
+    max: float | None = Field(None, allow_inf_nan=False, description="Keep scores <= max.")
+    level: Literal["sample", "turn"] = Field("sample", description="Filter whole samples, or turns (sft).")
+    missing: Literal["keep", "drop"] = Field("keep", description="A sample without the score: kept, or dropped.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScoreFilterStep:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g}); nothing could pass")
         return self
 
 
@@ -244,11 +270,13 @@ Step = Annotated[
     | PdfToTranscriptionStep
     | ExactImageDedupStep
     | QaFilterStep
+    | ScoreFilterStep
     | NearDupImagesStep
     | NearDupTextStep
     | DecontaminateStep
     | MergeQaStep
     | DocmatixGenerateStep
+    | JudgeStep
     | EmbedStep
     | ClipScoreStep
     | EmbeddingClassifierStep

@@ -2,6 +2,7 @@
 the drop-reason docs list them). A new source adds one line here."""
 
 from curation.sources.cauldron import CauldronReader
+from curation.sources.finevision import FineVisionReader
 from curation.sources.jsonl import JsonlReader
 from curation.sources.laion.reader import LaionReader
 from curation.sources.llava.reader import LlavaReader
@@ -19,4 +20,5 @@ READERS = (
     ObelicsReader,
     CauldronReader,
     LlavaReader,
+    FineVisionReader,
 )

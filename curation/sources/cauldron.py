@@ -53,6 +53,7 @@ class CauldronReader(Reader):
         **IMAGE_FIELD_DROP_REASONS,
         **RECORD_DROP_REASONS,
     }
+    columns: ClassVar[tuple[str, ...]] = COLUMNS  # the columns a row is read with (more for FineVision)
 
     def __init__(self, source: CauldronSource) -> None:
         self.source = source
@@ -141,7 +142,7 @@ class CauldronReader(Reader):
         except (pa.ArrowException, OSError) as exc:
             yield from self._lost(partition.rows, path, f"{path}: {exc}")
             return
-        columns = [c for c in COLUMNS if c in names]
+        columns = [c for c in self.columns if c in names]
         for rows in row_batches(path, spec["row_groups"], columns, BATCH_ROWS):
             if isinstance(rows, str):  # a damaged page: the rest of the partition is lost, counted
                 yield from self._lost(partition.rows - emitted, path, rows)
@@ -166,7 +167,7 @@ class CauldronReader(Reader):
             ds = open_dataset(spec, self.source.name)
             # Arrow storage of an Image cell already is {bytes, path}: no decoding, and no cast (casting a nested
             # Image feature to decode=False rewrites the whole dataset into the cache).
-            table_view = ds.select_columns([c for c in COLUMNS if c in ds.column_names]).with_format("arrow")
+            table_view = ds.select_columns([c for c in self.columns if c in ds.column_names]).with_format("arrow")
             for lo in range(start, stop, BATCH_ROWS):
                 for i, row in enumerate(table_view[lo : min(lo + BATCH_ROWS, stop)].to_pylist(), lo):
                     emitted += 1

@@ -3,6 +3,7 @@
 # ruff: noqa: F401
 
 from curation.generation.docmatix.step import DocmatixGenerate
+from curation.generation.judge.step import Judge
 from curation.steps.classifier import EmbeddingClassifier
 from curation.steps.clip_score import ClipScore
 from curation.steps.convert import PairToSft
@@ -16,5 +17,6 @@ from curation.steps.merge import MergeQa
 from curation.steps.neardup import NearDupImages, NearDupText
 from curation.steps.pdf import PdfToTranscription
 from curation.steps.qa import QaFilter
+from curation.steps.score_filter import ScoreFilter
 from curation.steps.semantic_dedup import SemanticDedup
 from curation.steps.text import TextLength
