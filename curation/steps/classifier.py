@@ -13,18 +13,8 @@ import numpy as np
 from curation.errors import CurationError
 from curation.recipe.models import EmbeddingClassifierStep
 from curation.sample import Sample
-from curation.steps.contract import BatchedStep, Resources, StepContext
-from curation.steps.embed import model_throughput
-from curation.steps.model_stage import (
-    MODEL_DROP_REASONS,
-    RUN_COUNTS,
-    ModelStage,
-    check_model,
-    model_config,
-    model_identity,
-    model_resources,
-    rounded,
-)
+from curation.steps.contract import StepContext
+from curation.steps.model_stage import MODEL_DROP_REASONS, ModelStep, rounded
 
 BELOW, ABOVE = "classifier_score_below_min", "classifier_score_above_max"
 _COMBINE = {"mean": np.mean, "min": np.min, "max": np.max, "first": lambda s: s[0]}
@@ -44,7 +34,7 @@ def head_spec(cfg: EmbeddingClassifierStep) -> Any:
     )
 
 
-class EmbeddingClassifier(BatchedStep):
+class EmbeddingClassifier(ModelStep):
     config = EmbeddingClassifierStep
     drop_reasons: ClassVar[dict[str, str]] = {
         **MODEL_DROP_REASONS,
@@ -52,25 +42,17 @@ class EmbeddingClassifier(BatchedStep):
         ABOVE: "the classifier's score is above max",
     }
     kinds = frozenset({"pair", "sft", "interleaved"})
-    run_only_report_keys: ClassVar[tuple[str, ...]] = RUN_COUNTS
 
     def __init__(self, cfg: EmbeddingClassifierStep, context: StepContext) -> None:
         super().__init__(cfg, context)
         from curation.models.heads import load_head
 
-        self.stage = ModelStage(cfg.model, model_config(context.models, cfg.model))
-        self.batch_size = self.stage.cfg.batch_size
         self.head = load_head(head_spec(cfg))
         self.score = cfg.score_names(context.label)[0]
-        self.unscored = 0
-
-    @classmethod
-    def resources(cls, cfg: EmbeddingClassifierStep, models: Mapping[str, Any]) -> Resources:
-        return model_resources(model_config(models, cfg.model))
 
     @classmethod
     def check_inputs(cls, cfg: EmbeddingClassifierStep, where: str, models: Mapping[str, Any]) -> None:
-        check_model(model_config(models, cfg.model), f"{where} (model {cfg.model})")
+        super().check_inputs(cfg, where, models)
         from curation.models.heads import load_head
 
         try:
@@ -82,14 +64,7 @@ class EmbeddingClassifier(BatchedStep):
     def input_identity(cls, cfg: EmbeddingClassifierStep, models: Mapping[str, Any]) -> dict[str, Any]:
         from curation.models.heads import load_head
 
-        return {
-            **model_identity(model_config(models, cfg.model)),
-            "head_fingerprint": load_head(head_spec(cfg)).fingerprint,
-        }
-
-    @classmethod
-    def scores(cls, cfg: EmbeddingClassifierStep, label: str) -> list[str]:
-        return cfg.score_names(label)
+        return {**super().input_identity(cfg, models), "head_fingerprint": load_head(head_spec(cfg)).fingerprint}
 
     def process_batch(self, samples: list[Sample]) -> list[Sample | str]:
         images = self.stage.images(samples)
@@ -116,13 +91,3 @@ class EmbeddingClassifier(BatchedStep):
             else:
                 out.append(sample)
         return out
-
-    def report(self) -> dict[str, Any]:
-        return {**self.stage.report(), "unscored": self.unscored}
-
-    @classmethod
-    def throughput(cls, report: dict[str, Any], seconds: float) -> dict[str, Any] | None:
-        return model_throughput(report, seconds)
-
-    def close(self) -> None:
-        self.stage.close()

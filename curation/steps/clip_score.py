@@ -5,59 +5,27 @@ by a ``keep_top`` step the recipe adds after the record steps."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from curation.recipe.models import ClipScoreStep
 from curation.sample import Sample
-from curation.steps.contract import BatchedStep, Resources, StepContext
-from curation.steps.embed import model_throughput
-from curation.steps.model_stage import (
-    MODEL_DROP_REASONS,
-    RUN_COUNTS,
-    ModelStage,
-    check_model,
-    cosine,
-    model_config,
-    model_identity,
-    model_resources,
-    rounded,
-    turn_texts,
-)
+from curation.steps.contract import StepContext
+from curation.steps.model_stage import MODEL_DROP_REASONS, ModelStep, cosine, rounded, turn_texts
 
 BELOW_MIN = "clip_score_below_min"
 
 
-class ClipScore(BatchedStep):
+class ClipScore(ModelStep):
     config = ClipScoreStep
     drop_reasons: ClassVar[dict[str, str]] = {**MODEL_DROP_REASONS, BELOW_MIN: "image-text cosine below min_score"}
     kinds = frozenset({"pair", "sft"})
-    run_only_report_keys: ClassVar[tuple[str, ...]] = RUN_COUNTS
+    needs_text = True
 
     def __init__(self, cfg: ClipScoreStep, context: StepContext) -> None:
         super().__init__(cfg, context)
-        self.stage = ModelStage(cfg.model, model_config(context.models, cfg.model))
-        self.batch_size = self.stage.cfg.batch_size
         self.score = cfg.score_names(context.label)[0]
-        self.unscored = 0
-
-    @classmethod
-    def resources(cls, cfg: ClipScoreStep, models: Mapping[str, Any]) -> Resources:
-        return model_resources(model_config(models, cfg.model))
-
-    @classmethod
-    def check_inputs(cls, cfg: ClipScoreStep, where: str, models: Mapping[str, Any]) -> None:
-        check_model(model_config(models, cfg.model), f"{where} (model {cfg.model})", needs_text=True)
-
-    @classmethod
-    def input_identity(cls, cfg: ClipScoreStep, models: Mapping[str, Any]) -> dict[str, Any]:
-        return model_identity(model_config(models, cfg.model))
-
-    @classmethod
-    def scores(cls, cfg: ClipScoreStep, label: str) -> list[str]:
-        return cfg.score_names(label)
 
     def process_batch(self, samples: list[Sample]) -> list[Sample | str]:
         images = self.stage.images(samples)
@@ -87,13 +55,3 @@ class ClipScore(BatchedStep):
     def _texts(self, sample: Sample) -> list[str]:
         texts = turn_texts(sample.record, self.cfg.text_field)
         return texts[:1] if self.cfg.turns == "first" else texts
-
-    def report(self) -> dict[str, Any]:
-        return {**self.stage.report(), "unscored": self.unscored}
-
-    @classmethod
-    def throughput(cls, report: dict[str, Any], seconds: float) -> dict[str, Any] | None:
-        return model_throughput(report, seconds)
-
-    def close(self) -> None:
-        self.stage.close()

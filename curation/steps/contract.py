@@ -114,8 +114,10 @@ class Step(ABC):
 
     @classmethod
     def scores(cls, cfg: Any, label: str) -> list[str]:
-        """The sidecar scores the step writes (into the record's meta and the sidecar ``scores`` map)."""
-        return []
+        """The sidecar scores the step writes (into the record's meta and the sidecar ``scores`` map): by
+        default what its config declares (``StepBase.score_names``), which the recipe also checks against."""
+        names: Callable[[str], list[str]] | None = getattr(cfg, "score_names", None)
+        return list(names(label)) if names is not None else []
 
     @classmethod
     def image_hashes(cls, cfg: Any) -> set[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from curation.models.embedding_cache import EmbeddingCache, cache_namespace, def
 from curation.models.spec import ModelSpec
 from curation.recipe.models import ModelConfig
 from curation.sample import Sample
-from curation.steps.contract import Resources
+from curation.steps.contract import BatchedStep, Resources, StepContext
 from schemas import PairRecord, Record, SftRecord
 
 MODEL_IMAGE_UNREADABLE = "model_image_unreadable"
@@ -232,3 +232,61 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def rounded(value: float) -> float:
     return round(float(value), SCORE_DECIMALS)
+
+
+class ModelStep(BatchedStep):
+    """What the batched model steps share: their model (``cfg.model``) in a :class:`ModelStage`, batches of the
+    model's ``batch_size``, its resources, checks and fingerprint, and the run's counts in the report."""
+
+    drop_reasons: ClassVar[dict[str, str]] = MODEL_DROP_REASONS
+    run_only_report_keys: ClassVar[tuple[str, ...]] = RUN_COUNTS
+    needs_text: ClassVar[bool] = False  # the step embeds texts: a CLIP-like model, not TorchScript
+
+    def __init__(self, cfg: Any, context: StepContext) -> None:
+        super().__init__(cfg, context)
+        self.stage = ModelStage(cfg.model, model_config(context.models, cfg.model))
+        self.batch_size = self.stage.cfg.batch_size
+        self.unscored = 0  # samples without images (or texts): kept without a score
+
+    @classmethod
+    def resources(cls, cfg: Any, models: Mapping[str, Any]) -> Resources:
+        return model_resources(model_config(models, cfg.model))
+
+    @classmethod
+    def check_inputs(cls, cfg: Any, where: str, models: Mapping[str, Any]) -> None:
+        needs_text = cls.needs_text or bool(getattr(cfg, "text", False))
+        check_model(model_config(models, cfg.model), f"{where} (model {cfg.model})", needs_text=needs_text)
+
+    @classmethod
+    def input_identity(cls, cfg: Any, models: Mapping[str, Any]) -> dict[str, Any]:
+        return model_identity(model_config(models, cfg.model))
+
+    def report(self) -> dict[str, Any]:
+        return {**self.stage.report(), "unscored": self.unscored}
+
+    @classmethod
+    def throughput(cls, report: dict[str, Any], seconds: float) -> dict[str, Any] | None:
+        return model_throughput(report, seconds)
+
+    def close(self) -> None:
+        self.stage.close()
+
+
+def model_throughput(report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Images and texts per second of the whole run and of the model alone; the line ``curate build`` prints."""
+    images = report.get("images_embedded", 0)
+    model = report.get("model_seconds") or 0.0
+    rates = {
+        "images_embedded": images,
+        "images_cached": report.get("images_cached", 0),
+        "texts_embedded": report.get("texts_embedded", 0),
+        "texts_cached": report.get("texts_cached", 0),
+        "images_per_s": round(images / seconds, 1) if seconds else None,
+        "model_images_per_s": round(images / model, 1) if model else None,
+    }
+    rates["summary"] = (
+        f"{images:,} images embedded ({rates['images_cached']:,} from the cache), "
+        f"{rates['texts_embedded']:,} texts ({rates['texts_cached']:,} cached)"
+        + (f", {rates['images_per_s']:,} images/s" if rates["images_per_s"] else "")
+    )
+    return rates

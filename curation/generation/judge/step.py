@@ -90,10 +90,6 @@ class Judge(BatchedStep):
         return engine_resources(cfg.engine)
 
     @classmethod
-    def scores(cls, cfg: JudgeStep, label: str) -> list[str]:
-        return cfg.score_names(label)
-
-    @classmethod
     def check_inputs(cls, cfg: JudgeStep, where: str, models: Mapping[str, Any]) -> None:
         """A local transformers model must be a vision-language model when a criterion needs the images (the
         config is read, not the weights); vLLM and endpoints are checked when the engine starts, or answer."""
