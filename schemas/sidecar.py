@@ -39,3 +39,26 @@ SIDECAR_SCHEMA = pa.schema(
         ),
     ]
 )
+
+# Per-turn columns, present only in the sidecars of builds that keep per-turn ratings (a judge step, or
+# ``output.turn_ratings``): the audit's turn-level what-if (turns, samples and answer tokens kept at a threshold).
+TURN_FIELDS = [
+    pa.field(
+        "turn_answer_tokens",
+        pa.list_(pa.int64()),
+        metadata={"doc": "answer tokens of each turn (sft); null for other kinds"},
+    ),
+    pa.field(
+        "turn_ratings",
+        pa.map_(pa.string(), pa.list_(pa.float64())),
+        metadata={"doc": "per-turn ratings by axis (meta.ratings), parallel to the turns; null entries: unrated"},
+    ),
+]
+
+
+def sidecar_schema(turn_columns: bool = False) -> pa.Schema:
+    """The sidecar schema, with the per-turn columns when the build keeps per-turn ratings."""
+    schema = SIDECAR_SCHEMA
+    for f in TURN_FIELDS if turn_columns else []:
+        schema = schema.append(f)
+    return schema

@@ -23,14 +23,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas import SIDECAR_SCHEMA, PairRecord, PdfRecord, Record
+from schemas import SIDECAR_SCHEMA, PairRecord, PdfRecord, Record, SftRecord
+from schemas.sidecar import sidecar_schema
 from shards.atomic import HashingWriter, atomic_write_json, fsync_file, sha256_file, tmp_path
 from shards.codec import PAIR_IMAGE_EXTS, encode_record
 from shards.embeddings import check_name, per_of, write_embeddings
 from shards.imageinfo import ImageInfo, probe_image, reencode
 from shards.manifest import ShardInfo
 from shards.tarstream import TarStream
-from shards.tokens import TokenCounter, count_record, count_tokens
+from shards.tokens import TokenCounter, count_each, count_record, count_tokens
 
 # Parquet written the same way every time (no wall-clock values, fixed compression).
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True, "store_schema": True}
@@ -68,7 +69,8 @@ class ShardWriter:
     A shard is closed when it holds ``max_samples`` samples or ``max_bytes`` of payload. With
     ``record_offsets``, its stats also list each sample's byte offset in the tar under :data:`SAMPLE_OFFSETS`
     (staged shards: the build's commit then copies samples as byte ranges instead of parsing the tar).
-    ``embedding_dims`` names the embeddings (``shards.embeddings``) every sample brings, with their width.
+    ``embedding_dims`` names the embeddings (``shards.embeddings``) every sample brings, with their width;
+    ``turn_ratings`` names the ``meta.ratings`` axes kept per turn (adds the sidecar's per-turn columns).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class ShardWriter:
         score_keys: Sequence[str] = (),
         record_offsets: bool = False,
         embedding_dims: dict[str, int] | None = None,
+        turn_ratings: Sequence[str] = (),
     ) -> None:
         if pair_image_ext not in PAIR_IMAGE_EXTS:
             raise ValueError(f"pair_image_ext must be one of {PAIR_IMAGE_EXTS}, got {pair_image_ext!r}")
@@ -97,6 +100,8 @@ class ShardWriter:
         self.score_keys = tuple(score_keys)
         self.record_offsets = record_offsets
         self.embedding_dims = {check_name(n): d for n, d in sorted((embedding_dims or {}).items())}
+        self.turn_ratings = tuple(dict.fromkeys(turn_ratings))  # axes of meta.ratings kept per turn
+        self.schema = sidecar_schema(turn_columns=bool(self.turn_ratings))
         self._next_index = start_index
         self._open: _OpenShard | None = None
         self._finishing: list[Future[ShardInfo]] = []
@@ -154,6 +159,7 @@ class ShardWriter:
                 "image_phash": (image_hashes or {}).get("phash"),
                 "image_dhash": (image_hashes or {}).get("dhash"),
                 "scores": self._scores(record.meta),
+                **(turn_columns(self.count, record, self.turn_ratings) if self.turn_ratings else {}),
             }
         )
         shard.keys.add(record.key)
@@ -252,7 +258,7 @@ class ShardWriter:
         info = write_shard_metadata(
             self.directory,
             shard.stem,
-            table=pa.Table.from_pylist(shard.rows, schema=SIDECAR_SCHEMA),
+            table=pa.Table.from_pylist(shard.rows, schema=self.schema),
             sha256=sha256,
             size=shard.tar.size,
             extra_stats=extra,
@@ -269,6 +275,25 @@ class ShardWriter:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+
+def turn_columns(counter: TokenCounter, record: Record, axes: Sequence[str]) -> dict[str, object]:
+    """The per-turn sidecar columns of a record: answer tokens per turn and the ``meta.ratings`` of ``axes``
+    (a rating that is not a number is null); null for records without turns."""
+    if not isinstance(record, SftRecord):
+        return {"turn_answer_tokens": None, "turn_ratings": None}
+    tokens = count_each(counter, [t.assistant for t in record.turns])
+    ratings = record.meta.get("ratings")
+    found: list[tuple[str, list[float | None]]] = []
+    for axis in axes:
+        values = ratings.get(axis) if isinstance(ratings, dict) else None
+        if isinstance(values, list) and len(values) == len(record.turns):
+            found.append((axis, [_number(v) for v in values]))
+    return {"turn_answer_tokens": tokens, "turn_ratings": found or None}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def write_shard_metadata(

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,7 +41,7 @@ from shards.reader import MAX_MEMBER_BYTES, MemberError, open_regular, read_memb
 from shards.splice import SpliceWriter
 from shards.tarstream import BLOCK, TarStream
 from shards.tokens import TokenCounter, count_record, make_token_counter
-from shards.writer import SAMPLE_OFFSETS, write_shard_metadata
+from shards.writer import SAMPLE_OFFSETS, turn_columns, write_shard_metadata
 
 _REJECT_SUFFIXES = (".parquet", ".stats.json", ".tar")  # the tar last: a shard is complete once its tar exists
 Tokenizer = tuple[str, str | None]  # (type, path) of the recipe's tokenizer: grown samples are counted again
@@ -138,7 +138,8 @@ def _rewrite(item: ShardCommit, out: Path, table: pa.Table, offsets: object, ext
     tmp = tmp_path(out / f"{item.stem}.tar")
     where = item.staged.where
     counter: TokenCounter | None = None
-    grown: dict[str, dict[str, int]] = {}
+    grown: dict[str, dict[str, Any]] = {}
+    axes = _turn_rating_axes(table)
     with (
         _StagedSamples.open(item.staged, table, offsets) as samples,
         open(tmp, "wb", buffering=0) as f,
@@ -162,7 +163,10 @@ def _rewrite(item: ShardCommit, out: Path, table: pa.Table, offsets: object, ext
             run = i + 1
             nbytes = tar.add_sample(key, patched)
             counter = counter or make_token_counter(*item.tokenizer)
-            grown[key] = _sidecar_counts(decode_sample(key, patched), nbytes, counter)
+            record = decode_sample(key, patched)
+            grown[key] = _sidecar_counts(record, nbytes, counter)
+            if axes is not None:  # the build keeps per-turn columns: the grown conversation's
+                grown[key] |= turn_columns(counter, record, axes)
         samples.copy(run, len(samples.keys), tar)
         tar.close()
         sha256 = sink.finish()
@@ -318,9 +322,17 @@ def _sidecar_counts(record, nbytes: int, counter) -> dict[str, int]:
     }
 
 
-def _update_rows(table: pa.Table, grown: dict[str, dict[str, int]]) -> pa.Table:
+def _turn_rating_axes(table: pa.Table) -> list[str] | None:
+    """The rating axes a sidecar keeps per turn (None: it has no per-turn columns)."""
+    if "turn_ratings" not in table.schema.names:
+        return None
+    return sorted({axis for row in table.column("turn_ratings").to_pylist() for axis, _ in row or ()})
+
+
+def _update_rows(table: pa.Table, grown: dict[str, dict[str, Any]]) -> pa.Table:
     keys = table.column("key").to_pylist()
-    for column in ("turns", "text_tokens", "answer_tokens", "bytes"):
+    per_turn = [c for c in ("turn_answer_tokens", "turn_ratings") if c in table.schema.names]
+    for column in ("turns", "text_tokens", "answer_tokens", "bytes", *per_turn):
         i = table.schema.get_field_index(column)
         values = table.column(column).to_pylist()
         values = [grown[k][column] if k in grown else v for k, v in zip(keys, values, strict=True)]

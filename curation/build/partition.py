@@ -59,6 +59,7 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
         pair_image_ext=out.pair_image_format,
         token_counter=make_token_counter(recipe.tokenizer.type, recipe.tokenizer.path),
         score_keys=[*out.sidecar_scores, *step_scores(recipe)],
+        turn_ratings=turn_rating_axes(recipe),
         record_offsets=True,  # the commit copies kept samples as byte ranges
         embedding_dims={name: dim for _, step in steps for name, dim in step.stored_embeddings().items()},
     )
@@ -255,6 +256,15 @@ class RecordPipeline:
             return
         self.features.minhash.add(record, where)
         self.acc.out(WRITE, source)
+
+
+def turn_rating_axes(recipe: BuildRecipe) -> list[str]:
+    """The rating axes the sidecars keep per turn: ``output.turn_ratings`` and the judge steps' criteria."""
+    axes = list(recipe.output.turn_ratings)
+    for step in recipe.steps:
+        declared: Callable[[], list[str]] | None = getattr(step, "turn_rating_axes", None)
+        axes += declared() if declared is not None else []
+    return list(dict.fromkeys(axes))
 
 
 def step_scores(recipe: BuildRecipe) -> list[str]:

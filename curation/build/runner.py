@@ -29,6 +29,7 @@ from curation.build.progress import BuildProgress
 from curation.build.step_reports import merge_reports, output_reports, run_reports
 from curation.errors import CurationError
 from curation.recipe import BuildRecipe
+from curation.recipe.loading import recipe_doc
 from curation.sources import make_reader
 from curation.steps.contract import GlobalContext
 from shards.atomic import atomic_write_json, remove_stale_tmp
@@ -193,7 +194,7 @@ def write_manifest(
         name=recipe.shard_prefix(),
         kind=recipe.output.kind,
         tool_version=__version__,
-        recipe=recipe.model_dump(mode="json"),
+        recipe=recipe_doc(recipe),
         recipe_sha256=plan.recipe_sha256,
         shards=shards,
         rejects=rejects,

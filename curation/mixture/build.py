@@ -32,6 +32,7 @@ from curation.mixture.datasets import resolve_datasets
 from curation.mixture.sampling import ComponentPlan, one_kind, plan_components, selection_table
 from curation.mixture.shuffle import shuffle_and_write
 from curation.recipe import MixtureRecipe, recipe_hash
+from curation.recipe.loading import recipe_doc
 from shards import read_manifest
 from shards.atomic import atomic_write_json, content_sha256
 from shards.manifest import STATS_NAME, DatasetManifest, write_wids_index
@@ -155,7 +156,7 @@ def _manifest(
         name=recipe.shard_prefix(),
         kind=one_kind(dirs),
         tool_version=__version__,
-        recipe=recipe.model_dump(mode="json"),
+        recipe=recipe_doc(recipe),
         recipe_sha256=rhash,
         shards=shards,
         totals=totals,

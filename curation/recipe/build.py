@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, StepBase, _check_unique, _Strict
+from curation.recipe.common import NAME_MAX, NAME_PATTERN, WHEN_SET, PathStr, StepBase, _check_unique, _Strict
 from curation.recipe.models import (
     MODEL_STEPS,
     ClipScoreStep,
@@ -40,6 +40,12 @@ class Output(_Strict):
     rejects: bool = Field(default=False, description="Also write dropped samples (with reasons) to rejects/ shards.")
     sidecar_scores: list[str] = Field(
         default_factory=list, description="Numeric meta keys copied into the sidecar's `scores` column."
+    )
+    turn_ratings: list[str] = Field(
+        default_factory=list,
+        description="Per-turn rating axes (meta.ratings, e.g. FineVision's relevance) kept per turn in the "
+        "sidecars, for the audit's turn-level what-if; a judge step's criteria are kept without being listed.",
+        json_schema_extra=WHEN_SET,
     )
     image_hashes: list[Literal["phash", "dhash"]] = Field(
         default_factory=list,
@@ -76,7 +82,9 @@ class BuildRecipe(_Strict):
     output: Output
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
     models: dict[ModelName, ModelConfig] = Field(
-        default_factory=dict, description="Models the steps run (embed, clip_score, ...), by name; local paths only."
+        default_factory=dict,
+        description="Models the steps run (embed, clip_score, ...), by name; local paths only.",
+        json_schema_extra=WHEN_SET,
     )
     vars: dict[str, str | int | float] = Field(
         default_factory=dict, description="Values substituted for ${name} in the recipe's strings (--set vars.x=...)."

@@ -12,6 +12,9 @@ from pydantic.config import JsonDict
 NAME_MAX = 100
 # json_schema_extra of a setting that changes how a build runs, never what it produces (left out of its identity)
 NOT_IDENTITY: JsonDict = {"identity": False}
+# A field added after recipes were first hashed: left out of the recipe's identity and its dump while it holds
+# its default, so recipes that do not use it keep the hash (and the dataset.json) they always had.
+WHEN_SET: JsonDict = {"identity": "when_set"}
 """Longest name (recipe, output, source, step, benchmark): names become parts of file names (shard prefixes,
 subset indexes, step files), and a file name has at most 255 bytes."""
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from curation.generation.judge.presets import PRESETS
-from curation.recipe.common import Label, PathStr, StepBase, _check_unique, _Strict
+from curation.recipe.common import WHEN_SET, Label, PathStr, StepBase, _check_unique, _Strict
 
 
 class TransformersEngineConfig(_Strict):
@@ -45,9 +45,13 @@ class OpenAIEngineConfig(_Strict):
         default=4 * 1024 * 1024,
         ge=1024,
         description="Largest image sent as it is (judge); larger ones are re-encoded (JPEG, or PNG with alpha) to fit.",
+        json_schema_extra=WHEN_SET,
     )
     max_image_side: int = Field(
-        default=2048, ge=32, description="Longest image side sent, in pixels; larger images are scaled down."
+        default=2048,
+        ge=32,
+        description="Longest image side sent, in pixels; larger images are scaled down.",
+        json_schema_extra=WHEN_SET,
     )
 
 
@@ -64,7 +68,10 @@ class VllmEngineConfig(_Strict):
     structured_output: bool = Field(default=False, description="Constrain the output to the QA JSON schema.")
     trust_remote_code: bool = False
     limit_images_per_prompt: int | None = Field(
-        default=None, ge=1, description="vLLM's limit_mm_per_prompt for images (vLLM's default when unset: 999)."
+        default=None,
+        ge=1,
+        description="vLLM's limit_mm_per_prompt for images (vLLM's default when unset: 999).",
+        json_schema_extra=WHEN_SET,
     )
 
 
@@ -271,3 +278,7 @@ class JudgeStep(StepBase):
 
     def score_names(self, label: str) -> list[str]:
         return [f"{c.name}_{stat}" for c in self.criteria for stat in ("min", "mean")]
+
+    def turn_rating_axes(self) -> list[str]:
+        """The ``meta.ratings`` axes it writes per turn (kept per turn in the sidecars, for the audit)."""
+        return [c.name for c in self.criteria]

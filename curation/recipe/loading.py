@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from curation.errors import CurationError, RecipeError
 from curation.recipe.build import BuildRecipe
-from curation.recipe.common import NOT_IDENTITY
+from curation.recipe.common import NOT_IDENTITY, WHEN_SET
 from curation.recipe.mixture import MixtureRecipe
 from curation.recipe.selection import RECIPE_KINDS, SelectionRecipe
 from shards.atomic import content_sha256
@@ -470,26 +470,37 @@ def validate_recipe(data: dict[str, Any], ref: str = "recipe", substitute: bool 
 
 def identity_doc(recipe: BaseModel) -> dict[str, Any]:
     """The resolved recipe as JSON, without the settings marked :data:`NOT_IDENTITY` (how much memory a step
-    may use changes how a build runs, never what it produces: changing it must not restart a build)."""
+    may use changes how a build runs, never what it produces: changing it must not restart a build), nor the
+    :data:`WHEN_SET` fields at their default."""
     doc = recipe.model_dump(mode="json")
-    _strip_settings(recipe, doc)
+    _strip_settings(recipe, doc, identity=True)
     return doc
 
 
-def _strip_settings(value: Any, doc: Any) -> None:
+def recipe_doc(recipe: BaseModel) -> dict[str, Any]:
+    """The recipe as ``dataset.json`` records it: everything, but the :data:`WHEN_SET` fields at their default."""
+    doc = recipe.model_dump(mode="json")
+    _strip_settings(recipe, doc, identity=False)
+    return doc
+
+
+def _strip_settings(value: Any, doc: Any, identity: bool) -> None:
     if isinstance(value, BaseModel) and isinstance(doc, dict):
         for name, info in type(value).model_fields.items():
             key = info.serialization_alias or info.alias or name
-            if info.json_schema_extra == NOT_IDENTITY:
+            unset = info.json_schema_extra == WHEN_SET and getattr(value, name) == info.get_default(
+                call_default_factory=True
+            )
+            if unset or (identity and info.json_schema_extra == NOT_IDENTITY):
                 doc.pop(key, None)
             elif key in doc:
-                _strip_settings(getattr(value, name), doc[key])
+                _strip_settings(getattr(value, name), doc[key], identity)
     elif isinstance(value, list | tuple) and isinstance(doc, list):
         for item, item_doc in zip(value, doc, strict=False):
-            _strip_settings(item, item_doc)
+            _strip_settings(item, item_doc, identity)
     elif isinstance(value, dict) and isinstance(doc, dict):
         for key, item in value.items():
-            _strip_settings(item, doc.get(str(key)))
+            _strip_settings(item, doc.get(str(key)), identity)
 
 
 def recipe_hash(recipe: BaseModel) -> str:

@@ -15,6 +15,7 @@ from rich.console import Console
 from curation.errors import CurationError
 from curation.report.scores import WhatIf, score_report, score_tables
 from curation.report.table import Table, markdown_table, rich_table
+from curation.report.turn_ratings import turn_what_if, turn_what_if_tables
 from shards import read_manifest
 
 PER_SOURCE_SQL = """
@@ -75,10 +76,18 @@ def audit(directory: Path, scores: bool = False, what_if: dict[str, WhatIf] | No
     files = [str(directory / s.sidecar) for s in manifest.shards]
     with connect() as con:
         rows = source_stats([Path(f) for f in files], con=con)
-        scored = {"scores": {}, "what_if": {}}
+        scored: dict[str, Any] = {"scores": {}, "what_if": {}, "turn_what_if": {}}
         if scores or what_if is not None:
             with reading_sidecars():
                 scored = score_report(con, files, {r["source"]: int(r["samples"]) for r in rows}, what_if)
+                totals = {
+                    r["source"]: {
+                        k: int(r[c])
+                        for k, c in (("turns", "qa_pairs"), ("samples", "samples"), ("answer_tokens", "answer_tokens"))
+                    }
+                    for r in rows
+                }
+                scored["turn_what_if"] = turn_what_if(con, files, totals)
     total_answer = sum(r["answer_tokens"] for r in rows)
     accounting = manifest.accounting or {}
     per_source_acc = accounting.get("sources", {})
@@ -287,7 +296,12 @@ def render_table(report: dict[str, Any], console: Console | None = None) -> None
     console = console or Console()
     title = f"{report['dataset']} ({report['kind']}): {report['samples']:,} samples in {report['shards']} shards"
     console.print(rich_table(sources_table(report, title), no_wrap=True))
-    for table in (*(of(report) for of in SECTIONS), drops_table(report), *score_tables(report)):
+    for table in (
+        *(of(report) for of in SECTIONS),
+        drops_table(report),
+        *score_tables(report),
+        *turn_what_if_tables(report),
+    ):
         if table.rows:
             console.print(rich_table(table))
     if not report["dropped_by_step"]:
@@ -302,7 +316,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         *markdown_table(sources_table(report)),
     ]
-    for table in (*(of(report) for of in SECTIONS), drops_table(report), *score_tables(report)):
+    for table in (
+        *(of(report) for of in SECTIONS),
+        drops_table(report),
+        *score_tables(report),
+        *turn_what_if_tables(report),
+    ):
         if table.rows:
             lines += ["", *markdown_table(table)]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from curation.report.previews import previews
 from curation.report.scores import WhatIf, score_histograms, scores_table, what_if_tables
 from curation.report.stats import distributions, download_success, funnels
 from curation.report.table import Table
+from curation.report.turn_ratings import turn_what_if_tables
 from shards import read_manifest
 from shards.atomic import atomic_write_bytes
 
@@ -60,7 +61,7 @@ def build_sections(directory: Path, per_source: int = 3, what_if: dict[str, What
         head,
         _table3(report),
         _distributions(dists),
-        *([_scores(report, sidecars)] if report["scores"] else []),
+        *([_scores(report, sidecars)] if report["scores"] or report.get("turn_what_if") else []),
         _quality(report, manifest),
         _generation(report),
         _previews(previews(directory, manifest, per_source)),
@@ -140,12 +141,13 @@ def _distributions(dists: dict[str, Any]) -> Section:
 def _scores(report: dict[str, Any], sidecars: list[Path]) -> Section:
     """Each score's distribution per source (table and histogram) and its what-if tables."""
     sec = Section("scores", "Scores")
-    sec.add(scores_table(report))
+    if report["scores"]:
+        sec.add(scores_table(report))
     with audit_mod.connect(os.cpu_count()) as con, audit_mod.reading_sidecars():
         hists = score_histograms(con, [str(p) for p in sidecars], report["scores"])
     for hist in hists.values():
         sec.image(hist["title"], plots.histogram(hist))
-    for table in what_if_tables(report):
+    for table in [*what_if_tables(report), *turn_what_if_tables(report)]:
         sec.add(table)
     return sec
 

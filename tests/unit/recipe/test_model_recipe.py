@@ -101,3 +101,14 @@ def test_model_names_are_valid_in_embedding_file_names():
     for bad in ("clip-", "-clip", "a--b", "a.b"):
         with pytest.raises(RecipeError, match="models"):
             validate_recipe(_recipe([], {bad: {"path": "clip"}}))
+
+
+def test_fields_added_later_leave_old_recipes_identity_and_dump_unchanged():
+    from curation.recipe.loading import identity_doc, recipe_doc
+
+    plain = validate_recipe({"name": "m", "sources": SOURCES, "output": {"kind": "pair"}})
+    for doc in (identity_doc(plain), recipe_doc(plain)):
+        assert "models" not in doc and "turn_ratings" not in doc["output"]
+    used = validate_recipe(_recipe([{"step": "embed", "model": "clip"}]))
+    assert "models" in identity_doc(used) and "models" in recipe_doc(used)
+    assert validate_recipe(recipe_doc(used)) == used
