@@ -166,6 +166,23 @@ class BuildRecipe(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _no_merge_of_rated_turns(self) -> BuildRecipe:
+        """merge_qa appends other samples' turns without their per-turn ratings: with ratings (a judge, a
+        FineVision source, output.turn_ratings) the lists would stop matching the turns."""
+        merge = next((i for i, s in enumerate(self.steps) if getattr(s, "step", None) == "merge_qa"), None)
+        if merge is None:
+            return self
+        rated = [f"steps.{i} (judge)" for i, s in enumerate(self.steps) if getattr(s, "step", None) == "judge"]
+        rated += [f"sources.{s.name} (finevision)" for s in self.sources if getattr(s, "reader", None) == "finevision"]
+        rated += ["output.turn_ratings"] if self.output.turn_ratings else []
+        if rated:
+            raise ValueError(
+                f"steps.{merge} (merge_qa) would append turns without their per-turn ratings, which "
+                f"{', '.join(rated)} keep(s); merge before rating, in another build, or drop merge_qa"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _scores_exist(self) -> BuildRecipe:
         """A keep_top step ranks a score the sidecars will hold: output.sidecar_scores, or an earlier step's."""
         known = set(self.output.sidecar_scores)

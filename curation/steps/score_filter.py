@@ -95,6 +95,9 @@ class ScoreFilter(RecordStep):
             if not isinstance(axis_values, list) or len(axis_values) != len(turns):
                 return "score_invalid"
             lists[axis] = axis_values
+        sources = record.meta.get("turn_sources")
+        if isinstance(sources, list) and len(sources) != len(turns):  # would stop matching the turns kept
+            return "score_invalid"
         values = lists[self.cfg.score]
         if any(v is not None and not is_number(v) for v in values):
             return "score_invalid"
@@ -122,8 +125,10 @@ class ScoreFilter(RecordStep):
             left[axis] = axis_left = [v[i] for i in keep]
             _recompute(meta, axis, axis_left)
         meta["ratings"] = left
+        for key in [k for k in meta if k.endswith(("_min", "_mean")) and k.rsplit("_", 1)[0] not in lists]:
+            meta[key] = None  # a per-sample min/mean without per-turn ratings cannot be told for the turns left
         sources = meta.get("turn_sources")
-        if isinstance(sources, list) and len(sources) == len(turns):
+        if isinstance(sources, list):
             meta["turn_sources"] = [sources[i] for i in keep]
         self.samples_changed += 1
         return sample

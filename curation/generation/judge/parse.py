@@ -25,7 +25,7 @@ MAX_JSON_CHARS = 16_384
 MAX_LINE_CHARS = 200
 _FENCE = re.compile(r"^```[a-zA-Z]*\n(.*)\n```$", re.DOTALL)
 _RATING_LINE = re.compile(
-    r"^[*_ ]{0,4}rating[*_ ]{0,4}[:=][*_ ]{0,4}(-?\d{1,4}(?:\.0+)?)(?:\s{0,2}/\s{0,2}\d{1,4})?[*_ .]{0,4}$",
+    r"^[*_ ]{0,4}rating[*_ ]{0,4}[:=][*_ ]{0,4}(-?\d{1,4}(?:\.0+)?)(?:\s{0,2}/\s{0,2}(\d{1,4}))?[*_ .]{0,4}$",
     re.IGNORECASE,
 )
 
@@ -68,9 +68,13 @@ def _last_line(text: str) -> str:
     return line if len(line) <= MAX_LINE_CHARS else ""
 
 
-def _line_rating(line: str) -> int | None:
+def _line_rating(line: str, high: int) -> int | None:
+    """``Rating: N`` or ``Rating: N/high``; a rating out of another denominator (``3/10`` on a 1-5 scale) is
+    not on the scale: no rating, never a rescaled or misread one."""
     match = _RATING_LINE.match(line)
     if match:
+        if match.group(2) is not None and int(match.group(2)) != high:
+            return None
         return int(float(match.group(1)))
     return _json_rating(line)
 
@@ -78,7 +82,7 @@ def _line_rating(line: str) -> int | None:
 def parse_rating(text: str, low: int, high: int, json_mode: bool = False) -> Parsed:
     """The rating in ``text`` on the scale ``low``..``high``, or why there is none."""
     whole = _whole_json(text)
-    line = _line_rating(_last_line(text)) if whole is None else None
+    line = _line_rating(_last_line(text), high) if whole is None else None
     rating = whole if whole is not None else line
     if rating is None:
         return Parsed(None, "no_rating")

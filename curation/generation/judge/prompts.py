@@ -23,7 +23,7 @@ def rating_schema(low: int, high: int) -> dict[str, Any]:
         "title": "rating",
         "type": "object",
         "properties": {
-            "reason": {"type": "string", "maxLength": 1000},
+            "reason": {"type": "string", "maxLength": 300},  # leaves the rating room within max_tokens (256)
             "rating": {"type": "integer", "minimum": low, "maximum": high},
         },
         "required": ["reason", "rating"],

@@ -180,7 +180,9 @@ class Judge(BatchedStep):
     def _rating(self, criterion: JudgeCriterion, result: Generation) -> int | None:
         """The rating a reply holds, or None (counted by cause)."""
         assert criterion.scale is not None  # resolved
-        if "truncated" in result.repairs:  # a reply cut at max_reply_chars lost its end, where the rating is
+        # a reply cut at max_reply_chars, or at max_tokens, lost its end, where the rating is ("Rating: 1" may be
+        # the start of "Rating: 10")
+        if "truncated" in result.repairs or result.finish_reason == "length":
             self.unparsed["truncated"] += 1
             return None
         parsed = parse_rating(result.text, *criterion.scale, json_mode=self.cfg.json_mode)

@@ -333,3 +333,11 @@ def test_text_only_engines_refuse_image_criteria(tmp_path, tmp_path_factory, mon
     with pytest.raises(CurationError, match=r"^steps\.1\.engine\.model: no such directory"):
         Judge.check_inputs(tf_cfg.model_copy(update={"engine": tf_cfg.engine.model_copy(update={"model": "/nope"})}),
                            "steps.1", {})  # fmt: skip
+
+
+def test_a_rating_out_of_another_denominator_is_no_rating():
+    from curation.generation.judge.parse import parse_rating
+
+    assert parse_rating("Fine.\nRating: 4/5", 1, 5).rating == 4
+    for reply in ("Fine.\nRating: 3/10", "Fine.\nrating = 2/1", "Fine.\nRating: 8/10"):
+        assert parse_rating(reply, 1, 5).outcome == "no_rating", reply

@@ -112,3 +112,10 @@ def test_fields_added_later_leave_old_recipes_identity_and_dump_unchanged():
     used = validate_recipe(_recipe([{"step": "embed", "model": "clip"}]))
     assert "models" in identity_doc(used) and "models" in recipe_doc(used)
     assert validate_recipe(recipe_doc(used)) == used
+
+
+def test_merge_qa_is_refused_where_turns_carry_ratings():
+    recipe = _recipe([{"step": "merge_qa"}])
+    recipe["output"] = {"kind": "sft", "turn_ratings": ["relevance"]}
+    with pytest.raises(RecipeError, match=r"merge_qa\) would append turns without their per-turn ratings"):
+        validate_recipe(recipe)

@@ -237,3 +237,13 @@ def test_a_build_sums_the_reports_and_the_sidecars_stay_exact(tmp_path):
     scores = {row["key"]: dict(row["scores"]) for row in rows}
     assert all(scores[r.key] == {"relevance_min": r.meta["relevance_min"], "formatting_min": r.meta["formatting_min"]}
                for r in records)  # fmt: skip
+
+
+def test_a_minimum_without_per_turn_ratings_is_unknown_once_turns_go():
+    meta = {"ratings": {"relevance": [5, 1]}, "relevance_min": 1, "formatting_min": 1, "turn_sources": ["a", "b"]}
+    out = step(score="relevance", min=3, level="turn")(sample(["x", "y"], meta))
+    assert isinstance(out, Sample)
+    assert out.record.meta["relevance_min"] == 5 and out.record.meta["formatting_min"] is None
+    assert out.record.meta["turn_sources"] == ["a"]
+    short = {"ratings": {"relevance": [5, 1]}, "turn_sources": ["a"]}  # would stop matching the turns
+    assert step(score="relevance", min=3, level="turn")(sample(["x", "y"], short)) == "score_invalid"
