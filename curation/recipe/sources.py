@@ -219,6 +219,11 @@ class FineVisionSource(SourceBase):
     config: Label | None = Field(default=None, description="Subset (a folder), e.g. sharegpt4v(coco) [default: name].")
     split: str = Field(default="train", description="Split to read (parquet files named <split>-*.parquet).")
     image_root: PathStr | None = Field(default=None, description="Directory that relative image paths start from.")
+    null_ratings: Literal["drop", "unrated"] = Field(
+        default="drop",
+        description="A null per-turn rating: drop the row (invalid_rating), or keep the turn unrated (null in "
+        "meta.ratings, as a judge's unparsed rating; the minimum is over the rated turns).",
+    )
 
     def config_name(self) -> str:
         return self.config or self.name

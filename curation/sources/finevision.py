@@ -56,7 +56,7 @@ class FineVisionReader(CauldronReader):
             return item
         record = item.record
         assert isinstance(record, SftRecord)  # the Cauldron path builds sft records
-        found = rating_meta(row, len(record.turns))
+        found = rating_meta(row, len(record.turns), self.source.null_ratings == "unrated")
         if isinstance(found, tuple):
             reason, detail = found
             return Drop(reason, self.source.name, origin, record.key, detail, record=record)
@@ -72,10 +72,11 @@ def is_rating(value: Any) -> bool:
     return type(value) is int and 1 <= value <= 5
 
 
-def rating_meta(row: dict[str, Any], turns: int) -> dict[str, Any] | tuple[str, str]:
-    """The meta of a row's ratings (``ratings`` per turn, ``<axis>_min``), or (drop reason, detail)."""
-    per_turn: dict[str, list[int]] = {}
-    minima: dict[str, int] = {}
+def rating_meta(row: dict[str, Any], turns: int, nulls_unrated: bool = False) -> dict[str, Any] | tuple[str, str]:
+    """The meta of a row's ratings (``ratings`` per turn, ``<axis>_min``), or (drop reason, detail).
+    ``nulls_unrated``: a null turn rating is an unrated turn (the minimum is over the rated ones), not bad input."""
+    per_turn: dict[str, list[int | None]] = {}
+    minima: dict[str, int | None] = {}
     for axis in AXES:
         values, given = row.get(f"{axis}_ratings"), row.get(f"{axis}_min")
         if given is not None and not is_rating(given):
@@ -88,10 +89,11 @@ def rating_meta(row: dict[str, Any], turns: int) -> dict[str, Any] | tuple[str, 
             return f"invalid_rating:{axis}", f"{axis}_ratings is a {type(values).__name__}, not a list"
         if len(values) != turns:
             return f"ratings_not_per_turn:{axis}", f"{len(values)} {axis} ratings for {turns} turns"
-        bad = [v for v in values if not is_rating(v)]
+        bad = [v for v in values if not is_rating(v) and not (nulls_unrated and v is None)]
         if bad:
             return f"invalid_rating:{axis}", f"{axis}_ratings holds {bad[0]!r}: {values!r}"[:300]
-        low = min(values)
+        rated = [v for v in values if v is not None]
+        low = min(rated) if rated else None
         if given is not None and given != low:
             return f"rating_min_mismatch:{axis}", f"{axis}_min is {given} but the turns' ratings are {values}"[:300]
         per_turn[axis], minima[axis] = list(values), low

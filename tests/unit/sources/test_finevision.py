@@ -156,3 +156,13 @@ def test_build_accounts_for_every_row(tmp_path):
     steps = {s["step"]: s["sources"] for s in m.accounting["steps"]}
     assert steps["read"]["cosyn_chart"]["dropped"] == {"invalid_rating:relevance": 1}
     assert steps["probe"]["cosyn_chart"]["dropped"] == {"image_unreadable": 1}
+
+
+def test_null_ratings_drop_the_row_or_leave_the_turn_unrated():
+    from curation.sources.finevision import rating_meta
+
+    row = {"relevance_ratings": [4, None, 2], "relevance_min": 2}
+    assert rating_meta(row, 3)[0] == "invalid_rating:relevance"
+    assert rating_meta(row, 3, nulls_unrated=True) == {"ratings": {"relevance": [4, None, 2]}, "relevance_min": 2}
+    unrated = rating_meta({"relevance_ratings": [None, None]}, 2, nulls_unrated=True)
+    assert unrated == {"ratings": {"relevance": [None, None]}, "relevance_min": None}
