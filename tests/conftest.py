@@ -7,10 +7,14 @@
   inherits that, and a child Python then raises no KeyboardInterrupt, neither on a test's Ctrl-C nor on Ray's
   cancel of a task (which interrupts the worker the same way). The product rightly keeps an ignored SIGINT
   ignored; the suite restores the default once, here, for everything it starts.
+- The toolkit's default cache lives in the user's home: the suite points it at a temporary directory.
 """
 
+import atexit
 import os
+import shutil
 import signal
+import tempfile
 
 from tests.ray_cluster import ENV
 
@@ -18,5 +22,10 @@ os.environ.update(ENV)
 # A build whose accounting holds a drop reason that nothing running at its step declares fails (the runner checks it
 # with curation.build.drop_reasons.undeclared; outside the tests it warns).
 os.environ.setdefault("VLM_CURATION_STRICT_DROPS", "1")
+# The toolkit's caches (embeddings, generations) default to ~/.cache/vlm-curation: the suite never writes there.
+if "VLM_CURATION_CACHE" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="vlm-curation-test-cache-")
+    os.environ["VLM_CURATION_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -115,11 +115,8 @@ class BuildRecipe(_Strict):
                 continue
             model = step.model
             if model not in self.models:
-                close = difflib.get_close_matches(model, list(self.models), n=1)
-                hint = (
-                    f"did you mean {close[0]!r}?"
-                    if close
-                    else f"declare it under models: (have: {sorted(self.models)})"
+                hint = _did_you_mean(
+                    model, sorted(self.models), f"declare it under models: (have: {sorted(self.models)})"
                 )
                 raise ValueError(f"steps.{i}.model: no model named {model!r}; {hint}")
             if isinstance(step, EmbedStep):
@@ -188,8 +185,7 @@ class BuildRecipe(_Strict):
         known = set(self.output.sidecar_scores)
         for i, step in enumerate(self.steps):
             if isinstance(step, KeepTopStep) and step.score not in known:
-                close = difflib.get_close_matches(step.score, sorted(known), n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"known scores: {sorted(known) or 'none'}"
+                hint = _did_you_mean(step.score, sorted(known), f"known scores: {sorted(known) or 'none'}")
                 raise ValueError(
                     f"steps.{i}.score: no earlier step writes {step.score!r} and output.sidecar_scores does not "
                     f"list it; {hint}"
@@ -223,3 +219,8 @@ class BuildRecipe(_Strict):
 
     def shard_prefix(self) -> str:
         return self.output.name or self.name
+
+
+def _did_you_mean(name: str, names: list[str], otherwise: str) -> str:
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"did you mean {close[0]!r}?" if close else otherwise

@@ -5,6 +5,7 @@ score are kept and not counted in ``n``."""
 
 from __future__ import annotations
 
+import decimal
 from typing import ClassVar
 
 from curation.recipe.models import KeepTopStep
@@ -15,18 +16,19 @@ NOT_TOP = "below_top_fraction"
 
 _QUERY = """
     WITH rows AS (
-        SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source, map_extract(r.scores, ?)[1] AS score
-        FROM read_parquet(?, filename = true) r JOIN files f ON r.filename = f.path
+        SELECT f.gid, f.shard, r."index" AS idx, r.key, r.source, map_extract(r.scores, $score)[1] AS score
+        FROM read_parquet($paths, filename = true) r JOIN files f ON r.filename = f.path
         ANTI JOIN gone g ON g.gid = f.gid AND g.shard = f.shard AND g.key = r.key
     ), scored AS (
-        SELECT *, CASE WHEN ? THEN source ELSE '' END AS grp FROM rows WHERE score IS NOT NULL AND NOT isnan(score)
+        SELECT *, CASE WHEN $per_source THEN source ELSE '' END AS grp
+        FROM rows WHERE score IS NOT NULL AND NOT isnan(score)
     ), ranked AS (
         SELECT *, row_number() OVER (PARTITION BY grp ORDER BY {order}, gid, shard, idx) AS rank,
                count(*) OVER (PARTITION BY grp) AS n
         FROM scored
     )
-    SELECT gid, shard, key, source, score, ceil(? * n) AS keep, n FROM ranked
-    WHERE rank > ceil(? * n) ORDER BY gid, shard, idx
+    SELECT gid, shard, key, source, score, ceil($fraction * n) AS keep, n FROM ranked
+    WHERE rank > ceil($fraction * n) ORDER BY gid, shard, idx
 """
 
 
@@ -44,10 +46,14 @@ class KeepTop(GlobalStep):
         con = connect_sidecars(sidecars, already)
         query = _QUERY.format(order="score ASC" if cfg.lowest else "score DESC")
         paths = [str(p) for _, _, p in sidecars]
-        # a fraction as a decimal string: ceil(0.3 * 10) must be 3, not 4 from 0.30000000000000004 * 10
-        fraction = f"{cfg.fraction!r}"
-        params = [cfg.score, paths, cfg.per == "source", fraction, fraction]
-        rows = con.execute(query.replace("ceil(? * n)", "ceil(CAST(? AS DECIMAL(18, 9)) * n)"), params).fetchall()
+        params = {
+            "score": cfg.score,
+            "paths": paths,
+            "per_source": cfg.per == "source",
+            # exact decimal arithmetic: ceil(0.3 * 10) must be 3, not 4 from 0.30000000000000004 * 10
+            "fraction": decimal.Decimal(repr(cfg.fraction)),
+        }
+        rows = con.execute(query, params).fetchall()
         con.close()
         side = "lowest" if cfg.lowest else "highest"
         for gid, shard, key, source, score, keep, n in rows:

@@ -164,11 +164,11 @@ class ModelStage:
 
     def texts(self, texts: list[str]) -> np.ndarray:
         """Float16 vectors (len(texts), dim) of ``texts``."""
-        contents = {text_sha256(t): t for t in texts}
-        vectors, _ = self._vectors("text", contents, self._embed_texts)
         if not texts:
             return np.zeros((0, self.dim), np.float16)
-        return np.stack([vectors[text_sha256(t)] for t in texts])
+        shas = [text_sha256(t) for t in texts]
+        vectors, _ = self._vectors("text", dict(zip(shas, texts, strict=True)), self._embed_texts)
+        return np.stack([vectors[sha] for sha in shas])
 
     def _vectors(self, modality: str, contents: dict[str, Any], embed: Any) -> tuple[dict[str, np.ndarray], dict]:
         """sha256 -> float16 vector for every content (cache first), and sha256 -> why it failed."""
