@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, Label, PathStr, _Strict
+from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, WHEN_SET, Label, PathStr, _Strict
 from curation.sources.obelics.filters import ObelicsFilterConfig
 from schemas import KINDS
 
@@ -103,6 +103,12 @@ class PdfaSource(SourceBase):
         default="auto", description="JSON layout; auto-detected per sample."
     )
     max_pages: int | None = Field(default=None, ge=1, description="Drop documents with more pages (Docmatix used 4).")
+    mode: Literal["improved", "original"] = Field(
+        default="improved",
+        description="improved: lines in reading order, pages counted from the PDF; original: as Docmatix was "
+        "generated (the JSON's line order, pages counted from the JSON, every JSON page kept).",
+        json_schema_extra=WHEN_SET,
+    )
 
 
 PAPER_LAION_SIZES = [1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000, 50_000_000, 100_000_000]

@@ -20,6 +20,10 @@ in the JSON), ``pages_pdf`` (pages of the PDF, counted by pypdfium2) and ``varia
 ``unknown`` for a JSON with no pages). The two counts can differ (a known quirk of PDFA): such documents
 are kept, with the JSON's pages cut to the PDF's page count when the PDF has fewer.
 
+The source's ``mode: original`` reads as the published Docmatix generation did: lines in the JSON's stored
+order, ``max_pages`` counted from the JSON's ``pages``, and every JSON page kept (never cut to the PDF's
+count); ``meta`` also gets ``pdfa_mode: original`` (``docmatix_generate`` reads it: docs/docmatix.md).
+
 Partition = one tar. ``plan()`` reads the tar headers once (no member data) and counts its samples; a tar
 that cannot be opened at all is an error naming the file. A tar cut off later (or changed after planning)
 is read up to the damage, and every sample the plan counted beyond it becomes a ``shard_damaged`` drop.
@@ -29,7 +33,8 @@ whose last members were cut off is counted as damaged, not read half.
 Drop reasons, checked in this order: ``missing_member:pdf``, ``missing_member:json``, ``member_too_large``
 (the PDF or JSON member is over the cap), ``invalid_ocr_json``
 (not JSON, or not the layout above), ``pdf_encrypted`` (needs a password), ``pdf_corrupt`` (pypdfium2
-cannot open it, or it has no pages), ``too_many_pages`` (the PDF has more than ``max_pages``).
+cannot open it, or it has no pages), ``too_many_pages`` (the PDF, or with ``mode: original`` the JSON, has more
+than ``max_pages`` pages).
 """
 
 from __future__ import annotations
@@ -107,8 +112,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def parse_ocr_json(data: bytes, variant: str = "auto") -> tuple[list[list[PageLine]], str]:
-    """(lines of each page in reading order, the variant). Raises :class:`OcrJsonError`."""
+def parse_ocr_json(
+    data: bytes, variant: str = "auto", *, stored_order: bool = False
+) -> tuple[list[list[PageLine]], str]:
+    """(lines of each page in reading order, or in the JSON's order with ``stored_order``, the variant).
+    Raises :class:`OcrJsonError`."""
     try:
         doc = loads_bytes(data)  # strict and bounded, as every input JSON
     except JsonRecordError as exc:
@@ -139,7 +147,7 @@ def parse_ocr_json(data: bytes, variant: str = "auto") -> tuple[list[list[PageLi
                 raise OcrJsonError(f"{where}.bbox[{j}] is not [x, y, w, h] of finite numbers")
             x, y, w, h = (float(v) for v in box)
             lines.append(PageLine(text=text, bbox=(x, y, w, h)))
-        out.append(reading_order(lines))
+        out.append(lines if stored_order else reading_order(lines))
     return out, variant
 
 
@@ -224,7 +232,7 @@ class PdfaReader(Reader):
         "invalid_ocr_json": "the OCR JSON member is not JSON, or not the PDFA or IDL layout",
         "pdf_encrypted": "the PDF is password-protected",
         "pdf_corrupt": "pypdfium2 cannot open the PDF, or it has no pages",
-        "too_many_pages": "the PDF has more pages than the source's `max_pages`",
+        "too_many_pages": "more pages than the source's `max_pages`: the PDF's, or with `mode: original` the JSON's",
         "shard_damaged": (
             "the samples the plan counted beyond where a tar is damaged: cut off, a garbled header, a member that "
             "runs past the end of the file, no end-of-archive marker, fewer samples than planned"
@@ -281,8 +289,9 @@ class PdfaReader(Reader):
             text = _read_member(tar, members["json"])
         except MemberError as exc:
             return Drop(exc.reason, src.name, origin, key, str(exc)[:500])
+        original = src.mode == "original"
         try:
-            pages, variant = parse_ocr_json(text, src.variant)
+            pages, variant = parse_ocr_json(text, src.variant, stored_order=original)
         except OcrJsonError as exc:
             raw = {"json": text[:_RAW_LIMIT].decode("utf-8", "replace")}
             return Drop("invalid_ocr_json", src.name, origin, key, str(exc)[:500], raw=raw)
@@ -290,10 +299,13 @@ class PdfaReader(Reader):
             pages_pdf = pdf_page_count(pdf)
         except PdfOpenError as exc:
             return Drop(exc.reason, src.name, origin, key, str(exc)[:500])
-        if src.max_pages is not None and pages_pdf > src.max_pages:
-            detail = f"the PDF has {pages_pdf} pages (max_pages {src.max_pages})"
+        counted, what = (len(pages), "OCR JSON") if original else (pages_pdf, "PDF")
+        if src.max_pages is not None and counted > src.max_pages:
+            detail = f"the {what} has {counted} pages (max_pages {src.max_pages})"
             return Drop("too_many_pages", src.name, origin, key, detail)
         meta: dict[str, Any] = {"pages_json": len(pages), "pages_pdf": pages_pdf, "variant": variant}
+        if original:
+            meta["pdfa_mode"] = "original"
         if key != raw_key:
             meta["source_id"] = raw_key  # the tar's key, before it was made a valid key
         data = {
@@ -301,7 +313,7 @@ class PdfaReader(Reader):
             "source": src.name,
             "meta": meta,
             "pdf": pdf,
-            "pages": [{"lines": lines} for lines in pages[:pages_pdf]],
+            "pages": [{"lines": lines} for lines in (pages if original else pages[:pages_pdf])],
         }
         try:
             record = parse_record("pdf", data)

@@ -67,7 +67,7 @@ class DocmatixGenerate(BatchedStep):
     converts: ClassVar[tuple[str, str] | None] = ("pdf", "sft")
     kinds: ClassVar[frozenset[str] | None] = frozenset({"pdf"})
     drop_reasons: ClassVar[dict[str, str]] = {
-        "no_text": "no page with text",
+        "no_text": "no page with text (a source with `mode: original`: no page)",
         "page_too_long": "a page alone is longer than a chunk",
         "generation_failed:": (
             "the engine failed for a chunk; the reason after the colon: timeout, rate_limited, http_NNN, connection, "
@@ -132,7 +132,9 @@ class DocmatixGenerate(BatchedStep):
             return sample  # not a document: passes unchanged (the output kind check catches mistakes)
         self.counts["documents"] += 1
         pages = self._sendable(page_texts(record))
-        if not any(p.strip() for p in pages):
+        # a pdfa source in `mode: original` sends a document of blank pages too, as Docmatix did
+        original = record.meta.get("pdfa_mode") == "original"
+        if not (pages if original else any(p.strip() for p in pages)):
             return "no_text"
         chunks = chunk_pages(pages, self._count, self.cfg.chunking)
         if chunks is None:

@@ -51,7 +51,8 @@ class Chunk:
 
 
 def page_texts(record: PdfRecord) -> list[str]:
-    """One text per page: its OCR lines, in stored order, joined with ``' \\n '``."""
+    """One text per page: its OCR lines, in the record's order, joined with ``' \\n '`` (the ``pdfa`` reader
+    stores reading order, or the JSON's order with ``mode: original``)."""
     return [LINE_SEPARATOR.join(line.text for line in page.lines) for page in record.pages]
 
 
