@@ -1,10 +1,10 @@
 """Golden outputs: the sha256 of every output byte of the demo build and of one test build per built-in recipe.
 
 ``build_all()`` generates every input deterministically and builds everything under one fixed absolute directory
-(``GOLDEN_ROOT``, wiped first): builds are not relocatable (``dataset.json``, the sidecars' ``origin`` column and
-the rejects hold the absolute paths of inputs and output), so the bytes are the same on every machine and every
-run only when the paths are. ``tests/integration/test_golden.py`` compares the result with
-``tests/fixtures/golden/hashes.json``; see docs/development.md ("Golden outputs").
+(``GOLDEN_ROOT``, wiped first). Builds record input paths relative to their input root, so the place should not
+matter; a fixed one keeps anything that still records a path from hiding behind a moved folder.
+``tests/integration/test_golden.py`` compares the result with ``tests/fixtures/golden/hashes.json``; see
+docs/development.md ("Golden outputs").
 
     python -m tests.golden            # build and compare with the fixture (exit 1 on a difference)
     python -m tests.golden --record   # build twice from scratch and write the fixture (only for a named change)

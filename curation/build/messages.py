@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from curation.build.relocate import Relocator
 from curation.recipe import BuildRecipe
 from curation.sources import Partition
 from curation.steps.contract import Resources
@@ -48,6 +49,7 @@ class PartitionTask:
     gid: int
     work: Path
     resources: Resources = field(default_factory=Resources)  # what the task needs of the machine it runs on
+    where: Relocator = field(default_factory=lambda: Relocator(None))  # origins are recorded relative to the input root
 
     @property
     def label(self) -> str:

@@ -70,6 +70,7 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
 
     def dropped(step: str, drop: Drop) -> None:
         nonlocal pending_drop
+        drop.detail = task.where.text(drop.detail)  # e.g. a missing image file's path
         acc.drop(step, drop.source, drop.reason, drop.count)
         pending_drop += drop.count
         if rejects is not None and drop.count == 1:  # bulk drops are counts only
@@ -77,6 +78,7 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
 
     pipeline = RecordPipeline(part.source, steps, acc, writer, out.kind, dropped, features)
     for item in read_every_row(reader, part):
+        item.origin = task.where.path(item.origin)  # the build records where its inputs are relative to their root
         name = part.source
         n = item.count if isinstance(item, Drop) else 1
         acc.inp(READ, name, n)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
+from curation.build.relocate import Relocator, input_identity, relocator
 from curation.errors import CurationError, RecipeError
 from curation.recipe import BuildRecipe, step_label
 from curation.recipe.loading import identity_doc
@@ -29,6 +30,7 @@ class BuildPlan:
     partitions: list[Partition]
     doc: dict[str, Any]
     resources: Resources = field(default_factory=Resources)  # per partition task: its record steps' needs, joined
+    where: Relocator = field(default_factory=lambda: Relocator(None))  # records input paths relative to the input root
 
     @property
     def sha256(self) -> str:
@@ -40,8 +42,9 @@ class BuildPlan:
 
 
 def recipe_identity(recipe: BuildRecipe, limit: int | None) -> str:
-    """The recipe's sha256 (= ``recipe_hash(recipe)`` without ``--limit``; a limited build is another build)."""
-    identity = identity_doc(recipe)
+    """The recipe's sha256 (= ``recipe_hash(recipe)`` without ``--limit``; a limited build is another build), its
+    paths relative to the input root (``curation.build.relocate``): where the inputs are is not what they are."""
+    identity = relocator(recipe).doc(identity_doc(recipe))
     if limit is not None:
         identity["limit"] = limit
     return content_sha256(identity)
@@ -50,16 +53,21 @@ def recipe_identity(recipe: BuildRecipe, limit: int | None) -> str:
 def plan_build(recipe: BuildRecipe, limit: int | None) -> BuildPlan:
     partitions = plan_partitions(recipe, limit)
     rhash = recipe_identity(recipe, limit)
+    where = relocator(recipe)
     doc = {
         "recipe_sha256": rhash,
         "prefix": recipe.shard_prefix(),
+        "inputs": input_identity(recipe, where),  # changed input bytes are a changed build, moved ones are not
         "tokenizer": check_tokenizer(recipe.tokenizer),  # a changed tokenizer file is a changed input
-        "partitions": [p.to_dict() for p in partitions],
+        "partitions": where.doc([p.to_dict() for p in partitions]),
     }
     inputs = step_inputs(recipe)
     if inputs:  # e.g. model fingerprints: changed weights are a changed build
-        doc["step_inputs"] = inputs
-    return BuildPlan(rhash, partitions, doc, partition_resources(recipe))
+        doc["step_inputs"] = where.doc(inputs)
+    models = source_inputs(recipe)
+    if models:  # e.g. the OBELICS filters' language-id and perplexity models: a changed model is a changed build
+        doc["source_inputs"] = models
+    return BuildPlan(rhash, partitions, doc, partition_resources(recipe), where)
 
 
 Call = Callable[[Callable[..., Any], tuple, Resources], Any]  # run fn(*args) where the resources are
@@ -70,6 +78,12 @@ def step_inputs(recipe: BuildRecipe) -> dict[str, Any]:
     steps = recipe.steps
     found = {step_label(steps, i): step_class(s).input_identity(s, recipe.models) for i, s in enumerate(steps)}
     return {label: identity for label, identity in found.items() if identity}
+
+
+def source_inputs(recipe: BuildRecipe) -> dict[str, Any]:
+    """What each source records of its inputs beyond its files (``Reader.input_identity``), by source name."""
+    found = {src.name: make_reader(src).input_identity() for src in recipe.sources}
+    return {name: identity for name, identity in found.items() if identity}
 
 
 def partition_resources(recipe: BuildRecipe) -> Resources:

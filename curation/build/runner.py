@@ -138,7 +138,7 @@ def process_partitions(
     for stale in stale_staging(work):
         shutil.rmtree(stale, ignore_errors=True)
     tasks = [
-        PartitionTask(recipe, p, gid, work, plan.resources)
+        PartitionTask(recipe, p, gid, work, plan.resources, plan.where)
         for gid, p in enumerate(plan.partitions)
         if not PartitionStats.is_done(work, gid)
     ]
@@ -194,7 +194,7 @@ def write_manifest(
         name=recipe.shard_prefix(),
         kind=recipe.output.kind,
         tool_version=__version__,
-        recipe=recipe_doc(recipe),
+        recipe=plan.where.doc(recipe_doc(recipe)),
         recipe_sha256=plan.recipe_sha256,
         shards=shards,
         rejects=rejects,
@@ -207,7 +207,8 @@ def write_manifest(
     manifest.wids_index = write_wids_index(out, manifest.name, shards)
     manifest.subsets = write_subsets(recipe, plan, by_partition, out)
     per_partition = [
-        {"partition": p.gid, **p.partition.to_dict(), "accounting": p.accounting} for p in staged.partitions
+        {"partition": p.gid, **plan.doc["partitions"][p.gid], "accounting": p.accounting}  # as planned: relocated
+        for p in staged.partitions
     ]
     # Deterministic per-partition accounting (timings live in _logs/ only).
     atomic_write_json(

@@ -9,12 +9,12 @@ the float16 bytes the shards hold, so a vector read from the cache is bit-identi
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 
+from curation.cache import cache_root
 from curation.errors import CurationError
 from shards.atomic import content_sha256
 
@@ -23,7 +23,7 @@ _CHUNK = 500  # SQLite's bound on query parameters is far above; chunks keep sta
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("VLM_CURATION_CACHE") or Path.home() / ".cache" / "vlm-curation") / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def cache_namespace(fingerprint: str, dtype: str, device: str, modality: str) -> str:

@@ -1,47 +1,25 @@
 """What identifies a model's outputs: the bytes of its files plus the settings that change its vectors.
 
 A stage records the fingerprint next to what it computed, so a cache or a resumed build never mixes vectors of
-two models (or of one model preprocessed two ways). Files are hashed once per process per (path, size, mtime):
-a worker that runs many partitions hashes the weights once.
+two models (or of one model preprocessed two ways). Files are hashed once per version (``curation.file_digest``):
+a worker that runs many partitions, and every later build, hashes the weights once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 from curation.errors import CurationError
+from curation.file_digest import file_sha256
 
-CHUNK = 1 << 20
 # What transformers reads from a save_pretrained directory: configs, tokenizers, preprocessors, torch weights
 # (safetensors preferred, as transformers does; TF/Flax/ONNX copies are never loaded, so never hashed).
 CONFIG_SUFFIXES = frozenset({".json", ".txt", ".model", ".tiktoken", ".jinja", ".spm"})
 SAFETENSORS = ".safetensors"
 TORCH_WEIGHTS = frozenset({".bin", ".pt", ".pth"})
-
-_memo: dict[tuple[str, int, int], str] = {}
-_lock = threading.Lock()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoized by (absolute path, size, mtime_ns): a touched file is hashed again."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    with _lock:
-        known = _memo.get(key)
-    if known is not None:
-        return known
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    digest = h.hexdigest()
-    with _lock:
-        _memo[key] = digest
-    return digest
 
 
 def model_files(path: Path) -> list[Path]:
@@ -80,10 +58,4 @@ def model_fingerprint(path: str | Path, kind: str, extra: dict[str, Any] | None 
     return h.hexdigest()
 
 
-def clear_memo() -> None:
-    """Forget every file hash (tests)."""
-    with _lock:
-        _memo.clear()
-
-
-__all__ = ["file_sha256", "model_files", "model_fingerprint"]
+__all__ = ["model_files", "model_fingerprint"]

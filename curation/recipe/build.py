@@ -89,6 +89,14 @@ class BuildRecipe(_Strict):
     vars: dict[str, str | int | float] = Field(
         default_factory=dict, description="Values substituted for ${name} in the recipe's strings (--set vars.x=...)."
     )
+    inputs_root: PathStr | None = Field(
+        default=None,
+        description=(
+            "The folder the build records input paths relative to (recipe, plan, sample origins), so moved inputs "
+            "make the same build [default: the deepest folder holding every source's path and image_root]."
+        ),
+        json_schema_extra=WHEN_SET,
+    )
 
     @field_validator("sources", mode="before")
     @classmethod

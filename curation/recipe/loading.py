@@ -150,6 +150,9 @@ def _exists(path: Path) -> bool:
 
 PATH_KEYS = ("path", "image_root", "cache_dir", "common_words")
 BENCHMARK_PATH_KEYS = ("shards", "images", "questions", "parquet")
+# The model files of the OBELICS filters: sources.<name>.filters.<level>.<rule>.<key> (curation.sources.obelics.models)
+FILTER_MODEL_PATHS = {"lang_id": ("model",), "perplexity": ("model", "tokenizer")}
+FILTER_LEVELS = ("paragraph", "document")
 _VAR = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -159,8 +162,11 @@ def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
     def dicts(items: Any) -> list[dict[str, Any]]:
         return [x for x in items if isinstance(x, dict)] if isinstance(items, list) else []
 
+    if "inputs_root" in data:
+        yield data, "inputs_root"
     for src in dicts(data.get("sources")):
         yield from ((src, k) for k in PATH_KEYS if k in src)
+        yield from _filter_model_slots(src)
     tokenizer = data.get("tokenizer")
     if isinstance(tokenizer, dict) and "path" in tokenizer:
         yield tokenizer, "path"
@@ -188,6 +194,32 @@ def _path_slots(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
             yield entry, "path"
         if isinstance(entry, dict) and isinstance(entry.get("build"), dict):
             yield from _path_slots(entry["build"])
+
+
+def _filter_model_slots(src: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """(container, key) of a source's filter model files: ``filters.document.lang_id.model``, ..."""
+    filters = src.get("filters")
+    if not isinstance(filters, dict):
+        return
+    for level in FILTER_LEVELS:
+        cfg = filters.get(level)
+        if not isinstance(cfg, dict):
+            continue
+        for rule, keys in FILTER_MODEL_PATHS.items():
+            model = cfg.get(rule)
+            if isinstance(model, dict):
+                yield from ((model, k) for k in keys if k in model)
+
+
+def _is_filter_model_path(parts: list[str]) -> bool:
+    """Whether ``--set`` names a filter model file: ``sources.<name>.filters.<level>.<rule>.<key>``."""
+    return (
+        len(parts) == 6
+        and parts[0] == "sources"
+        and parts[2] == "filters"
+        and parts[3] in FILTER_LEVELS
+        and parts[5] in FILTER_MODEL_PATHS.get(parts[4], ())
+    )
 
 
 def builtin_recipes() -> dict[str, str]:
@@ -287,7 +319,11 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         elif isinstance(node, dict):
             if last:
                 if (
-                    parts[-1] in (*PATH_KEYS, *BENCHMARK_PATH_KEYS)
+                    (
+                        parts[-1] in (*PATH_KEYS, *BENCHMARK_PATH_KEYS)
+                        or parts == ["inputs_root"]
+                        or _is_filter_model_path(parts)
+                    )
                     and parts[0] != "vars"
                     and isinstance(value, str)
                     and value.strip()  # a blank path stays blank: validation names it

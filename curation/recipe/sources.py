@@ -94,6 +94,20 @@ class ShardsSource(SourceBase):
     path: PathStr = Field(description="A dataset directory built by this toolkit.")
 
 
+class Img2datasetSource(SourceBase):
+    """An existing img2dataset download (LAION, COYO, DataComp subsets fetched by img2dataset) -> ``pair``
+    records; every row of its per-shard parquet is a sample or a drop (failed downloads included). One partition
+    per img2dataset shard (``partition_size`` is not used)."""
+
+    reader: Literal["img2dataset"]
+    path: PathStr = Field(description="img2dataset's output folder (NNNNN.parquet + NNNNN_stats.json per shard).")
+    format: Literal["auto", "webdataset", "parquet", "files"] = Field(
+        default="auto",
+        description="img2dataset's output_format; auto: NNNNN.tar files -> webdataset, NNNNN/ folders -> files, "
+        "else parquet (the images in a jpg/png/webp column).",
+    )
+
+
 class PdfaSource(SourceBase):
     """PDFA (``pdfa-eng-wds``) or IDL (``idl-wds``) webdataset tars: ``KEY.pdf`` + ``KEY.json`` OCR lines."""
 
@@ -263,6 +277,7 @@ Source = Annotated[
     JsonlSource
     | ParquetSource
     | ShardsSource
+    | Img2datasetSource
     | PdfaSource
     | LaionSource
     | ObelicsSource

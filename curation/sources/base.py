@@ -111,9 +111,20 @@ class Reader(ABC):
     @abstractmethod
     def record_kind(self) -> str: ...
 
+    def identity_files(self) -> list[Path] | None:
+        """The files that identify this source's input by content (their size and sha256 go into the build plan),
+        or None for every file its ``path`` names. A reader whose input is mostly bulk it identifies otherwise
+        (img2dataset's tars, listed with their sizes in its parquet) names the smaller files."""
+        return None
+
     def category(self) -> str | None:
         """The task category of the source's samples when the reader knows it (the Cauldron's configs)."""
         return None
+
+    def input_identity(self) -> dict[str, Any]:
+        """What the source reads beyond its ``path`` that decides its output, by content (e.g. the sha256 of the
+        OBELICS filters' model files); recorded in the build's plan, so a changed file is a changed build."""
+        return {}
 
     def partition_origin(self, partition: Partition) -> str:
         """Where a partition's rows come from, for drops that stand for rows the reader could not give."""

@@ -3,6 +3,7 @@ the drop-reason docs list them). A new source adds one line here."""
 
 from curation.sources.cauldron import CauldronReader
 from curation.sources.finevision import FineVisionReader
+from curation.sources.img2dataset_output import Img2datasetReader
 from curation.sources.jsonl import JsonlReader
 from curation.sources.laion.reader import LaionReader
 from curation.sources.llava.reader import LlavaReader
@@ -15,6 +16,7 @@ READERS = (
     JsonlReader,
     ParquetReader,
     ShardsReader,
+    Img2datasetReader,
     PdfaReader,
     LaionReader,
     ObelicsReader,

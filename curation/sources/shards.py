@@ -57,7 +57,14 @@ class ShardsReader(Reader):
         try:
             self.manifest = read_manifest(Path(source.path))
         except (FileNotFoundError, ManifestError) as exc:
-            raise CurationError(f"sources.{source.name}.path: {exc}") from None
+            from curation.sources.img2dataset_output import looks_like_img2dataset
+
+            hint = (
+                "; it looks like img2dataset output: use `reader: img2dataset`"
+                if looks_like_img2dataset(source.path)
+                else ""
+            )
+            raise CurationError(f"sources.{source.name}.path: {exc}{hint}") from None
 
     def record_kind(self) -> str:
         return self.manifest.kind

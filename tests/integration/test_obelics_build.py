@@ -149,3 +149,62 @@ def test_obelics_build_filters_downloads_and_joins_back(tmp_path):
         assert sum(im is not None for im in doc.images) == 1 and doc.meta["removed"]["image_overused_url"] == 1
     ours = {p.name: p.read_bytes() for p in (tmp_path / "ds").glob("*.tar")}
     assert ours == {p.name: p.read_bytes() for p in (tmp_path / "cli").glob("*.tar")}
+
+
+@pytest.mark.slow
+def test_obelics_build_with_language_id_and_perplexity_models(tmp_path):
+    """Both model rules on at document level, named in a recipe file by relative paths: a fastText model trained
+    here (English vs a generated language), a KenLM model over the SentencePiece pieces of one document."""
+    pytest.importorskip("fasttext")  # the text_models extra (in .[dev]: CI runs this)
+    pytest.importorskip("kenlm")
+    import sentencepiece as spm
+
+    from curation.recipe import load_recipe
+    from curation.text_models import normalize_obelics
+    from schemas import InterleavedRecord
+    from tests.text_model_data import foreign_text, train_lang_id, train_sentencepiece, write_arpa
+
+    models = tmp_path / "recipe" / "models"
+    models.mkdir(parents=True)
+    train_lang_id(models / "lid.bin")
+    sp_model = train_sentencepiece(models / "en.sp", SENTENCES, vocab_size=150)
+    kept_text = paragraph(0) + "\n\n" + paragraph(1)
+    tokenizer = spm.SentencePieceProcessor(model_file=str(sp_model))
+    pieces = set(tokenizer.encode(normalize_obelics(kept_text), out_type=str))
+    # Every piece of the kept document's text 10^-1.5 (perplexity 31.6), any other piece <unk> at 10^-6.
+    unigrams = {"<unk>": (-6.0, 0.0), "<s>": (-99.0, 0.0), "</s>": (-1.5, 0.0)} | {p: (-1.5, 0.0) for p in pieces}
+    write_arpa(models / "en.arpa", unigrams, {("<unk>", "<unk>"): -6.0})
+    write_images(tmp_path / "www", 4)
+    with image_server(tmp_path / "www") as base:
+        img1 = f"{base}/1.jpg"
+        rows = [
+            row([("text", paragraph(0)), ("image", f"{base}/0.jpg"), ("text", paragraph(1)), ("image", img1)]),
+            row([("text", paragraph(2)), ("image", f"{base}/2.jpg")]),  # English, half its pieces unknown: perplexity
+            row([("text", foreign_text()), ("image", f"{base}/3.jpg")]),  # the generated language: language id
+        ]
+        (tmp_path / "data").mkdir()
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "train-00000-of-00001.parquet")
+        recipe = tmp_path / "recipe" / "obelics.yaml"
+        recipe.write_text(
+            "name: obelics_models\n"
+            "sources:\n"
+            "  - name: obelics\n"
+            "    reader: obelics\n"
+            f"    path: {tmp_path / 'data'}\n"
+            f"    cache_dir: {tmp_path / 'cache'}\n"
+            "    filters:\n"
+            "      paragraph: {min_common_words: null, min_stopwords: null}  # the generated language has none\n"
+            "      document:\n"
+            "        min_common_words: null\n"
+            "        min_stopwords: null\n"
+            "        lang_id: {model: models/lid.bin, language: en, min_score: 0.8}\n"
+            "        perplexity: {model: models/en.arpa, max: 100, tokenizer: models/en.sp.model}\n"
+            "    download: {thread_count: 4, timeout: 2, resize_mode: 'no'}\n"
+            "output: {kind: interleaved, rejects: true}\n"
+        )
+        m = build(load_recipe(str(recipe)), tmp_path / "ds", workers=2, progress=False).manifest
+    acc = m.accounting["sources"]["obelics"]
+    assert acc["input"] == 3 and acc["output"] == 1
+    assert acc["dropped"] == {"doc_perplexity": 1, "doc_lang_id": 1}
+    (doc,) = list(iter_dataset(tmp_path / "ds"))
+    assert isinstance(doc, InterleavedRecord) and doc.texts[0] == paragraph(0) and doc.texts[2] == paragraph(1)

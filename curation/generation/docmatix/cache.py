@@ -11,12 +11,12 @@ Failures are not stored (a rebuild retries them). What is stored is the reply af
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from curation.cache import cache_root
 from curation.errors import CurationError
 from curation.generation.engines import ChatRequest, Generation
 from shards.atomic import content_sha256
@@ -26,7 +26,7 @@ DB_NAME = "generations.sqlite"
 
 def default_cache_dir(name: str = "docmatix") -> Path:
     """``$VLM_CURATION_CACHE/<name>``, or ``~/.cache/vlm-curation/<name>``."""
-    return Path(os.environ.get("VLM_CURATION_CACHE") or Path.home() / ".cache" / "vlm-curation") / name
+    return cache_root() / name
 
 
 @lru_cache(maxsize=64)  # an image goes with every turn and criterion of its sample: hashed once

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any, ClassVar
 
 import pyarrow.parquet as pq
 
+from curation.cache import cache_root
+from curation.file_digest import file_identity
 from curation.recipe import LaionSource
 from curation.sample import Drop, Sample
 from curation.sources.base import Partition, Reader, Subset, expand_inputs, sanitize_key
@@ -37,8 +38,14 @@ from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 META_COLUMNS = ["rank", "similarity", "punsafe", "pwatermark", "declared_width", "declared_height", "license"]
 
 
-def cache_root(source: Any) -> Path:
-    return Path(source.cache_dir or os.environ.get("VLM_CURATION_CACHE") or Path.home() / ".cache" / "vlm-curation")
+def files_identity(files: list[Path]) -> list[tuple[str, int, str]]:
+    """(name, size, sha256) of each input file: caches are found again when the inputs move (by content)."""
+    return [(f.name, *file_identity(f)) for f in files]
+
+
+def source_cache(source: Any) -> Path:
+    """The cache of a source with a ``cache_dir`` setting."""
+    return cache_root(source.cache_dir)
 
 
 def subset_label(n: int) -> str:
@@ -74,12 +81,12 @@ class LaionReader(Reader):
         src = self.source
         files = expand_inputs(src.path, (".parquet",), src.name)
         identity = {
-            "files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+            "files": files_identity(files),
             "filters": src.filters.model_dump(),
             "max_rows": max(src.sizes),
             "seed": src.seed,
         }
-        sel_dir = cache_root(src) / "laion-select" / _short_hash(identity)
+        sel_dir = source_cache(src) / "laion-select" / _short_hash(identity)
         path = sel_dir / "selected.parquet"
         stats = path.with_suffix(".json")
         if not stats.is_file() or not path.is_file():
@@ -91,7 +98,7 @@ class LaionReader(Reader):
         path, stats = self._selection()
         per = src.download.samples_per_shard
         download_dir = (
-            cache_root(src)
+            source_cache(src)
             / "laion-download"
             / _short_hash(
                 {"selection": str(path), "selected": stats["selected"], "download": src.download.model_dump()}

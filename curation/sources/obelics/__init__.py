@@ -1,7 +1,8 @@
 """OBELICS (interleaved web documents): parsing rows of the released parquet files and the original
 OBELICS quality filters (paragraph, document and image level) as pure functions. A pipeline calls
 ``ObelicsDocument.from_row`` then ``clean_document``; the corpus-wide image-URL rule needs
-``count_image_urls`` + ``overused_urls`` first. Thresholds: docs/sources.md, "obelics"."""
+``count_image_urls`` + ``overused_urls`` first (with ``mode: original``, counted over the documents that pass
+``original_first_pass``). Thresholds and the two modes: docs/sources.md, "obelics"."""
 
 from curation.sources.obelics.document import (
     END_OF_DOCUMENT,
@@ -21,18 +22,24 @@ from curation.sources.obelics.filters import (
     clean_document,
     count_image_urls,
     filter_paragraphs,
+    original_first_pass,
+    original_second_pass,
     overused_urls,
 )
+from curation.sources.obelics.models import LangIdFilter, PerplexityFilter
 from curation.sources.obelics.signals import (
     WordLists,
     char_repetition_ratio,
     common_words_ratio,
     flagged_words_ratio,
     load_wordlist,
+    original_special_characters,
+    original_split_words,
     punctuation_ratio,
     spam_words_ratio,
     special_characters_ratio,
     split_words,
+    standardize_whitespace,
     stopwords_ratio,
     text_signals,
     word_count,
@@ -43,9 +50,11 @@ __all__ = [
     "END_OF_DOCUMENT",
     "DocumentFilterConfig",
     "ImageFilterConfig",
+    "LangIdFilter",
     "ObelicsDocument",
     "ObelicsFilterConfig",
     "ParagraphFilterConfig",
+    "PerplexityFilter",
     "TextScorer",
     "WordLists",
     "char_repetition_ratio",
@@ -58,11 +67,16 @@ __all__ = [
     "filter_paragraphs",
     "flagged_words_ratio",
     "load_wordlist",
+    "original_first_pass",
+    "original_second_pass",
+    "original_special_characters",
+    "original_split_words",
     "overused_urls",
     "punctuation_ratio",
     "spam_words_ratio",
     "special_characters_ratio",
     "split_words",
+    "standardize_whitespace",
     "stopwords_ratio",
     "strip_end_of_document",
     "strip_end_of_document_text",

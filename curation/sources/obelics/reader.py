@@ -8,12 +8,17 @@ joins the images back by URL, removes the images that failed (texts made adjacen
 "\\n\\n", as in OBELICS) and drops a document left without an image. A downloaded image whose real size
 fails the image rules (``min_side``, ``max_side``, ``max_aspect_ratio``) is removed too: the metadata has
 the sizes the crawl saw, a server may now send a 1x1 pixel. Output: ``interleaved`` records.
+
+With ``filters.mode: original`` the URLs are counted as the original counted them: over the documents that pass
+``original_first_pass`` (its paragraph, image and document rules), after its image rules. That is one more pass
+over the corpus, in ``plan()``, cached like the count.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -28,10 +33,12 @@ from curation.sample import Drop, Sample
 from curation.sources.base import Partition, Reader, default_key, expand_inputs
 from curation.sources.download.failures import row_failure
 from curation.sources.download.img2dataset import download_shard
-from curation.sources.laion.reader import _short_hash, cache_root
+from curation.sources.laion.reader import _short_hash, files_identity, source_cache
 from curation.sources.obelics import ObelicsDocument, WordLists, clean_document, count_image_urls
 from curation.sources.obelics.document import PARAGRAPH_SEPARATOR
-from curation.sources.obelics.filters import DOCUMENT_DROP_REASONS, check_image
+from curation.sources.obelics.filters import DOCUMENT_DROP_REASONS, check_image, original_first_pass
+from curation.sources.obelics.models import LEVELS, MODEL_PATH_FIELDS, check_text_models, forget_changed
+from curation.sources.obelics.signals import WORDLIST_NAMES
 from curation.sources.parquet import row_group_partitions, streaming
 from schemas import InterleavedRecord
 from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
@@ -57,20 +64,45 @@ class ObelicsReader(Reader):
     def record_kind(self) -> str:
         return "interleaved"
 
+    def input_identity(self) -> dict[str, Any]:
+        """The sha256 of the files of the filters' model rules (``filters.document.lang_id.model`` -> digest),
+        each loaded once here: a missing package or a missing or invalid model fails the plan on one line."""
+        found = check_text_models(self.source.filters, f"sources.{self.source.name}.filters")
+        return {f"filters.{name}": digest for name, digest in found.items()}
+
     def plan(self) -> list[Partition]:
         src = self.source
+        models = self.input_identity()  # first: a bad model fails before the corpus is read
         files = expand_inputs(src.path, (".parquet",), src.name)
-        identity = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        overused_path = cache_root(src) / "obelics-urls" / f"{_short_hash([identity, src.max_url_occurrences])}.parquet"
+        identity = files_identity(files)
+        key: list[Any] = [identity, src.max_url_occurrences]
+        if src.filters.mode == "original":  # counted over the first pass's survivors: depends on every filter
+            wordlists = self._wordlists()
+            key += [src.filters.model_dump(mode="json"), {n: sorted(getattr(wordlists, n)) for n in WORDLIST_NAMES}]
+            if models:  # the first pass runs the model rules: their files, by content
+                key.append(models)
+        overused_name = f"{_short_hash(key)}.parquet"
+        overused_path = source_cache(src) / "obelics-urls" / overused_name
         if not overused_path.is_file():
             overused_path.parent.mkdir(parents=True, exist_ok=True)
             limit = src.max_url_occurrences
             table = (
-                count_image_urls(files, min_count=limit + 1) if limit else pa.table({"url": pa.array([], pa.string())})
+                self._count_urls(files, limit + 1, overused_path.with_suffix(".work"))
+                if limit
+                else pa.table({"url": pa.array([], pa.string())})
             )
             pq.write_table(table.select(["url"]), overused_path.with_suffix(".tmp"))
             overused_path.with_suffix(".tmp").replace(overused_path)
-        download_root = cache_root(src) / "obelics-download" / _short_hash([identity, src.model_dump(mode="json")])
+        settings = src.model_dump(mode="json")
+        if src.filters.mode == "improved":
+            settings["filters"].pop("mode", None)  # the download cache of the recipes from before there was a mode
+        for level in LEVELS:  # the model rules, added later: unset, they leave the download cache where it was
+            for rule in MODEL_PATH_FIELDS:
+                if settings["filters"][level].get(rule, "") is None:
+                    del settings["filters"][level][rule]
+        if models:  # which documents survive depends on the models' content, not only on their paths
+            settings["text_models"] = models
+        download_root = source_cache(src) / "obelics-download" / _short_hash([identity, settings])
         return row_group_partitions(
             src,
             files,
@@ -82,10 +114,9 @@ class ObelicsReader(Reader):
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         src, spec = self.source, partition.spec
+        forget_changed()  # a model file replaced since this process loaded it is loaded again
         overused = set(pq.read_table(spec["overused"]).column("url").to_pylist())  # already only the overused
-        wordlists = WordLists.default()
-        if src.common_words:
-            wordlists = wordlists.replace(common_words=WordLists.read(src.common_words))
+        wordlists = self._wordlists()
         kept: list[tuple[str, str, ObelicsDocument, Counter]] = []
         row_number, emitted = spec["first_row"], 0
         # 1. parse and clean every document (drops are final; survivors wait for their images)
@@ -153,6 +184,39 @@ class ObelicsReader(Reader):
                 )
                 yield Sample(record, origin)
 
+    def _wordlists(self) -> WordLists:
+        wordlists = WordLists.default()
+        if self.source.common_words:
+            wordlists = wordlists.replace(common_words=WordLists.read(self.source.common_words))
+        return wordlists
+
+    def _count_urls(self, files: list[Path], min_count: int, work: Path) -> pa.Table:
+        """The image URLs seen at least ``min_count`` times (``count_image_urls``): in every document, or with
+        ``mode: original`` in the documents that pass ``original_first_pass`` (their URLs are written to parquet
+        files under ``work`` first, then counted out of core)."""
+        if self.source.filters.mode != "original":
+            return count_image_urls(files, min_count=min_count)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            wordlists, schema = self._wordlists(), pa.schema([("images", pa.list_(pa.string()))])
+            for index, file in enumerate(files):
+                with pq.ParquetWriter(work / f"{index:05d}.parquet", schema) as writer:
+                    for batch in streaming(file).iter_batches(batch_size=256):
+                        urls = [self._first_pass_urls(row, wordlists) for row in batch.to_pylist()]
+                        writer.write_table(pa.table({"images": urls}, schema=schema))
+            return count_image_urls(sorted(work.glob("*.parquet")), min_count=min_count)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _first_pass_urls(self, row: dict[str, Any], wordlists: WordLists) -> list[str]:
+        try:
+            doc = ObelicsDocument.from_row(row)
+        except ValueError:
+            return []  # an invalid_document: never counted
+        first, _, _ = original_first_pass(doc, self.source.filters, wordlists)
+        return [] if first is None else [url for url in first.images if url is not None]
+
     def _fetched(self, out: Path, urls: list[str]) -> tuple[dict[str, str], dict[str, str]]:
         """url -> img2dataset key of the successes; url -> reason of the failures. A downloaded image whose real
         size fails the image rules fails too (the metadata has the sizes the crawl saw, not what came back)."""
@@ -163,7 +227,8 @@ class ObelicsReader(Reader):
         for row in pq.read_table(table).to_pylist():
             url = row["url"]
             failure = row_failure(row)
-            if failure is None and (reason := check_image(_real_size(row), self.source.filters.image)):
+            filters = self.source.filters
+            if failure is None and (reason := check_image(_real_size(row), filters.image, mode=filters.mode)):
                 failure = reason, "real size"
             if failure is None:
                 fetched[url] = row["key"]

@@ -7,14 +7,23 @@ Definitions shared by every signal below:
   Unicode general category is punctuation (``P*``), symbol (``S*``, which covers emoji, ``©``,
   ``™``, currency, arrows), separator (``Z*``), number (``N*``, e.g. ``²``, ``½``) or other (``C*``:
   control, format such as zero-width joiners, private use, unassigned), plus variation selectors
-  (U+FE00–FE0F, U+E0100–E01EF) and the combining keycap U+20E3. The original used a fixed character
-  set plus the ``emoji`` package's emoji list; this is the category-based equivalent (no extra
-  dependency), so it also covers emoji and symbols that list missed.
+  (U+FE00–FE0F, U+E0100–E01EF) and the combining keycap U+20E3. This is *not* the original's set:
+  the original used a fixed list (ASCII punctuation, digits and whitespace, a list of extra
+  characters, and the single-code-point emoji of the ``emoji`` package 1.6.1), which counts some
+  letters as special (``π``, ``ø``, ``一``, ``Г``) and misses many symbols (``⊗``, ``≠``, ``✗``,
+  ``₹`` and most currency signs, U+2028); ``mode: original`` uses that list
+  (``original_special_characters()``).
 - **words** (``split_words``): the text is lowercased, split on any run of Unicode whitespace
   (``str.split()``), each token has its leading and trailing special characters stripped, and empty
   tokens are dropped. Inner punctuation stays (``don't``, ``u.s``, ``e-mail``). Pure numbers and
-  punctuation-only tokens disappear (``2023``, ``--``, ``$5`` are not words). This is the original
-  ``get_words_from_text`` (which split on space/newline/tab after mapping other whitespace to a space).
+  punctuation-only tokens disappear (``2023``, ``--``, ``$5`` are not words). This is *not* the
+  original's word splitting: the original first mapped eleven whitespace characters to a space in the
+  text itself (``standardize_whitespace``: NBSP, U+2002–2009 but not all, U+3000, U+FFFC, ``\x84``...),
+  then split on space, newline and tab only (``"a\u2028b"``, ``"a\rb"`` are one word there), and
+  stripped its own special characters (``original_split_words``, used by ``mode: original``).
+- **original mode** (``mode: original`` of the filters): ``standardize_whitespace`` first (the kept
+  text is the standardized one), then ``original_split_words`` and ``original_special_characters()``
+  everywhere the definitions above say ``split_words`` and special character.
 - A **word-list ratio** (stopwords, flagged, common, spam) is ``#words in the list / #words``, each
   occurrence counted; 0.0 for a text without words.
 """
@@ -131,6 +140,65 @@ def word_count(text: str) -> int:
     return len(split_words(text))
 
 
+# --------------------------------------------------------------------------------------------------
+# The original's definitions (``mode: original``)
+
+# The twelve characters the original mapped to a space before any rule: space, NBSP, the C1 control
+# U+0084, U+2002, U+2003, U+2005, U+2008, U+2009, U+200A, U+202F, U+3000, U+FFFC (OBJECT REPLACEMENT CHARACTER).
+# Newline, tab, U+2028, U+0085, U+2004, U+2006, U+2007 and the other separators are left as they are.
+ORIGINAL_WHITESPACE = frozenset(" \xa0\x84\u2002\u2003\u2005\u2008\u2009\u200a\u202f\u3000\ufffc")
+_STANDARDIZE = re.compile("[" + "".join(sorted(ORIGINAL_WHITESPACE - {" "})) + "]")  # a character class: fast
+
+
+def standardize_whitespace(text: str) -> str:
+    """``text`` with each of ``ORIGINAL_WHITESPACE`` replaced by one space (runs are not collapsed,
+    newlines and tabs stay): the original applied this to every text before its rules and kept the
+    result."""
+    return _STANDARDIZE.sub(" ", text)
+
+
+def _parse_code_points(text: str) -> frozenset[str]:
+    return frozenset(
+        chr(int(line.split()[0], 16)) for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+@cache
+def original_special_characters() -> frozenset[str]:
+    """The original's special characters (package data ``wordlists/original_special_characters.txt``):
+    ASCII punctuation, digits and whitespace, the original's fixed list of extra characters, and the
+    single-code-point emoji of the ``emoji`` package 1.6.1, the version the original pinned. Shipped as
+    data rather than a dependency: ``emoji`` 2.x has no ``UNICODE_EMOJI`` and a different emoji set."""
+    resource = files("curation.sources.obelics").joinpath("wordlists", "original_special_characters.txt")
+    return _parse_code_points(resource.read_text("utf-8"))
+
+
+def _strip_original(token: str, special: AbstractSet[str]) -> str:
+    i, j = 0, len(token)
+    while i < j and token[i] in special:
+        i += 1
+    while j > i and token[j - 1] in special:
+        j -= 1
+    return token[i:j]
+
+
+def original_split_words(text: str) -> list[str]:
+    """The words as the original counted them: split on space, newline and tab only (empty pieces
+    dropped), lowercase, strip ``original_special_characters()`` from both ends, drop empty words.
+    Give it a ``standardize_whitespace``-d text to reproduce the original (its filters always did):
+    ``original_split_words("a\\u2028b π-day")`` is ``["a\\u2028b", "π-day"]``, and ``"ø"`` alone is no word."""
+    special = original_special_characters()
+    tokens = text.replace("\n", " ").replace("\t", " ").split(" ")  # the original split on these three only
+    return [w for tok in tokens if tok and (w := _strip_original(tok.lower(), special))]
+
+
+def original_special_characters_ratio(text: str) -> float:
+    """Share of the characters of ``text`` in ``original_special_characters()``; 0.0 for an empty text."""
+    if not text:
+        return 0.0
+    return sum(map(original_special_characters().__contains__, text)) / len(text)
+
+
 def char_repetition_ratio(text: str, n: int = 10) -> float:
     """Character n-gram repetition, as the original OBELICS/BigScience filter defines it.
 
@@ -229,7 +297,10 @@ def punctuation_ratio(text: str) -> float:
     ``"Hello, world."`` has tokens ``Hello , world .``: 2/4 = 0.5. The filters apply the paragraph
     rule only to paragraphs with at least ``punctuation_min_tokens`` (12) tokens, as the original did
     (it counted these tokens, marks included; a paragraph that fails the 0.001 threshold has no
-    marks, so for it this is the same as counting ``[\\w']+`` words).
+    marks, so for it this is the same as counting ``[\\w']+`` words). One difference: a paragraph
+    without any token is skipped here, while the original scored it 0.0 before looking at the token
+    count, so it failed; ``mode: original`` does the same. (Such a paragraph has words only where its
+    words hold no letter or digit, e.g. ``"⊗ ⊗ ⊗ ⊗"`` for the original's special characters.)
     """
     tokens = punctuation_tokens(text)
     if not tokens:

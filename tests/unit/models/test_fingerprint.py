@@ -1,4 +1,4 @@
-"""Fingerprints follow file content, not file names or times; hashing is memoized per (path, size, mtime)."""
+"""Fingerprints follow file content, not file names or times; a file is hashed once per version."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from curation import file_digest
 from curation.errors import CurationError
-from curation.models import fingerprint
 from curation.models.fingerprint import model_files, model_fingerprint
 
 
@@ -46,17 +46,19 @@ def test_content_decides(tmp_path: Path):
     assert a == model_fingerprint(tmp_path / "a", "clip")
 
 
-def test_a_changed_weight_file_changes_it_and_a_touch_does_not(tmp_path: Path):
+def test_a_changed_weight_file_changes_it_and_a_touch_does_not(tmp_path: Path, monkeypatch):
     folder = _model(tmp_path / "m")
     weights = folder / "model.safetensors"
     before = model_fingerprint(folder, "clip")
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
-    hashed = len(fingerprint._memo)
+    hashed: list[object] = []
+    real = file_digest._hash
+    monkeypatch.setattr(file_digest, "_hash", lambda p: hashed.append(p) or real(p))
     assert model_fingerprint(folder, "clip") == before
-    assert len(fingerprint._memo) == hashed + 1  # the touched file was hashed again, to the same digest
+    assert hashed == [weights]  # the touched file was hashed again, to the same digest
     assert model_fingerprint(folder, "clip") == before
-    assert len(fingerprint._memo) == hashed + 1  # and then not again
+    assert hashed == [weights]  # and then not again
     weights.write_bytes(b"x" * 3000)
     assert model_fingerprint(folder, "clip") != before
 
