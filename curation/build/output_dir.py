@@ -30,6 +30,13 @@ PLAN = "plan.json"
 CARD_NAME = "README.md"  # the dataset card
 
 
+def shard_file_pattern(prefixes: set[str]) -> re.Pattern[str]:
+    """The names of the shard files a build with these shard prefixes writes (tar, sidecar, stats, embeddings)."""
+    names = "|".join(re.escape(p) for p in sorted(prefixes)) or "(?!)"
+    embeddings = r"emb\.[A-Za-z0-9_]+(?:[.-][A-Za-z0-9_]+)*\.(?:image|text)\.npy"  # shards.embeddings
+    return re.compile(rf"^(?:{names})-(?:rejects-)?\d{{6}}\.(?:tar|parquet|stats\.json|{embeddings})$")
+
+
 class BuildState(StrEnum):
     """Where an output directory stands for a recipe (and, in a result, what the build did)."""
 
@@ -191,9 +198,7 @@ class OutputDir:
         """Entries this toolkit wrote, and the names of everything else (never deleted)."""
         out = self.root
         prefixes = self._prefixes()
-        names = "|".join(re.escape(p) for p in sorted(prefixes)) or "(?!)"
-        embeddings = r"emb\.[A-Za-z0-9_]+(?:[.-][A-Za-z0-9_]+)*\.(?:image|text)\.npy"  # shards.embeddings
-        shard = re.compile(rf"^(?:{names})-(?:rejects-)?\d{{6}}\.(?:tar|parquet|stats\.json|{embeddings})$")
+        shard = shard_file_pattern(prefixes)
         singles = {MANIFEST_NAME, STATS_NAME, *(f"{p}.wids.json" for p in prefixes)}
         if (out / MANIFEST_NAME).is_file():  # a build's card and report; a README.md elsewhere is the user's
             singles |= {CARD_NAME, "audit.html", "audit.md"}

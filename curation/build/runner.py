@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ from curation.build.drop_reasons import check_declared
 from curation.build.executors import Executor, check_executor, open_executor
 from curation.build.faults import crash_point
 from curation.build.global_steps import GlobalOutcome, run_global_steps
-from curation.build.messages import PartitionResult, PartitionStats, PartitionTask, Staged, stale_staging
+from curation.build.messages import (
+    PartitionResult,
+    PartitionStats,
+    PartitionTask,
+    Staged,
+    partition_dir,
+    stale_staging,
+)
 from curation.build.output_dir import BuildState, OutputDir
 from curation.build.partition import READ, record_step_names
 from curation.build.plan import BuildPlan, check_sources_outside, plan_build, prepare_steps, recipe_identity
@@ -57,16 +65,23 @@ def build(
     progress: bool = True,
     executor: str = "local",
     address: str | None = None,
+    on_staged: Callable[[Path], None] | None = None,
+    plan: BuildPlan | None = None,
 ) -> BuildResult:
     """Build ``recipe`` into ``out``. ``executor`` runs the partitions: ``local`` (``workers`` processes,
     default 1) or ``ray`` (one task per partition on the cluster at ``address``; ``workers`` caps how many run
-    at once, default: as many as the cluster has CPUs for). The output does not depend on either."""
+    at once, default: as many as the cluster has CPUs for). The output does not depend on either.
+
+    ``on_staged`` (object storage, ``curation.storage.publish``) is called in the driver with each finished piece
+    of the work directory: the recorded plan, then each partition's directory as its result arrives (before the
+    commit moves anything out of it). ``plan``: the plan when the caller made it already (the same recipe and
+    ``limit``)."""
     check_executor(executor, address)
     started = time.perf_counter()
     target = OutputDir(Path(out))
     check_sources_outside(recipe, target.root)
     state = target.state(recipe_identity(recipe, limit), overwrite)
-    plan = plan_build(recipe, limit)
+    plan = plan or plan_build(recipe, limit)
     if state == BuildState.COMPLETE:
         recorded = target.recorded_plan_sha256()
         if recorded is not None and recorded != plan.sha256:
@@ -87,7 +102,9 @@ def build(
                 "pass --overwrite to start over"
             )
         target.start(state, plan.doc)
-        return _run_stages(recipe, target, plan, ex, state, progress, started)
+        if on_staged is not None:
+            on_staged(target.plan_path)
+        return _run_stages(recipe, target, plan, ex, state, progress, started, on_staged)
 
 
 def _run_stages(
@@ -98,9 +115,10 @@ def _run_stages(
     state: BuildState,
     progress: bool,
     started: float,
+    on_staged: Callable[[Path], None] | None = None,
 ) -> BuildResult:
     prepare_steps(recipe, target.work, ex.call)
-    results = process_partitions(recipe, target.work, plan, ex, progress)
+    results = process_partitions(recipe, target.work, plan, ex, progress, on_staged)
     done_now = {r.gid for r in results}
     staged = Staged.read(target.work, list(range(len(plan.partitions))))
     acc = count_partitions(recipe, staged)
@@ -132,9 +150,15 @@ def _run_stages(
 
 
 def process_partitions(
-    recipe: BuildRecipe, work: Path, plan: BuildPlan, ex: Executor, progress: bool
+    recipe: BuildRecipe,
+    work: Path,
+    plan: BuildPlan,
+    ex: Executor,
+    progress: bool,
+    on_staged: Callable[[Path], None] | None = None,
 ) -> list[PartitionResult]:
-    """Run the partitions not finished by an earlier attempt; what each of them reported back."""
+    """Run the partitions not finished by an earlier attempt; what each of them reported back (and, as each
+    arrives, its finished directory to ``on_staged``)."""
     for stale in stale_staging(work):
         shutil.rmtree(stale, ignore_errors=True)
     tasks = [
@@ -144,11 +168,17 @@ def process_partitions(
     ]
     pending = {t.gid for t in tasks}
     results: list[PartitionResult] = []
+
+    def done(result: PartitionResult) -> None:
+        results.append(result)
+        if on_staged is not None:
+            on_staged(partition_dir(work, result.gid))
+
     for src in recipe.sources:  # downloads that the executor distributes itself (img2dataset on Ray)
         ex.download(make_reader(src), [t.partition for t in tasks if t.partition.source == src.name])
     with BuildProgress(plan.rows, recipe.name, enabled=progress) as bar:
         bar.skip(sum(p.rows for g, p in enumerate(plan.partitions) if g not in pending))
-        ex.run(tasks, bar.advance, results.append)
+        ex.run(tasks, bar.advance, done)
     return results
 
 

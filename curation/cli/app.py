@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from curation.errors import CurationError, is_disk_full
+from curation.storage.urls import is_url
 
 app = typer.Typer(
     name="curate",
@@ -89,8 +90,14 @@ class AuditFormat(StrEnum):
 @app.command()
 def build(
     recipe: Annotated[str, typer.Argument(help="Recipe file (.yaml) or built-in recipe name (see `curate recipes`).")],
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output directory [default: ./out/<recipe name>].")
+    out_: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output directory, or an object storage URL (s3://bucket/prefix; see docs/storage.md) "
+            "[default: ./out/<recipe name>].",
+        ),
     ] = None,
     workers: WorkersOpt = None,
     executor: ExecutorOpt = ExecutorName.local,
@@ -107,7 +114,10 @@ def build(
     from curation.report.audit import audit, render_table
 
     spec = load_recipe(recipe, set_ or [])
-    out = out or Path("out", spec.name)
+    if out_ is not None and is_url(out_):
+        _build_to_url(spec, out_, workers, executor, address, limit, overwrite, quiet)
+        return
+    out = Path(out_) if out_ is not None else Path("out", spec.name)
     try:
         with _writing(out):
             result = _build_or_mix(spec, out, workers, executor, address, limit, overwrite, quiet)
@@ -132,6 +142,69 @@ def build(
     _print_throughput(result.log)
     if not quiet:
         render_table(audit(out), console)
+
+
+def _build_to_url(
+    spec: Any,
+    out: str,
+    workers: int | None,
+    executor: ExecutorName,
+    address: str | None,
+    limit: int | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """``curate build --out s3://...``: staged locally, published object by object (curation.storage.publish)."""
+    from curation.report.audit import audit, render_table
+    from curation.storage.mirror import mirror
+    from curation.storage.publish import build_to_url, stage_dir
+    from curation.storage.urls import parse_url
+
+    url = parse_url(out)
+    if spec.kind != "build":
+        raise CurationError(f"--out {url}: a {spec.kind} recipe builds into a local directory (URLs: build recipes)")
+    try:
+        with _writing(stage_dir(url)):
+            result = build_to_url(
+                spec,
+                url,
+                workers=workers,
+                limit=limit,
+                overwrite=overwrite,
+                progress=not quiet,
+                executor=executor,
+                address=address,
+            )
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; finished work is kept: run the same command again to resume {url}")
+        raise typer.Exit(130) from None
+    m = result.manifest
+    if result.state == "complete":
+        err_console.print(f"{url}: already built from this recipe ({m.totals['samples']:,} samples); nothing to do")
+    else:
+        note = (
+            f", resumed ({result.partitions_skipped}/{result.partitions} partitions were done)"
+            if result.state == "resume"
+            else ""
+        )
+        err_console.print(
+            f"built {m.totals['samples']:,} samples in {m.totals['shards']} shards and published them to {url} "
+            f"in {result.seconds:.1f}s{note}"
+        )
+    if m.totals["samples"] == 0:
+        err_console.print(f"[yellow]warning:[/yellow] the build holds 0 samples; `curate audit {url}` shows why")
+    _print_throughput(result.log)
+    if not quiet:
+        render_table(audit(mirror(str(url), "tables")), console)
+
+
+def _dataset_dir(value: str, want: str = "all", samples: int = 3, what: str = "DATASET") -> Path:
+    """A dataset argument: a local directory, or a build in a bucket (s3://...) read through a local mirror."""
+    if not is_url(value):
+        return Path(value)
+    from curation.storage.mirror import mirror
+
+    return mirror(value, want, samples, what)  # type: ignore[arg-type]
 
 
 def _build_or_mix(
@@ -169,14 +242,17 @@ def _build_or_mix(
 
 @app.command("audit")
 def audit_cmd(
-    directory: Annotated[Path, typer.Argument(help="A built dataset directory.")],
+    dataset: Annotated[str, typer.Argument(metavar="DIRECTORY", help="A built dataset directory or s3:// URL.")],
     format: Annotated[AuditFormat, typer.Option("--format", "-f", help="table, json or markdown.")] = AuditFormat.table,
-    html: Annotated[
-        Path | None,
+    html_: Annotated[
+        str | None,
         typer.Option("--html", help="Also write the full report: this HTML file (self-contained) and a .md beside it."),
     ] = None,
-    compare: Annotated[
-        Path | None, typer.Option("--compare", help="Another build: show what changed from DIRECTORY to it.")
+    compare_: Annotated[
+        str | None,
+        typer.Option(
+            "--compare", help="Another build (directory or s3:// URL): show what changed from DIRECTORY to it."
+        ),
     ] = None,
     what_if: Annotated[
         list[str] | None,
@@ -194,9 +270,12 @@ def audit_cmd(
     from curation.report.audit import audit, render_json, render_markdown, render_table
     from curation.report.scores import parse_what_ifs
 
+    html = _local_path(html_, "--html") if html_ is not None else None
+    if compare_ is not None and what_if:
+        raise CurationError("--what-if is for one build's audit, not with --compare")
+    directory = _dataset_dir(dataset, "all" if html is not None else "tables", what="DIRECTORY")
+    compare = _dataset_dir(compare_, "tables", what="--compare") if compare_ is not None else None
     if compare is not None:
-        if what_if:
-            raise CurationError("--what-if is for one build's audit, not with --compare")
         from curation.report.compare import compare as compare_builds
         from curation.report.compare import render_compare_markdown, render_compare_table
 
@@ -228,28 +307,34 @@ def audit_cmd(
 
 @app.command("inspect")
 def inspect_cmd(
-    directory: Annotated[Path, typer.Argument(help="A built dataset directory.")],
+    dataset: Annotated[str, typer.Argument(metavar="DIRECTORY", help="A built dataset directory or s3:// URL.")],
     n: Annotated[int, typer.Option("-n", min=1, help="How many samples to show.")] = 3,
     rejects: Annotated[bool, typer.Option(help="Show rejected samples with their reasons instead.")] = False,
 ) -> None:
     """Show a few samples, readable: images (format and size), texts, meta."""
     from curation.report.samples import inspect
 
+    directory = _dataset_dir(dataset, "rejects" if rejects else "samples", n, what="DIRECTORY")
+
     _manifest_call(lambda d: inspect(d, n=n, rejects=rejects, console=console), directory)
 
 
 @app.command()
-def verify(directory: Annotated[Path, typer.Argument(help="A built dataset directory.")]) -> None:
+def verify(
+    dataset: Annotated[str, typer.Argument(metavar="DIRECTORY", help="A built dataset directory or s3:// URL.")],
+) -> None:
     """Re-check shard, sidecar and stats hashes and sizes, sample counts, keys, totals, the wids index, unlisted
-    files and the accounting."""
+    files and the accounting. A build in a bucket is copied into a local mirror first (every object)."""
     from shards import verify_dataset
 
     started = time.perf_counter()
+    directory = _dataset_dir(dataset, "all", what="DIRECTORY")
     if not (directory / "dataset.json").is_file():
         raise CurationError(f"{directory} is not a built dataset (no dataset.json)")
     report = verify_dataset(directory)
     if report.ok:
-        console.print(f"OK: {report.summary()} verified in {time.perf_counter() - started:.1f}s")
+        where = f" ({dataset})" if is_url(dataset) else ""
+        console.print(f"OK: {report.summary()}{where} verified in {time.perf_counter() - started:.1f}s")
         return
     for p in report.problems:
         err_console.print(f"[red]problem:[/red] {escape(str(p))}")
@@ -269,12 +354,13 @@ def recipes() -> None:
 
 @app.command()
 def schema(
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
+    out_: Annotated[str | None, typer.Option("--out", "-o", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Export the recipe JSON Schema (for editor completion and validation)."""
     from curation.recipe import recipe_json_schema
 
     text = json.dumps(recipe_json_schema(), indent=2) + "\n"
+    out = _local_path(out_, "--out") if out_ else None
     if out:
         with _writing(out):
             out.write_text(text)
@@ -286,7 +372,7 @@ def schema(
 @app.command("select")
 def select_cmd(
     recipe: Annotated[str, typer.Argument(help="A selection recipe (kind: selection): file or built-in name.")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep directory [default: ./out/<name>].")] = None,
+    out_: Annotated[str | None, typer.Option("--out", "-o", help="Sweep directory [default: ./out/<name>].")] = None,
     workers: WorkersOpt = None,
     executor: ExecutorOpt = ExecutorName.local,
     address: AddressOpt = None,
@@ -300,6 +386,7 @@ def select_cmd(
     from curation.recipe import load_recipe
     from curation.selection.sweep import run_selection
 
+    out = _local_path(out_, "--out") if out_ is not None else None
     spec = load_recipe(recipe, set_ or [])
     if spec.kind != "selection":
         raise CurationError(
@@ -315,8 +402,8 @@ def select_cmd(
 def sweep_cmd(
     plan: Annotated[Path, typer.Argument(help="An ablation plan (### Ablation blocks: Ablated Part, REPLACE, ...).")],
     spec: Annotated[Path, typer.Option("--spec", help="SPEC.yaml: the unablated trial config and the part mapping.")],
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Sweep directory [default: ./out/<spec name>].")
+    out_: Annotated[
+        str | None, typer.Option("--out", "-o", help="Sweep directory [default: ./out/<spec name>].")
     ] = None,
     workers: WorkersOpt = None,
     executor: ExecutorOpt = ExecutorName.local,
@@ -327,7 +414,7 @@ def sweep_cmd(
     from curation.selection.ablation import ablation_markdown, run_ablation
     from curation.selection.plans import load_spec
 
-    out = out or Path("out") / load_spec(spec).name
+    out = _local_path(out_, "--out") if out_ is not None else Path("out") / load_spec(spec).name
     with _writing(out):
         doc = run_ablation(plan, spec, out, workers=workers, console=err_console, executor=executor, address=address)
     sys.stdout.write(ablation_markdown(doc))
@@ -358,9 +445,15 @@ def _print_selection(doc: dict) -> None:
 
 @app.command()
 def demo(
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Directory for the generated inputs and the dataset.")
-    ] = Path("demo-out"),
+    out_: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for the generated inputs and the dataset; or an s3:// URL: the dataset is published "
+            "there, the inputs are generated in the cache.",
+        ),
+    ] = "demo-out",
     workers: Annotated[
         int | None, typer.Option("--workers", "-w", min=1, help="[default: 2 local processes; ray: the cluster's CPUs]")
     ] = None,
@@ -376,31 +469,24 @@ def demo(
     if select:
         if executor != ExecutorName.local:
             raise CurationError("demo --select runs on this machine; --executor applies to the build demo")
+        out = _local_path(out_, "--out")
         with _writing(out):
             _demo_select(out, workers or 2)
         return
+    if is_url(out_):
+        _demo_build_to_url(out_, workers, executor, address)
+        return
+    out = Path(out_)
     with _writing(out):
         _demo_build(out, workers, executor, address)
 
 
 def _demo_build(out: Path, workers: int | None, executor: ExecutorName, address: str | None) -> None:
     from curation.build.runner import build as run_build
-    from curation.cli.demo import make_demo_inputs
-    from curation.recipe import load_recipe
     from curation.report.audit import audit, render_table
 
     started = time.perf_counter()
-    inputs = out / "inputs"
-    if not (inputs / "conversations.parquet").is_file():
-        make_demo_inputs(inputs)
-    spec = load_recipe(
-        "demo",
-        [
-            f"sources.captions.path={inputs / 'captions.jsonl'}",
-            f"sources.captions.image_root={inputs / 'images'}",
-            f"sources.conversations.path={inputs / 'conversations.parquet'}",
-        ],
-    )
+    spec = _demo_inputs(out / "inputs")
     dataset = out / "dataset"
     if executor == ExecutorName.local:
         workers = workers or 2
@@ -420,21 +506,80 @@ def _demo_build(out: Path, workers: int | None, executor: ExecutorName, address:
     console.print(f"next: curate inspect {dataset}   curate inspect {dataset} --rejects   curate verify {dataset}")
 
 
+def _demo_inputs(inputs: Path) -> Any:
+    """The demo's inputs (generated once into ``inputs``) and the demo recipe reading them."""
+    from curation.cli.demo import make_demo_inputs
+    from curation.recipe import load_recipe
+
+    if not (inputs / "conversations.parquet").is_file():
+        make_demo_inputs(inputs)
+    return load_recipe(
+        "demo",
+        [
+            f"sources.captions.path={inputs / 'captions.jsonl'}",
+            f"sources.captions.image_root={inputs / 'images'}",
+            f"sources.conversations.path={inputs / 'conversations.parquet'}",
+        ],
+    )
+
+
+def _write_report(dataset: Path) -> None:
+    from curation.report.audit_page import write_audit_report
+
+    write_audit_report(dataset)
+
+
+def _demo_build_to_url(out: str, workers: int | None, executor: ExecutorName, address: str | None) -> None:
+    """The demo into a bucket: inputs generated in the cache, the dataset (with its report) published at ``out``."""
+    from curation.cache import cache_root
+    from curation.report.audit import audit, render_table
+    from curation.storage.mirror import mirror
+    from curation.storage.publish import build_to_url, stage_dir
+    from curation.storage.urls import parse_url
+
+    started = time.perf_counter()
+    url = parse_url(out)
+    spec = _demo_inputs(cache_root() / "demo-inputs")
+    if executor == ExecutorName.local:
+        workers = workers or 2
+    with _writing(stage_dir(url)):
+        result = build_to_url(
+            spec,
+            url,
+            workers=workers,
+            overwrite=True,
+            progress=True,
+            executor=executor,
+            address=address,
+            before_publish=_write_report,
+        )
+    render_table(audit(mirror(str(url), "tables")), console)
+    console.print(
+        f"dataset: {url}  ({result.manifest.totals['shards']} shards, {time.perf_counter() - started:.1f}s in all)"
+    )
+    console.print(f"report: {url}/audit.html  (markdown: {url}/audit.md; card: {url}/README.md)")
+    console.print(f"next: curate inspect {url}   curate audit {url}   curate verify {url}")
+
+
 class ExportFormat(StrEnum):
     llava = "llava"
 
 
 @app.command()
 def export(
-    dataset: Annotated[Path, typer.Argument(help="A built dataset directory (sft records).")],
+    dataset_: Annotated[
+        str, typer.Argument(metavar="DATASET", help="A built dataset directory or s3:// URL (sft records).")
+    ],
     format: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output layout: llava.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (empty or absent).")],
+    out_: Annotated[str, typer.Option("--out", "-o", help="Output directory (empty or absent; local).")],
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out.")] = False,
 ) -> None:
     """Export a dataset for training code: llava = llava.json (LLaVA/ShareGPT4V conversations) + images/."""
     from curation.export.llava import LLAVA_JSON, export_llava
 
     started = time.perf_counter()
+    out = _local_path(out_, "--out")
+    dataset = _dataset_dir(dataset_, "all")
     with _writing(out):
         counts = export_llava(dataset, out, overwrite=overwrite)
     console.print(
@@ -490,6 +635,12 @@ def _writing(where: Path) -> Iterator[None]:
         if not is_disk_full(exc):
             raise
         raise CurationError(os_error_message(exc, where)) from None
+
+
+def _local_path(value: str, what: str) -> Path:
+    from curation.storage.urls import local_path
+
+    return local_path(value, what)
 
 
 def _manifest_call(fn, directory: Path):

@@ -7,7 +7,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from curation.recipe.common import NAME_MAX, NAME_PATTERN, WHEN_SET, PathStr, StepBase, _check_unique, _Strict
+from curation.recipe.common import (
+    NAME_MAX,
+    NAME_PATTERN,
+    NOT_RECORDED,
+    WHEN_SET,
+    PathStr,
+    StepBase,
+    _check_unique,
+    _Strict,
+)
 from curation.recipe.models import (
     MODEL_STEPS,
     ClipScoreStep,
@@ -20,6 +29,7 @@ from curation.recipe.models import (
 )
 from curation.recipe.sources import RecordKind, Source
 from curation.recipe.steps import RESERVED_STEP_NAMES, GlobalStepBase, Step, step_label
+from curation.recipe.storage import Storage
 
 MAX_SOURCES = 1_000
 """Sources of one build: each is planned and accounted for separately, at least one partition each. A corpus of
@@ -88,6 +98,12 @@ class BuildRecipe(_Strict):
     )
     vars: dict[str, str | int | float] = Field(
         default_factory=dict, description="Values substituted for ${name} in the recipe's strings (--set vars.x=...)."
+    )
+    storage: Storage | None = Field(
+        default=None,
+        description="Object storage options for --out s3://... (endpoint, region, profile, retries); never "
+        "credentials. Not part of the build's identity, nor recorded in dataset.json.",
+        json_schema_extra=NOT_RECORDED,
     )
     inputs_root: PathStr | None = Field(
         default=None,

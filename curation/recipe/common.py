@@ -15,6 +15,9 @@ NOT_IDENTITY: JsonDict = {"identity": False}
 # A field added after recipes were first hashed: left out of the recipe's identity and its dump while it holds
 # its default, so recipes that do not use it keep the hash (and the dataset.json) they always had.
 WHEN_SET: JsonDict = {"identity": "when_set"}
+# Where a build goes, never what it is (object storage options): left out of its identity and of the recipe that
+# dataset.json records, so a build is byte-identical wherever it is stored.
+NOT_RECORDED: JsonDict = {"identity": False, "recorded": False}
 """Longest name (recipe, output, source, step, benchmark): names become parts of file names (shard prefixes,
 subset indexes, step files), and a file name has at most 255 bytes."""
 

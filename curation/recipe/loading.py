@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from curation.errors import CurationError, RecipeError
 from curation.recipe.build import BuildRecipe
-from curation.recipe.common import NOT_IDENTITY, WHEN_SET
+from curation.recipe.common import NOT_IDENTITY, NOT_RECORDED, WHEN_SET
 from curation.recipe.mixture import MixtureRecipe
 from curation.recipe.selection import RECIPE_KINDS, SelectionRecipe
 from shards.atomic import content_sha256
@@ -527,7 +527,7 @@ def _strip_settings(value: Any, doc: Any, identity: bool) -> None:
             unset = info.json_schema_extra == WHEN_SET and getattr(value, name) == info.get_default(
                 call_default_factory=True
             )
-            if unset or (identity and info.json_schema_extra == NOT_IDENTITY):
+            if unset or (identity and info.json_schema_extra == NOT_IDENTITY) or info.json_schema_extra == NOT_RECORDED:
                 doc.pop(key, None)
             elif key in doc:
                 _strip_settings(getattr(value, name), doc[key], identity)

@@ -1,0 +1,10 @@
+"""Object storage (S3-compatible): builds published to and read from ``s3://bucket/prefix`` URLs.
+
+- ``urls``: telling a URL from a local path, and which URLs are supported;
+- ``store``: the connection (s3fs), its options, bounded retries and one-line errors;
+- ``lock``: one build per prefix (a lock object written conditionally, held as a lease);
+- ``publish``: a build staged locally, then published object by object, ``dataset.json`` last;
+- ``mirror``: a build in a bucket copied to a local mirror for verify, audit, inspect, compare and export;
+- ``inputs``: recipe inputs named by URL, copied into the cache before planning.
+
+See docs/storage.md for the protocol and what it assumes of the store."""
