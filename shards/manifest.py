@@ -94,6 +94,9 @@ class DatasetManifest(BaseModel):
     tool_version: str
     recipe: dict[str, Any]
     recipe_sha256: str
+    tokenizer_fingerprint: str | None = Field(
+        default=None, description="What identifies the token counts (regex-v1, or the tokenizer files' sha256)."
+    )
     shards: list[ShardInfo]
     rejects: list[ShardInfo] = Field(default_factory=list)
     totals: dict[str, int]
@@ -125,8 +128,13 @@ def read_manifest(directory: Path) -> DatasetManifest:
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a built dataset (no {MANIFEST_NAME})")
+    return parse_manifest(path.read_bytes(), path)
+
+
+def parse_manifest(data: bytes, path: Path | str) -> DatasetManifest:
+    """A manifest from its bytes (``path`` names it in errors). Raises :class:`ManifestError`."""
     try:
-        doc = json.loads(path.read_bytes())
+        doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         detail = "nested too deep" if isinstance(exc, RecursionError) else _one_line(str(exc))
         raise ManifestError(f"{path}: not a valid {MANIFEST_NAME} ({detail})") from None

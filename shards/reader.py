@@ -13,10 +13,11 @@ import errno
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from schemas import Record
 from shards.codec import decode_sample
@@ -39,7 +40,7 @@ _TYPE_NAMES = {
 class TruncatedShardError(OSError):
     """The tar ended early or is corrupt; ``samples_read`` were read before the damage."""
 
-    def __init__(self, path: Path, samples_read: int, detail: str) -> None:
+    def __init__(self, path: Path | str, samples_read: int, detail: str) -> None:
         self.path = path
         self.samples_read = samples_read
         super().__init__(f"{path}: damaged tar after {samples_read} samples ({detail})")
@@ -64,7 +65,8 @@ class ClampedFile:
     def __init__(self, f: BinaryIO) -> None:
         self._f = f
         self.name = getattr(f, "name", None)
-        self.size = os.fstat(f.fileno()).st_size
+        size = getattr(f, "size", None)  # a streamed object (no file descriptor) knows its size
+        self.size = size if isinstance(size, int) else os.fstat(f.fileno()).st_size
 
     def read(self, n: int | None = -1) -> bytes:
         left = max(0, self.size - self._f.tell())
@@ -155,11 +157,20 @@ def iter_samples(path: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterat
     Raises :class:`TruncatedShardError` where the tar is damaged (cut off, a garbled header, a member past
     the end of the file, no end-of-archive marker); the sample being read then is not yielded."""
     path = Path(path)
+    yield from iter_tar_samples(lambda: open_regular(path), path, max_member_bytes)
+
+
+def iter_tar_samples(
+    opener: Callable[[], AbstractContextManager[Any]], path: Path | str, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> Iterator[TarSample]:
+    """:func:`iter_samples` of the tar that ``opener()`` opens (a local file, or an object streamed from a
+    bucket: anything with ``read``/``seek``/``tell`` and a ``size`` or a file descriptor); ``path`` names it
+    in errors."""
     current: TarSample | None = None
     count = 0
     try:
         with (
-            open_regular(path) as raw,
+            opener() as raw,
             tarfile.open(fileobj=cast(BinaryIO, clamped := ClampedFile(raw)), mode="r|") as tar,
         ):
             for info in tar:

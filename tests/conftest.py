@@ -8,13 +8,19 @@
   cancel of a task (which interrupts the worker the same way). The product rightly keeps an ignored SIGINT
   ignored; the suite restores the default once, here, for everything it starts.
 - The toolkit's default cache lives in the user's home: the suite points it at a temporary directory.
+- The suite runs on pytest-xdist workers (``-n`` in pyproject.toml). Each test file stays on one worker (its
+  module fixtures, a reference build say, are made once), and the files that start Ray share one group: one Ray
+  at a time on the machine (a head takes fixed ports, such as the Ray client's and the dashboard agent's).
 """
 
 import atexit
+import functools
 import os
+import re
 import shutil
 import signal
 import tempfile
+from pathlib import Path
 
 from tests.ray_cluster import ENV
 
@@ -29,3 +35,19 @@ if "VLM_CURATION_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# What marks a test file that starts Ray: a cluster, ``ray.init``, a build or launcher on the ray executor.
+_STARTS_RAY = re.compile(r"ray_cluster|RayCluster|ray\.init|[\"']ray[\"']")
+
+
+@functools.cache
+def _xdist_group(path: Path) -> str:
+    return "ray" if _STARTS_RAY.search(path.read_text()) else str(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item.path)))

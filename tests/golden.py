@@ -80,8 +80,8 @@ BYTE_PACKAGES = (
 )
 
 NOTES = [
-    "Every build runs under /tmp/vlm-curation-golden (wiped first): dataset.json, sidecar origin columns and "
-    "rejects hold absolute input and output paths, so the hashes hold only for that directory.",
+    "Every build runs under /tmp/vlm-curation-golden (wiped first). Builds record input paths relative to their "
+    "input root, so the hashes should hold anywhere; a fixed place keeps a path still recorded from hiding.",
     "Hashed: every *.tar, *.parquet and dataset.json under each build directory, rejects/ and a mixture's "
     "_datasets/ sub-builds included; _logs/ and _work/ excluded (timestamps live in _logs/ only). Other files "
     "(stats.json, wids indexes, README.md) are not hashed.",

@@ -38,6 +38,7 @@ class LocalRayCluster:
     temp_dir: Path
     port: int = field(default_factory=free_port)
     nodes: list[subprocess.Popen] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # set on every node (e.g. where its tasks stage)
 
     @property
     def address(self) -> str:
@@ -49,7 +50,7 @@ class LocalRayCluster:
         return get_node_ip_address()
 
     def _start(self, args: list[str]) -> subprocess.Popen:
-        env = {**os.environ, **ENV}
+        env = {**os.environ, **ENV, **self.env}
         ports = ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
         proc = subprocess.Popen(
             [_ray_cli(), "start", "--block", "--temp-dir", str(self.temp_dir), *ports, *args],
@@ -118,10 +119,10 @@ class LocalRayCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_cluster(workers: int = 1) -> LocalRayCluster:
-    """A head (1 CPU) and ``workers`` worker nodes (1 CPU each) on this machine."""
+def start_cluster(workers: int = 1, env: dict[str, str] | None = None) -> LocalRayCluster:
+    """A head (1 CPU) and ``workers`` worker nodes (1 CPU each) on this machine, ``env`` set on each."""
     # Ray's socket paths must stay short: a short directory under /tmp, not pytest's tmp_path.
-    cluster = LocalRayCluster(Path(tempfile.mkdtemp(prefix="rt", dir="/tmp")))
+    cluster = LocalRayCluster(Path(tempfile.mkdtemp(prefix="rt", dir="/tmp")), env=dict(env or {}))
     try:
         cluster.start_head()
         for _ in range(workers):

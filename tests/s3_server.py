@@ -125,6 +125,7 @@ class ThrottlingProxy:
         self.requests = 0
         self.puts = 0
         self.throttled = 0
+        self.log: list[tuple[str, str, str | None, int]] = []  # (method, path, Range header, body bytes sent)
         self._lock = threading.Lock()
         proxy = self
 
@@ -158,10 +159,13 @@ class ThrottlingProxy:
                     for k, v in resp.getheaders():
                         if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                             self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
+                    head_length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", head_length or str(len(data)))  # HEAD: the object's size
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)
+                    with proxy._lock:
+                        proxy.log.append((self.command, self.path, self.headers.get("Range"), len(data)))
                 finally:
                     conn.close()
 
@@ -187,6 +191,11 @@ class ThrottlingProxy:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def sent(self, key: str) -> int:
+        """Body bytes the server sent back for GETs of object ``key`` (``bucket/key``) so far."""
+        with self._lock:
+            return sum(n for method, path, _, n in self.log if method == "GET" and path.split("?")[0] == f"/{key}")
 
     def __enter__(self) -> ThrottlingProxy:
         self.thread.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,6 +40,23 @@ def staged_stem(number: int) -> str:
     return f"{number:06d}"
 
 
+class WorkChannel(Protocol):
+    """How a partition task that may run away from the driver's disk hands its partition over (a build into a
+    bucket on Ray: ``curation.storage.work.PartitionChannel``)."""
+
+    def claim(self, work: Path) -> None:
+        """Mark ``work`` as the driver's (a node that sees the mark shares its disk and stages there)."""
+        ...
+
+    def stage_on_worker(self, work: Path) -> tuple[Path, bool]:
+        """Where to stage on this node, and whether that folder is the node's own (cleared once published)."""
+        ...
+
+    def publish(self, folder: Path) -> None:
+        """Hand the finished partition ``folder`` over (the driver copies it into its ``work`` if it lacks it)."""
+        ...
+
+
 @dataclass(frozen=True)
 class PartitionTask:
     """One partition to process, sent to a worker process or a Ray task (pickled)."""
@@ -50,6 +67,7 @@ class PartitionTask:
     work: Path
     resources: Resources = field(default_factory=Resources)  # what the task needs of the machine it runs on
     where: Relocator = field(default_factory=lambda: Relocator(None))  # origins are recorded relative to the input root
+    channel: WorkChannel | None = None  # set: the task publishes its finished partition (the driver's disk not needed)
 
     @property
     def label(self) -> str:

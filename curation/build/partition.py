@@ -26,6 +26,7 @@ from curation.recipe import BuildRecipe
 from curation.sample import Drop, Sample
 from curation.sources import Partition, Reader, make_reader
 from curation.steps import BatchedStep, RecordStep, build_steps, is_global, step_class, step_label
+from curation.storage.inputs import set_options as set_input_options
 from shards import ShardWriter
 from shards.imageinfo import ImageProbeError, probe_image
 from shards.tokens import make_token_counter
@@ -47,6 +48,7 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
     # A per-attempt staging name: an orphaned worker of a killed run can never rename a rerun's files.
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     source = next(s for s in recipe.sources if s.name == part.source)
+    set_input_options(recipe.storage)  # inputs in a bucket: this worker's own connection, its own credentials
     reader = make_reader(source)
     steps = build_steps(recipe.steps, work, (recipe.tokenizer.type, recipe.tokenizer.path), recipe.models)
     acc = Accounting(record_step_names(recipe))
@@ -120,6 +122,9 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
         if not PartitionStats.is_done(work, gid):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+    if task.channel is not None:  # the driver may not see this disk: the partition goes through the channel
+        crash_point("partition_publish")
+        task.channel.publish(final)
     return PartitionResult(gid, stats.seconds, placement())
 
 

@@ -17,6 +17,8 @@ from curation.recipe.loading import identity_doc
 from curation.sources import Partition, Reader, make_reader
 from curation.steps import step_class
 from curation.steps.contract import GlobalStep, Resources, registered_steps
+from curation.storage.inputs import check_inputs as check_url_inputs
+from curation.storage.urls import is_url
 from shards.atomic import content_sha256
 from shards.tokens import TokenizerError, make_token_counter, tokenizer_fingerprint
 
@@ -51,6 +53,7 @@ def recipe_identity(recipe: BuildRecipe, limit: int | None) -> str:
 
 
 def plan_build(recipe: BuildRecipe, limit: int | None) -> BuildPlan:
+    check_url_inputs(recipe)  # URLs only where a reader streams them; the recipe's storage options for the reads
     partitions = plan_partitions(recipe, limit)
     rhash = recipe_identity(recipe, limit)
     where = relocator(recipe)
@@ -98,6 +101,8 @@ def partition_resources(recipe: BuildRecipe) -> Resources:
 
 def check_sources_outside(recipe: BuildRecipe, out: Path) -> None:
     for src in recipe.sources:
+        if is_url(src.path):  # in a bucket: never under a local --out
+            continue
         path = Path(src.path.split("*")[0] or ".").resolve()
         if path == out or out in path.parents or (path.is_dir() and path in out.parents):
             raise CurationError(
@@ -172,6 +177,14 @@ def prepare_steps(recipe: BuildRecipe, work: Path, call: Call | None = None) -> 
             call(prepare_step, args, needed)
         else:
             prepare_step(*args)
+
+
+def prepare_record_steps(recipe: BuildRecipe, work: Path) -> None:
+    """The preparations the partition tasks read (a record step's benchmark index), made in ``work`` by a node
+    that stages on its own disk (a build into a bucket on Ray); a global step's is the driver's alone."""
+    for i, step in enumerate(recipe.steps):
+        if not issubclass(step_class(step), GlobalStep):
+            prepare_step(step, step_label(recipe.steps, i), work, recipe.models)
 
 
 def prepare_step(step: Any, label: str, work: Path, models: Any) -> None:

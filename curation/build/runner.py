@@ -19,7 +19,7 @@ from curation import __version__
 from curation.build.accounting import Accounting
 from curation.build.commit import commit_rejects, commit_shards, plan_commit, shards_by_partition
 from curation.build.drop_reasons import check_declared
-from curation.build.executors import Executor, check_executor, open_executor
+from curation.build.executors import Executor, PartitionsOnly, check_executor, open_executor
 from curation.build.faults import crash_point
 from curation.build.global_steps import GlobalOutcome, run_global_steps
 from curation.build.messages import (
@@ -27,6 +27,7 @@ from curation.build.messages import (
     PartitionStats,
     PartitionTask,
     Staged,
+    WorkChannel,
     partition_dir,
     stale_staging,
 )
@@ -40,6 +41,7 @@ from curation.recipe import BuildRecipe
 from curation.recipe.loading import recipe_doc
 from curation.sources import make_reader
 from curation.steps.contract import GlobalContext
+from curation.storage.inputs import check_inputs as check_url_inputs
 from shards.atomic import atomic_write_json, remove_stale_tmp
 from shards.manifest import STATS_NAME, DatasetManifest, ShardInfo, read_manifest, write_wids_index
 
@@ -67,6 +69,7 @@ def build(
     address: str | None = None,
     on_staged: Callable[[Path], None] | None = None,
     plan: BuildPlan | None = None,
+    channel: WorkChannel | None = None,
 ) -> BuildResult:
     """Build ``recipe`` into ``out``. ``executor`` runs the partitions: ``local`` (``workers`` processes,
     default 1) or ``ray`` (one task per partition on the cluster at ``address``; ``workers`` caps how many run
@@ -75,10 +78,13 @@ def build(
     ``on_staged`` (object storage, ``curation.storage.publish``) is called in the driver with each finished piece
     of the work directory: the recorded plan, then each partition's directory as its result arrives (before the
     commit moves anything out of it). ``plan``: the plan when the caller made it already (the same recipe and
-    ``limit``)."""
+    ``limit``). ``channel`` (a build into a bucket on Ray): each partition task publishes its partition through
+    it, staging on its own node when it does not see ``out``; ``on_staged`` then copies in what ``out`` lacks,
+    and everything but the partition tasks runs in this process (:class:`PartitionsOnly`)."""
     check_executor(executor, address)
     started = time.perf_counter()
     target = OutputDir(Path(out))
+    check_url_inputs(recipe)  # before the recipe's identity, which locates URL inputs
     check_sources_outside(recipe, target.root)
     state = target.state(recipe_identity(recipe, limit), overwrite)
     plan = plan or plan_build(recipe, limit)
@@ -92,7 +98,8 @@ def build(
         target.finish_complete()
         return BuildResult(target.root, read_manifest(target.root), BuildState.COMPLETE)
     target.create()
-    with target.lock(), open_executor(executor, workers, address) as ex:
+    with target.lock(), open_executor(executor, workers, address) as opened:
+        ex: Executor = opened if channel is None else PartitionsOnly(opened)
         state = target.state(plan.recipe_sha256, overwrite)  # again, now that we hold the lock
         if state == BuildState.COMPLETE:
             return BuildResult(target.root, read_manifest(target.root), BuildState.COMPLETE)
@@ -102,9 +109,11 @@ def build(
                 "pass --overwrite to start over"
             )
         target.start(state, plan.doc)
+        if channel is not None:
+            channel.claim(target.work)
         if on_staged is not None:
             on_staged(target.plan_path)
-        return _run_stages(recipe, target, plan, ex, state, progress, started, on_staged)
+        return _run_stages(recipe, target, plan, ex, state, progress, started, on_staged, channel)
 
 
 def _run_stages(
@@ -116,9 +125,10 @@ def _run_stages(
     progress: bool,
     started: float,
     on_staged: Callable[[Path], None] | None = None,
+    channel: WorkChannel | None = None,
 ) -> BuildResult:
     prepare_steps(recipe, target.work, ex.call)
-    results = process_partitions(recipe, target.work, plan, ex, progress, on_staged)
+    results = process_partitions(recipe, target.work, plan, ex, progress, on_staged, channel)
     done_now = {r.gid for r in results}
     staged = Staged.read(target.work, list(range(len(plan.partitions))))
     acc = count_partitions(recipe, staged)
@@ -156,13 +166,14 @@ def process_partitions(
     ex: Executor,
     progress: bool,
     on_staged: Callable[[Path], None] | None = None,
+    channel: WorkChannel | None = None,
 ) -> list[PartitionResult]:
     """Run the partitions not finished by an earlier attempt; what each of them reported back (and, as each
     arrives, its finished directory to ``on_staged``)."""
     for stale in stale_staging(work):
         shutil.rmtree(stale, ignore_errors=True)
     tasks = [
-        PartitionTask(recipe, p, gid, work, plan.resources, plan.where)
+        PartitionTask(recipe, p, gid, work, plan.resources, plan.where, channel)
         for gid, p in enumerate(plan.partitions)
         if not PartitionStats.is_done(work, gid)
     ]
@@ -226,6 +237,7 @@ def write_manifest(
         tool_version=__version__,
         recipe=plan.where.doc(recipe_doc(recipe)),
         recipe_sha256=plan.recipe_sha256,
+        tokenizer_fingerprint=plan.doc["tokenizer"],
         shards=shards,
         rejects=rejects,
         totals=shard_totals(out, shards),

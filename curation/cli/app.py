@@ -157,24 +157,39 @@ def _build_to_url(
     """``curate build --out s3://...``: staged locally, published object by object (curation.storage.publish)."""
     from curation.report.audit import audit, render_table
     from curation.storage.mirror import mirror
-    from curation.storage.publish import build_to_url, stage_dir
+    from curation.storage.publish import build_to_url, mixture_to_url, stage_dir
     from curation.storage.urls import parse_url
 
     url = parse_url(out)
-    if spec.kind != "build":
-        raise CurationError(f"--out {url}: a {spec.kind} recipe builds into a local directory (URLs: build recipes)")
+    if spec.kind not in ("build", "mixture"):
+        raise CurationError(
+            f"--out {url}: a {spec.kind} recipe builds into a local directory (URLs: build and mixture recipes)"
+        )
+    if spec.kind == "mixture" and limit is not None:
+        raise CurationError("--limit applies to build recipes; a mixture's size comes from its targets")
     try:
         with _writing(stage_dir(url)):
-            result = build_to_url(
-                spec,
-                url,
-                workers=workers,
-                limit=limit,
-                overwrite=overwrite,
-                progress=not quiet,
-                executor=executor,
-                address=address,
-            )
+            if spec.kind == "mixture":
+                result = mixture_to_url(
+                    spec,
+                    url,
+                    workers=workers,
+                    overwrite=overwrite,
+                    progress=not quiet,
+                    executor=executor,
+                    address=address,
+                )
+            else:
+                result = build_to_url(
+                    spec,
+                    url,
+                    workers=workers,
+                    limit=limit,
+                    overwrite=overwrite,
+                    progress=not quiet,
+                    executor=executor,
+                    address=address,
+                )
     except KeyboardInterrupt:
         err_console.print(f"interrupted; finished work is kept: run the same command again to resume {url}")
         raise typer.Exit(130) from None
@@ -594,7 +609,7 @@ def _demo_select(out: Path, workers: int) -> None:
     from curation.selection.toy import build_benchmarks, make_toy_world
 
     started = time.perf_counter()
-    world = out / "toy-world"
+    world = out.resolve() / "toy-world"  # the world's recipes name their files by absolute path
     recipe_path = world / "selection.yaml"
     if not recipe_path.is_file():
         recipe_path = make_toy_world(world)

@@ -1,7 +1,7 @@
 """Mixture builds: components drawn from built datasets, each sampled to its target, shuffled globally.
 
-1. Datasets: existing builds (``path``) or build recipes built first into ``<out>/_datasets/<alias>``
-   (resumable like any build).
+1. Datasets: existing builds (``path``: a directory, or ``s3://...`` read through the local mirror) or build
+   recipes built first into ``<out>/_datasets/<alias>`` (resumable like any build).
 2. Selection (deterministic, from the sidecars only): per component, ``floor(epochs)`` whole repeats of
    every sample plus a seeded subsample for the fraction. Share targets are answer tokens: the subsample is
    the prefix of a seeded order whose answer tokens come closest to what is left of the target.
@@ -28,7 +28,7 @@ from curation.build.executors import check_executor
 from curation.build.output_dir import DATASETS, PLAN, BuildState, OutputDir
 from curation.build.plan import check_tokenizer
 from curation.build.runner import BuildResult, shard_totals
-from curation.mixture.datasets import resolve_datasets
+from curation.mixture.datasets import BuildOne, resolve_datasets
 from curation.mixture.sampling import ComponentPlan, one_kind, plan_components, selection_table
 from curation.mixture.shuffle import shuffle_and_write
 from curation.recipe import MixtureRecipe, recipe_hash
@@ -47,7 +47,10 @@ def build_mixture(
     progress: bool = True,
     executor: str = "local",
     address: str | None = None,
+    build_one: BuildOne | None = None,
 ) -> BuildResult:
+    """Build the mixture into ``out``. ``build_one`` builds each sub-build (default: the local build; a mixture
+    into a bucket publishes each one as it is done: ``curation.storage.publish.mixture_to_url``)."""
     check_executor(executor, address)
     target = OutputDir(Path(out))
     started = time.perf_counter()
@@ -64,7 +67,7 @@ def build_mixture(
         target.start(state, {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()}, keep=(DATASETS,))
         _restart_mixing(target, recipe.shard_prefix())
         check_tokenizer(recipe.tokenizer)
-        dirs = resolve_datasets(recipe, target.root, workers, progress, executor, address, overwrite)
+        dirs = resolve_datasets(recipe, target.root, workers, progress, executor, address, overwrite, build_one)
         plans, total_tokens, identities = plan_components(recipe, dirs, target.root)
         selection = selection_table(recipe, plans, dirs)
         shards = shuffle_and_write(recipe, selection, target.work, target.root)
@@ -158,6 +161,7 @@ def _manifest(
         tool_version=__version__,
         recipe=recipe_doc(recipe),
         recipe_sha256=rhash,
+        tokenizer_fingerprint=check_tokenizer(recipe.tokenizer),
         shards=shards,
         totals=totals,
         accounting=acc.summary(),

@@ -16,6 +16,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from curation.build.plan import check_tokenizer
 from curation.errors import CurationError
 from curation.recipe import Component, MixtureRecipe
 from shards import read_manifest
@@ -78,18 +79,26 @@ def plan_components(
 ) -> tuple[list[ComponentPlan], float, dict[str, Any]]:
     """Decide every component's copies; returns the plans, the mixture's answer-token size and the
     datasets' identities."""
+    from curation.mixture.datasets import shown_paths
+
     mix_tokenizer = recipe.tokenizer.model_dump(mode="json")
+    mix_fingerprint = check_tokenizer(recipe.tokenizer)
     identities = {}
+    shown = shown_paths(recipe, dirs, out)  # no absolute out paths, no mirror paths: a URL as the recipe gives it
     for alias, path in dirs.items():
         m = read_manifest(path)
         theirs = (m.recipe or {}).get("tokenizer", {"type": "regex", "path": None})
-        if {k: theirs.get(k) for k in mix_tokenizer} != mix_tokenizer:
+        same = (  # the counts' identity; a build from before it was recorded: the tokenizer as its recipe named it
+            m.tokenizer_fingerprint == mix_fingerprint
+            if m.tokenizer_fingerprint is not None
+            else {k: theirs.get(k) for k in mix_tokenizer} == mix_tokenizer
+        )
+        if not same:
             raise CurationError(
                 f"datasets.{alias}: built with tokenizer {theirs}, but the mixture counts tokens with {mix_tokenizer}; "
                 "shares would not add up: rebuild it with the same tokenizer or set the mixture's tokenizer"
             )
-        shown = str(path.relative_to(out)) if path.is_relative_to(out) else str(path)  # no absolute out paths
-        identities[alias] = {"path": shown, "recipe_sha256": m.recipe_sha256, "samples": m.totals["samples"]}
+        identities[alias] = {"path": shown[alias], "recipe_sha256": m.recipe_sha256, "samples": m.totals["samples"]}
     one_kind(dirs)
     plans = []
     for i, c in enumerate(recipe.components):

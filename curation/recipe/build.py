@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from curation.recipe.common import (
     NAME_MAX,
     NAME_PATTERN,
+    NOT_IDENTITY,
     NOT_RECORDED,
     WHEN_SET,
     PathStr,
@@ -97,11 +98,13 @@ class BuildRecipe(_Strict):
         json_schema_extra=WHEN_SET,
     )
     vars: dict[str, str | int | float] = Field(
-        default_factory=dict, description="Values substituted for ${name} in the recipe's strings (--set vars.x=...)."
+        default_factory=dict,
+        description="Values substituted for ${name} in the recipe's strings (--set vars.x=...).",
+        json_schema_extra=NOT_IDENTITY,  # already substituted into the fields that use them
     )
     storage: Storage | None = Field(
         default=None,
-        description="Object storage options for --out s3://... (endpoint, region, profile, retries); never "
+        description="Object storage options for s3:// inputs and --out (endpoint, region, profile, retries); never "
         "credentials. Not part of the build's identity, nor recorded in dataset.json.",
         json_schema_extra=NOT_RECORDED,
     )

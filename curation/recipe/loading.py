@@ -20,6 +20,10 @@ from curation.recipe.build import BuildRecipe
 from curation.recipe.common import NOT_IDENTITY, NOT_RECORDED, WHEN_SET
 from curation.recipe.mixture import MixtureRecipe
 from curation.recipe.selection import RECIPE_KINDS, SelectionRecipe
+from curation.sources.obelics.models import (  # model files: sources.<name>.filters.<level>.<rule>.<key>
+    LEVELS,
+    MODEL_PATH_FIELDS,
+)
 from shards.atomic import content_sha256
 
 # ---- loading ---------------------------------------------------------------------------------------
@@ -150,9 +154,6 @@ def _exists(path: Path) -> bool:
 
 PATH_KEYS = ("path", "image_root", "cache_dir", "common_words")
 BENCHMARK_PATH_KEYS = ("shards", "images", "questions", "parquet")
-# The model files of the OBELICS filters: sources.<name>.filters.<level>.<rule>.<key> (curation.sources.obelics.models)
-FILTER_MODEL_PATHS = {"lang_id": ("model",), "perplexity": ("model", "tokenizer")}
-FILTER_LEVELS = ("paragraph", "document")
 _VAR = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -201,11 +202,11 @@ def _filter_model_slots(src: dict[str, Any]) -> Iterator[tuple[dict[str, Any], s
     filters = src.get("filters")
     if not isinstance(filters, dict):
         return
-    for level in FILTER_LEVELS:
+    for level in LEVELS:
         cfg = filters.get(level)
         if not isinstance(cfg, dict):
             continue
-        for rule, keys in FILTER_MODEL_PATHS.items():
+        for rule, keys in MODEL_PATH_FIELDS.items():
             model = cfg.get(rule)
             if isinstance(model, dict):
                 yield from ((model, k) for k in keys if k in model)
@@ -217,8 +218,8 @@ def _is_filter_model_path(parts: list[str]) -> bool:
         len(parts) == 6
         and parts[0] == "sources"
         and parts[2] == "filters"
-        and parts[3] in FILTER_LEVELS
-        and parts[5] in FILTER_MODEL_PATHS.get(parts[4], ())
+        and parts[3] in LEVELS
+        and parts[5] in MODEL_PATH_FIELDS.get(parts[4], ())
     )
 
 
@@ -329,6 +330,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
                     and value.strip()  # a blank path stays blank: validation names it
                     and not Path(value).is_absolute()
                     and "${" not in value
+                    and "://" not in value  # a URL (s3://...) is never a path relative to the working directory
                 ):
                     value = str(Path(value).resolve())  # --set paths are relative to the working directory
                 node[part] = value
@@ -540,7 +542,8 @@ def _strip_settings(value: Any, doc: Any, identity: bool) -> None:
 
 
 def recipe_hash(recipe: BaseModel) -> str:
-    """Identity of what a build produces: the resolved recipe (:func:`identity_doc`), canonical JSON, sha256."""
+    """The resolved recipe's identity (:func:`identity_doc`, canonical JSON, sha256) with its paths as they are; a
+    build records ``curation.build.plan.recipe_identity``, the same with its paths relative to its input root."""
     return content_sha256(identity_doc(recipe))
 
 

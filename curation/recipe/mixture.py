@@ -9,8 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
-from curation.recipe.common import NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
+from curation.recipe.common import NAME_MAX, NAME_PATTERN, NOT_IDENTITY, NOT_RECORDED, PathStr, _check_unique, _Strict
 from curation.recipe.sources import Category
+from curation.recipe.storage import Storage
 
 # ---- mixtures -------------------------------------------------------------------------------------
 _ALIAS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
@@ -34,7 +35,9 @@ class DatasetRef(_Strict):
     name, with ``set`` overrides), or a build written inline (``build``: sources, steps, output, ...); the
     last two are built first into ``<out>/_datasets/<alias>``."""
 
-    path: PathStr | None = Field(default=None, description="A dataset directory built by this toolkit.")
+    path: PathStr | None = Field(
+        default=None, description="A dataset directory built by this toolkit, or its s3://bucket/prefix URL."
+    )
     recipe: PathStr | None = Field(
         default=None, description="A build recipe file or built-in name, built before mixing."
     )
@@ -119,7 +122,7 @@ class MixtureRecipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     description: str = ""
     seed: int = 0
-    vars: dict[str, str | int | float] = Field(default_factory=dict)
+    vars: dict[str, str | int | float] = Field(default_factory=dict, json_schema_extra=NOT_IDENTITY)  # substituted
     datasets: Annotated[dict[DatasetAlias, DatasetRef], Field(min_length=1)]
     components: Annotated[list[Component], Field(min_length=1)]
     total_answer_tokens: int | None = Field(
@@ -129,6 +132,12 @@ class MixtureRecipe(_Strict):
     )
     tokenizer: Tokenizer = Field(default_factory=Tokenizer)
     output: MixtureOutput = Field(default_factory=MixtureOutput)
+    storage: Storage | None = Field(
+        default=None,
+        description="Object storage options for --out s3://... and datasets in a bucket (path: s3://...); never "
+        "credentials. Not part of the mixture's identity, nor recorded in dataset.json.",
+        json_schema_extra=NOT_RECORDED,
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -8,7 +8,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from curation.recipe.build import BuildRecipe, Tokenizer
-from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, NAME_PATTERN, PathStr, _check_unique, _Strict
+from curation.recipe.common import (
+    DOTTED_NAME_PATTERN,
+    NAME_MAX,
+    NAME_PATTERN,
+    NOT_IDENTITY,
+    PathStr,
+    _check_unique,
+    _Strict,
+)
 from curation.recipe.mixture import Component, DatasetAlias, DatasetRef, MixtureRecipe, name_inline_builds
 from curation.recipe.steps import Benchmark, DecontaminationMatch
 
@@ -219,7 +227,7 @@ class SelectionRecipe(_Strict):
     name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX)
     description: str = ""
     seed: int = 0
-    vars: dict[str, str | int | float] = Field(default_factory=dict)
+    vars: dict[str, str | int | float] = Field(default_factory=dict, json_schema_extra=NOT_IDENTITY)  # substituted
     datasets: Annotated[dict[DatasetAlias, DatasetRef], Field(min_length=1)]
     baseline: Baseline
     categories: Annotated[list[Category], Field(min_length=1)]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, WHEN_SET, Label, PathStr, _Strict
+from curation.recipe.common import DOTTED_NAME_PATTERN, NAME_MAX, NOT_IDENTITY, WHEN_SET, Label, PathStr, _Strict
 from curation.sources.obelics.filters import ObelicsFilterConfig
 from schemas import KINDS
 
@@ -181,6 +181,7 @@ class LaionSource(SourceBase):
     cache_dir: PathStr | None = Field(
         default=None,
         description="Selections and downloads are cached here [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation].",
+        json_schema_extra=NOT_IDENTITY,  # found by content wherever it is
     )
 
     @model_validator(mode="after")
@@ -208,7 +209,11 @@ class ObelicsSource(SourceBase):
     )
     common_words: PathStr | None = Field(default=None, description="A larger common-words list (one word per line).")
     download: Img2datasetOptions = Field(default_factory=Img2datasetOptions)
-    cache_dir: PathStr | None = None
+    cache_dir: PathStr | None = Field(
+        default=None,
+        description="URL counts and downloads are cached here [default: $VLM_CURATION_CACHE or ~/.cache/vlm-curation].",
+        json_schema_extra=NOT_IDENTITY,  # found by content wherever it is
+    )
 
 
 class CauldronSource(SourceBase):

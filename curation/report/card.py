@@ -4,6 +4,7 @@ Deterministic (no dates, no absolute paths): a rebuild of the same recipe writes
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ from typing import Any
 import yaml
 
 from curation.build.output_dir import CARD_NAME
+from curation.errors import CurationError
 from curation.report.audit import SECTIONS, audit, drops_table
 from curation.report.table import Table, markdown_table
+from curation.storage.urls import is_url
 from shards import read_manifest
 from shards.atomic import atomic_write_bytes
 from shards.manifest import DatasetManifest
@@ -91,6 +94,12 @@ def _dataset_sources(
     if ident.get("path"):
         path = Path(ident["path"])
         path = path if path.is_absolute() else directory / path
+        if is_url(ident["path"]):  # a build in a bucket: the local mirror the mixture read it through
+            from curation.storage.mirror import mirror_dir
+            from curation.storage.urls import parse_url
+
+            with contextlib.suppress(CurationError):
+                path = mirror_dir(parse_url(ident["path"]))
         try:
             return source_info(path)
         except (OSError, ValueError):

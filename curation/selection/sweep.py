@@ -42,7 +42,7 @@ def run_selection(
     address: str | None = None,
 ) -> dict[str, Any]:
     from curation.build.output_dir import OutputDir
-    from curation.mixture.datasets import resolve_datasets
+    from curation.mixture.datasets import resolve_datasets, shown_paths
     from curation.selection.individual import TrialRunner, individual_select
     from curation.selection.launchers import make_launcher
     from curation.selection.report import write_reports
@@ -58,7 +58,7 @@ def run_selection(
         launcher = make_launcher(recipe.launcher, out, ray_address=address)
         runner = TrialRunner(recipe, out, dirs, launcher, store, console_events(console))
         doc = individual_select(runner, recipe)
-        datasets = {alias: {"path": str(path)} for alias, path in dirs.items()}
+        datasets = {alias: {"path": shown} for alias, shown in shown_paths(recipe, dirs).items()}
         files = write_reports(out, doc, datasets, recipe.seed)
     doc["files"] = {k: str(v) for k, v in files.items()}
     return doc

@@ -22,6 +22,13 @@ TRIAL_NAME = "trial.json"
 RESULT_NAME = "result.json"
 
 
+def dataset_identity(path: Path) -> str:
+    """What a built dataset holds: its recipe's identity and every shard's sha256 (a recipe hash alone says
+    nothing of the data once builds are relocatable: the same recipe over other bytes is the same recipe)."""
+    m = read_manifest(path)
+    return content_sha256({"recipe": m.recipe_sha256, "shards": [s.sha256 for s in m.shards]})
+
+
 @dataclass(frozen=True)
 class VirtualMixture:
     """Components over built datasets; ``identity`` is the content hash of what the selection depends on."""
@@ -33,7 +40,7 @@ class VirtualMixture:
 
     @property
     def identity(self) -> str:
-        datasets = {alias: read_manifest(path).recipe_sha256 for alias, path in sorted(self.dirs.items())}
+        datasets = {alias: dataset_identity(path) for alias, path in sorted(self.dirs.items())}
         used = sorted({c.dataset for c in self.components})
         return content_sha256(
             {

@@ -13,7 +13,7 @@ import math
 import re
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, get_args
@@ -21,6 +21,7 @@ from typing import Any, ClassVar, get_args
 from curation.errors import CurationError
 from curation.registry import register_by_config
 from curation.sample import Drop, Sample
+from curation.storage.urls import is_url
 from schemas import RecordError, parse_record
 
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
@@ -52,6 +53,9 @@ BUILD_RECORD_DROP_REASONS = {  # ``build_record``
     **IMAGE_FIELD_DROP_REASONS,
     **RECORD_DROP_REASONS,
 }
+
+
+InputPath = Path | str  # a local file (Path) or an object in a bucket (its s3:// URL, a str: a Path would lose a "/")
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,14 @@ class Reader(ABC):
     A reader class is found from the class of its recipe source (``config = JsonlSource``), as steps are."""
 
     config: ClassVar[type[Any]]  # the recipe source model it reads (registers the class)
+    # The file name endings ``plan()`` lists under the source's ``path`` (``expand_inputs``); () when it lists none.
+    input_suffixes: ClassVar[tuple[str, ...]] = ()
 
     # Whether ``download_with_ray`` fetches pending partitions through Ray before the partition tasks run.
     downloads_with_ray: ClassVar[bool] = False
+    # Whether ``path`` and ``image_root`` may be ``s3://`` URLs: the reader lists and streams its inputs from object
+    # storage (``curation.storage.inputs``). Any other reader given a URL is a one-line RecipeError (``make_reader``).
+    reads_urls: ClassVar[bool] = False
     # Every drop reason ``read()`` can emit, with a one-line meaning (a key ending in ":" is a prefix:
     # ``invalid_record:`` stands for ``invalid_record:<field>``); a reader adds those of the shared helpers it
     # uses (``BUILD_RECORD_DROP_REASONS``, ...). No reason is common to all readers: ``reader_error`` and
@@ -111,11 +120,14 @@ class Reader(ABC):
     @abstractmethod
     def record_kind(self) -> str: ...
 
-    def identity_files(self) -> list[Path] | None:
-        """The files that identify this source's input by content (their size and sha256 go into the build plan),
-        or None for every file its ``path`` names. A reader whose input is mostly bulk it identifies otherwise
+    def identity_files(self) -> Sequence[InputPath] | None:
+        """The files that identify this source's input by content (their size and sha256 go into the build plan):
+        by default those its ``path`` names with one of ``input_suffixes`` (what ``plan()`` reads), or None (none
+        declared: every file the path names). A reader whose input is mostly bulk it identifies otherwise
         (img2dataset's tars, listed with their sizes in its parquet) names the smaller files."""
-        return None
+        if not self.input_suffixes:
+            return None
+        return expand_inputs(self.source.path, self.input_suffixes, self.source.name)
 
     def category(self) -> str | None:
         """The task category of the source's samples when the reader knows it (the Cauldron's configs)."""
@@ -145,8 +157,13 @@ class Reader(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no Ray download stage")
 
 
-def expand_inputs(path: str, suffixes: tuple[str, ...], source: str) -> list[Path]:
-    """Files named by a file path, a directory (recursively) or a glob; sorted; loud when empty."""
+def expand_inputs(path: str, suffixes: tuple[str, ...], source: str) -> list[InputPath]:
+    """Files named by a file path, a directory (recursively) or a glob; sorted; loud when empty. A URL names
+    objects the same way (one object, a prefix, a glob: ``curation.storage.inputs.expand_url``)."""
+    if is_url(path):
+        from curation.storage.inputs import expand_url
+
+        return list(expand_url(path, suffixes, source))
     p = Path(path)
     if any(ch in path for ch in "*?["):
         found = [Path(f) for f in glob.glob(path, recursive=True)]
@@ -171,7 +188,7 @@ def expand_inputs(path: str, suffixes: tuple[str, ...], source: str) -> list[Pat
     files.sort()
     if not files:
         raise CurationError(f"sources.{source}.path: no {'/'.join(suffixes)} files under {path}")
-    return files
+    return list(files)
 
 
 def sanitize_key(value: Any) -> str:
@@ -220,7 +237,10 @@ class ImageFileError(OSError):
 def load_image_file(ref: str, image_root: str | None) -> bytes:
     """Read an image file named in the input: a regular file of at most ``MAX_IMAGE_FILE_BYTES``, checked
     before reading (a FIFO would block, ``/dev/zero`` never ends). Raises OSError; ``image_file_drop_reason``
-    names the drop."""
+    names the drop. Under an ``image_root`` URL, a relative ``ref`` is an object of the bucket, its size
+    checked before its body is read (``curation.storage.inputs.read_object``)."""
+    if image_root and is_url(image_root) and not Path(ref).is_absolute():
+        return _load_image_object(ref, image_root)
     path = Path(ref)
     if not path.is_absolute() and image_root:
         path = Path(image_root) / path
@@ -236,6 +256,15 @@ def load_image_file(ref: str, image_root: str | None) -> bytes:
     if len(data) > info.st_size:
         raise ImageFileError("unreadable_image_file", f"{path}: changed while it was read")
     return data
+
+
+def _load_image_object(ref: str, image_root: str) -> bytes:
+    from curation.storage.inputs import join_url, read_object
+
+    url = join_url(image_root, ref)
+    if url is None:  # a name that leaves the bucket or that no key can have
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", f"{image_root.rstrip('/')}/{ref}")
+    return read_object(url, MAX_IMAGE_FILE_BYTES, ImageFileError)
 
 
 def image_file_drop_reason(exc: OSError) -> str:
@@ -356,4 +385,8 @@ def reader_class(source: Any) -> type[Reader]:
 
 
 def make_reader(source: Any) -> Reader:
+    """The reader of ``source``; a URL given to a reader that reads local paths only is a one-line RecipeError."""
+    from curation.storage.inputs import refuse_urls
+
+    refuse_urls(source)
     return reader_class(source)(source)

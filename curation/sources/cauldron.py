@@ -35,6 +35,8 @@ from curation.sources.base import (
 )
 from curation.sources.cauldron_catalog import category_of
 from curation.sources.parquet import open_parquet, row_batches, row_group_partitions
+from curation.storage.inputs import SMALL_BLOCK, NoSuchInput, expand_url, open_url, parent_url
+from curation.storage.urls import is_url
 
 COLUMNS = ("images", "texts")
 BATCH_ROWS = 64  # rows can hold several large page images (Docmatix): keep Python-side batches small
@@ -54,6 +56,7 @@ class CauldronReader(Reader):
         **RECORD_DROP_REASONS,
     }
     columns: ClassVar[tuple[str, ...]] = COLUMNS  # the columns a row is read with (more for FineVision)
+    reads_urls = True  # the HF parquet layout in a bucket, by row groups (not save_to_disk folders or hub ids)
 
     def __init__(self, source: CauldronSource) -> None:
         self.source = source
@@ -85,8 +88,10 @@ class CauldronReader(Reader):
             for i, start in enumerate(range(0, n, size))
         ]
 
-    def _local_files(self) -> list[Path]:
+    def _local_files(self) -> list[Any]:
         """Parquet files of the config and split in the HF layout; [] when the path is not such a tree."""
+        if is_url(self.source.path):
+            return self._url_files()
         root, split = Path(self.source.path), self.source.split
         for base in (root / self.config_name, root / "data" / self.config_name):
             if not base.is_dir():
@@ -101,6 +106,21 @@ class CauldronReader(Reader):
                     f"sources.{self.source.name}: no {split!r} split under {base}{_hint(split, present, 'splits')}"
                 )
         return []
+
+    def _url_files(self) -> list[str]:
+        """``_local_files`` in a bucket: ``<path>[/data]/<config>/<split>-*.parquet`` or ``.../<split>/*.parquet``.
+        Only this layout is read from a bucket: anything else is a one-line error."""
+        src, split = self.source, self.source.split
+        root = src.path.rstrip("/")
+        for base in (f"{root}/{self.config_name}", f"{root}/data/{self.config_name}"):
+            for pattern in (f"{split}-*.parquet", f"{split}/*.parquet"):
+                with contextlib.suppress(NoSuchInput):  # none there
+                    return list(expand_url(f"{base}/{pattern}", (".parquet",), src.name))
+        raise CurationError(
+            f"sources.{src.name}.path: no {self.config_name}/{split}-*.parquet (or {self.config_name}/{split}/"
+            f"*.parquet) under {root} or {root}/data; a bucket is read in the HF parquet layout only (save_to_disk "
+            "folders and hub ids: local paths)"
+        )
 
     def _datasets_target(self) -> dict[str, Any]:
         """What ``datasets`` should open, as a JSON-able spec; loud when the path is a local tree without the config."""
@@ -135,10 +155,10 @@ class CauldronReader(Reader):
     def _read_parquet(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec
         path = spec["file"]
-        image_root = self.source.image_root or str(Path(path).parent)
+        image_root = self.source.image_root or (parent_url(path) if is_url(path) else str(Path(path).parent))
         row_number, emitted = spec["first_row"], 0
         try:
-            names = pq.ParquetFile(path).schema_arrow.names
+            names = _column_names(path)
         except (pa.ArrowException, OSError) as exc:
             yield from self._lost(partition.rows, path, f"{path}: {exc}")
             return
@@ -200,6 +220,13 @@ class CauldronReader(Reader):
             texts = cast("list[dict[str, Any]]", texts)  # a Sample: build_record accepted them as turns
             item.record.meta.update(turn_meta(texts, self.config_name))
         return item
+
+
+def _column_names(path: str) -> list[str]:
+    if is_url(path):
+        with open_url(path, SMALL_BLOCK) as f:  # the footer only
+            return pq.read_schema(f).names
+    return pq.ParquetFile(path).schema_arrow.names
 
 
 def turn_meta(texts: list[dict[str, Any]], config: str) -> dict[str, Any]:

@@ -209,7 +209,7 @@ class Img2datasetReader(Reader):
         return "parquet"  # the plan checks that each parquet has the image column
 
     def partition_origin(self, partition: Partition) -> str:
-        return partition.spec["file"]
+        return str(self.root / partition.spec["file"])  # the build records it relative to its input root
 
     # ---- read --------------------------------------------------------------------------------------------
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
@@ -229,20 +229,18 @@ class Img2datasetReader(Reader):
                 if isinstance(rows, str):  # a damaged parquet page: the rest of the shard's rows, counted
                     n = partition.rows - emitted
                     if n > 0:
-                        yield Drop(
-                            "file_unreadable", name, parquet, None, rows.replace(str(self.root) + "/", ""), count=n
-                        )
+                        yield Drop("file_unreadable", name, str(self.root / parquet), None, rows, count=n)
                     return
                 for row in rows:
                     if emitted >= partition.rows:  # a --limit can cut a partition short
                         return
-                    yield self._item(row, shard, f"{parquet}#{emitted}", images)
+                    yield self._item(row, shard, f"{self.root / parquet}#{emitted}", images)
                     emitted += 1
         if emitted < partition.rows:  # rows _stats.json counts that the parquet lacks
             n = min(spec.get("unlisted", 0), partition.rows - emitted)
             if n > 0:
                 detail = f"{shard}_stats.json counts {n} more rows than {parquet} lists"
-                yield Drop("download_missing", name, f"{shard}_stats.json", None, detail, count=n)
+                yield Drop("download_missing", name, str(self.root / f"{shard}_stats.json"), None, detail, count=n)
 
     def _success_keys(self, parquet: str, groups: list[int]) -> set[str]:
         """The img2dataset keys of the shard's successes: the tar members worth indexing."""

@@ -21,10 +21,13 @@ from curation.sources.jsontext import (
     not_an_object,
     too_large_detail,
 )
+from curation.storage.inputs import open_input
 
 
 class JsonlReader(RowReader):
     config = JsonlSource
+    input_suffixes = (".jsonl", ".json")
+    reads_urls = True  # lines streamed from the bucket; a partition starts a ranged read at its offset
     drop_reasons: ClassVar[dict[str, str]] = {
         "invalid_json": f"a line that is not a strict JSON object: {REFUSED}",
         TOO_LARGE: f"a line over {MAX_RECORD_BYTES >> 20} MiB; read past, never held in memory",
@@ -35,10 +38,10 @@ class JsonlReader(RowReader):
         """Partitions of ``partition_size`` non-blank lines, each with the byte offset it starts at."""
         parts: list[Partition] = []
         size = self.source.partition_size
-        for file_index, path in enumerate(expand_inputs(self.source.path, (".jsonl", ".json"), self.source.name)):
+        for file_index, path in enumerate(expand_inputs(self.source.path, self.input_suffixes, self.source.name)):
             starts: list[int] = []
             n = 0
-            with open(path, "rb") as f:
+            with open_input(str(path)) as f:
                 for line in iter_lines(f):
                     if n % size == 0:
                         starts.append(line.offset)
@@ -58,7 +61,7 @@ class JsonlReader(RowReader):
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec = partition.spec
         rows = min(partition.rows, spec["stop"] - spec["start"])
-        with open(spec["file"], "rb") as f:  # straight to the partition's offset: no rescan from line 0
+        with open_input(spec["file"]) as f:  # straight to the partition's offset: no rescan from line 0
             for ordinal, line in enumerate(islice(iter_lines(f, spec["offset"]), rows), spec["start"]):
                 yield self._item(spec, ordinal, line)
 

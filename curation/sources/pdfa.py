@@ -54,6 +54,8 @@ from curation.recipe import PdfaSource
 from curation.sample import Drop, Sample
 from curation.sources.base import RECORD_DROP_REASONS, Partition, Reader, expand_inputs, sanitize_key
 from curation.sources.jsontext import JsonRecordError, loads_bytes
+from curation.storage.inputs import READ_BLOCK, SMALL_BLOCK, object_info, open_url
+from curation.storage.urls import is_url
 from schemas import PageLine, RecordError, parse_record
 from shards.reader import ClampedFile, MemberError, member_kind, open_regular, read_member
 
@@ -212,11 +214,20 @@ def _groups(tar: tarfile.TarFile, *, strict: bool) -> Iterator[tuple[str, dict[s
         yield key, members
 
 
-def count_samples(path: Path, source: str) -> int:
+def _open_tar_file(path: Path | str, block_size: int = READ_BLOCK) -> Any:
+    """A local tar (a regular file only) or a tar streamed from a bucket (``block_size``: its read-ahead)."""
+    return open_url(path, block_size) if isinstance(path, str) and is_url(path) else open_regular(Path(path))
+
+
+def count_samples(path: Path | str, source: str) -> int:
     """Samples in a tar, from its headers only. A tar that cannot be opened is a :class:`CurationError`;
-    one damaged further on counts the samples seen before the damage (reading them reports the rest)."""
+    one damaged further on counts the samples seen before the damage (reading them reports the rest). A tar
+    in a bucket is read by ranges around each header (``SMALL_BLOCK`` of read-ahead), never whole."""
     try:
-        with open_regular(path) as raw, tarfile.open(fileobj=cast(BinaryIO, ClampedFile(raw)), mode="r:") as tar:
+        with (
+            _open_tar_file(path, SMALL_BLOCK) as raw,
+            tarfile.open(fileobj=cast(BinaryIO, ClampedFile(raw)), mode="r:") as tar,
+        ):
             return sum(1 for _ in _groups(tar, strict=False))
     except (tarfile.TarError, OSError, EOFError) as exc:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -225,6 +236,7 @@ def count_samples(path: Path, source: str) -> int:
 
 class PdfaReader(Reader):
     config = PdfaSource
+    input_suffixes = (".tar",)
     drop_reasons: ClassVar[dict[str, str]] = {
         "missing_member:pdf": "a sample without a `.pdf` member (members that are not regular files are ignored)",
         "missing_member:json": "a sample without a `.json` member (members that are not regular files are ignored)",
@@ -240,6 +252,8 @@ class PdfaReader(Reader):
         **RECORD_DROP_REASONS,
     }
 
+    reads_urls = True  # the plan reads the tar headers by ranges; a partition streams its tar
+
     def __init__(self, source) -> None:
         self.source = source
 
@@ -249,10 +263,11 @@ class PdfaReader(Reader):
     def plan(self) -> list[Partition]:
         """One partition per tar (its samples counted from the headers); empty tars are skipped."""
         parts: list[Partition] = []
-        for file_index, path in enumerate(expand_inputs(self.source.path, (".tar",), self.source.name)):
+        for file_index, path in enumerate(expand_inputs(self.source.path, self.input_suffixes, self.source.name)):
             n = count_samples(path, self.source.name)
             if n:
-                spec = {"file": str(path), "file_index": file_index, "bytes": path.stat().st_size}
+                size = _size(path)
+                spec = {"file": str(path), "file_index": file_index, "bytes": size}
                 parts.append(Partition(self.source.name, len(parts), n, spec))
         return parts
 
@@ -261,7 +276,10 @@ class PdfaReader(Reader):
         name = self.source.name
         emitted = 0
         try:
-            with open_regular(path) as raw, tarfile.open(fileobj=cast(BinaryIO, ClampedFile(raw)), mode="r:") as tar:
+            with (
+                _open_tar_file(path) as raw,
+                tarfile.open(fileobj=cast(BinaryIO, ClampedFile(raw)), mode="r:") as tar,
+            ):
                 for key, members in _groups(tar, strict=True):
                     if emitted >= partition.rows:  # a --limit can cut a partition short
                         return
@@ -320,6 +338,15 @@ class PdfaReader(Reader):
         except RecordError as exc:
             return Drop(exc.drop_reason, src.name, origin, key, str(exc))
         return Sample(record, origin)
+
+
+def _size(path: Path | str) -> int:
+    if isinstance(path, str) and is_url(path):
+        info = object_info(path)
+        if info is None:
+            raise CurationError(f"{path}: no such object")
+        return info.size
+    return Path(path).stat().st_size
 
 
 def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:

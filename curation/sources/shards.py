@@ -13,6 +13,7 @@ shard is read on. Every planned row leaves as a sample or a drop."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import stat
 from collections.abc import Iterator
@@ -23,12 +24,17 @@ from curation.errors import CurationError
 from curation.recipe import ShardsSource
 from curation.sample import Drop, Sample
 from curation.sources.base import Partition, Reader
+from curation.storage.inputs import MAX_MANIFEST_BYTES, open_url, read_object
+from curation.storage.urls import is_url
 from schemas import RecordError
 from schemas.records import KEY_PATTERN
 from shards import ManifestError, read_manifest
 from shards.atomic import sha256_file
 from shards.codec import decode_sample
-from shards.reader import MAX_MEMBER_BYTES, TarSample, TruncatedShardError, iter_samples
+from shards.manifest import MANIFEST_NAME, DatasetManifest, parse_manifest
+from shards.reader import MAX_MEMBER_BYTES, TarSample, TruncatedShardError, iter_samples, iter_tar_samples
+
+HASH_CHUNK = 8 << 20
 
 # Past this many lost rows in one shard (only a hostile manifest claims so many), they are one bulk drop.
 MAX_ROW_DROPS = 1_000_000
@@ -37,6 +43,7 @@ _KEY_OK = re.compile(KEY_PATTERN)
 
 class ShardsReader(Reader):
     config = ShardsSource
+    reads_urls = True  # a build in a bucket: its manifest, then each shard streamed (hashed, then parsed)
     drop_reasons: ClassVar[dict[str, str]] = {
         "shard_damaged": (
             "the samples the plan counted beyond where a shard is damaged: cut off, a garbled header, a member that "
@@ -55,7 +62,7 @@ class ShardsReader(Reader):
     def __init__(self, source) -> None:
         self.source = source
         try:
-            self.manifest = read_manifest(Path(source.path))
+            self.manifest = _url_manifest(source.path) if is_url(source.path) else read_manifest(Path(source.path))
         except (FileNotFoundError, ManifestError) as exc:
             from curation.sources.img2dataset_output import looks_like_img2dataset
 
@@ -76,10 +83,14 @@ class ShardsReader(Reader):
                 self.source.name,
                 i,
                 s.samples,
-                {"shard": str(Path(self.source.path) / s.name), "sha256": s.sha256, "bytes": s.bytes},
+                {"shard": self._shard(s.name), "sha256": s.sha256, "bytes": s.bytes},
             )
             for i, s in enumerate(self.manifest.shards)
         ]
+
+    def _shard(self, name: str) -> str:
+        path = self.source.path
+        return f"{path.rstrip('/')}/{name}" if is_url(path) else str(Path(path) / name)
 
     def _expected(self, partition: Partition) -> tuple[str, int]:
         """(sha256, size) the source manifest gives the partition's shard."""
@@ -92,13 +103,17 @@ class ShardsReader(Reader):
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         path = partition.spec["shard"]
         sha256, size = self._expected(partition)
-        problem = _unreadable(Path(path), sha256, size)
+        if is_url(path):
+            problem, etag = _unreadable_object(path, sha256, size)
+            samples = iter_tar_samples(lambda: open_url(path, etag=etag), path, MAX_MEMBER_BYTES)
+        else:
+            problem, samples = _unreadable(Path(path), sha256, size), iter_samples(Path(path), MAX_MEMBER_BYTES)
         if problem is not None:
             yield from _lost(partition.rows, Drop(problem[0], self.source.name, path, None, problem[1]))
             return
         seen = 0
         try:
-            for sample in iter_samples(Path(path), MAX_MEMBER_BYTES):
+            for sample in samples:
                 if seen >= partition.rows:
                     break
                 seen += 1
@@ -147,6 +162,42 @@ def _unreadable(path: Path, sha256: str, size: int) -> tuple[str, str] | None:
         f"({st.st_size} bytes, manifest {size}); nothing read from it"
     )
     return "shard_corrupt", detail
+
+
+def _url_manifest(url: str) -> DatasetManifest:
+    """The manifest of a build in a bucket (``<url>/dataset.json``). Raises FileNotFoundError or ManifestError."""
+    where = f"{url.rstrip('/')}/{MANIFEST_NAME}"
+    try:
+        data = read_object(where, MAX_MANIFEST_BYTES)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{url} is not a built dataset (no {MANIFEST_NAME})") from None
+    except OSError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+    return parse_manifest(data, where)
+
+
+def _unreadable_object(url: str, sha256: str, size: int) -> tuple[tuple[str, str] | None, str | None]:
+    """``_unreadable`` for a shard in a bucket, and the ETag it was verified at: its bytes are streamed once
+    through sha256 before they are parsed (a second streamed read, of that ETag only), so a corrupt shard is
+    never read, as for a local one."""
+    try:
+        with open_url(url) as f:
+            actual_size, etag = f.size, f.etag
+            if actual_size < size:
+                return None, etag  # a cut-off copy: read up to the damage
+            digest = hashlib.sha256()
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        return ("shard_damaged", f"{url}: cannot read the shard ({exc.strerror or exc})"), None
+    actual = digest.hexdigest()
+    if actual == sha256:
+        return None, etag
+    detail = (
+        f"{url}: sha256 {actual[:16]}... differs from the source manifest's {sha256[:16]}... "
+        f"({actual_size} bytes, manifest {size}); nothing read from it"
+    )
+    return ("shard_corrupt", detail), etag
 
 
 def _lost(n: int, drop: Drop) -> Iterator[Drop]:

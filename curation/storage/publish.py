@@ -19,42 +19,59 @@ last. Object stores have no rename, so nothing here relies on one:
    deleted, the run log goes to ``_logs/``, the lock is released and the stage removed.
 
 A reader (``curate verify``, a trainer) counts only what ``dataset.json`` lists; ``dataset.json`` appears after
-everything it lists. See docs/storage.md."""
+everything it lists. A mixture (:func:`mixture_to_url`) goes the same way, each of its sub-builds published under
+``_datasets/<alias>/`` as soon as it is done. On Ray the partition tasks publish their partitions themselves
+(``curation.storage.work``): the nodes need the store, not the stage. See docs/storage.md."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from curation.build.faults import crash_point
-from curation.build.messages import STATS_FILE, PartitionStats, partition_dir
+from curation.build.messages import STATS_FILE, PartitionStats
 from curation.build.output_dir import CARD_NAME, DATASETS, LOGS, PLAN, WORK, BuildState, shard_file_pattern
 from curation.build.plan import BuildPlan, plan_build
 from curation.build.runner import BuildResult, build
 from curation.cache import cache_root
 from curation.errors import CurationError
-from curation.recipe import BuildRecipe
+from curation.recipe import BuildRecipe, MixtureRecipe, recipe_hash
+from curation.recipe.storage import Storage
 from curation.storage.inputs import check_inputs
 from curation.storage.lock import LOCK, BucketLock
 from curation.storage.store import ObjectInfo, Store, open_store
 from curation.storage.urls import StoreURL
+from curation.storage.work import PartitionChannel, partition_files, pull_missing_partition, pull_partition, stage_name
 from shards.atomic import sha256_file
 from shards.manifest import MANIFEST_NAME, STATS_NAME, DatasetManifest, ManifestError, read_manifest
 
 WORK_PLAN = f"{WORK}/{PLAN}"
 _PARTITION = re.compile(r"^_work/p(\d{5})/(.+)$")
+_PARTITION_DIR = re.compile(r"^p\d{5}$")
 
 
 def stage_dir(url: StoreURL) -> Path:
     """The local stage of builds into ``url``."""
-    return cache_root() / "stage" / hashlib.sha256(url.url.encode()).hexdigest()[:16]
+    return cache_root() / "stage" / stage_name(url)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What the bucket's state is judged by, for a mixture: its recipe's sha256 and the plan it records (a
+    build's :class:`BuildPlan` has these too, and the sha256 of its inputs)."""
+
+    recipe_sha256: str
+    doc: dict[str, Any]
+    sha256: str | None = None
+
+
+Plan = BuildPlan | StagePlan
 
 
 def build_to_url(
@@ -89,7 +106,9 @@ def build_to_url(
         prepare_stage(stage, plan)
         if state == BuildState.RESUME and not (stage / MANIFEST_NAME).is_file():
             pull_work(store, objects, stage)  # (a stage holding the finished build only needs publishing)
-        uploader = WorkUploader(store, stage, objects, enabled=options.upload_partitions if options else True)
+        channel = PartitionChannel.new(url, options) if executor == "ray" else None
+        enabled = options.upload_partitions if options else True
+        uploader = WorkUploader(store, stage, objects, enabled=enabled, channel=channel)
         uploader.push_finished()
         result = build(
             recipe,
@@ -101,6 +120,7 @@ def build_to_url(
             address=address,
             on_staged=uploader,
             plan=plan,
+            channel=channel,
         )
         if before_publish is not None:
             before_publish(stage)
@@ -119,9 +139,129 @@ def build_to_url(
     )
 
 
+def mixture_to_url(
+    recipe: MixtureRecipe,
+    url: StoreURL,
+    *,
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    executor: str = "local",
+    address: str | None = None,
+) -> BuildResult:
+    """Build the mixture ``recipe`` and publish it at ``url``, as :func:`build_to_url` does a build: one lock, the
+    bucket's state, a local stage. Each sub-build (``_datasets/<alias>``) is published as soon as it is done (its
+    partitions copied to its own ``_work/`` meanwhile), so a rerun on another machine reuses it; the mixture's
+    shards then, and its ``dataset.json`` last."""
+    from curation.mixture.build import build_mixture
+
+    options = recipe.storage
+    store = open_store(url, options)
+    rhash = recipe_hash(recipe)
+    plan = StagePlan(rhash, {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()})
+    with BucketLock(store, options.lease_seconds if options else 60).held() as lock:
+        objects = store.list()
+        state, manifest = bucket_state(store, objects, plan, overwrite)
+        if state == BuildState.COMPLETE:
+            assert manifest is not None
+            clean_up(store, manifest, set(objects), _prefixes(store, objects, plan))
+            return BuildResult(stage_dir(url), manifest, BuildState.COMPLETE)
+        if state == BuildState.CLEAR:
+            _clear_for_new_build(store, objects, plan)  # the sub-builds stay: an up-to-date one is reused
+            objects = store.list()
+        stage = stage_dir(url)
+        prepare_stage(stage, plan)
+        if WORK_PLAN not in objects:  # a rerun finds an unfinished mixture of this recipe
+            store.put_bytes(WORK_PLAN, json.dumps(plan.doc, sort_keys=True).encode())
+        sub_builds = SubBuilds(store, lock, workers, progress, executor, address)
+        result = build_mixture(
+            recipe,
+            stage,
+            workers=workers,
+            overwrite=overwrite,
+            progress=progress,
+            executor=executor,
+            address=address,
+            build_one=sub_builds,
+        )
+        lock.check()
+        publish(store, stage, lock)
+        published = read_manifest(stage)
+        clean_up(store, published, set(store.list()), _prefixes(store, objects, plan) | {published.name})
+        upload_logs(store, stage)
+    remove_stage(stage)
+    ran = BuildState.RESUME if state == BuildState.RESUME or result.state == BuildState.COMPLETE else result.state
+    return BuildResult(stage, published, ran, seconds=result.seconds, log=result.log)
+
+
+class SubBuilds:
+    """``build_one`` of a mixture into a bucket: each sub-build built in the stage like a build into
+    ``<prefix>/_datasets/<alias>`` (its finished partitions copied to its ``_work/``, through the bucket on Ray),
+    then published there at once, ``dataset.json`` last. One the bucket holds finished is copied into the stage
+    instead of being built again (a rerun on another machine)."""
+
+    def __init__(
+        self, store: Store, lock: BucketLock, workers: int | None, progress: bool, executor: str, address: str | None
+    ) -> None:
+        self.store = store
+        self.lock = lock
+        self.options: Storage | None = store.options
+        self.workers = workers
+        self.progress = progress
+        self.executor = executor
+        self.address = address
+
+    def __call__(self, alias: str, recipe: BuildRecipe, target: Path, replace: bool) -> None:
+        url = self.store.url.child(f"{DATASETS}/{alias}")
+        store = Store(url, self.options)
+        objects = store.list()
+        plan = plan_build(recipe, None)
+        if not (target / MANIFEST_NAME).is_file() and not replace:
+            self._pull(store, objects, plan, target)
+        channel = PartitionChannel.new(url, self.options) if self.executor == "ray" else None
+        enabled = self.options.upload_partitions if self.options else True
+        uploader = WorkUploader(store, target, objects, enabled=enabled, channel=channel)
+        uploader.push_finished()
+        build(
+            recipe,
+            target,
+            workers=self.workers,
+            overwrite=replace,
+            progress=self.progress,
+            executor=self.executor,
+            address=self.address,
+            on_staged=uploader,
+            plan=plan,
+            channel=channel,
+        )
+        self.lock.check()
+        publish(store, target, self.lock)
+        store.delete(sorted(k for k in store.list(WORK)))
+        upload_logs(store, target)
+
+    def _pull(self, store: Store, objects: dict[str, ObjectInfo], plan: BuildPlan, target: Path) -> None:
+        """What the bucket holds of this sub-build and the stage lacks: the finished build, or its partitions."""
+        stats = _read_json(store, STATS_NAME) if MANIFEST_NAME in objects else None
+        with contextlib.suppress(ManifestError, CurationError):
+            if (
+                isinstance(stats, dict)
+                and stats.get("plan_sha256") == plan.sha256
+                and _read_manifest(store).recipe_sha256 == plan.recipe_sha256
+            ):
+                remove_stage(target)
+                for key in sorted(objects, key=lambda k: k == MANIFEST_NAME):  # dataset.json last
+                    if key != LOCK and not key.startswith((f"{WORK}/", f"{LOGS}/")):
+                        store.get_file(key, target / key)
+                return
+        recorded = target / WORK / PLAN
+        here = json.loads(recorded.read_text()) if recorded.is_file() else plan.doc
+        if here == plan.doc and _read_json(store, WORK_PLAN) == plan.doc:
+            pull_work(store, objects, target)
+
+
 # -- the bucket's state
 def bucket_state(
-    store: Store, objects: dict[str, ObjectInfo], plan: BuildPlan, overwrite: bool
+    store: Store, objects: dict[str, ObjectInfo], plan: Plan, overwrite: bool
 ) -> tuple[BuildState, DatasetManifest | None]:
     """What the prefix holds for this plan, as :meth:`OutputDir.state` tells it for a directory (raises
     CurationError for what ``overwrite`` does not allow replacing)."""
@@ -193,7 +333,7 @@ def owned(key: str, prefixes: set[str], manifest: bool = True) -> bool:
     return name in singles or bool(shard.match(name))
 
 
-def _prefixes(store: Store, objects: dict[str, ObjectInfo], plan: BuildPlan) -> set[str]:
+def _prefixes(store: Store, objects: dict[str, ObjectInfo], plan: Plan) -> set[str]:
     """Shard prefixes of the builds recorded in the bucket (its manifest, its unfinished plan) and of this one."""
     found = {plan.doc.get("prefix", "")}
     if MANIFEST_NAME in objects:
@@ -206,7 +346,7 @@ def _prefixes(store: Store, objects: dict[str, ObjectInfo], plan: BuildPlan) -> 
     return {p for p in found if isinstance(p, str) and p}
 
 
-def _clear_for_new_build(store: Store, objects: dict[str, ObjectInfo], plan: BuildPlan) -> None:
+def _clear_for_new_build(store: Store, objects: dict[str, ObjectInfo], plan: Plan) -> None:
     """--overwrite: the old manifest goes first (readers then see no build, never an old manifest over new
     shards), then the old work; the old shards are overwritten or deleted by the clean-up. Objects this toolkit
     did not write are refused, and nothing is deleted."""
@@ -221,15 +361,16 @@ def _clear_for_new_build(store: Store, objects: dict[str, ObjectInfo], plan: Bui
     store.delete([k for k in objects if k.startswith(f"{WORK}/")])
 
 
-def _read_manifest(store: Store) -> DatasetManifest:
-    got = store.get_bytes(MANIFEST_NAME)
+def _read_manifest(store: Store, base: str = "") -> DatasetManifest:
+    got = store.get_bytes(base + MANIFEST_NAME)
     if got is None:
-        raise CurationError(f"{store.url} is not a built dataset (no {MANIFEST_NAME})")
+        where = store.url.child(base) if base else store.url
+        raise CurationError(f"{where} is not a built dataset (no {MANIFEST_NAME})")
     try:
         return DatasetManifest.model_validate_json(got[0])
     except ValueError as exc:
         raise ManifestError(
-            f"{store.url.child(MANIFEST_NAME)}: not a valid {MANIFEST_NAME} ({exc.__class__.__name__})"
+            f"{store.url.child(base + MANIFEST_NAME)}: not a valid {MANIFEST_NAME} ({exc.__class__.__name__})"
         ) from None
 
 
@@ -243,14 +384,15 @@ def _read_json(store: Store, rel: str) -> Any:
 
 
 # -- the stage
-def prepare_stage(stage: Path, plan: BuildPlan) -> None:
+def prepare_stage(stage: Path, plan: Plan) -> None:
     """Keep what the stage holds of this plan (an interrupted build, or a finished one not yet published);
     anything else in it is an older build's: removed (the stage is a cache, the bucket is the truth)."""
     keep = False
     if (stage / MANIFEST_NAME).is_file():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             stats = json.loads((stage / STATS_NAME).read_text())
-            keep = read_manifest(stage).recipe_sha256 == plan.recipe_sha256 and stats["plan_sha256"] == plan.sha256
+            same = read_manifest(stage).recipe_sha256 == plan.recipe_sha256
+            keep = same and stats.get("plan_sha256") == plan.sha256  # (a mixture records no plan sha256)
     elif (stage / WORK_PLAN).is_file():
         with contextlib.suppress(OSError, ValueError):
             keep = json.loads((stage / WORK_PLAN).read_text()) == plan.doc
@@ -284,32 +426,41 @@ def pull_work(store: Store, objects: dict[str, ObjectInfo], stage: Path) -> None
     for gid, names in sorted(by_partition.items()):
         if STATS_FILE not in names or PartitionStats.is_done(work, gid):
             continue  # unfinished in the bucket, or here already
-        final = partition_dir(work, gid)
-        tmp = final.with_name(f"{final.name}.tmp-pull-{os.getpid()}")  # a stale_staging() name: swept if killed
-        shutil.rmtree(tmp, ignore_errors=True)
-        for name in sorted(names, key=lambda n: n == STATS_FILE):  # stats.json (the marker) last
-            store.get_file(f"{WORK}/{final.name}/{name}", tmp / name)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        pull_partition(store, work, gid, names)
 
 
 class WorkUploader:
-    """``on_staged`` of the build: copies the plan and each finished partition to the bucket's ``_work/``."""
+    """``on_staged`` of the build: copies the plan and each finished partition to the bucket's ``_work/``. With
+    ``channel`` (Ray) the partition tasks copied their partitions up themselves: it copies down each one the
+    stage lacks (its task ran on a node that does not share this disk)."""
 
-    def __init__(self, store: Store, stage: Path, objects: dict[str, ObjectInfo], enabled: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        stage: Path,
+        objects: dict[str, ObjectInfo],
+        enabled: bool = True,
+        channel: PartitionChannel | None = None,
+    ) -> None:
         self.store = store
         self.stage = stage
         self.present = {k: v.size for k, v in objects.items() if k.startswith(f"{WORK}/")}
         self.enabled = enabled
+        self.channel = channel
 
     def __call__(self, path: Path) -> None:
+        if self.channel is not None and _PARTITION_DIR.match(path.name):  # (absent here when staged elsewhere)
+            pull_missing_partition(self.store, path.parent, int(path.name[1:]))  # (nothing when it is here)
+            return  # its task published it
+        self._upload(path)
+
+    def _upload(self, path: Path) -> None:
         if not self.enabled:
             return
         if path.is_file():
             self._put(path)
             return
-        files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: (p.name == STATS_FILE, str(p)))
-        for f in files:
+        for f in partition_files(path):  # stats.json last
             self._put(f)
 
     def _put(self, path: Path) -> None:
@@ -325,14 +476,14 @@ class WorkUploader:
         work = self.stage / WORK
         if not self.enabled or not (work / PLAN).is_file():
             return
-        self(work / PLAN)
+        self._upload(work / PLAN)
         for folder in sorted(work.glob("p[0-9][0-9][0-9][0-9][0-9]")):
             if (
                 folder.is_dir()
                 and (folder / STATS_FILE).is_file()
                 and f"{WORK}/{folder.name}/{STATS_FILE}" not in self.present
             ):
-                self(folder)
+                self._upload(folder)
 
 
 # -- publishing
@@ -397,10 +548,15 @@ def publish(store: Store, root: Path, lock: BucketLock | None = None) -> tuple[i
         if info is None or info.sha256 != manifest_sha:
             store.delete([MANIFEST_NAME])
             present.pop(MANIFEST_NAME, None)
+    # A (sub-)build whose dataset.json is there already, the same, was published whole before it: skipped.
+    done = _published_builds(store, root, present, order)
     uploaded = skipped = 0
     for rel in order:
         if lock is not None:
             lock.check()
+        if any(rel.startswith(p) for p in done):
+            skipped += 1
+            continue
         local = root / rel
         sha = known.get(rel) or sha256_file(local)
         have = present.get(rel)
@@ -413,6 +569,18 @@ def publish(store: Store, root: Path, lock: BucketLock | None = None) -> tuple[i
         store.put_file(local, rel, sha)
         uploaded += 1
     return uploaded, skipped
+
+
+def _published_builds(store: Store, root: Path, present: dict[str, ObjectInfo], order: list[str]) -> list[str]:
+    """The key prefixes ('' for the build itself, ``_datasets/<alias>/`` for a sub-build) whose ``dataset.json``
+    the bucket holds with the sha256 of the local one: everything before it in the order is there already."""
+    done = []
+    for rel in order:
+        if rel.rpartition("/")[2] == MANIFEST_NAME and rel in present:
+            info = store.head(rel)
+            if info is not None and info.sha256 == sha256_file(root / rel):
+                done.append(rel[: -len(MANIFEST_NAME)])
+    return [""] if "" in done else done
 
 
 def clean_up(store: Store, manifest: DatasetManifest, present: set[str], prefixes: set[str]) -> None:
@@ -431,16 +599,28 @@ def clean_up(store: Store, manifest: DatasetManifest, present: set[str], prefixe
         store.delete(stale)
 
 
-def _listed(store: Store, manifest: DatasetManifest) -> set[str]:
-    """The objects of the published build: what its manifest lists, and its other files (card, index, ...)."""
+def _listed(store: Store, manifest: DatasetManifest, base: str = "") -> set[str]:
+    """The objects of the published build: what its manifest lists, and its other files (card, index, ...); for
+    a mixture, those of each sub-build it names (and their run logs)."""
     keep = {MANIFEST_NAME, STATS_NAME, CARD_NAME, "audit.html", "audit.md"}
     for s in [*manifest.shards, *manifest.rejects]:
         keep |= {s.name, s.sidecar, s.stats, *(e.file for e in (s.embeddings or {}).values())}
     if manifest.wids_index:
         keep.add(manifest.wids_index)
     keep |= {str(v.get("wids_index")) for v in manifest.subsets.values() if v.get("wids_index")}
-    if manifest.mixture is not None:  # a mixture's sub-builds are kept whole
-        keep |= {k for k in store.list(DATASETS)}
+    keep = {base + k for k in keep}
+    datasets = (manifest.mixture or {}).get("datasets")
+    for alias, identity in (datasets or {}).items() if isinstance(datasets, dict) else ():
+        sub = f"{DATASETS}/{alias}"
+        if not isinstance(identity, dict) or identity.get("path") != sub:
+            continue  # a dataset given by path or URL: not the mixture's own
+        sub = f"{base}{sub}/"
+        try:
+            sub_manifest = _read_manifest(store, sub)
+        except (ManifestError, CurationError):  # not readable: nothing of it is deleted
+            keep |= set(store.list(sub.rstrip("/")))
+            continue
+        keep |= _listed(store, sub_manifest, sub) | set(store.list(f"{sub}{LOGS}"))
     return keep
 
 

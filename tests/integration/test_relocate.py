@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,37 @@ def test_same_place_other_bytes_is_another_build(tmp_path):
     captions.write_text(captions.read_text().replace("A picture", "A pictura", 1))  # same name, same size
     with pytest.raises(CurationError, match="inputs have changed"):
         build(recipe, tmp_path / "ds", progress=False)
+
+
+def test_laion_and_obelics_plans_over_copied_inputs_are_the_same(tmp_path):
+    """Their caches (selections, URL counts, downloads) are keyed by content and recorded as cache paths: the
+    copy finds the first one's cache (no second download) and the recorded plan is the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation.build.plan import plan_build
+    from tests.integration.test_obelics_build import paragraph, row
+    from tests.laion_data import write_metadata
+
+    base = "http://127.0.0.1:9"
+    first = tmp_path / "first"
+    write_metadata(first / "laion", base, 40)
+    rows = [row([("text", paragraph(i)), ("image", f"{base}/{i % 3}.jpg")]) for i in range(6)]
+    (first / "web").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), first / "web" / "train-00000-of-00001.parquet", row_group_size=2)
+    shutil.copytree(first, tmp_path / "elsewhere" / "second")
+
+    def plans(root: Path) -> list:
+        laion = {"name": "laion", "reader": "laion", "path": str(root / "laion"), "sizes": [10, 20]}
+        laion["download"] = {"samples_per_shard": 10}
+        web = {"name": "web", "reader": "obelics", "path": str(root / "web"), "partition_size": 2}
+        return [
+            plan_build(validate_recipe({"name": "r", "sources": [src], "output": {"kind": kind}}), None)
+            for src, kind in ((laion, "pair"), (web, "interleaved"))
+        ]
+
+    for a, b in zip(plans(first), plans(tmp_path / "elsewhere" / "second"), strict=True):
+        assert a.recipe_sha256 == b.recipe_sha256
+        assert a.doc == b.doc
+        recorded = json.dumps(a.doc)
+        assert str(tmp_path) not in recorded and "$cache/" in recorded

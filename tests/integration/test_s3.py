@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("s3fs", reason="s3fs is not installed (the optional `s3` extra)")
 pytest.importorskip("moto", reason="moto is not installed (the dev extra)")
@@ -180,6 +181,127 @@ def test_kill_9_during_the_publish_then_rerun_is_identical(crash_at, s3, aws_env
     assert _digest(s3.objects(BUCKET, prefix)) == tree_digest(reference)
 
 
+class VisibleBuildWatch:
+    """Polls the bucket while builds run (its own client, in a thread): at no moment may a visible dataset.json
+    list an object that is missing or whose size or sha256 differs from what it records (a partial shard)."""
+
+    def __init__(self, s3: MotoServer, prefixes: list[str]) -> None:
+        import threading
+
+        self.client = s3.client()
+        self.prefixes = prefixes
+        self.problems: list[str] = []
+        self.checks = 0  # listings that showed a dataset.json (and were checked)
+        self.seen: dict[tuple[str, str], str] = {}  # (key, etag) -> sha256: an object is read once
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> VisibleBuildWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for prefix in self.prefixes:
+                self._check(prefix)
+            self._stop.wait(0.01)
+
+    def _check(self, prefix: str) -> None:
+        c = self.client
+        try:  # the manifest first: everything it lists was published before it, so the listing after shows it
+            manifest = c.get_object(Bucket=BUCKET, Key=f"{prefix}/dataset.json")["Body"].read()
+        except c.exceptions.NoSuchKey:
+            return
+        listed = {
+            o["Key"][len(prefix) + 1 :]: (o["Size"], o["ETag"])
+            for page in c.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/")
+            for o in page.get("Contents", [])
+        }
+        self.checks += 1
+        m = DatasetManifest.model_validate_json(manifest)
+        for shard in [*m.shards, *m.rejects]:
+            for name, size, sha in (
+                (shard.name, shard.bytes, shard.sha256),
+                (shard.sidecar, None, shard.sidecar_sha256),
+            ):
+                if name not in listed:
+                    self.problems.append(f"{prefix}: dataset.json lists {name}, which is missing")
+                    continue
+                if size is not None and listed[name][0] != size:
+                    self.problems.append(f"{prefix}/{name}: {listed[name][0]} bytes, dataset.json says {size}")
+                key = (f"{prefix}/{name}", listed[name][1])
+                if key not in self.seen:
+                    body = c.get_object(Bucket=BUCKET, Key=key[0])["Body"].read()
+                    self.seen[key] = hashlib.sha256(body).hexdigest()
+                if sha is not None and self.seen[key] != sha:
+                    self.problems.append(f"{prefix}/{name}: its sha256 differs from dataset.json's")
+            if shard.stats not in listed:
+                self.problems.append(f"{prefix}: dataset.json lists {shard.stats}, which is missing")
+
+
+def _made(s3: MotoServer, prefix: str, stage: Path, phase: str, name: str) -> int:
+    """How far a build got: final shards in its stage (the commit), or objects of it in the bucket (the publish)."""
+    if phase == "commit":
+        return len(list(stage.glob(f"{name}-[0-9]*.tar")))
+    listed = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/").get("Contents", [])
+    names = [o["Key"][len(prefix) + 1 :] for o in listed]
+    return len([n for n in names if not n.startswith(("_work/", "_logs/")) and n != "_lock"])
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_of_the_commit_and_the_publish_then_rerun(
+    s3, aws_env, recipe_file, reference, tmp_path
+):
+    """Seeded: each round kills the build (SIGKILL) at a random moment of its publish (after the k-th object
+    appeared in the bucket, plus a random delay; k up to every object, dataset.json included: a kill during the
+    clean-up) or of its commit (after the k-th final shard appeared in the stage, plus a random delay), then
+    reruns it. A watcher polls the bucket meanwhile: never a visible dataset.json over a missing or partial shard. Every
+    rerun converges on the objects of the uninterrupted local build."""
+    import random
+    import time
+
+    from curation.storage.publish import publish_order, stage_dir
+    from curation.storage.urls import parse_url
+
+    rng = random.Random(20)
+    manifest = DatasetManifest.model_validate_json((reference / "dataset.json").read_bytes())
+    n_objects, n_shards = len(publish_order(reference)), len(manifest.shards)
+    rounds = [f"random-{i}" for i in range(4)]
+    cache = tmp_path / "cache"
+    landed = []
+    with VisibleBuildWatch(s3, rounds) as watch:
+        for i, prefix in enumerate(rounds):
+            url = f"s3://{BUCKET}/{prefix}"
+            phase, started = ("publish", "commit")[i % 2], time.monotonic()
+            k = rng.randint(1, n_shards if phase == "commit" else n_objects)
+            delay = rng.uniform(0, 0.05)
+            stage = cache / "stage" / stage_dir(parse_url(url)).name  # the stage of the build's own cache
+            proc = subprocess.Popen(
+                [*CLI, "build", str(recipe_file), "--out", url, "-q"],
+                env=s3.env(VLM_CURATION_CACHE=str(cache)),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            while proc.poll() is None and _made(s3, prefix, stage, phase, manifest.name) < k:
+                assert time.monotonic() - started < 180, (phase, k)
+                time.sleep(0.005)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+            _, err = proc.communicate(timeout=60)
+            landed.append((phase, k, proc.returncode))
+            assert proc.returncode in (0, -signal.SIGKILL), err[-2000:]
+            again = _curate(s3, cache, "build", str(recipe_file), "--out", url, "-q")
+            assert again.returncode == 0, again.stderr[-2000:]
+            assert _digest(s3.objects(BUCKET, prefix)) == tree_digest(reference), (phase, k)
+    assert not watch.problems, watch.problems[:5]
+    assert watch.checks > 0 and sum(rc == -signal.SIGKILL for *_, rc in landed) >= 3, landed
+
+
 def test_a_killed_build_resumes_on_another_machine_from_the_bucket(s3, aws_env, recipe_file, reference, tmp_path):
     """Another machine has no stage: the partitions the bucket's _work/ holds are not processed again."""
     url = f"s3://{BUCKET}/elsewhere"
@@ -262,25 +384,211 @@ def test_a_throttling_store_is_retried_and_one_that_never_stops_is_a_clear_error
     assert not s3.objects(BUCKET, "throttled-forever")
 
 
-def test_a_url_input_is_a_recipe_error(s3, aws_env, inputs, tmp_path):
+def test_an_input_that_cannot_come_from_a_bucket_is_a_recipe_error(s3, aws_env, inputs, tmp_path):
+    """Sources stream from a bucket (tests/integration/test_s3_inputs.py); a tokenizer file is read locally only."""
     recipe = _recipe(inputs)
-    recipe["sources"][1]["path"] = f"s3://{BUCKET}/inputs/conversations.parquet"
-    with pytest.raises(CurationError, match=r"sources\.conversations\.path: s3://.*local paths only"):
+    recipe["tokenizer"] = {"type": "tokenizer_json", "path": f"s3://{BUCKET}/tok/tokenizer.json"}
+    with pytest.raises(CurationError, match=r"path: s3://.*local paths only"):
         _build(write_recipe(tmp_path / "r.yaml", recipe), f"s3://{BUCKET}/inputs-out")
 
 
 @pytest.mark.slow
-def test_a_build_on_a_two_node_ray_cluster_into_the_bucket(s3, aws_env, recipe_file, reference):
-    """The partition tasks write into the driver's stage (the nodes share this machine's disk); the driver copies
-    each finished partition up and publishes: the same objects as the local build."""
+def test_a_build_on_a_two_node_ray_cluster_into_the_bucket(
+    s3, aws_env, inputs, recipe_file, reference, tmp_path, monkeypatch
+):
+    """The store is the only channel between the nodes and the driver: every node stages in a folder of its own
+    ($VLM_CURATION_WORKER_STAGE, never the driver's stage) and publishes each partition it finishes to the bucket's
+    _work/; the driver copies every partition down, commits and publishes: the same objects as the local build.
+    A mixture's sub-build goes the same way (under its own prefix _datasets/sub/)."""
     pytest.importorskip("ray", reason="ray is not installed (the optional `ray` extra)")
+    from curation.storage import publish as publishing
+    from curation.storage.publish import mixture_to_url
+    from curation.storage.urls import parse_url
     from tests.ray_cluster import start_cluster
 
-    cluster = start_cluster(workers=1)
+    pulled: list[int] = []
+    pull = publishing.pull_missing_partition
+    monkeypatch.setattr(
+        publishing, "pull_missing_partition", lambda store, work, gid: (pulled.append(gid), pull(store, work, gid))
+    )
+    nodes = tmp_path / "node-stage"
+    cluster = start_cluster(workers=1, env={"VLM_CURATION_WORKER_STAGE": str(nodes)})
     try:
         result = _build(recipe_file, f"s3://{BUCKET}/ray", executor="ray", address=cluster.address)
+        built = list(pulled)
+        mixture = validate_recipe(_mixture(inputs, str(reference)))
+        mixture_to_url(
+            mixture, parse_url(f"s3://{BUCKET}/ray-mix"), progress=False, executor="ray", address=cluster.address
+        )
     finally:
         cluster.shutdown()
     assert result.state == "fresh" and result.log is not None
-    assert json.loads(result.log.read_text())["executor"]["kind"] == "ray"
+    log = json.loads(result.log.read_text())
+    assert log["executor"]["kind"] == "ray" and log["executor"]["partitions_only"]
+    assert sorted(built) == list(range(result.partitions)) == sorted(p["gid"] for p in log["partitions"])
+    assert nodes.is_dir() and not [p for p in nodes.rglob("p*") if p.is_dir()]  # each node's copy went once published
     assert _digest(s3.objects(BUCKET, "ray")) == tree_digest(reference)
+    # the mixture's sub-build is the reference's recipe: its partitions came down the same way, the same bytes
+    assert sorted(pulled[len(built) :]) == list(range(result.partitions))
+    assert _logless(_digest(s3.objects(BUCKET, "ray-mix/_datasets/sub"))) == tree_digest(reference)
+    assert "dataset.json" in s3.objects(BUCKET, "ray-mix")
+
+
+# -- mixtures
+def _publish_local(s3: MotoServer, directory: Path, prefix: str) -> str:
+    """A finished local build put into the bucket as a build into it publishes itself (dataset.json last)."""
+    from curation.storage.publish import publish
+    from curation.storage.store import open_store
+    from curation.storage.urls import parse_url
+
+    url = f"s3://{BUCKET}/{prefix}"
+    publish(open_store(parse_url(url)), directory)
+    return url
+
+
+def _mixture(inputs: Path, demo: str) -> dict:
+    """Captions from a built dataset (``demo``: a directory or a URL), conversations from an inline sub-build."""
+    sub = _recipe(inputs)
+    sub.pop("kind")
+    return {
+        "kind": "mixture",
+        "name": "mix",
+        "seed": 3,
+        "datasets": {"demo": {"path": demo}, "sub": {"build": sub}},
+        "components": [
+            {"name": "captions", "dataset": "demo", "target": {"epochs": 1.5}},
+            {"name": "conversations", "dataset": "sub", "target": {"samples": 50}},
+        ],
+        "output": {"max_samples_per_shard": 64},
+    }
+
+
+def _without_paths(manifest: bytes) -> dict:
+    """A mixture's dataset.json less what names where its datasets are (the recipe, and its hash)."""
+    doc = json.loads(manifest)
+    for key in ("recipe", "recipe_sha256"):
+        doc.pop(key)
+    for ident in doc["mixture"]["datasets"].values():
+        ident.pop("path")
+    return doc
+
+
+def _logless(digest: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in digest.items() if "_logs" not in k.split("/")}
+
+
+def test_a_mixture_of_datasets_in_the_bucket_into_the_bucket(s3, aws_env, inputs, reference, tmp_path):
+    """The mixture (its sub-build under _datasets/ included) is published like a build, its dataset in the bucket
+    read through the mirror: the same bytes as the same mixture from the local dataset into a local directory."""
+    from curation.mixture.build import build_mixture
+
+    demo_url = _publish_local(s3, reference, "mixsrc")
+    local = build_mixture(validate_recipe(_mixture(inputs, str(reference))), tmp_path / "local", progress=False)
+    recipe = write_recipe(tmp_path / "mix.yaml", _mixture(inputs, demo_url))
+    url = f"s3://{BUCKET}/mix"
+    # killed while mixing, after its sub-build was published; resumed on another machine (another cache)
+    killed = _curate(
+        s3, tmp_path / "one", "build", str(recipe), "--out", url, "-q", VLM_CURATION_CRASH_AT="mixture_bucket"
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert "_datasets/sub/dataset.json" in s3.objects(BUCKET, "mix") and "dataset.json" not in s3.objects(BUCKET, "mix")
+    cache = tmp_path / "cache"
+    done = _curate(s3, cache, "build", str(recipe), "--out", url, "-q")
+    assert done.returncode == 0, done.stderr[-3000:]
+    objects = s3.objects(BUCKET, "mix")
+    assert len([k for k in objects if k.startswith("_datasets/sub/_logs/")]) == 1  # copied down, not built again
+    assert not [k for k in objects if k.startswith("_work/") or "/_work/" in k or k == "_lock"]
+    theirs = _logless(_digest(objects))
+    ours = _logless(tree_digest(local.out))
+    differ = {k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k)}
+    assert differ == {"dataset.json", "stats.json", "README.md"}, differ  # every shard, sidecar, index the same
+    # ... and those three only where they name the dataset: its URL, or the hash of the recipe that names it
+    assert _without_paths(objects["dataset.json"]) == _without_paths((local.out / "dataset.json").read_bytes())
+    stats = [json.loads(objects["stats.json"]), json.loads((local.out / "stats.json").read_text())]
+    paths = [[ident.pop("path") for ident in st["mixture"]["datasets"].values()] for st in stats]
+    assert paths == [[demo_url, "_datasets/sub"], [str(reference), "_datasets/sub"]] and stats[0] == stats[1]
+    cards = [objects["README.md"].decode(), (local.out / "README.md").read_text()]
+    assert [[line for line in c.splitlines() if "recipe sha256" not in line] for c in cards] == [
+        [line for line in c.splitlines() if "recipe sha256" not in line] for c in cards[::-1]
+    ]
+    assert json.loads(objects["dataset.json"])["mixture"]["datasets"]["demo"]["path"] == demo_url
+    ok = _curate(s3, cache, "verify", url)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    again = _curate(s3, cache, "build", str(recipe), "--out", url)
+    assert again.returncode == 0 and "already built" in again.stderr, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_selection_sweep_over_candidate_datasets_in_the_bucket(s3, aws_env, tmp_path):
+    """Trials read the candidates through the mirror: the same trials (ids) and decisions as over local copies."""
+    from curation.selection.sweep import run_selection
+    from tests.integration.test_select import _decisions
+    from tests.integration.test_select import _recipe as selection_recipe
+
+    local, bucket = (selection_recipe(tmp_path, tmp_path / "trained.txt") for _ in range(2))
+    for alias, ref in local["datasets"].items():
+        built = build(validate_recipe({"name": alias, **ref["build"]}), tmp_path / "built" / alias, progress=False)
+        local["datasets"][alias] = {"path": str(built.out)}
+        bucket["datasets"][alias] = {"path": _publish_local(s3, built.out, f"candidates/{alias}")}
+    docs = [
+        run_selection(validate_recipe(r), tmp_path / name, progress=False) for name, r in (("a", local), ("b", bucket))
+    ]
+    expected = {"color_good": "accepted", "color_poison": "rejected", "shape_good": "accepted", "neutral": "accepted"}
+    assert _decisions(docs[0]) == _decisions(docs[1]) == expected
+    trials = [sorted(p.name for p in (tmp_path / name / "trials").iterdir()) for name in ("a", "b")]
+    assert trials[0] == trials[1] and len(trials[0]) == 7
+    selected = validate_recipe(yaml.safe_load((tmp_path / "b" / "selected_mixture.yaml").read_text()))
+    assert selected.datasets["base"].path == f"s3://{BUCKET}/candidates/base"  # a mixture recipe to build as it is
+
+
+@pytest.mark.slow
+def test_a_laion_build_into_the_bucket_is_the_local_build_and_its_subsets_open_by_url(
+    s3, aws_env, tmp_path, monkeypatch
+):
+    """LAION downloading for real from a loopback image server, into the bucket, then into a local directory with
+    the downloads gone (fetched again): the same bytes; a nested subset's wids index opens from the bucket."""
+    import shutil
+    from collections import Counter
+
+    import wids
+    import wids.wids_dl as dl
+
+    from curation.storage.mirror import wids_s3_handler
+    from tests.laion_data import image_server, write_images, write_metadata
+
+    hits: Counter = Counter()
+    write_images(tmp_path / "www", 12)
+    sets = [
+        f"sources.laion.path={tmp_path / 'meta'}",
+        "sources.laion.sizes=[4, 12]",
+        f"sources.laion.cache_dir={tmp_path / 'cache'}",
+        "sources.laion.download.samples_per_shard=4",
+        "sources.laion.download.timeout=2",
+        "sources.laion.download.resize_mode=no",
+    ]
+    args = [a for s in sets for a in ("--set", s)]
+    url = f"s3://{BUCKET}/laion"
+    with image_server(tmp_path / "www", hits) as base:
+        write_metadata(tmp_path / "meta", base, 12)
+        (tmp_path / "www" / "5.jpg").unlink()  # a 404: a drop, the same in both
+        bucket = _curate(s3, tmp_path / "c1", "build", "laion_subsets", "--out", url, "-q", *args)
+        assert bucket.returncode == 0, bucket.stderr[-3000:]
+        fetched = sum(hits.values())
+        shutil.rmtree(tmp_path / "cache" / "laion-download")
+        local = _curate(s3, tmp_path / "c2", "build", "laion_subsets", "--out", str(tmp_path / "local"), "-q", *args)
+        assert local.returncode == 0, local.stderr[-3000:]
+    assert fetched >= 12 and sum(hits.values()) >= 2 * fetched - 1  # both builds downloaded
+    objects = s3.objects(BUCKET, "laion")
+    assert _digest(objects) == tree_digest(tmp_path / "local")
+    m = DatasetManifest.model_validate_json(objects["dataset.json"])
+    assert m.totals["samples"] == 11 and sorted(m.subsets) == ["laion-12", "laion-4"]
+    monkeypatch.setitem(dl.default_cmds, "s3", wids_s3_handler())
+    small = m.subsets["laion-4"]
+    ds = wids.ShardListDataset(f"{url}/{small['wids_index']}", cache_dir=str(tmp_path / "wids"))
+    assert len(ds) == small["samples"] and ds[0]["__key__"] == next(iter(read_keys(tmp_path / "local")))
+
+
+def read_keys(directory: Path) -> list[str]:
+    from shards import iter_dataset
+
+    return [r.key for r in iter_dataset(directory)]

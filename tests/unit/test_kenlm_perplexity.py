@@ -1,13 +1,18 @@
 """KenLM perplexity in the OBELICS filters: a hand-written ARPA model whose perplexities are computed by hand,
 the OBELICS and CCNet normalisations, a SentencePiece tokenizer trained here, documents and paragraphs dropped
 (``doc_perplexity``, ``paragraph_perplexity``); one-line errors for a missing package, a missing or wrong model
-or tokenizer; the files' sha256 in the build's plan."""
+or tokenizer; the files' sha256 in the build's plan; KenLM binaries (probing and trie) of the same model; hostile
+ARPA, binary and SentencePiece files (huge declared counts, truncated, padded) refused on one line, quickly and in
+bounded memory."""
 
 from __future__ import annotations
 
 import hashlib
+import resource
 import shutil
+import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +39,7 @@ from tests.text_model_data import (
     obelics_row,
     train_sentencepiece,
     write_arpa,
+    write_kenlm_binary,
     write_obelics,
 )
 
@@ -163,3 +169,104 @@ def test_one_line_errors_before_anything_is_written(arpa, tmp_path, monkeypatch)
     tokenizer = tmp_path / "t.model"
     tokenizer.write_bytes(b"x")
     fails(r"needs the Python package 'sentencepiece'", shutil.copy(arpa, tmp_path / "fresh2.arpa"), tokenizer)
+
+
+# --------------------------------------------------------------------------------------------------
+# Binary models and hostile files
+
+
+def max_rss_mib() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def refused(path: Path, blob: bytes, match: str, tokenizer: Path | None = None) -> None:
+    """``blob`` as the model file ``path`` (or as the tokenizer, when given) is a one-line CurationError
+    matching ``match``, within a second and without growing the peak memory by more than 64 MiB."""
+    (tokenizer or path).write_bytes(blob)
+    rss, start = max_rss_mib(), time.monotonic()
+    with pytest.raises(CurationError, match=match) as info:
+        KenLMPerplexity(str(path), None if tokenizer is None else str(tokenizer))
+    assert time.monotonic() - start < 1.0
+    assert max_rss_mib() - rss < 64
+    assert "\n" not in str(info.value) and str(tokenizer or path) in str(info.value)
+
+
+little_endian = pytest.mark.skipif(sys.byteorder != "little", reason="the KenLM binaries were built little-endian")
+
+
+@little_endian
+@pytest.mark.parametrize("kind", ["probing", "trie"])
+def test_binary_models_score_as_the_arpa(kind, tmp_path):
+    path = write_kenlm_binary(tmp_path / f"hand.{kind}.bin", kind)
+    lm = KenLMPerplexity(str(path))
+    assert {text: lm.perplexity(text) for text in BY_HAND} == BY_HAND
+
+
+@little_endian
+@pytest.mark.parametrize("kind", ["probing", "trie"])
+def test_hostile_binary_models(kind, tmp_path):
+    data = write_kenlm_binary(tmp_path / "whole.bin", kind).read_bytes()
+    path = tmp_path / "hostile.bin"
+    # KenLM checks the file against the size its counts imply, but not the vocabulary strings that follow:
+    # a model cut in them, or with bytes appended, loaded before.
+    for fraction in (0.3, 0.6, 0.95):
+        refused(path, data[: int(len(data) * fraction)], "truncated|does not end with the strings of its 5 words")
+    refused(path, data[:-1], "does not end with the strings of its 5 words")
+    refused(path, data + b"junk" * 10, "does not end with the strings of its 5 words")
+    refused(path, data + b"\0" * 8, "does not end with the strings of its 5 words")
+
+    def patched(offset: int, fmt: str, value: float) -> bytes:
+        out = bytearray(data)
+        struct.pack_into(fmt, out, offset, value)
+        return bytes(out)
+
+    # The header: 88 bytes of magic and test values, then order (uint8) at 88, ..., uint64 counts from 108.
+    refused(path, patched(108, "<Q", 2**63), "declares 9223372036854775808 1-grams in a file of")
+    refused(path, patched(116, "<Q", 2**40), "declares 1099511627776 2-grams")  # KenLM's sizes would overflow
+    refused(path, patched(88, "<B", 7), r"order 7 is outside 1\.\.6")
+    refused(path, patched(92, "<f", float("nan")), "probing multiplier nan")
+    refused(path, patched(60, "<f", 2.0), "not a KenLM binary of format version 5")
+    # The vocabulary's size after the header (probing: uint32 words at 132; trie: uint64 words besides <unk> at
+    # 128), which KenLM trusts: a trie read past its vocabulary and crashed.
+    offset, fmt = (132, "<I") if kind == "probing" else (128, "<Q")
+    refused(path, patched(offset, fmt, 2**31 - (kind == "trie")), "the vocabulary declares 2147483648 words for 5")
+
+
+def test_hostile_arpa_files(arpa, tmp_path):
+    path, text = tmp_path / "hostile.arpa", arpa.read_bytes()
+    # 92 bytes declaring 2**30 bigrams: KenLM sizes its tables by the counts first (18 bytes a bigram: 19 GB).
+    bomb = b"\\data\\\nngram 1=2\nngram 2=1073741824\n\n\\1-grams:\n-1\t<unk>\t0\n-1\t<s>\t0\n\n\\2-grams:\n"
+    refused(path, bomb.ljust(92, b"\n"), "truncated: the header declares 1073741826 n-grams, .* in a file of 92")
+    refused(path, text.replace(b"ngram 2=3", b"ngram 2=4000000000"), "declares 4000000005 n-grams")
+    refused(path, text.replace(b"ngram 2=3", b"ngram 2=" + b"9" * 40), "count of at most 20 digits")
+    refused(path, text.replace(b"ngram 2=3", b"ngram 3=3"), "is not 'ngram 2=")
+    seven = b"\\data\\\n" + b"".join(b"ngram %d=1\n" % n for n in range(1, 8)) + b"\n"
+    refused(path, seven, "an order above 6")
+    for fraction in (0.3, 0.6, 0.95):  # KenLM's reader is strict: its own one-line errors
+        refused(path, text[: int(len(text) * fraction)], "cannot load the KenLM model")
+    refused(path, text + b"junk\n", "cannot load the KenLM model")
+
+
+def test_hostile_tokenizers(arpa, tmp_path):
+    data = train_sentencepiece(tmp_path / "sp", ENGLISH, vocab_size=120).read_bytes()
+    tokenizer = tmp_path / "hostile.model"
+    for fraction in (0.3, 0.6, 0.95):
+        refused(arpa, data[: int(len(data) * fraction)], "cannot load the SentencePiece model", tokenizer)
+    refused(arpa, data + b"junk" * 10, "cannot load the SentencePiece model", tokenizer)
+    refused(arpa, b"\0" * 1000, "cannot load the SentencePiece model", tokenizer)
+
+
+def test_a_damaged_binary_never_scores_nan_nor_overflows(arpa):
+    """A binary's body is not checked (KenLM's format has no checksum): garbled probabilities score a text
+    NaN, which any maximum would keep, or far past the largest float."""
+    assert perplexity_of(-1e6, 1) == float("inf")  # 10 ** 1e6
+
+    class Garbled:
+        def score(self, line: str, bos: bool, eos: bool) -> float:
+            return float("nan")
+
+    lm = KenLMPerplexity(str(arpa))
+    lm.lm = Garbled()
+    with pytest.raises(CurationError, match=r"scored a text NaN \(a damaged model\)"):
+        lm.perplexity("the cat")

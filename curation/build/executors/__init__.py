@@ -72,6 +72,37 @@ class LocalExecutor:
         return fn(*args)
 
 
+class PartitionsOnly:
+    """``executor`` for the partition tasks only; everything else (step preparation, global-step tasks, the
+    commit, downloads ahead) runs in this process, on the driver's own disk. For a build into a bucket on Ray:
+    the partitions reach the driver through the bucket, and nothing else needs the nodes to see its disk."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.inner = executor
+        self.kind = executor.kind
+        self.threads = executor.threads
+
+    def run(
+        self,
+        tasks: list[PartitionTask],
+        on_progress: Callable[[int, int], None],
+        on_done: Callable[[PartitionResult], None],
+    ) -> None:
+        self.inner.run(tasks, on_progress, on_done)
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.inner.describe(), "partitions_only": True}
+
+    def download(self, reader: Reader, partitions: list[Partition]) -> None:
+        """Nothing ahead: each partition task downloads its own slice, on its node."""
+
+    def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
+        return (fn(*a) for a in args)
+
+    def call(self, fn: Callable[..., Any], args: tuple, resources: Resources) -> Any:
+        return fn(*args)
+
+
 def check_executor(kind: str, address: str | None) -> None:
     """A bad executor choice fails before a build writes anything."""
     if kind not in EXECUTORS:
@@ -94,4 +125,4 @@ def open_executor(kind: str = "local", workers: int | None = None, address: str 
             yield executor
 
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "check_executor", "open_executor"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "PartitionsOnly", "check_executor", "open_executor"]

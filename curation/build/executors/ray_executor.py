@@ -5,6 +5,9 @@ into ``--out/_work`` (which must be on a filesystem every node mounts); the driv
 steps and the commit. A task whose worker process or node dies is retried by Ray (``MAX_RETRIES``); a
 partition is renamed into place only when complete and a second finisher is discarded, so retries and
 reruns after a dead driver give the same bytes. Ray is imported only here (the ``ray`` extra).
+
+A build into a bucket needs no shared filesystem: each task stages on its own node and publishes its partition
+to the bucket (``PartitionTask.channel``), the driver copies it down, and runs everything else itself.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import shutil
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from curation import __version__
-from curation.build.messages import PartitionResult, PartitionTask
+from curation.build.messages import PartitionResult, PartitionTask, partition_dir
 from curation.build.partition import process_partition
+from curation.build.plan import prepare_record_steps
 from curation.errors import CurationError
 from curation.sources import Partition, Reader
 from curation.steps.contract import Resources
@@ -29,6 +34,7 @@ MAX_RETRIES = 3  # Ray re-runs a task whose worker process or node died this man
 POLL_SECONDS = 0.2
 ENV_PREFIX = "VLM_CURATION_"  # the driver's toolkit settings travel to the tasks
 HEAD_RESOURCE = "node:__internal_head__"  # a resource only Ray's head node has
+NODE_ONLY_ENV = frozenset({"VLM_CURATION_WORKER_STAGE"})  # set on a node for that node: never the driver's value
 
 
 class _Progress:
@@ -65,13 +71,21 @@ def _run_partition(task: PartitionTask, progress: Any, driver_version: str) -> P
             "install the same version on every node"
         )
     work = task.work
-    if not work.is_dir():
+    own = False
+    if task.channel is not None:  # a build into a bucket: this node stages on its own disk if it must
+        work, own = task.channel.stage_on_worker(work)
+        if own:  # its step inputs (a benchmark index) are prepared here, as the driver prepared them in its own
+            prepare_record_steps(task.recipe, work)
+            task = dataclasses.replace(task, work=work)
+    elif not work.is_dir():
         raise CurationError(
             f"Ray node {node} cannot see the build directory {work}: --out must be on a filesystem that every "
             "node mounts at the same path (NFS, Lustre, a FUSE mount of object storage)"
         )
     attempt = uuid.uuid4().hex
     result = process_partition(task, lambda n_in, n_drop: progress.add.remote(task.gid, attempt, n_in, n_drop))
+    if own:  # published: the driver copies it from the bucket
+        shutil.rmtree(partition_dir(work, task.gid), ignore_errors=True)
     where = {**result.placement, "ray_node": ray.get_runtime_context().get_node_id()}
     return dataclasses.replace(result, placement=where)
 
@@ -138,7 +152,7 @@ class RayExecutor:
         import ray
 
         needed = resources or Resources()
-        env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+        env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) and k not in NODE_ONLY_ENV}
         return ray.remote(fn).options(
             num_cpus=needed.cpus,
             num_gpus=needed.gpus,

@@ -78,8 +78,11 @@ def _columns(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[str, str]
     return out
 
 
-def select_metadata(files: list[Path], filters: Any, max_rows: int, seed: int, out: Path) -> Selection:
-    """Run the filters and the hash order over ``files``; write the first ``max_rows`` survivors to ``out``."""
+def select_metadata(
+    files: list[Path], filters: Any, max_rows: int, seed: int, out: Path, names: list[str] | None = None
+) -> Selection:
+    """Run the filters and the hash order over ``files``; write the first ``max_rows`` survivors to ``out``.
+    ``names``: what ``origin_file`` records of each file (default: its path; a local copy's URL)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # Bounded memory: DuckDB spills to disk past the limit (the 10M-row benchmark stays under 2 GiB). The spill
     # directory is a connection setting, not SQL text: any path works, quotes included.
@@ -152,7 +155,7 @@ def select_metadata(files: list[Path], filters: Any, max_rows: int, seed: int, o
             FROM ({selected_sql}) ORDER BY h, pos LIMIT {int(max_rows)}
         ) TO '{tmp}' (FORMAT parquet, ROW_GROUP_SIZE 100000)
         """,
-        [paths, *args],
+        [names or paths, *args],
     )
     con.close()
     tmp.replace(out)

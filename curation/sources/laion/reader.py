@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import posixpath
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +25,13 @@ from typing import Any, ClassVar
 import pyarrow.parquet as pq
 
 from curation.cache import cache_root
-from curation.file_digest import file_identity
 from curation.recipe import LaionSource
 from curation.sample import Drop, Sample
 from curation.sources.base import Partition, Reader, Subset, expand_inputs, sanitize_key
 from curation.sources.download.failures import DOWNLOAD_DROP_REASONS, row_failure
 from curation.sources.download.img2dataset import download_shard
 from curation.sources.laion.metadata import METADATA_DROP_REASONS, select_metadata
+from curation.storage.inputs import content_identity, download
 from schemas import PairRecord
 from shards.atomic import content_sha256
 from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
@@ -38,9 +40,36 @@ from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 META_COLUMNS = ["rank", "similarity", "punsafe", "pwatermark", "declared_width", "declared_height", "license"]
 
 
-def files_identity(files: list[Path]) -> list[tuple[str, int, str]]:
-    """(name, size, sha256) of each input file: caches are found again when the inputs move (by content)."""
-    return [(f.name, *file_identity(f)) for f in files]
+def files_identity(files: list[Any]) -> list[tuple[str, int, str]]:
+    """(name, size, sha256) of each input file: caches are found again when the inputs move (by content). An
+    object in a bucket: (name, size, ``etag:<ETag>``)."""
+    return [(posixpath.basename(f) if isinstance(f, str) else f.name, *content_identity(f)) for f in files]
+
+
+@contextlib.contextmanager
+def local_copies(files: list[Any], where: Path) -> Iterator[list[Path]]:
+    """The metadata files as local paths: local files as they are, objects in a bucket downloaded into ``where``
+    (removed on exit). The selection scans every row three times (counts, first URLs, the ordered copy) with
+    DuckDB, whose own S3 reader is an extension it downloads at run time: one streamed copy per object, kept only
+    while the selection runs (the selection itself is cached by the objects' ETags), costs one read of each."""
+    urls = [f for f in files if isinstance(f, str)]
+    if not urls:
+        yield [Path(f) for f in files]
+        return
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True)
+    try:
+        local = []
+        for i, f in enumerate(files):
+            if isinstance(f, str):
+                copy = where / f"{i:05d}.parquet"
+                download(f, copy)
+                local.append(copy)
+            else:
+                local.append(Path(f))
+        yield local
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def source_cache(source: Any) -> Path:
@@ -62,7 +91,10 @@ def _short_hash(obj: Any) -> str:
 
 class LaionReader(Reader):
     config = LaionSource
+    input_suffixes = (".parquet",)
     downloads_with_ray = True
+    # Metadata in a bucket is copied into the cache for the selection, then deleted (``_selection``).
+    reads_urls = True
     drop_reasons: ClassVar[dict[str, str]] = {
         **METADATA_DROP_REASONS,
         **DOWNLOAD_DROP_REASONS,
@@ -79,7 +111,7 @@ class LaionReader(Reader):
 
     def _selection(self) -> tuple[Path, dict[str, Any]]:
         src = self.source
-        files = expand_inputs(src.path, (".parquet",), src.name)
+        files = expand_inputs(src.path, self.input_suffixes, src.name)
         identity = {
             "files": files_identity(files),
             "filters": src.filters.model_dump(),
@@ -90,7 +122,8 @@ class LaionReader(Reader):
         path = sel_dir / "selected.parquet"
         stats = path.with_suffix(".json")
         if not stats.is_file() or not path.is_file():
-            select_metadata(files, src.filters, max(src.sizes), src.seed, path)
+            with local_copies(files, sel_dir / "inputs") as local:
+                select_metadata(local, src.filters, max(src.sizes), src.seed, path, [str(f) for f in files])
         return path, json.loads(stats.read_text())
 
     def plan(self) -> list[Partition]:
@@ -101,7 +134,7 @@ class LaionReader(Reader):
             source_cache(src)
             / "laion-download"
             / _short_hash(
-                {"selection": str(path), "selected": stats["selected"], "download": src.download.model_dump()}
+                {"selection": path.parent.name, "selected": stats["selected"], "download": src.download.model_dump()}
             )
         )
         parts = []

@@ -46,17 +46,18 @@ from curation.sources.jsontext import (
 )
 from curation.sources.llava.conversation import Malformed, parse_conversation
 from curation.sources.llava.json_list import RAW_CHARS, ListScanner, element_value, list_start
+from curation.storage.inputs import open_input
 from schemas import RecordError, parse_record
 
 
 # ---- the reader ---------------------------------------------------------------------------------------------
-def _file_format(path: Path) -> str:
+def _file_format(path: Path | str) -> str:
     """``list`` (one JSON list) or ``lines`` (JSON lines: ``.jsonl``, or a ``.json`` whose first line is one
     object: it starts with ``{`` and ends with ``}``, valid or not). Loud for a ``.json`` that is neither (e.g.
     one pretty-printed object)."""
-    if path.name.endswith(".jsonl"):
+    if str(path).endswith(".jsonl"):
         return "lines"
-    with open(path, "rb") as f:
+    with open_input(str(path)) as f:
         head = f.read(4096).removeprefix(BOM).lstrip()
         if not head.startswith(b"{"):
             return "list"
@@ -68,6 +69,8 @@ def _file_format(path: Path) -> str:
 
 class LlavaReader(Reader):
     config = LlavaSource
+    input_suffixes = (".json", ".jsonl")
+    reads_urls = True  # JSON lists and lines streamed; a partition starts a ranged read at its offset
     drop_reasons: ClassVar[dict[str, str]] = {
         "invalid_json": (
             f"a line or list element that is not a strict JSON object: {REFUSED}; in a JSON list whose structure "
@@ -97,7 +100,7 @@ class LlavaReader(Reader):
         """Partitions of ``partition_size`` records, each with the byte offset of its first record."""
         parts: list[Partition] = []
         size = self.source.partition_size
-        for file_index, path in enumerate(expand_inputs(self.source.path, (".json", ".jsonl"), self.source.name)):
+        for file_index, path in enumerate(expand_inputs(self.source.path, self.input_suffixes, self.source.name)):
             fmt = _file_format(path)
             starts, total = (_plan_lines if fmt == "lines" else _plan_list)(path, size)
             for i, (offset, fatal) in enumerate(starts):
@@ -121,7 +124,7 @@ class LlavaReader(Reader):
         rows = min(partition.rows, spec["stop"] - spec["start"])
         ordinal = spec["start"]
         try:
-            with open(spec["file"], "rb") as f:
+            with open_input(spec["file"]) as f:
                 raw_items = _read_lines(f, spec) if spec["format"] == "lines" else _read_list(f, spec)
                 for raw_item in islice(raw_items, rows):
                     yield self._item(spec, ordinal, raw_item)
@@ -183,11 +186,11 @@ class LlavaReader(Reader):
         return Sample(record, origin)
 
 
-def _plan_list(path: Path, size: int) -> tuple[list[tuple[int, str | None]], int]:
+def _plan_list(path: Path | str, size: int) -> tuple[list[tuple[int, str | None]], int]:
     """(offset and fatal error of each partition's first element, number of elements)."""
     starts: list[tuple[int, str | None]] = []
     n = 0
-    with open(path, "rb") as f:
+    with open_input(str(path)) as f:
         offset = list_start(f)
         if offset is None:
             return [], 0
@@ -198,11 +201,11 @@ def _plan_list(path: Path, size: int) -> tuple[list[tuple[int, str | None]], int
     return starts, n
 
 
-def _plan_lines(path: Path, size: int) -> tuple[list[tuple[int, str | None]], int]:
+def _plan_lines(path: Path | str, size: int) -> tuple[list[tuple[int, str | None]], int]:
     """(offset of each partition's first non-blank line, number of non-blank lines)."""
     starts: list[tuple[int, str | None]] = []
     n = 0
-    with open(path, "rb") as f:
+    with open_input(str(path)) as f:
         for line in iter_lines(f):
             if n % size == 0:
                 starts.append((line.offset, None))

@@ -20,6 +20,7 @@ import contextlib
 import json
 import shutil
 import tarfile
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.file_digest import file_sha256
 from curation.recipe import ObelicsSource
 from curation.sample import Drop, Sample
 from curation.sources.base import Partition, Reader, default_key, expand_inputs
@@ -46,6 +48,7 @@ from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 
 class ObelicsReader(Reader):
     config = ObelicsSource
+    input_suffixes = (".parquet",)
     drop_reasons: ClassVar[dict[str, str]] = {
         "invalid_document": (
             "a row that is not an OBELICS document (a missing column, texts and images not parallel, metadata "
@@ -66,42 +69,48 @@ class ObelicsReader(Reader):
 
     def input_identity(self) -> dict[str, Any]:
         """The sha256 of the files of the filters' model rules (``filters.document.lang_id.model`` -> digest),
-        each loaded once here: a missing package or a missing or invalid model fails the plan on one line."""
+        each loaded once here (a missing package or a missing or invalid model fails the plan on one line), and
+        of the ``common_words`` list."""
         found = check_text_models(self.source.filters, f"sources.{self.source.name}.filters")
-        return {f"filters.{name}": digest for name, digest in found.items()}
+        identity = {f"filters.{name}": digest for name, digest in found.items()}
+        if self.source.common_words:
+            identity["common_words"] = file_sha256(self.source.common_words)
+        return identity
+
+    def _settings(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The source's settings by content, for cache keys: where its files are is left out (the corpus, the
+        word list and the models count by their sha256), so moved inputs find their cached counts and images."""
+        settings = self.source.model_dump(mode="json", exclude={"path", "cache_dir", "common_words"})
+        for level in LEVELS:
+            for rule, fields in MODEL_PATH_FIELDS.items():
+                model = settings["filters"][level].get(rule)
+                if isinstance(model, dict):
+                    settings["filters"][level][rule] = {k: v for k, v in model.items() if k not in fields}
+        return {**settings, "inputs": inputs}
 
     def plan(self) -> list[Partition]:
         src = self.source
-        models = self.input_identity()  # first: a bad model fails before the corpus is read
-        files = expand_inputs(src.path, (".parquet",), src.name)
+        inputs = self.input_identity()  # first: a bad model fails before the corpus is read
+        files = [Path(f) for f in expand_inputs(src.path, self.input_suffixes, src.name)]  # local only (no URLs)
         identity = files_identity(files)
+        settings = self._settings(inputs)
         key: list[Any] = [identity, src.max_url_occurrences]
         if src.filters.mode == "original":  # counted over the first pass's survivors: depends on every filter
             wordlists = self._wordlists()
-            key += [src.filters.model_dump(mode="json"), {n: sorted(getattr(wordlists, n)) for n in WORDLIST_NAMES}]
-            if models:  # the first pass runs the model rules: their files, by content
-                key.append(models)
+            key += [settings["filters"], {n: sorted(getattr(wordlists, n)) for n in WORDLIST_NAMES}, inputs]
         overused_name = f"{_short_hash(key)}.parquet"
         overused_path = source_cache(src) / "obelics-urls" / overused_name
         if not overused_path.is_file():
             overused_path.parent.mkdir(parents=True, exist_ok=True)
             limit = src.max_url_occurrences
             table = (
-                self._count_urls(files, limit + 1, overused_path.with_suffix(".work"))
+                self._count_urls(files, limit + 1, overused_path.with_suffix(f".work-{uuid.uuid4().hex[:8]}"))
                 if limit
                 else pa.table({"url": pa.array([], pa.string())})
             )
-            pq.write_table(table.select(["url"]), overused_path.with_suffix(".tmp"))
-            overused_path.with_suffix(".tmp").replace(overused_path)
-        settings = src.model_dump(mode="json")
-        if src.filters.mode == "improved":
-            settings["filters"].pop("mode", None)  # the download cache of the recipes from before there was a mode
-        for level in LEVELS:  # the model rules, added later: unset, they leave the download cache where it was
-            for rule in MODEL_PATH_FIELDS:
-                if settings["filters"][level].get(rule, "") is None:
-                    del settings["filters"][level][rule]
-        if models:  # which documents survive depends on the models' content, not only on their paths
-            settings["text_models"] = models
+            tmp = overused_path.with_suffix(f".tmp-{uuid.uuid4().hex[:8]}")  # two plans at once never share one
+            pq.write_table(table.select(["url"]), tmp)
+            tmp.replace(overused_path)
         download_root = source_cache(src) / "obelics-download" / _short_hash([identity, settings])
         return row_group_partitions(
             src,

@@ -20,8 +20,19 @@ def test_paths_under_the_root_become_relative_and_nothing_else_changes():
     assert where.path("s3://bucket/data/in/a") == "s3://bucket/data/in/a"
     assert where.text("No such file: '/data/in/images/x.jpg'") == "No such file: 'images/x.jpg'"
     assert where.doc({"k": ["/data/in/x", 3, None], "/data/in/key": "v"}) == {"k": ["x", 3, None], "/data/in/key": "v"}
-    assert Relocator("/").path("/data/x") == "data/x"
+    assert where.text("seen at /mnt/data/in/x") == "seen at /mnt/data/in/x"  # only at a path boundary
+    assert Relocator("/").path("/data/x") == "/data/x"  # a root of / would make every path look relative
     assert Relocator(None).doc({"a": "/data/in/x"}) == {"a": "/data/in/x"}
+
+
+def test_cache_paths_are_recorded_as_cache_paths():
+    where = Relocator("/data/in", ("/home/u/.cache/vlm-curation",))
+    assert where.path("/home/u/.cache/vlm-curation/laion-select/ab12") == "$cache/laion-select/ab12"
+    assert where.doc({"spec": {"download_dir": "/home/u/.cache/vlm-curation/d/1", "file": "/data/in/m.parquet"}}) == {
+        "spec": {"download_dir": "$cache/d/1", "file": "m.parquet"}
+    }
+    inside = Relocator("/data", ("/data/cache",))  # a cache inside the input root is still a cache
+    assert inside.path("/data/cache/x") == "$cache/x"
 
 
 def _recipe(tmp_path, **extra):
@@ -70,6 +81,15 @@ def test_a_file_is_hashed_once_per_version(tmp_path, monkeypatch):
     f.write_bytes(b"abd")
     assert file_digest.file_sha256(f) != first
     assert len(calls) == 2
+
+
+def test_large_files_are_found_again_by_a_new_process(tmp_path, monkeypatch):
+    f = tmp_path / "big.bin"
+    f.write_bytes(b"x" * file_digest.CACHED_FROM_BYTES)
+    first = file_digest.file_sha256(f)
+    monkeypatch.setattr(file_digest, "_memo", {})  # as a new process
+    monkeypatch.setattr(file_digest, "_hash", lambda p: pytest.fail("hashed again"))
+    assert file_digest.file_identities([f, f]) == [(f.stat().st_size, first)] * 2
 
 
 def test_a_cache_that_cannot_be_written_still_hashes(tmp_path, monkeypatch):

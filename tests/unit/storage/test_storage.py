@@ -74,3 +74,32 @@ def test_the_publish_order_puts_each_tar_after_its_sidecar_and_the_manifest_last
         if name.endswith(".tar"):
             stem = name[: -len(".tar")]
             assert order.index(f"{stem}.parquet") < i and order.index(f"{stem}.stats.json") < i
+
+
+def test_a_partition_task_stages_on_the_drivers_disk_only_where_it_sees_the_drivers_mark(tmp_path, monkeypatch):
+    """A build into a bucket on Ray: a node stages in the driver's _work/ when it finds the driver's token there
+    (the same disk), else in a folder of its own (removed once published): $VLM_CURATION_WORKER_STAGE, or the same
+    path on its own disk. The channel travels pickled, with no credential in it."""
+    import os
+    import pickle
+
+    from curation.build.executors.ray_executor import NODE_ONLY_ENV
+    from curation.recipe.storage import Storage
+    from curation.storage.work import WORKER_STAGE_ENV, PartitionChannel, stage_name
+
+    url = parse_url("s3://bucket/builds/v1")
+    work = tmp_path / "stage" / "_work"
+    channel = PartitionChannel.new(url, Storage(endpoint_url="http://127.0.0.1:9000"))
+    assert pickle.loads(pickle.dumps(channel)) == channel and WORKER_STAGE_ENV in NODE_ONLY_ENV
+    monkeypatch.delenv(WORKER_STAGE_ENV, raising=False)
+    assert channel.stage_on_worker(work) == (work, True)  # unmarked: another machine's disk, at the same path
+    channel.claim(work)
+    assert channel.stage_on_worker(work) == (work, False)  # the driver's own folder
+    assert PartitionChannel.new(url, None).stage_on_worker(work) == (work, True)  # another build's mark
+    monkeypatch.setenv(WORKER_STAGE_ENV, str(tmp_path / "node"))
+    own = tmp_path / "node" / stage_name(url) / "_work"
+    dead, live = own / "p00001.tmp-999999999-0a1b2c3d", own / f"p00002.tmp-{os.getpid()}-0a1b2c3d"
+    for folder in (dead, live):
+        folder.mkdir(parents=True)
+    assert channel.stage_on_worker(work) == (own, True)
+    assert not dead.exists() and live.is_dir()  # a killed attempt's staging is swept, a live one's kept
