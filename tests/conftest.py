@@ -46,8 +46,23 @@ def _xdist_group(path: Path) -> str:
     return "ray" if _STARTS_RAY.search(path.read_text()) else str(path)
 
 
+def _group(item) -> str:
+    """The file's group; a slow test that shares no module fixture with its file is a group of its own (the two
+    workers then share the long tests instead of one of them waiting on a file)."""
+    group = _xdist_group(item.path)
+    if group != "ray" and item.get_closest_marker("slow") is not None:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in (fixtures.name2fixturedefs.values() if fixtures else []) for d in defs}
+        if not scopes & {"module", "class", "package"}:
+            return item.nodeid
+    return group
+
+
 def pytest_collection_modifyitems(config, items):
     import pytest
 
+    groups = {item.nodeid: _group(item) for item in items}
+    # The Ray group is the longest: first, so that one worker starts on it while the other takes the rest.
+    items.sort(key=lambda item: groups[item.nodeid] != "ray")
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item.path)))
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))

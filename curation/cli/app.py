@@ -124,22 +124,7 @@ def build(
     except KeyboardInterrupt:
         err_console.print(f"interrupted; finished partitions are kept: run the same command again to resume {out}")
         raise typer.Exit(130) from None
-    m = result.manifest
-    if result.state == "complete":
-        err_console.print(f"{out}: already built from this recipe ({m.totals['samples']:,} samples); nothing to do")
-    else:
-        note = (
-            f", resumed ({result.partitions_skipped}/{result.partitions} partitions were done)"
-            if result.state == "resume"
-            else ""
-        )
-        err_console.print(
-            f"built {m.totals['samples']:,} samples in {m.totals['shards']} shards into {out} "
-            f"in {result.seconds:.1f}s{note}"
-        )
-    if m.totals["samples"] == 0:
-        err_console.print("[yellow]warning:[/yellow] the build holds 0 samples; `curate audit` shows why")
-    _print_throughput(result.log)
+    _print_built(result, str(out), f"into {out}")
     if not quiet:
         render_table(audit(out), console)
 
@@ -193,22 +178,7 @@ def _build_to_url(
     except KeyboardInterrupt:
         err_console.print(f"interrupted; finished work is kept: run the same command again to resume {url}")
         raise typer.Exit(130) from None
-    m = result.manifest
-    if result.state == "complete":
-        err_console.print(f"{url}: already built from this recipe ({m.totals['samples']:,} samples); nothing to do")
-    else:
-        note = (
-            f", resumed ({result.partitions_skipped}/{result.partitions} partitions were done)"
-            if result.state == "resume"
-            else ""
-        )
-        err_console.print(
-            f"built {m.totals['samples']:,} samples in {m.totals['shards']} shards and published them to {url} "
-            f"in {result.seconds:.1f}s{note}"
-        )
-    if m.totals["samples"] == 0:
-        err_console.print(f"[yellow]warning:[/yellow] the build holds 0 samples; `curate audit {url}` shows why")
-    _print_throughput(result.log)
+    _print_built(result, str(url), f"and published them to {url}")
     if not quiet:
         render_table(audit(mirror(str(url), "tables")), console)
 
@@ -617,6 +587,26 @@ def _demo_select(out: Path, workers: int) -> None:
     doc = run_selection(load_recipe(str(recipe_path)), out / "sweep", workers=workers, console=err_console)
     _print_selection(doc)
     console.print(f"toy sweep in {time.perf_counter() - started:.0f}s; rerun to see every trial reused from the cache")
+
+
+def _print_built(result: Any, where: str, placed: str) -> None:
+    """What a build did, in one line (``placed``: where its shards went), and its throughput."""
+    m = result.manifest
+    if result.state == "complete":
+        err_console.print(f"{where}: already built from this recipe ({m.totals['samples']:,} samples); nothing to do")
+    else:
+        note = (
+            f", resumed ({result.partitions_skipped}/{result.partitions} partitions were done)"
+            if result.state == "resume"
+            else ""
+        )
+        err_console.print(
+            f"built {m.totals['samples']:,} samples in {m.totals['shards']} shards {placed} "
+            f"in {result.seconds:.1f}s{note}"
+        )
+    if m.totals["samples"] == 0:
+        err_console.print(f"[yellow]warning:[/yellow] the build holds 0 samples; `curate audit {where}` shows why")
+    _print_throughput(result.log)
 
 
 def _print_throughput(log: Path | None) -> None:

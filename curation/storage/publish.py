@@ -93,15 +93,9 @@ def build_to_url(
     plan = plan_build(recipe, limit)  # the recipe and its inputs are checked before anything is written
     options = recipe.storage
     with BucketLock(store, options.lease_seconds if options else 60).held() as lock:
-        objects = store.list()
-        state, manifest = bucket_state(store, objects, plan, overwrite)
-        if state == BuildState.COMPLETE:
-            assert manifest is not None
-            clean_up(store, manifest, set(objects), _prefixes(store, objects, plan))
-            return BuildResult(stage_dir(url), manifest, BuildState.COMPLETE)
-        if state == BuildState.CLEAR:
-            _clear_for_new_build(store, objects, plan)
-            objects = store.list()
+        state, objects, done = _claim(store, url, plan, overwrite)
+        if done is not None:
+            return done
         stage = stage_dir(url)
         prepare_stage(stage, plan)
         if state == BuildState.RESUME and not (stage / MANIFEST_NAME).is_file():
@@ -160,15 +154,9 @@ def mixture_to_url(
     rhash = recipe_hash(recipe)
     plan = StagePlan(rhash, {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()})
     with BucketLock(store, options.lease_seconds if options else 60).held() as lock:
-        objects = store.list()
-        state, manifest = bucket_state(store, objects, plan, overwrite)
-        if state == BuildState.COMPLETE:
-            assert manifest is not None
-            clean_up(store, manifest, set(objects), _prefixes(store, objects, plan))
-            return BuildResult(stage_dir(url), manifest, BuildState.COMPLETE)
-        if state == BuildState.CLEAR:
-            _clear_for_new_build(store, objects, plan)  # the sub-builds stay: an up-to-date one is reused
-            objects = store.list()
+        state, objects, done = _claim(store, url, plan, overwrite)  # the sub-builds stay: an up-to-date one is reused
+        if done is not None:
+            return done
         stage = stage_dir(url)
         prepare_stage(stage, plan)
         if WORK_PLAN not in objects:  # a rerun finds an unfinished mixture of this recipe
@@ -260,6 +248,23 @@ class SubBuilds:
 
 
 # -- the bucket's state
+def _claim(
+    store: Store, url: StoreURL, plan: Plan, overwrite: bool
+) -> tuple[BuildState, dict[str, ObjectInfo], BuildResult | None]:
+    """Under the lock: where the bucket stands for ``plan``. A complete build there is tidied and returned (nothing
+    to do); an earlier build to replace is cleared first (``_clear_for_new_build``)."""
+    objects = store.list()
+    state, manifest = bucket_state(store, objects, plan, overwrite)
+    if state == BuildState.COMPLETE:
+        assert manifest is not None
+        clean_up(store, manifest, set(objects), _prefixes(store, objects, plan))
+        return state, objects, BuildResult(stage_dir(url), manifest, BuildState.COMPLETE)
+    if state == BuildState.CLEAR:
+        _clear_for_new_build(store, objects, plan)
+        objects = store.list()
+    return state, objects, None
+
+
 def bucket_state(
     store: Store, objects: dict[str, ObjectInfo], plan: Plan, overwrite: bool
 ) -> tuple[BuildState, DatasetManifest | None]:
