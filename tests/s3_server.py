@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from tests.ray_cluster import free_port
 
@@ -213,3 +214,13 @@ def moto_server() -> Iterator[MotoServer]:
         yield server
     finally:
         server.stop()
+
+
+def use_server(s3: MotoServer, monkeypatch: Any) -> MotoServer:
+    """Point this process's AWS environment (and so its workers') at ``s3``, and nothing else of it."""
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in s3.env().items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    return s3

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -23,7 +22,7 @@ from curation.errors import CurationError
 from curation.recipe import load_recipe, validate_recipe
 from shards.manifest import DatasetManifest
 from tests.builds import CLI, demo_recipe, make_inputs, tree_digest, write_recipe
-from tests.s3_server import BUCKET, MotoServer, ThrottlingProxy, start_moto
+from tests.s3_server import BUCKET, MotoServer, ThrottlingProxy, start_moto, use_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -68,12 +67,7 @@ def _curate(s3: MotoServer, cache: Path, *args: str, **env: str) -> subprocess.C
 @pytest.fixture
 def aws_env(s3, monkeypatch):
     """This process's environment pointed at the server, for the in-process calls."""
-    for name in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    for name, value in s3.env().items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
-    return s3
+    return use_server(s3, monkeypatch)
 
 
 def _build(recipe_file: Path, url: str, **kwargs):

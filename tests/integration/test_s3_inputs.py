@@ -31,7 +31,7 @@ from tests.cauldron_data import make_cauldron
 from tests.laion_data import write_metadata
 from tests.llava_data import make_llava_tree
 from tests.pdfa_data import make_pdfa_inputs
-from tests.s3_server import BUCKET, ThrottlingProxy, start_moto
+from tests.s3_server import BUCKET, ThrottlingProxy, start_moto, use_server
 
 pytestmark = pytest.mark.timeout(300)
 OTHER = "vlm-elsewhere"
@@ -48,12 +48,7 @@ def s3():
 @pytest.fixture
 def aws_env(s3, monkeypatch):
     """This process's environment (and so the workers') pointed at the server."""
-    for name in [k for k in os.environ if k.startswith("AWS_")]:
-        monkeypatch.delenv(name)
-    for name, value in s3.env().items():
-        if name.startswith("AWS_"):
-            monkeypatch.setenv(name, value)
-    return s3
+    return use_server(s3, monkeypatch)
 
 
 def _upload(s3, root: Path, bucket: str, prefix: str, skip: tuple[str, ...] = ()) -> None:
