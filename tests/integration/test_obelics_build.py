@@ -4,6 +4,7 @@ loopback server joined back by URL, interleaved shards, exact accounting."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pyarrow as pa
@@ -208,3 +209,39 @@ def test_obelics_build_with_language_id_and_perplexity_models(tmp_path):
     assert acc["dropped"] == {"doc_perplexity": 1, "doc_lang_id": 1}
     (doc,) = list(iter_dataset(tmp_path / "ds"))
     assert isinstance(doc, InterleavedRecord) and doc.texts[0] == paragraph(0) and doc.texts[2] == paragraph(1)
+
+
+@pytest.mark.parametrize("mode", ["improved", "original"])
+def test_files_that_are_not_obelics_documents_are_one_line_errors_or_drops(mode, tmp_path):
+    """Not parquet at all: the URL count names the source on one line (no traceback), in both modes. Parquet
+    without the ``images`` column: one line too where every document's URLs are counted (improved); in original
+    mode the first pass reads each row as a document, and every row is an ``invalid_document`` drop."""
+    (tmp_path / "docs").mkdir()
+    pq.write_table(pa.table({"texts": [["a paragraph"]] * 3}), tmp_path / "docs" / "a.parquet")
+    recipe = {
+        "name": "o",
+        "sources": [{"name": "o", "reader": "obelics", "path": str(tmp_path / "docs"), "filters": {"mode": mode}}],
+        "output": {"kind": "interleaved"},
+    }
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+
+    def run() -> subprocess.CompletedProcess:
+        cmd = [*CLI, "build", str(tmp_path / "r.json"), "-o", str(tmp_path / "out"), "-q"]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    def one_line_error(done: subprocess.CompletedProcess) -> None:
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: sources.o: cannot"), done.stderr
+        assert not (tmp_path / "out").exists()
+
+    no_images = run()
+    if mode == "improved":
+        one_line_error(no_images)
+    else:
+        assert no_images.returncode == 0, no_images.stderr
+        accounting = json.loads((tmp_path / "out" / "dataset.json").read_text())["accounting"]["sources"]["o"]
+        assert accounting == {"input": 3, "output": 0, "dropped": {"invalid_document": 3}}
+        shutil.rmtree(tmp_path / "out")
+    (tmp_path / "docs" / "a.parquet").write_bytes(b"not parquet")
+    one_line_error(run())

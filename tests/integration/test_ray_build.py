@@ -239,15 +239,51 @@ def test_an_obelics_build_downloads_through_img2dataset_ray_tasks(cluster, tmp_p
     assert read_manifest(tmp_path / "ray").totals["images"] == 7
 
 
-def test_downloads_inside_ray_tasks_are_img2dataset_ray_tasks(cluster):
+def test_downloads_inside_ray_tasks_are_img2dataset_ray_tasks_on_the_same_node(cluster, tmp_path):
+    """A partition task's img2dataset task runs on the partition's node: it writes where the partition reads (the
+    source's cache_dir), which need not be storage the nodes share."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     from curation.sources.download.img2dataset import _img2dataset_ray_task
 
     assert _img2dataset_ray_task() is None  # in a driver (or without Ray): the Downloader runs here
     ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
     try:
         assert _img2dataset_ray_task() is None
-        inside = ray.remote(lambda: _img2dataset_ray_task() is not None)
-        assert ray.get(inside.remote())
+
+        def partition_task(report: str) -> str:
+            def downloader(shard):  # img2dataset's Downloader, reporting the node it ran on
+                Path(report).write_text(ray.get_runtime_context().get_node_id())
+                return True, shard
+
+            from img2dataset import distributor
+
+            real, asked = distributor.ray_download, {}
+
+            class Spy:  # what the task is scheduled with: the default policy often picks this node anyway
+                def options(self, **kw):
+                    asked.update(kw)
+                    return real.options(**kw)
+
+            distributor.ray_download = Spy()
+            try:
+                on_ray = _img2dataset_ray_task()
+                assert on_ray is not None
+                on_ray(downloader, (0, "shard"))
+            finally:
+                distributor.ray_download = real
+            strategy = asked["scheduling_strategy"]
+            assert (strategy.node_id, strategy.soft) == (ray.get_runtime_context().get_node_id(), False)
+            return ray.get_runtime_context().get_node_id()
+
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        assert len(nodes) == 2
+        task = ray.remote(partition_task)
+        for i, node in enumerate(nodes):
+            report = tmp_path / f"{i}.txt"
+            here = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+            assert ray.get(task.options(scheduling_strategy=here).remote(str(report))) == node
+            assert report.read_text() == node, "the img2dataset task ran on another node than its partition task"
     finally:
         ray.shutdown()
 

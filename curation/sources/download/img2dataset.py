@@ -130,15 +130,19 @@ def download_shard(table: pa.Table, out: Path, opts: Any, extra_columns: list[st
 
 
 def _img2dataset_ray_task() -> Callable[[Any, Any], None] | None:
-    """Inside a Ray task: a function running one img2dataset shard as img2dataset's own Ray task."""
+    """Inside a Ray task: a function running one img2dataset shard as img2dataset's own Ray task, on this node:
+    it writes into the calling task's ``out``, which need not be on storage the nodes share."""
     ray = sys.modules.get("ray")  # never imported here: only a Ray worker has it loaded already
     if ray is None or not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
         return None
     from img2dataset import distributor
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
     def _on_ray(downloader: Any, shard: Any) -> None:
         try:  # the calling task waits without holding its CPU (Ray releases it during ray.get)
-            ray.get(distributor.ray_download.remote(downloader, shard))
+            ray.get(distributor.ray_download.options(scheduling_strategy=here).remote(downloader, shard))
         except ray.exceptions.RayError:  # that worker or node died: download here instead, as locally
             downloader(shard)
 

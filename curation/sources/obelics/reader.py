@@ -12,6 +12,10 @@ the sizes the crawl saw, a server may now send a 1x1 pixel. Output: ``interleave
 With ``filters.mode: original`` the URLs are counted as the original counted them: over the documents that pass
 ``original_first_pass`` (its paragraph, image and document rules), after its image rules. That is one more pass
 over the corpus, in ``plan()``, cached like the count.
+
+Documents in a bucket (``path: s3://...``) are read in place: the count projects each object's ``images`` column
+(ranged reads of that column only) into local parquet files for DuckDB, and a partition reads its row groups by
+ranges.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.errors import CurationError
 from curation.file_digest import file_sha256
 from curation.recipe import ObelicsSource
 from curation.sample import Drop, Sample
-from curation.sources.base import Partition, Reader, default_key, expand_inputs
+from curation.sources.base import InputPath, Partition, Reader, default_key, expand_inputs
 from curation.sources.download.failures import row_failure
 from curation.sources.download.img2dataset import download_shard
 from curation.sources.laion.reader import _short_hash, files_identity, source_cache
@@ -41,7 +46,8 @@ from curation.sources.obelics.document import PARAGRAPH_SEPARATOR
 from curation.sources.obelics.filters import DOCUMENT_DROP_REASONS, check_image, original_first_pass
 from curation.sources.obelics.models import LEVELS, MODEL_PATH_FIELDS, check_text_models, forget_changed
 from curation.sources.obelics.signals import WORDLIST_NAMES
-from curation.sources.parquet import row_group_partitions, streaming
+from curation.sources.parquet import parquet_input, row_group_partitions, streaming
+from curation.storage.urls import is_url
 from schemas import InterleavedRecord
 from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 
@@ -49,6 +55,7 @@ from shards.reader import MAX_MEMBER_BYTES, MemberError, read_member
 class ObelicsReader(Reader):
     config = ObelicsSource
     input_suffixes = (".parquet",)
+    reads_urls = True  # row groups read by ranges; the URL count reads the ``images`` column only
     drop_reasons: ClassVar[dict[str, str]] = {
         "invalid_document": (
             "a row that is not an OBELICS document (a missing column, texts and images not parallel, metadata "
@@ -91,7 +98,7 @@ class ObelicsReader(Reader):
     def plan(self) -> list[Partition]:
         src = self.source
         inputs = self.input_identity()  # first: a bad model fails before the corpus is read
-        files = [Path(f) for f in expand_inputs(src.path, self.input_suffixes, src.name)]  # local only (no URLs)
+        files = expand_inputs(src.path, self.input_suffixes, src.name)  # local Paths or URLs
         identity = files_identity(files)
         settings = self._settings(inputs)
         key: list[Any] = [identity, src.max_url_occurrences]
@@ -129,9 +136,8 @@ class ObelicsReader(Reader):
         kept: list[tuple[str, str, ObelicsDocument, Counter]] = []
         row_number, emitted = spec["first_row"], 0
         # 1. parse and clean every document (drops are final; survivors wait for their images)
-        batches = streaming(spec["file"]).iter_batches(batch_size=256, row_groups=spec["row_groups"])
-        for batch in batches:
-            for row in batch.to_pylist():
+        for batch in _document_batches(spec["file"], spec["row_groups"]):
+            for row in batch:
                 if emitted >= partition.rows:
                     break
                 emitted += 1
@@ -199,24 +205,58 @@ class ObelicsReader(Reader):
             wordlists = wordlists.replace(common_words=WordLists.read(self.source.common_words))
         return wordlists
 
-    def _count_urls(self, files: list[Path], min_count: int, work: Path) -> pa.Table:
+    def _count_urls(self, files: list[InputPath], min_count: int, work: Path) -> pa.Table:
         """The image URLs seen at least ``min_count`` times (``count_image_urls``): in every document, or with
-        ``mode: original`` in the documents that pass ``original_first_pass`` (their URLs are written to parquet
-        files under ``work`` first, then counted out of core)."""
-        if self.source.filters.mode != "original":
-            return count_image_urls(files, min_count=min_count)
+        ``mode: original`` in the documents that pass ``original_first_pass``. DuckDB counts local files in place;
+        the URL lists of first-pass survivors, and the ``images`` column of an object in a bucket (DuckDB's own S3
+        reader is an extension it downloads at run time), are written to parquet files under ``work`` first."""
+        original = self.source.filters.mode == "original"
+        local = [f for f in files if isinstance(f, Path)]
+        if not original and len(local) == len(files):
+            return self._counted(local, min_count)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            wordlists, schema = self._wordlists(), pa.schema([("images", pa.list_(pa.string()))])
+            counted: list[Path] = []
             for index, file in enumerate(files):
-                with pq.ParquetWriter(work / f"{index:05d}.parquet", schema) as writer:
-                    for batch in streaming(file).iter_batches(batch_size=256):
-                        urls = [self._first_pass_urls(row, wordlists) for row in batch.to_pylist()]
-                        writer.write_table(pa.table({"images": urls}, schema=schema))
-            return count_image_urls(sorted(work.glob("*.parquet")), min_count=min_count)
+                if isinstance(file, Path) and not original:
+                    counted.append(file)
+                    continue
+                out = work / f"{index:05d}.parquet"
+                self._write_urls(file, out, original)
+                counted.append(out)
+            return self._counted(counted, min_count)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def _counted(self, files: list[Path], min_count: int) -> pa.Table:
+        import duckdb
+
+        try:
+            return count_image_urls(files, min_count=min_count)
+        except duckdb.Error as exc:  # not OBELICS documents: no images column, a damaged file
+            detail = str(exc).splitlines()[0][:300]
+            raise CurationError(
+                f"sources.{self.source.name}: cannot count the documents' image URLs: {detail}"
+            ) from None
+
+    def _write_urls(self, file: InputPath, out: Path, original: bool) -> None:
+        """``file``'s image URLs as one ``images`` list per document: as stored, or (``original``) those of the
+        documents ``original_first_pass`` keeps."""
+        schema = pa.schema([("images", pa.list_(pa.string()))])
+        wordlists = self._wordlists() if original else None
+        try:
+            with parquet_input(file) as source, pq.ParquetWriter(out, schema) as writer:
+                columns = None if original else ["images"]
+                threads = not is_url(str(file))  # from a bucket: chunks in order, one read-ahead serving the next
+                for batch in streaming(source).iter_batches(batch_size=256, columns=columns, use_threads=threads):
+                    if wordlists is None:
+                        writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+                        continue
+                    urls = [self._first_pass_urls(row, wordlists) for row in batch.to_pylist()]
+                    writer.write_table(pa.table({"images": urls}, schema=schema))
+        except (pa.ArrowException, OSError) as exc:
+            raise CurationError(f"sources.{self.source.name}: cannot read the image URLs of {file}: {exc}") from None
 
     def _first_pass_urls(self, row: dict[str, Any], wordlists: WordLists) -> list[str]:
         try:
@@ -244,6 +284,14 @@ class ObelicsReader(Reader):
             else:
                 failures[url] = failure[0]
         return fetched, failures
+
+
+def _document_batches(file: str, row_groups: list[int]) -> Iterator[list[dict[str, Any]]]:
+    """The rows of some row groups of a local file or an object in a bucket (read by ranges), in batches."""
+    with parquet_input(file) as source:
+        batches = streaming(source).iter_batches(batch_size=256, row_groups=row_groups, use_threads=not is_url(file))
+        for batch in batches:
+            yield batch.to_pylist()
 
 
 def _real_size(row: dict[str, Any]) -> dict[str, Any]:
