@@ -116,10 +116,13 @@ class ThrottlingProxy:
     """A loopback HTTP proxy in front of ``target`` that answers 503 SlowDown (S3's XML error) to the first
     ``first`` requests, and to every ``every``-th PUT after that when ``every`` is set; everything else it
     forwards unchanged (the signature covers the Host header: the client signs for the proxy's address, and the
-    proxy forwards the same Host)."""
+    proxy forwards the same Host), each after ``delay`` seconds (a store's latency, for benchmarks)."""
 
-    def __init__(self, target_port: int, first: int = 0, every: int | None = None, always: bool = False) -> None:
+    def __init__(
+        self, target_port: int, first: int = 0, every: int | None = None, always: bool = False, delay: float = 0.0
+    ) -> None:
         self.target_port = target_port
+        self.delay = delay
         self.first = first
         self.every = every
         self.always = always
@@ -150,6 +153,8 @@ class ThrottlingProxy:
                     self.end_headers()
                     self.wfile.write(xml)
                     return
+                if proxy.delay:
+                    time.sleep(proxy.delay)
                 conn = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}

@@ -13,16 +13,20 @@ import math
 import re
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, get_args
+from typing import Any, ClassVar, TypeVar, get_args
 
 from curation.errors import CurationError
 from curation.registry import register_by_config
 from curation.sample import Drop, Sample
 from curation.storage.urls import is_url
 from schemas import RecordError, parse_record
+
+T = TypeVar("T")
 
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
@@ -273,6 +277,46 @@ def image_file_drop_reason(exc: OSError) -> str:
     if isinstance(exc, ImageFileError):
         return exc.reason
     return "missing_image_file" if isinstance(exc, FileNotFoundError) else "unreadable_image_file"
+
+
+URL_IMAGE_FETCHES = 16  # rows made at once per worker when their images are objects of a bucket (one GET each)
+
+
+def fetches_at_once(image_root: str | None) -> int:
+    """How many rows a reader makes at once: one after the other from local files; under an ``image_root`` URL,
+    ``URL_IMAGE_FETCHES`` (each image is one GET: latency-bound, so one at a time would wait on every round trip)."""
+    return URL_IMAGE_FETCHES if image_root and is_url(image_root) else 1
+
+
+def in_order(calls: Iterable[Callable[[], T]], at_once: int) -> Iterator[T]:
+    """The result of each call, in order, with up to ``at_once`` calls running ahead in threads (a failing call
+    raises in order too). Threads, not processes: the work is waiting on the store (s3fs's event loop serves
+    every thread's requests at once)."""
+    if at_once <= 1:
+        for call in calls:
+            yield call()
+        return
+    calls = iter(calls)
+    with ThreadPoolExecutor(at_once, thread_name_prefix="fetch") as pool:
+        pending: deque[Future[T]] = deque()
+        try:
+            while True:
+                try:
+                    call = next(calls)
+                except StopIteration:
+                    break
+                except Exception:  # the input failed (a file cut off): the calls made before it come first
+                    while pending:
+                        yield pending.popleft().result()
+                    raise
+                pending.append(pool.submit(call))
+                if len(pending) > 2 * at_once:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # a consumer that stops early (a --limit) or a failure: nothing left running
+            for future in pending:
+                future.cancel()
 
 
 def as_image_bytes(value: Any, image_root: str | None) -> bytes:

@@ -4,12 +4,21 @@ is, and how strictly it is parsed, is :mod:`curation.sources.jsontext`'s, shared
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from itertools import islice
 from typing import Any, ClassVar
 
 from curation.recipe import JsonlSource
 from curation.sample import Drop, Sample
-from curation.sources.base import BUILD_RECORD_DROP_REASONS, Partition, RowReader, default_key, expand_inputs
+from curation.sources.base import (
+    BUILD_RECORD_DROP_REASONS,
+    Partition,
+    RowReader,
+    default_key,
+    expand_inputs,
+    fetches_at_once,
+    in_order,
+)
 from curation.sources.jsontext import (
     MAX_RECORD_BYTES,
     REFUSED,
@@ -62,8 +71,9 @@ class JsonlReader(RowReader):
         spec = partition.spec
         rows = min(partition.rows, spec["stop"] - spec["start"])
         with open_input(spec["file"]) as f:  # straight to the partition's offset: no rescan from line 0
-            for ordinal, line in enumerate(islice(iter_lines(f, spec["offset"]), rows), spec["start"]):
-                yield self._item(spec, ordinal, line)
+            lines = enumerate(islice(iter_lines(f, spec["offset"]), rows), spec["start"])
+            calls = (partial(self._item, spec, ordinal, line) for ordinal, line in lines)
+            yield from in_order(calls, fetches_at_once(self.source.image_root))
 
     def _item(self, spec: dict[str, Any], ordinal: int, line: Line) -> Sample | Drop:
         """A line as a Sample, or a Drop naming what is wrong with it."""

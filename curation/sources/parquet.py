@@ -4,7 +4,9 @@ whole row groups, so a partition is read without touching the rest of the file."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,7 +16,15 @@ import pyarrow.parquet as pq
 from curation.errors import CurationError
 from curation.recipe import ParquetSource
 from curation.sample import Drop, Sample
-from curation.sources.base import BUILD_RECORD_DROP_REASONS, Partition, RowReader, default_key, expand_inputs
+from curation.sources.base import (
+    BUILD_RECORD_DROP_REASONS,
+    Partition,
+    RowReader,
+    default_key,
+    expand_inputs,
+    fetches_at_once,
+    in_order,
+)
 from curation.storage.inputs import PARQUET_BLOCK, SMALL_BLOCK, StreamedObject, open_url
 from curation.storage.urls import is_url
 
@@ -33,13 +43,18 @@ class ParquetReader(RowReader):
         return row_group_partitions(self.source, files)
 
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
+        yield from in_order(self._calls(partition), fetches_at_once(self.source.image_root))
+
+    def _calls(self, partition: Partition) -> Iterator[Callable[[], Sample | Drop]]:
+        """What makes each item of the partition, in order (``in_order`` may run some ahead)."""
         spec = partition.spec
         row_number = spec["first_row"]
         emitted = 0
         for rows in row_batches(spec["file"], spec["row_groups"]):
             if isinstance(rows, str):  # a damaged page: the rest of the partition is lost, counted
+                drop = Drop("file_unreadable", self.source.name, spec["file"], None, rows)
                 for _ in range(partition.rows - emitted):
-                    yield Drop("file_unreadable", self.source.name, spec["file"], None, rows)
+                    yield partial(dataclasses.replace, drop)
                 return
             for row in rows:
                 if emitted >= partition.rows:  # a --limit can cut a partition short
@@ -48,7 +63,7 @@ class ParquetReader(RowReader):
                 origin = f"{spec['file']}#{row_number}"
                 row_key = default_key(self.source.name, spec["file"], spec["file_index"], row_number)
                 row_number += 1
-                yield self.to_item(row, origin, row_key)
+                yield partial(self.to_item, row, origin, row_key)
 
 
 def open_parquet(path: str | Path, source: str) -> pq.ParquetFile:

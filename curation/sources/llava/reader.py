@@ -14,6 +14,7 @@ bounds, as every input JSON (:mod:`curation.sources.jsontext`): an element over 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -28,7 +29,9 @@ from curation.sources.base import (
     Reader,
     default_key,
     expand_inputs,
+    fetches_at_once,
     image_file_drop_reason,
+    in_order,
     load_image_file,
     sanitize_key,
     to_jsonable,
@@ -126,8 +129,10 @@ class LlavaReader(Reader):
         try:
             with open_input(spec["file"]) as f:
                 raw_items = _read_lines(f, spec) if spec["format"] == "lines" else _read_list(f, spec)
-                for raw_item in islice(raw_items, rows):
-                    yield self._item(spec, ordinal, raw_item)
+                numbered = enumerate(islice(raw_items, rows), ordinal)
+                calls = (partial(self._item, spec, n, raw_item) for n, raw_item in numbered)
+                for item in in_order(calls, fetches_at_once(self.source.image_root)):
+                    yield item
                     ordinal += 1
         except OSError as exc:
             detail = f"{type(exc).__name__}: {exc}"
