@@ -68,6 +68,7 @@ class PartitionTask:
     resources: Resources = field(default_factory=Resources)  # what the task needs of the machine it runs on
     where: Relocator = field(default_factory=lambda: Relocator(None))  # origins are recorded relative to the input root
     channel: WorkChannel | None = None  # set: the task publishes its finished partition (the driver's disk not needed)
+    copies: dict[str, str] = field(default_factory=dict)  # URL -> the driver's copy (a node without it makes its own)
 
     @property
     def label(self) -> str:

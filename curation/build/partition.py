@@ -26,6 +26,7 @@ from curation.recipe import BuildRecipe
 from curation.sample import Drop, Sample
 from curation.sources import Partition, Reader, make_reader
 from curation.steps import BatchedStep, RecordStep, build_steps, is_global, step_class, step_label
+from curation.storage.copies import localize_on_this_node
 from curation.storage.inputs import set_options as set_input_options
 from shards import ShardWriter
 from shards.imageinfo import ImageProbeError, probe_image
@@ -49,6 +50,7 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     source = next(s for s in recipe.sources if s.name == part.source)
     set_input_options(recipe.storage)  # inputs in a bucket: this worker's own connection, its own credentials
+    localize_on_this_node(recipe, task.copies)  # recipe files from a bucket, where this node lacks the driver's copy
     reader = make_reader(source)
     steps = build_steps(recipe.steps, work, (recipe.tokenizer.type, recipe.tokenizer.path), recipe.models)
     acc = Accounting(record_step_names(recipe))

@@ -41,6 +41,7 @@ from curation.recipe import BuildRecipe
 from curation.recipe.loading import recipe_doc
 from curation.sources import make_reader
 from curation.steps.contract import GlobalContext
+from curation.storage.copies import copies_in
 from curation.storage.inputs import check_inputs as check_url_inputs
 from shards.atomic import atomic_write_json, remove_stale_tmp
 from shards.manifest import STATS_NAME, DatasetManifest, ShardInfo, read_manifest, write_wids_index
@@ -172,8 +173,9 @@ def process_partitions(
     arrives, its finished directory to ``on_staged``)."""
     for stale in stale_staging(work):
         shutil.rmtree(stale, ignore_errors=True)
+    copies = copies_in(recipe)
     tasks = [
-        PartitionTask(recipe, p, gid, work, plan.resources, plan.where, channel)
+        PartitionTask(recipe, p, gid, work, plan.resources, plan.where, channel, copies)
         for gid, p in enumerate(plan.partitions)
         if not PartitionStats.is_done(work, gid)
     ]

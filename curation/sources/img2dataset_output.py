@@ -18,6 +18,16 @@ only the members of the shard's successes are kept, and each is read through ``s
 (regular files only, size checked against a cap and against the file before it is read). A shard whose
 parquet is missing or unreadable is a plan-time error; a tar that is gone or cut off gives drops for the rows
 it cannot give.
+
+The tar is read lazily, forward: a row's member is looked for by reading headers on from where the last look
+stopped (remembering the successes' members it passes), so a tar whose members are in parquet order, as
+img2dataset writes them, is read once, in order.
+
+The folder may be a prefix in a bucket (``s3://bucket/downloads``), read in place: its top level is listed once
+(``curation.storage.inputs.list_top``: never the millions of images of a ``files`` download), the parquet files by
+ranges, a tar streamed, a ``files`` shard folder listed once and each image read with its size checked first. The
+build is the one the same folder on local disk gives; the plan identifies the parquet and stats objects by their
+(size, ETag).
 """
 
 from __future__ import annotations
@@ -28,10 +38,13 @@ import os
 import re
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, cast
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.errors import CurationError
 from curation.recipe.sources import Img2datasetSource
@@ -39,6 +52,7 @@ from curation.sample import Drop, Sample
 from curation.sources.base import (
     IMAGE_FILE_DROP_REASONS,
     RECORD_DROP_REASONS,
+    InputPath,
     Partition,
     Reader,
     image_file_drop_reason,
@@ -48,6 +62,8 @@ from curation.sources.base import (
 )
 from curation.sources.download.failures import DOWNLOAD_DROP_REASONS, row_failure
 from curation.sources.parquet import open_parquet, row_batches
+from curation.storage.inputs import SMALL_BLOCK, list_top, object_info, open_url, parse_input, read_object
+from curation.storage.urls import is_url
 from schemas import RecordError, parse_record
 from shards.reader import MAX_MEMBER_BYTES, ClampedFile, MemberError, open_regular, read_member
 
@@ -91,20 +107,36 @@ def scan_layout(root: Path) -> _Layout:
     layout = _Layout()
     with os.scandir(root) as entries:
         for entry in entries:
-            if (m := _SHARD_FILE.match(entry.name)) is not None:
-                getattr(
-                    layout, {".parquet": "parquet", ".tar": "tar", "_stats.json": "stats"}.get(m[2], "tfrecord")
-                ).add(m[1])
+            if _SHARD_FILE.match(entry.name) is not None:
+                _add_file(layout, entry.name)
             elif _SHARD_DIR.match(entry.name) and entry.is_dir():
                 layout.folders.add(entry.name)
     return layout
 
 
+def scan_url_layout(names: list[str], folders: list[str]) -> _Layout:
+    """``scan_layout`` of a prefix in a bucket, from its top-level listing (``list_top``): the shard folders of
+    a ``files`` download are its common prefixes."""
+    layout = _Layout()
+    for name in names:
+        _add_file(layout, name)
+    layout.folders.update(f for f in folders if _SHARD_DIR.match(f))
+    return layout
+
+
+def _add_file(layout: _Layout, name: str) -> None:
+    if (m := _SHARD_FILE.match(name)) is not None:
+        getattr(layout, {".parquet": "parquet", ".tar": "tar", "_stats.json": "stats"}.get(m[2], "tfrecord")).add(m[1])
+
+
 def looks_like_img2dataset(path: str | Path) -> bool:
-    """Whether ``path`` is a folder that looks like img2dataset output (for the hints of other readers)."""
+    """Whether ``path`` is a folder (or a prefix in a bucket) that looks like img2dataset output (for the hints
+    of other readers)."""
     try:
+        if is_url(path):
+            return scan_url_layout(*list_top(str(path))).looks_like_img2dataset()
         return Path(path).is_dir() and scan_layout(Path(path)).looks_like_img2dataset()
-    except OSError:
+    except (OSError, CurationError):
         return False
 
 
@@ -129,23 +161,46 @@ class Img2datasetReader(Reader):
         **RECORD_DROP_REASONS,
     }
 
+    reads_urls = True  # the top level listed once, parquet by ranges, tars streamed, images read one GET each
+
     def __init__(self, source: Img2datasetSource) -> None:
         self.source = source
-        self.root = Path(source.path)
+        self.root = Path(source.path)  # a local folder (never a URL: a Path collapses its "//")
+        # A prefix in a bucket, as the build's relocation names it: file names are joined to it as strings.
+        self.url = parse_input(source.path, f"sources.{source.name}.path").url if is_url(source.path) else None
+
+    @property
+    def location(self) -> str:
+        """The folder or prefix, as errors name it."""
+        return self.url if self.url is not None else str(self.root)
+
+    def _at(self, name: str) -> InputPath:
+        """A file of the folder: a Path locally, a URL (str) in a bucket."""
+        return f"{self.url}/{name}" if self.url is not None else self.root / name
+
+    def _layout(self) -> _Layout | None:
+        """The folder's top level; None when there is no such folder (or prefix)."""
+        if self.url is None:
+            return scan_layout(self.root) if self.root.is_dir() else None
+        names, folders = list_top(self.url)
+        return scan_url_layout(names, folders) if names or folders else None
 
     def record_kind(self) -> str:
         return "pair"
 
     # ---- plan --------------------------------------------------------------------------------------------
     def plan(self) -> list[Partition]:
-        src, root = self.source, self.root
+        src, root = self.source, self.location
         where = f"sources.{src.name}.path"
-        if not root.is_dir():
-            what = "no such directory" if not root.exists() else "not a directory"
+        layout = self._layout()
+        if layout is None:
+            if self.url is not None:
+                what = "an object, not a prefix" if object_info(self.url) is not None else "no such object or prefix"
+            else:
+                what = "no such directory" if not self.root.exists() else "not a directory"
             raise CurationError(f"{where}: {root}: {what} (reader: img2dataset reads img2dataset's output folder)")
-        layout = scan_layout(root)
         if not layout.looks_like_img2dataset():
-            hint = " (a dataset built by this toolkit: use reader: shards)" if (root / "dataset.json").is_file() else ""
+            hint = " (a dataset built by this toolkit: use reader: shards)" if self._has_manifest() else ""
             raise CurationError(
                 f"{where}: {root} is not img2dataset output: no NNNNN_stats.json, or NNNNN.parquet next to "
                 f"NNNNN.tar files or NNNNN/ folders{hint}"
@@ -157,48 +212,70 @@ class Img2datasetReader(Reader):
         for shard in names:
             parquet = f"{shard}.parquet"
             if shard not in layout.parquet:
-                have = ", ".join(n for n in (f"{shard}_stats.json", f"{shard}.tar", f"{shard}/") if _exists(root, n))
+                have = ", ".join(
+                    n for n in (f"{shard}_stats.json", f"{shard}.tar", f"{shard}/") if self._exists(layout, shard, n)
+                )
                 raise CurationError(
                     f"{where}: shard {shard} has no {parquet} (found {have}): img2dataset's per-shard parquet lists "
                     "every row and its status; without it the shard cannot be accounted for"
                 )
-            meta = open_parquet(root / parquet, src.name)
+            meta = open_parquet(self._at(parquet), src.name)
             columns = set(meta.schema_arrow.names)
-            spec: dict[str, Any] = {"shard": shard, "file": parquet, "format": fmt, "bytes": _size(root / parquet)}
+            spec: dict[str, Any] = {"shard": shard, "file": parquet, "format": fmt, "bytes": _size(self._at(parquet))}
             if fmt == "parquet":
                 image_column = next((c for c in IMAGE_EXTS if c in columns), None)
                 if image_column is None:
                     raise CurationError(
-                        f"{where}: {root / parquet} has no image column ({', '.join(IMAGE_EXTS)}): not the parquet "
+                        f"{where}: {self._at(parquet)} has no image column ({', '.join(IMAGE_EXTS)}): not the parquet "
                         "output format of img2dataset"
                     )
                 spec["image_column"] = image_column
             missing = [c for c in ("url", "key", "status") if c not in columns]
             if missing:
-                raise CurationError(f"{where}: {root / parquet} has no {', '.join(missing)} column: not img2dataset's")
+                what = f"has no {', '.join(missing)} column: not img2dataset's"
+                raise CurationError(f"{where}: {self._at(parquet)} {what}")
             rows = meta.metadata.num_rows
-            counted = _stats_count(root / f"{shard}_stats.json")
+            counted = _stats_count(self._at(f"{shard}_stats.json")) if self._may_have_stats(layout, shard) else None
             spec["unlisted"] = max(0, (counted or 0) - rows)  # rows img2dataset counted but wrote no parquet row for
             parts.append(Partition(src.name, len(parts), rows + spec["unlisted"], spec))
         return parts
 
-    def identity_files(self) -> list[Path] | None:
+    def identity_files(self) -> Sequence[InputPath] | None:
         """The per-shard parquet and stats files: they list every row with its status and the image's sha256 where
-        img2dataset computed one; the tars and image folders (the bulk) are not hashed into the plan."""
-        if not self.root.is_dir():
+        img2dataset computed one; the tars and image folders (the bulk) are not hashed into the plan. In a bucket,
+        always these objects (identified by (size, ETag), never read): every object under the prefix would be
+        the millions of images of a ``files`` download."""
+        layout = self._layout()
+        if layout is None:
             return None  # the plan names the problem
-        layout = scan_layout(self.root)
+        names = [f"{s}.parquet" for s in layout.parquet] + [f"{s}_stats.json" for s in layout.stats]
+        if self.url is not None:
+            return sorted(f"{self.url}/{name}" for name in names)
         if self._format(layout) == "parquet":
             return None  # the images are in the parquet files
-        names = [f"{s}.parquet" for s in layout.parquet] + [f"{s}_stats.json" for s in layout.stats]
         return sorted(self.root / name for name in names)
+
+    def _has_manifest(self) -> bool:
+        if self.url is not None:
+            return object_info(f"{self.url}/dataset.json") is not None
+        return (self.root / "dataset.json").is_file()
+
+    def _exists(self, layout: _Layout, shard: str, name: str) -> bool:
+        if self.url is None:
+            return _exists(self.root, name)
+        return shard in {f"{shard}_stats.json": layout.stats, f"{shard}.tar": layout.tar}.get(name, layout.folders)
+
+    def _may_have_stats(self, layout: _Layout, shard: str) -> bool:
+        """Whether to read the shard's stats file: locally always (a missing one reads as none); in a bucket only
+        when the listing has it (no request for an object that is not there)."""
+        return self.url is None or shard in layout.stats
 
     def _format(self, layout: _Layout) -> str:
         chosen = self.source.format
         if layout.tfrecord and chosen == "auto":
             raise CurationError(
-                f"sources.{self.source.name}.path: {self.root} holds img2dataset's tfrecord output, which is not read: "
-                "download as webdataset, parquet or files"
+                f"sources.{self.source.name}.path: {self.location} holds img2dataset's tfrecord output, which is not "
+                "read: download as webdataset, parquet or files"
             )
         if chosen != "auto":
             return chosen
@@ -209,43 +286,44 @@ class Img2datasetReader(Reader):
         return "parquet"  # the plan checks that each parquet has the image column
 
     def partition_origin(self, partition: Partition) -> str:
-        return str(self.root / partition.spec["file"])  # the build records it relative to its input root
+        return str(self._at(partition.spec["file"]))  # the build records it relative to its input root
 
     # ---- read --------------------------------------------------------------------------------------------
     def read(self, partition: Partition) -> Iterator[Sample | Drop]:
         spec, name = partition.spec, self.source.name
         fmt, shard, parquet = spec["format"], spec["shard"], spec["file"]
-        groups = _all_row_groups(self.root / parquet, name)
+        path = str(self._at(parquet))
+        groups = _all_row_groups(self._at(parquet), name)
         images: _Images
         if fmt == "webdataset":
-            images = _TarImages(self.root, f"{shard}.tar", self._success_keys(parquet, groups))
+            images = _TarImages(self._at(f"{shard}.tar"), f"{shard}.tar", self._success_keys(parquet, groups))
         elif fmt == "files":
-            images = _FolderImages(self.root, shard)
+            images = _FolderImages(self.root, shard) if self.url is None else _ObjectImages(self.url, shard)
         else:
             images = _ColumnImages(spec["image_column"])
         emitted = 0
         with images:
-            for rows in row_batches(str(self.root / parquet), groups, batch_size=_batch_rows(fmt)):
+            for rows in row_batches(path, groups, batch_size=_batch_rows(fmt)):
                 if isinstance(rows, str):  # a damaged parquet page: the rest of the shard's rows, counted
                     n = partition.rows - emitted
                     if n > 0:
-                        yield Drop("file_unreadable", name, str(self.root / parquet), None, rows, count=n)
+                        yield Drop("file_unreadable", name, path, None, rows, count=n)
                     return
                 for row in rows:
                     if emitted >= partition.rows:  # a --limit can cut a partition short
                         return
-                    yield self._item(row, shard, f"{self.root / parquet}#{emitted}", images)
+                    yield self._item(row, shard, f"{path}#{emitted}", images)
                     emitted += 1
         if emitted < partition.rows:  # rows _stats.json counts that the parquet lacks
             n = min(spec.get("unlisted", 0), partition.rows - emitted)
             if n > 0:
                 detail = f"{shard}_stats.json counts {n} more rows than {parquet} lists"
-                yield Drop("download_missing", name, str(self.root / f"{shard}_stats.json"), None, detail, count=n)
+                yield Drop("download_missing", name, str(self._at(f"{shard}_stats.json")), None, detail, count=n)
 
     def _success_keys(self, parquet: str, groups: list[int]) -> set[str]:
-        """The img2dataset keys of the shard's successes: the tar members worth indexing."""
+        """The img2dataset keys of the shard's successes: the tar members worth remembering."""
         keys: set[str] = set()
-        for rows in row_batches(str(self.root / parquet), groups, ["key", "status"]):
+        for rows in row_batches(str(self._at(parquet)), groups, ["key", "status"]):
             if isinstance(rows, str):
                 break  # the main pass meets the same damage and counts it
             keys.update(str(r["key"]) for r in rows if r.get("status") == "success" and r.get("key") is not None)
@@ -334,42 +412,110 @@ class _FolderImages(_Images):
         raise _NoImage("download_missing", detail)
 
 
-class _TarImages(_Images):
-    """``format: webdataset``: the members ``KEY.<ext>`` of ``NNNNN.tar``, indexed once by their headers (only
-    the successes' members are kept), each read only after ``read_member``'s checks."""
+class _ObjectImages(_Images):
+    """``format: files`` in a bucket: the shard folder ``NNNNN/`` listed once (its direct objects), then each image
+    read with one GET, its size checked before its body (``load_image_file`` under the URL: the cap and drop
+    reasons of a local file). A bucket has no links or FIFOs; an object gone since the listing is missing."""
 
-    def __init__(self, root: Path, tar_name: str, keys: set[str]) -> None:
+    def __init__(self, root: str, shard: str) -> None:
+        self.root, self.shard = root, shard
+        self.names: set[str] | None = None  # listed at the first image asked for
+
+    def get(self, key: str, row: dict[str, Any]) -> bytes:
+        if self.names is None:
+            self.names = set(list_top(f"{self.root}/{self.shard}")[0])
+        for ext in IMAGE_EXTS:
+            name = f"{key}.{ext}"
+            if name not in self.names:
+                continue
+            rel = f"{self.shard}/{name}"
+            try:
+                return load_image_file(rel, self.root)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _NoImage(image_file_drop_reason(exc), str(exc).replace(f"{self.root}/{rel}", rel)) from None
+        detail = f"img2dataset listed a success without its file {self.shard}/{key}.{{{','.join(IMAGE_EXTS)}}}"
+        raise _NoImage("download_missing", detail)
+
+
+class _TarImages(_Images):
+    """``format: webdataset``: the members ``KEY.<ext>`` of ``NNNNN.tar`` (a local file or an object streamed
+    from a bucket), each read only after ``read_member``'s checks. The headers are read lazily: a row's member is
+    looked for from where the last look stopped, remembering the successes' members passed on the way, so a tar
+    in parquet order (img2dataset writes both in completion order) is read once, forward. A member not found is
+    ``shard_damaged`` when the tar is damaged before its end (all before the damage is still read), else
+    ``download_missing``. Where a key has two image members (img2dataset writes one), the first in the tar is
+    read."""
+
+    def __init__(self, path: InputPath, tar_name: str, keys: set[str]) -> None:
         self.name = tar_name
-        self.members: dict[str, tarfile.TarInfo] = {}
+        self.wanted = {f"{k}.{ext}" for k in keys for ext in IMAGE_EXTS}
+        self.members: dict[str, tarfile.TarInfo] = {}  # the wanted members passed so far
         self.problem: tuple[str, str] | None = None  # (reason, detail) for members not found
+        self.ended = False  # the headers were read to the end of the archive (or to the damage)
+        self.files = contextlib.ExitStack()
         self.raw: BinaryIO | None = None
         self.tar: tarfile.TarFile | None = None
         self.size = 0
         try:
-            self.raw = open_regular(root / tar_name)
+            if isinstance(path, str):
+                self.raw = cast(BinaryIO, self.files.enter_context(open_url(path)))
+            else:
+                self.raw = self.files.enter_context(open_regular(path))
         except FileNotFoundError:
-            self.problem = ("download_missing", f"{tar_name} is missing")
+            self._stop("download_missing", f"{tar_name} is missing")
             return
         except OSError as exc:
-            self.problem = ("shard_damaged", f"{tar_name}: cannot read it ({exc.strerror or exc})")
+            self._stop("shard_damaged", f"{tar_name}: cannot read it ({exc.strerror or exc})")
             return
         clamped = ClampedFile(self.raw)
         self.size = clamped.size
-        wanted = {f"{k}.{ext}" for k in keys for ext in IMAGE_EXTS}
         try:
             self.tar = tarfile.open(fileobj=cast(BinaryIO, clamped), mode="r:")  # noqa: SIM115 - closed in __exit__
-            while (info := self.tar.next()) is not None:
-                self.tar.members.clear()  # pyright: ignore[reportAttributeAccessIssue] - tarfile keeps each header
-                if info.name in wanted:
-                    self.members[info.name] = info
-            self.raw.seek(self.tar.offset)  # tarfile stops silently at a cut; a whole tar ends with a zero block
-            if self.raw.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
-                raise tarfile.ReadError("no end-of-archive marker (cut off)")
         except (tarfile.TarError, OSError, EOFError) as exc:
-            self.problem = ("shard_damaged", f"{tar_name}: damaged after {len(self.members)} images ({exc})")
+            self._damaged(exc)
+            return
+        except BaseException:  # a failing store (a one-line CurationError): nothing left open
+            self.files.close()
+            raise
+        self.files.callback(self.tar.close)
+
+    def _stop(self, reason: str, detail: str) -> None:
+        self.problem, self.ended = (reason, detail), True
+
+    def _damaged(self, exc: BaseException) -> None:
+        self._stop("shard_damaged", f"{self.name}: damaged after {len(self.members)} images ({exc})")
+
+    def _find(self, names: list[str]) -> tarfile.TarInfo | None:
+        """The first of ``names`` among the members: one passed already, else the next headers are read until it
+        comes (or the archive ends)."""
+        for n in names:
+            if n in self.members:
+                return self.members[n]
+        while not self.ended:
+            assert self.tar is not None and self.raw is not None  # opened, else ended
+            try:
+                info = self.tar.next()
+                self.tar.members.clear()  # pyright: ignore[reportAttributeAccessIssue] - tarfile keeps each header
+                if info is None:
+                    self.ended = True
+                    # tarfile stops silently at a cut; a whole tar ends with a zero block
+                    self.raw.seek(self.tar.offset)
+                    if self.raw.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+                        raise tarfile.ReadError("no end-of-archive marker (cut off)")
+                    return None
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                self._damaged(exc)
+                return None
+            if info.name in self.wanted:
+                self.members[info.name] = info
+                if info.name in names:
+                    return info
+        return None
 
     def get(self, key: str, row: dict[str, Any]) -> bytes:
-        info = next((self.members[n] for ext in IMAGE_EXTS if (n := f"{key}.{ext}") in self.members), None)
+        info = self._find([f"{key}.{ext}" for ext in IMAGE_EXTS])
         if info is None:
             if self.problem is not None:
                 raise _NoImage(*self.problem)
@@ -383,10 +529,7 @@ class _TarImages(_Images):
             raise _NoImage("shard_damaged", f"{self.name}: {exc}") from None
 
     def __exit__(self, *exc: object) -> None:
-        if self.tar is not None:
-            self.tar.close()
-        if self.raw is not None:
-            self.raw.close()
+        self.files.close()
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -428,14 +571,25 @@ def _batch_rows(fmt: str) -> int:
     return IMAGE_BATCH_ROWS if fmt == "parquet" else 512
 
 
-def _all_row_groups(path: Path, source: str) -> list[int]:
+def _all_row_groups(path: InputPath, source: str) -> list[int]:
+    if isinstance(path, str):  # the footer of an object; a failing store is a CurationError, never a lost shard
+        try:
+            with open_url(path, SMALL_BLOCK) as f:
+                return list(range(pq.read_metadata(f).num_row_groups))
+        except (pa.ArrowException, OSError):
+            return []
     try:
         return list(range(open_parquet(path, source).metadata.num_row_groups))
     except CurationError:
         return []  # changed since the plan: the read stage counts the rows as missing
 
 
-def _size(path: Path) -> int:
+def _size(path: InputPath) -> int:
+    if isinstance(path, str):
+        info = object_info(path)
+        if info is None:
+            raise CurationError(f"{path}: no such object")
+        return info.size
     return path.stat().st_size
 
 
@@ -443,12 +597,15 @@ def _exists(root: Path, name: str) -> bool:
     return (root / name.rstrip("/")).exists()
 
 
-def _stats_count(path: Path) -> int | None:
+def _stats_count(path: InputPath) -> int | None:
     """The ``count`` of a shard's ``_stats.json`` (the rows img2dataset was given), or None when there is no
     readable one (a shard without stats is read from its parquet alone)."""
     try:
-        with open_regular(path) as f:
-            doc = json.loads(f.read(MAX_STATS_BYTES + 1)[:MAX_STATS_BYTES])
+        if isinstance(path, str):
+            doc = json.loads(read_object(path, MAX_STATS_BYTES))
+        else:
+            with open_regular(path) as f:
+                doc = json.loads(f.read(MAX_STATS_BYTES + 1)[:MAX_STATS_BYTES])
     except (OSError, ValueError):
         return None
     count = doc.get("count") if isinstance(doc, dict) else None

@@ -418,11 +418,14 @@ def url_paths(recipe: Any) -> list[tuple[str, str]]:
 
 def check_inputs(recipe: Any) -> None:
     """Before anything is read or written: the recipe's ``storage:`` options become this process's, and every
-    recipe path that is a URL is one the build can read (a source's ``path`` or ``image_root`` whose reader
-    streams from object storage, or ``inputs_root``), with a supported scheme; anything else is a one-line
-    RecipeError, never taken for a relative path. Each URL gets one request: wrong credentials, a missing bucket
-    or a missing input are one line naming the recipe field, before anything is written (an ``image_root`` prefix
-    may be empty: its images are then missing, as under an empty local folder)."""
+    recipe path that is a URL is one the build can read, with a supported scheme (never taken for a relative
+    path): a source's ``path`` or ``image_root``, streamed by its reader; ``inputs_root``; any other path (a
+    tokenizer, a model, benchmark files, a word list) is read whole, so it is copied into the cache and the recipe
+    points at the copy (``curation.storage.copies``). Each URL gets a request first: wrong credentials, a missing
+    bucket or a missing input are one line naming the recipe field, before anything is written (an ``image_root``
+    prefix may be empty: its images are then missing, as under an empty local folder)."""
+    from curation.storage.copies import localize
+
     set_options(getattr(recipe, "storage", None))
     _known.clear()  # a new plan sees the store as it is now
     sources = {s.name: s for s in getattr(recipe, "sources", [])}
@@ -433,12 +436,10 @@ def check_inputs(recipe: Any) -> None:
             continue
         src = sources.get(parts[1]) if len(parts) == 3 and parts[0] == "sources" else None
         if src is None or parts[2] not in ("path", "image_root"):
-            raise RecipeError(
-                f"{key}: {value}: read from local paths only (object storage holds sources' inputs, --out and "
-                "built datasets); copy it to a local folder first (e.g. aws s3 sync) and name that folder"
-            )
+            continue  # read whole: copied into the cache below
         refuse_urls(src)
         _check_url(key, value, must_exist=parts[2] == "path")
+    localize(recipe)
 
 
 def _check_url(key: str, value: str, must_exist: bool) -> None:
@@ -473,3 +474,40 @@ def url_readers() -> list[str]:
     from curation.sources.base import reader_classes
 
     return sorted(name for name, cls in reader_classes().items() if cls.reads_urls)
+
+
+def list_top(url: str) -> tuple[list[str], list[str]]:
+    """The names directly under the prefix ``url``: (objects, folders), each sorted. One paginated listing with a
+    delimiter, never recursive (a folder of an img2dataset ``files`` download holds millions of images), bounded
+    as :func:`_list` is; the objects' (size, ETag) are remembered for :func:`object_info`. Failing requests are
+    one-line errors; a prefix with nothing under it gives ([], [])."""
+    u = parse_input(url, "URL")
+    store = store_for(u)
+    prefix = f"{u.prefix}/" if u.prefix else ""
+    names: list[str] = []
+    folders: list[str] = []
+    token: str | None = None
+    with store.errors(f"listing {url}"):
+        while True:
+            page = store._call(
+                "list_objects_v2", Prefix=prefix, Delimiter="/", **({"ContinuationToken": token} if token else {})
+            )
+            for obj in page.get("Contents", []):
+                key = str(obj["Key"])
+                name = key[len(prefix) :]
+                if name:  # a folder marker (the prefix itself) is no object of it
+                    names.append(name)
+                    _known[_url(u, key)] = ObjectInfo(int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+            for common in page.get("CommonPrefixes", []):
+                folder = str(common["Prefix"])[len(prefix) :].rstrip("/")
+                if folder:
+                    folders.append(folder)
+            if len(names) + len(folders) > MAX_INPUT_OBJECTS:
+                raise CurationError(
+                    f"{url} holds more than {MAX_INPUT_OBJECTS:,} objects and folders; point it at the data files, "
+                    "not at a folder of images"
+                )
+            if not page.get("IsTruncated"):
+                break
+            token = page.get("NextContinuationToken")
+    return sorted(names), sorted(folders)

@@ -378,14 +378,6 @@ def test_a_throttling_store_is_retried_and_one_that_never_stops_is_a_clear_error
     assert not s3.objects(BUCKET, "throttled-forever")
 
 
-def test_an_input_that_cannot_come_from_a_bucket_is_a_recipe_error(s3, aws_env, inputs, tmp_path):
-    """Sources stream from a bucket (tests/integration/test_s3_inputs.py); a tokenizer file is read locally only."""
-    recipe = _recipe(inputs)
-    recipe["tokenizer"] = {"type": "tokenizer_json", "path": f"s3://{BUCKET}/tok/tokenizer.json"}
-    with pytest.raises(CurationError, match=r"path: s3://.*local paths only"):
-        _build(write_recipe(tmp_path / "r.yaml", recipe), f"s3://{BUCKET}/inputs-out")
-
-
 @pytest.mark.slow
 def test_a_build_on_a_two_node_ray_cluster_into_the_bucket(
     s3, aws_env, inputs, recipe_file, reference, tmp_path, monkeypatch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ from curation.sources import base, make_reader
 from curation.storage.inputs import PARQUET_BLOCK, check_inputs, open_url
 from tests.builds import demo_recipe, make_inputs, tree_digest
 from tests.cauldron_data import make_cauldron
-from tests.laion_data import write_metadata
+from tests.laion_data import image_server, write_images, write_metadata
 from tests.llava_data import make_llava_tree
 from tests.pdfa_data import make_pdfa_inputs
 from tests.s3_server import BUCKET, ThrottlingProxy, start_moto, use_server
@@ -271,6 +272,147 @@ def test_laion_metadata_in_a_bucket_selects_what_local_metadata_selects(s3, aws_
     assert local[1][-1][1] == {**planted, "not_selected": 4}  # 12 good rows, the largest size 8
     assert list((tmp_path / "c").rglob("selected.parquet"))  # one per identity: by sha256 locally, by ETag here
     assert not list((tmp_path / "c").rglob("inputs"))  # the copies are gone once the selection is made
+
+
+@pytest.mark.parametrize("mode", ["improved", "original"])
+def test_obelics_documents_in_a_bucket_build_what_local_documents_build(s3, aws_env, mode, tmp_path):
+    """The URL count reads each object's ``images`` column (or, in original mode, its first pass) by ranges; the
+    partitions read their row groups by ranges; the images come from the loopback server as for local documents."""
+    from tests.integration.test_obelics_build import paragraph, row
+
+    write_images(tmp_path / "www", 8)
+    with image_server(tmp_path / "www") as base:
+        docs = [
+            row([("text", paragraph(i % 6)), ("image", f"{base}/{i % 5}.jpg"), ("text", paragraph((i + 1) % 6))])
+            for i in range(9)
+        ] + [row([("text", paragraph(2)), ("image", f"{base}/missing.jpg")]), {"texts": ["not a document"]}]
+        (tmp_path / "docs").mkdir()
+        for k in range(2):  # two files, several row groups each
+            pq.write_table(pa.Table.from_pylist(docs[k::2]), tmp_path / "docs" / f"part-{k}.parquet", row_group_size=2)
+        _upload(s3, tmp_path / "docs", BUCKET, f"obelics-{mode}/docs")
+
+        def obelics(path: str, out: Path) -> Path:
+            source = {
+                "name": "obelics",
+                "reader": "obelics",
+                "path": path,
+                "partition_size": 3,
+                "max_url_occurrences": 1,  # 0.jpg to 3.jpg are used twice (removed), 4.jpg once
+                "cache_dir": str(tmp_path / f"cache-{out.name}"),
+                "filters": {
+                    "mode": mode,
+                    "paragraph": {"min_common_words": None},
+                    "document": {"min_common_words": None},
+                },
+                "download": {"thread_count": 4, "timeout": 2, "resize_mode": "no"},
+            }
+            recipe = {"name": "obelics", "sources": [source], "output": {"kind": "interleaved"}}
+            return build(validate_recipe(recipe), out, workers=1, progress=False).out
+
+        local = obelics(str(tmp_path / "docs"), tmp_path / "local")
+        from_url = obelics(f"s3://{BUCKET}/obelics-{mode}/docs", tmp_path / "url")
+    ours, theirs = tree_digest(from_url), tree_digest(local)
+    assert {k for k in ours if ours[k] != theirs.get(k)} == {"stats.json"}  # its plan_sha256: ETags, not sha256s
+    manifest = json.loads((from_url / "dataset.json").read_text())
+    dropped = manifest["accounting"]["sources"]["obelics"]["dropped"]
+    assert dropped["invalid_document"] == 1 and sum(dropped.values()) == 10  # the overused URLs' and the 404's
+    assert manifest["recipe"]["sources"][0]["path"] == "."  # relative to the input root: the prefix itself
+    assert manifest["accounting"] == json.loads((local / "dataset.json").read_text())["accounting"]
+
+
+def _word_tokenizer(path: Path, words: list[str]) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path))
+
+
+def test_recipe_files_in_a_bucket_are_copied_once_and_recorded_by_content(s3, aws_env, tmp_path, monkeypatch):
+    """A tokenizer and a benchmark (its questions file and its image folder) named by URL: copied into the cache
+    once, keyed by the objects' content; the build is the build of the same local files (its recorded recipe
+    aside: ``$cache/objects/<key>/...``), the same objects in another bucket give the same build, byte for byte,
+    and a replaced object is another build."""
+    from tests.sft_data import make_benchmark_inputs
+
+    monkeypatch.setenv("VLM_CURATION_CACHE", str(tmp_path / "cache"))
+    train, benches, _ = make_benchmark_inputs(tmp_path / "in")
+    _word_tokenizer(tmp_path / "tok" / "tokenizer.json", ["what", "is", "the", "a", "of", "image"])
+    for bucket, prefix in ((BUCKET, "files"), (OTHER, "v2/files")):
+        _upload(s3, benches["mathvista"], bucket, f"{prefix}/mathvista")
+        _upload(s3, tmp_path / "tok", bucket, f"{prefix}/tok")
+
+    def recipe(root: str) -> dict:
+        mathvista = {"name": "mathvista", "images": f"{root}/mathvista/images"}
+        mathvista["questions"] = f"{root}/mathvista/questions.jsonl"
+        source = {"name": "train", "reader": "jsonl", "record": "sft", "path": str(train["train"])}
+        source.update(image_root=str(train["train"].parent / "train"), fields={"key": "id"}, partition_size=16)
+        return {
+            "name": "decontam",
+            "sources": [source],
+            "steps": [{"step": "decontaminate", "benchmarks": [mathvista]}],
+            "output": {"kind": "sft", "rejects": True},
+            "tokenizer": {"type": "tokenizer_json", "path": f"{root}/tok/tokenizer.json"},
+        }
+
+    local_files = tmp_path / "local-files"
+    shutil.copytree(benches["mathvista"], local_files / "mathvista")
+    shutil.copytree(tmp_path / "tok", local_files / "tok")
+    local = build(validate_recipe(recipe(str(local_files))), tmp_path / "local", workers=1, progress=False)
+    url = build(validate_recipe(recipe(f"s3://{BUCKET}/files")), tmp_path / "url", workers=2, progress=False)
+    other = build(validate_recipe(recipe(f"s3://{OTHER}/v2/files")), tmp_path / "other", workers=1, progress=False)
+    assert tree_digest(url.out) == tree_digest(other.out)  # where the objects are is not what they are
+    ours, theirs = tree_digest(url.out), tree_digest(local.out)
+    assert {k for k in ours if ours[k] != theirs[k]} <= {"dataset.json", "stats.json", "README.md"}
+    assert url.manifest.accounting == local.manifest.accounting
+    dropped = url.manifest.accounting["sources"]["train"]["dropped"]
+    assert any(reason.startswith("contaminated_image:mathvista") for reason in dropped), dropped
+    assert url.manifest.totals["text_tokens"] == local.manifest.totals["text_tokens"]  # the same tokenizer's counts
+    recorded = json.loads((url.out / "dataset.json").read_text())["recipe"]
+    assert recorded["tokenizer"]["path"].startswith("$cache/objects/")
+    assert recorded["tokenizer"]["path"].endswith("/tokenizer.json")
+    assert recorded["steps"][0]["benchmarks"][0]["images"].endswith("/images")
+    assert len(list((tmp_path / "cache" / "objects").iterdir())) == 3  # one copy each, shared by both buckets
+    assert not list((tmp_path / "cache" / "objects").glob(".*"))  # no copy left half made
+    # another tokenizer under the same URL: another copy, another build (refused without --overwrite)
+    _word_tokenizer(tmp_path / "tok2" / "tokenizer.json", ["what", "is"])
+    s3.client().upload_file(str(tmp_path / "tok2" / "tokenizer.json"), BUCKET, "files/tok/tokenizer.json")
+    with pytest.raises(CurationError, match=r"another recipe|--overwrite"):
+        build(validate_recipe(recipe(f"s3://{BUCKET}/files")), tmp_path / "url", workers=1, progress=False)
+    missing = recipe(f"s3://{BUCKET}/files")
+    missing["tokenizer"]["path"] = f"s3://{BUCKET}/files/tok/nope.json"
+    with pytest.raises(CurationError) as err:
+        build(validate_recipe(missing), tmp_path / "missing", workers=1, progress=False)
+    assert str(err.value).startswith("tokenizer.path: no such object or prefix: s3://")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_node_without_the_drivers_copy_makes_its_own(s3, aws_env, tmp_path, monkeypatch):
+    """A partition task on a Ray node that does not see the driver's cache copies the same URL into its own."""
+    from curation.storage.copies import copies_in, localize_on_this_node
+
+    _word_tokenizer(tmp_path / "tok" / "tokenizer.json", ["a", "b"])
+    _upload(s3, tmp_path / "tok", BUCKET, "node/tok")
+    source = {"name": "s", "reader": "jsonl", "path": str(tmp_path / "x.jsonl")}
+    doc = {"name": "r", "sources": [source], "output": {"kind": "pair"}}
+    doc["tokenizer"] = {"type": "tokenizer_json", "path": f"s3://{BUCKET}/node/tok/tokenizer.json"}
+    monkeypatch.setenv("VLM_CURATION_CACHE", str(tmp_path / "driver"))
+    recipe = validate_recipe(doc)
+    check_inputs(recipe)
+    copies = copies_in(recipe)
+    driver_copy = recipe.tokenizer.path
+    assert copies == {f"s3://{BUCKET}/node/tok/tokenizer.json": driver_copy}
+    assert driver_copy.startswith(str(tmp_path / "driver" / "objects"))
+    on_node = recipe.model_copy(deep=True)
+    localize_on_this_node(on_node, copies)
+    assert on_node.tokenizer.path == driver_copy  # it sees the driver's copy: nothing to do
+    shutil.rmtree(tmp_path / "driver")
+    monkeypatch.setenv("VLM_CURATION_CACHE", str(tmp_path / "node"))
+    localize_on_this_node(on_node, copies)
+    assert on_node.tokenizer.path == str(tmp_path / "node") + driver_copy.removeprefix(str(tmp_path / "driver"))
+    assert Path(on_node.tokenizer.path).read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
 
 
 def test_an_object_replaced_while_it_is_read_is_an_os_error_never_a_mix_of_versions(s3, aws_env):

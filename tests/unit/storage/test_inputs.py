@@ -13,6 +13,7 @@ from curation.build.relocate import Relocator, input_root, path_folder
 from curation.errors import CurationError, RecipeError
 from curation.recipe import load_recipe, validate_recipe
 from curation.sources import make_reader
+from curation.sources.base import Partition
 from curation.storage import inputs
 from curation.storage.inputs import _glob_match, _glob_parts, check_inputs, common_url, join_url, parent_url
 from curation.storage.store import ObjectInfo
@@ -102,12 +103,14 @@ def test_the_input_root_of_urls_is_their_deepest_common_prefix(monkeypatch, tmp_
     assert input_root(declared) == "s3://bkt"
 
 
-@pytest.mark.parametrize(
-    "source",
-    [{"reader": "img2dataset", "path": "s3://bkt/downloads"}, {"reader": "obelics", "path": "s3://bkt/o/*.parquet"}],
-)
-def test_a_reader_that_reads_local_paths_only_refuses_a_url_on_one_line(source):
-    recipe = validate_recipe({"name": "r", "sources": [{"name": "s", **source}], "output": {"kind": "pair"}})
+def test_a_reader_that_reads_local_paths_only_refuses_a_url_on_one_line(monkeypatch):
+    """Every reader of the toolkit streams from a bucket; a reader that does not declare it (``reads_urls``) is
+    refused a URL on one line, before anything is read or written."""
+    from curation.sources.obelics.reader import ObelicsReader
+
+    monkeypatch.setattr(ObelicsReader, "reads_urls", False)
+    source = {"name": "s", "reader": "obelics", "path": "s3://bkt/o/*.parquet"}
+    recipe = validate_recipe({"name": "r", "sources": [source], "output": {"kind": "interleaved"}})
     with pytest.raises(RecipeError) as err:
         make_reader(recipe.sources[0])
     message = str(err.value)
@@ -119,21 +122,29 @@ def test_a_reader_that_reads_local_paths_only_refuses_a_url_on_one_line(source):
     make_reader(validate_recipe({"name": "r", "sources": [cauldron], "output": {"kind": "sft"}}).sources[0])
 
 
-def test_a_url_where_only_local_paths_work_is_a_recipe_error():
-    recipe = validate_recipe(
-        {
-            "name": "r",
-            "sources": [{"name": "a", "reader": "jsonl", "path": "/data/a.jsonl"}],
-            "tokenizer": {"type": "tokenizer_json", "path": "s3://bkt/tokenizer.json"},
-            "output": {"kind": "pair"},
-        }
+def test_an_img2dataset_download_in_a_bucket_is_read_in_place():
+    source = {"name": "web", "reader": "img2dataset", "path": "s3://bkt/downloads/"}
+    recipe = validate_recipe({"name": "r", "sources": [source], "output": {"kind": "pair"}})
+    reader = make_reader(recipe.sources[0])  # no request: the reader lists the prefix when it plans
+    assert reader.partition_origin(Partition("web", 0, 1, {"file": "00000.parquet"})) == (
+        "s3://bkt/downloads/00000.parquet"  # joined as a string, never through a Path (which loses a "/")
     )
-    with pytest.raises(RecipeError, match=r"^path: s3://bkt/tokenizer.json: read from local paths only"):
+
+
+def test_a_url_where_only_local_paths_work_is_a_recipe_error():
+    source = {"name": "a", "reader": "laion", "path": "/data/meta", "cache_dir": "s3://bkt/cache"}
+    recipe = validate_recipe({"name": "r", "sources": [source], "output": {"kind": "pair"}})
+    with pytest.raises(RecipeError, match=r"^sources.a.cache_dir: s3://bkt/cache: a cache is a local folder"):
         check_inputs(recipe)
     source = {"name": "a", "reader": "jsonl", "path": "gs://bkt/a.jsonl"}
     bad_scheme = validate_recipe({"name": "r", "sources": [source], "output": {"kind": "pair"}})
     with pytest.raises(CurationError, match=r"sources.a.path gs://bkt/a.jsonl: gs:// is not supported"):
         check_inputs(bad_scheme)
+    tokenizer = {"type": "tokenizer_json", "path": "gs://bkt/tokenizer.json"}
+    source = {"name": "a", "reader": "jsonl", "path": "/data/a.jsonl"}
+    other = validate_recipe({"name": "r", "sources": [source], "tokenizer": tokenizer, "output": {"kind": "pair"}})
+    with pytest.raises(CurationError, match=r"gs:// is not supported"):
+        check_inputs(other)
 
 
 def test_set_keeps_a_url_and_never_makes_it_a_local_path(tmp_path, monkeypatch):
