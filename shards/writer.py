@@ -192,6 +192,16 @@ class ShardWriter:
                 raise RuntimeError(f"sample {key!r}: embeddings {name!r} of shape {given[name].shape}, want {want}")
         return given
 
+    def between_shards(self) -> bool:
+        """Whether no shard is open: the last write finished one (or nothing was written yet)."""
+        return self._open is None
+
+    def finished(self) -> list[ShardInfo]:
+        """The shards finished so far, in order, each complete on disk (waits for those still being written);
+        the open shard stays open."""
+        self._wait()
+        return list(self.shards)
+
     def close(self) -> list[ShardInfo]:
         """Finish the open shard and wait for all shards to be complete; returns them in order."""
         if self._open is not None:

@@ -9,7 +9,8 @@
    when large); pass 1 streams each input shard once and scatters the copies into position-range buckets;
    pass 2 loads one bucket at a time (``output.bucket_bytes``), in position order, into the mixture shards.
 
-A killed mixture build keeps its finished sub-builds; the mixing stage (steps 2-3) runs again from the start.
+A killed mixture build keeps its finished sub-builds, and its mixing stage resumes: step 2 is computed again
+(from the sidecars: quick), step 3 goes on from what it recorded (``curation.mixture.shuffle``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from curation.build.plan import check_tokenizer
 from curation.build.runner import BuildResult, shard_totals
 from curation.mixture.datasets import BuildOne, resolve_datasets
 from curation.mixture.sampling import ComponentPlan, one_kind, plan_components, selection_table
-from curation.mixture.shuffle import shuffle_and_write
+from curation.mixture.shuffle import BUCKETS, SCATTERED, WRITTEN, shuffle_and_write
 from curation.recipe import MixtureRecipe, recipe_hash
 from curation.recipe.loading import recipe_doc
 from shards import read_manifest
@@ -65,7 +66,7 @@ def build_mixture(
         if state == BuildState.COMPLETE:
             return BuildResult(target.root, read_manifest(target.root), BuildState.COMPLETE)
         target.start(state, {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()}, keep=(DATASETS,))
-        _restart_mixing(target, recipe.shard_prefix())
+        _clean_mixing(target)
         check_tokenizer(recipe.tokenizer)
         dirs = resolve_datasets(recipe, target.root, workers, progress, executor, address, overwrite, build_one)
         plans, total_tokens, identities = plan_components(recipe, dirs, target.root)
@@ -89,13 +90,12 @@ def build_mixture(
     return BuildResult(target.root, manifest, ran, seconds=seconds, log=log)
 
 
-def _restart_mixing(target: OutputDir, prefix: str) -> None:
-    """The mixing stage starts over: its work files and shards go; finished sub-builds in _datasets/ stay."""
+def _clean_mixing(target: OutputDir) -> None:
+    """What a killed mixing stage left that it cannot resume from goes (DuckDB's spill files); the scatter's
+    buckets, its records and finished shards stay (``shuffle_and_write`` checks them), as do the sub-builds."""
     for child in target.work.iterdir():
-        if child.name != PLAN:
+        if child.name not in (PLAN, SCATTERED, WRITTEN, BUCKETS):
             shutil.rmtree(child) if child.is_dir() else child.unlink()
-    for stale in target.root.glob(f"{prefix}-[0-9]*"):
-        stale.unlink()
 
 
 def _manifest(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -184,19 +185,33 @@ def test_mixture_recipe_builds_its_datasets_and_resumes(built, tmp_path):
     assert (out / "_datasets" / "sub" / "dataset.json").is_file()
     again = subprocess.run([*CLI, "build", str(path), "--out", str(out), "-q"], capture_output=True, text=True)
     assert again.returncode == 0 and "already built" in again.stderr
-    # killed in the middle of the mixing stage: the rerun reuses the sub-build and gives the same output
+    # killed in the middle of the mixing stage: the rerun reuses the sub-build, resumes the mixing stage from the
+    # shards it finished (the scatter is not made again), and gives the same output
     killed = tmp_path / "killed"
-    env = {**os.environ, "VLM_CURATION_CRASH_AT": "mixture_bucket:1"}
-    cmd = [*CLI, "build", str(path), "--out", str(killed), "-q", "--set", "output.bucket_bytes=65536"]
-    crashed = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert crashed.returncode != 0 and not (killed / "dataset.json").exists()
-    sub_manifest = (killed / "_datasets" / "sub" / "dataset.json").stat().st_mtime_ns
-    rerun = subprocess.run(cmd, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
-    assert (killed / "_datasets" / "sub" / "dataset.json").stat().st_mtime_ns == sub_manifest
+    small = ["--set", "output.bucket_bytes=65536", "--set", "output.max_samples_per_shard=7"]
+    cmd = [*CLI, "build", str(path), "--out", str(killed), "-q", *small]
     reference = subprocess.run([*cmd[:6], str(tmp_path / "ref"), *cmd[7:]], capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
-    assert tree_digest(killed) == tree_digest(tmp_path / "ref")
+    assert len(read_manifest(tmp_path / "ref").shards) > 3
+    for n in (1, 3):
+        env = {**os.environ, "VLM_CURATION_CRASH_AT": f"mixture_bucket:{n}"}
+        crashed = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert crashed.returncode != 0 and not (killed / "dataset.json").exists()
+        scattered = (killed / "_work" / "scattered.json").stat().st_mtime_ns
+        written = json.loads((killed / "_work" / "written.json").read_text())
+        kept = {s["name"]: (killed / s["name"]).stat().st_mtime_ns for s in written["shards"]}
+        assert written["next"] > 0 and kept, "a bucket was written: some shards are finished"
+        sub_manifest = (killed / "_datasets" / "sub" / "dataset.json").stat().st_mtime_ns
+        env["VLM_CURATION_CRASH_AT"] = f"mixture_bucket:{n + 1}"  # killed again, one bucket later
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert again.returncode != 0
+        assert (killed / "_work" / "scattered.json").stat().st_mtime_ns == scattered  # pass 1 not made again
+        assert {name: (killed / name).stat().st_mtime_ns for name in kept} == kept  # finished shards kept
+        rerun = subprocess.run(cmd, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
+        assert (killed / "_datasets" / "sub" / "dataset.json").stat().st_mtime_ns == sub_manifest
+        assert tree_digest(killed) == tree_digest(tmp_path / "ref")
+        shutil.rmtree(killed)
 
 
 def test_bad_mixtures_are_clear_errors(built, tmp_path):
