@@ -72,6 +72,7 @@ def run_ablation(
     from curation.selection.store import TrialStore
     from curation.selection.sweep import STORE_NAME, console_events
     from curation.selection.trials import VirtualMixture, prepare_trial
+    from curation.storage.copies import fetch_recipe_files
 
     console = console or Console(stderr=True)
     ablations = load_plan(plan)
@@ -91,6 +92,8 @@ def run_ablation(
     target.create()
     with target.lock():
         dirs = resolve_datasets(base, out, workers, True, executor, address)
+        for *_, cfg in configs:
+            fetch_recipe_files(cfg)  # a trainer model or benchmarks in a bucket: copied into the cache
         store = TrialStore(out / STORE_NAME)
         launcher = make_launcher(base.launcher, out, ray_address=address)
         tasks, rows = {}, []

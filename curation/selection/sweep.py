@@ -47,6 +47,7 @@ def run_selection(
     from curation.selection.launchers import make_launcher
     from curation.selection.report import write_reports
     from curation.selection.store import TrialStore
+    from curation.storage.copies import fetch_recipe_files
 
     console = console or Console(stderr=True)
     target = OutputDir(Path(out))
@@ -54,6 +55,7 @@ def run_selection(
     target.create()
     with target.lock():
         dirs = resolve_datasets(recipe, out, workers, progress, executor, address)
+        fetch_recipe_files(recipe)  # a trainer model or benchmarks in a bucket: copied into the cache
         store = TrialStore(out / STORE_NAME)
         launcher = make_launcher(recipe.launcher, out, ray_address=address)
         runner = TrialRunner(recipe, out, dirs, launcher, store, console_events(console))

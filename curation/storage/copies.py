@@ -24,11 +24,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from curation.build.output_dir import LOGS, WORK
 from curation.cache import cache_root
 from curation.errors import RecipeError
 from curation.storage.inputs import GLOB_CHARS, list_url, open_url
+from curation.storage.lock import LOCK
 from curation.storage.urls import is_url
 from shards.atomic import content_sha256
+from shards.manifest import MANIFEST_NAME
 
 COPIES = "objects"  # under the cache root
 COPY_BLOCK = 8 << 20  # read-ahead of each object's streamed copy
@@ -48,6 +51,8 @@ def copy_of(url: str, what: str) -> Path:
     else:  # hidden names (.cache/, .gitattributes) are not part of a model or a benchmark
         objects = [(f.url[len(base) + 1 :], f) for f in found]
         objects = [(rel, f) for rel, f in objects if not any(p.startswith(".") for p in rel.split("/"))]
+        if any(rel == MANIFEST_NAME for rel, _ in objects):  # a built dataset: its run logs and lock are not it
+            objects = [(rel, f) for rel, f in objects if rel != LOCK and not rel.startswith((f"{WORK}/", f"{LOGS}/"))]
     key = content_sha256([single, [(rel, f.size, f.etag) for rel, f in objects]])[:16]
     name = posixpath.basename(base) or "bucket"
     root = cache_root() / COPIES
@@ -135,6 +140,15 @@ def localize(recipe: BaseModel) -> None:
         local = str(copy_of(url, dotted))
         _origins[local] = url
         _set(owner, key, local)
+
+
+def fetch_recipe_files(recipe: BaseModel) -> None:
+    """:func:`localize` with the recipe's ``storage:`` options, for commands that read no sources (a selection
+    sweep's trainer model and benchmarks, an ablation's)."""
+    from curation.storage.inputs import set_options
+
+    set_options(getattr(recipe, "storage", None))
+    localize(recipe)
 
 
 def copies_in(recipe: BaseModel) -> dict[str, str]:

@@ -415,6 +415,40 @@ def test_a_node_without_the_drivers_copy_makes_its_own(s3, aws_env, tmp_path, mo
     assert Path(on_node.tokenizer.path).read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
 
 
+def test_a_sweeps_trainer_model_and_benchmark_in_a_bucket_are_copied(s3, aws_env, reference, tmp_path, monkeypatch):
+    """A selection sweep's reference-trainer model (a folder) and builtin-evaluator benchmark (a build) named by
+    URL: copied before the trials are prepared; a build's run logs and lock are not part of its copy."""
+    from curation.storage.copies import fetch_recipe_files
+    from tests.integration.test_select import _recipe as selection_recipe
+
+    monkeypatch.setenv("VLM_CURATION_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    (model / "sub").mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "tiny"}')
+    (model / "sub" / "weights.safetensors").write_bytes(os.urandom(3000))
+    (model / ".cache").mkdir()
+    (model / ".cache" / "junk").write_text("not the model")
+    _upload(s3, model, BUCKET, "sweep/model")
+    _upload(s3, reference, BUCKET, "sweep/bench")
+    s3.client().put_object(Bucket=BUCKET, Key="sweep/bench/_logs/build-1.json", Body=b"{}")
+    doc = selection_recipe(tmp_path, tmp_path / "trained.txt")
+    doc["trainer"] = {"type": "reference", "model": f"s3://{BUCKET}/sweep/model"}
+    doc["evaluator"] = {"type": "builtin", "benchmarks": [{"name": "b", "shards": f"s3://{BUCKET}/sweep/bench"}]}
+    recipe = validate_recipe(doc)
+    fetch_recipe_files(recipe)
+    copied_model, copied_bench = Path(recipe.trainer.model), Path(recipe.evaluator.benchmarks[0].shards)
+    assert copied_model.is_relative_to(tmp_path / "cache" / "objects") and copied_model.name == "model"
+    assert sorted(p.relative_to(copied_model).as_posix() for p in copied_model.rglob("*") if p.is_file()) == [
+        "config.json",
+        "sub/weights.safetensors",
+    ]
+    assert (copied_model / "sub" / "weights.safetensors").read_bytes() == (
+        model / "sub" / "weights.safetensors"
+    ).read_bytes()
+    assert tree_digest(copied_bench) == tree_digest(reference)
+    assert not (copied_bench / "_logs").exists()
+
+
 def test_an_object_replaced_while_it_is_read_is_an_os_error_never_a_mix_of_versions(s3, aws_env):
     client = s3.client()
     client.put_object(Bucket=BUCKET, Key="changing.bin", Body=os.urandom(3 << 20))
