@@ -77,3 +77,34 @@ def recipe(path: Path | str, **source) -> dict:
         "sources": [{"name": "web", "reader": "img2dataset", "path": str(path), **source}],
         "output": {"kind": "pair", "rejects": True, "sidecar_scores": ["similarity"]},
     }
+
+
+class CountedFile:
+    """A file that counts the bytes read and remembers every seek (from, to)."""
+
+    def __init__(self, path: Path, log: dict) -> None:
+        self.f = path.open("rb")
+        self.log = log
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.log["read"] += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        before = self.f.tell()
+        after = self.f.seek(offset, whence)
+        self.log["seeks"].append((before, after))
+        return after

@@ -22,16 +22,9 @@ from curation.errors import CurationError
 from curation.recipe import load_recipe, validate_recipe
 from shards.manifest import DatasetManifest
 from tests.builds import CLI, demo_recipe, make_inputs, tree_digest, write_recipe
-from tests.s3_server import BUCKET, MotoServer, ThrottlingProxy, start_moto, use_server
+from tests.s3_server import BUCKET, MotoServer, ThrottlingProxy
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = start_moto()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +55,6 @@ def _curate(s3: MotoServer, cache: Path, *args: str, **env: str) -> subprocess.C
     return subprocess.run(
         [*CLI, *args], env=s3.env(VLM_CURATION_CACHE=str(cache), **env), capture_output=True, text=True, timeout=240
     )
-
-
-@pytest.fixture
-def aws_env(s3, monkeypatch):
-    """This process's environment pointed at the server, for the in-process calls."""
-    return use_server(s3, monkeypatch)
 
 
 def _build(recipe_file: Path, url: str, **kwargs):

@@ -25,27 +25,12 @@ from curation.errors import CurationError
 from curation.recipe import Img2datasetSource, validate_recipe
 from curation.sample import Drop
 from curation.sources import img2dataset_output, make_reader
-from curation.storage.inputs import set_options
 from curation.storage.store import Store
 from tests.builds import tree_digest
-from tests.img2dataset_data import FORMATS, N_URLS, download_formats, recipe
-from tests.s3_server import BUCKET, start_moto, use_server
+from tests.img2dataset_data import FORMATS, N_URLS, CountedFile, download_formats, recipe
+from tests.s3_server import BUCKET
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = start_moto()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aws_env(s3, monkeypatch):
-    """This process's environment (and so the workers') pointed at the server."""
-    set_options(None)
-    return use_server(s3, monkeypatch)
 
 
 def _upload(s3, root: Path, prefix: str) -> None:
@@ -149,38 +134,14 @@ def test_a_tar_cut_short_or_missing_in_the_bucket_drops_as_locally(s3, aws_env, 
 
 def test_a_downloaded_tar_is_read_once_forward(downloads, monkeypatch):
     """img2dataset writes the tar and the parquet in the same order: the lazy header scan never goes back."""
-    seeks: list[tuple[int, int]] = []
-    opened = img2dataset_output.open_regular
-
-    class Watched:
-        def __init__(self, path: Path) -> None:
-            self.f = opened(path)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self.f.close()
-
-        def fileno(self) -> int:
-            return self.f.fileno()
-
-        def read(self, n: int = -1) -> bytes:
-            return self.f.read(n)
-
-        def tell(self) -> int:
-            return self.f.tell()
-
-        def seek(self, offset: int, whence: int = 0) -> int:
-            seeks.append((self.f.tell(), self.f.seek(offset, whence)))
-            return seeks[-1][1]
-
-    monkeypatch.setattr(img2dataset_output, "open_regular", lambda path: Watched(path))
+    log: dict = {"read": 0, "seeks": []}
+    monkeypatch.setattr(img2dataset_output, "open_regular", lambda path: CountedFile(path, log))
     items = _items(str(downloads["root"] / "webdataset"))
     successes = sum(
         r["status"] == "success" for f in (downloads["root"] / "webdataset").glob("*.parquet") for r in _rows(f)
     )
     assert sum(1 for _, what in items if what.startswith("{")) == successes > 0
+    seeks = log["seeks"]
     assert seeks and all(after >= before - tarfile.BLOCKSIZE for before, after in seeks), seeks
 
 

@@ -32,24 +32,17 @@ from tests.cauldron_data import make_cauldron
 from tests.laion_data import image_server, write_images, write_metadata
 from tests.llava_data import make_llava_tree
 from tests.pdfa_data import make_pdfa_inputs
-from tests.s3_server import BUCKET, ThrottlingProxy, start_moto, use_server
+from tests.s3_server import BUCKET, ThrottlingProxy
 
 pytestmark = pytest.mark.timeout(300)
 OTHER = "vlm-elsewhere"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = start_moto()
-    server.client().create_bucket(Bucket=OTHER)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def aws_env(s3, monkeypatch):
-    """This process's environment (and so the workers') pointed at the server."""
-    return use_server(s3, monkeypatch)
+def s3(s3):
+    """The server, with a second bucket."""
+    s3.client().create_bucket(Bucket=OTHER)
+    return s3
 
 
 def _upload(s3, root: Path, bucket: str, prefix: str, skip: tuple[str, ...] = ()) -> None:

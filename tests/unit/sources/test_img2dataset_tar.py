@@ -12,6 +12,7 @@ import pytest
 
 from curation.sources import img2dataset_output
 from curation.sources.img2dataset_output import _NoImage, _TarImages
+from tests.img2dataset_data import CountedFile
 
 KEYS = [f"{i:09d}" for i in range(12)]
 
@@ -31,41 +32,10 @@ def _write(path: Path, keys: list[str]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-class _Counted:
-    """A file that counts the bytes read and remembers every seek (from, to)."""
-
-    def __init__(self, path: Path, log: dict) -> None:
-        self.f = path.open("rb")
-        self.log = log
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.f.close()
-
-    def fileno(self) -> int:
-        return self.f.fileno()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.log["read"] += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        before = self.f.tell()
-        after = self.f.seek(offset, whence)
-        self.log["seeks"].append((before, after))
-        return after
-
-
 @pytest.fixture
 def counted(monkeypatch) -> dict:
     log: dict = {"read": 0, "seeks": []}
-    monkeypatch.setattr(img2dataset_output, "open_regular", lambda path: _Counted(path, log))
+    monkeypatch.setattr(img2dataset_output, "open_regular", lambda path: CountedFile(path, log))
     return log
 
 
