@@ -5,6 +5,8 @@ few sentences. Each needs its package (the ``text_models`` extra, installed by `
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,25 @@ def foreign_text(n_words: int = 30, seed: int = 1) -> str:
     return " ".join(out).capitalize() + "."
 
 
-def train_lang_id(path: Path, seed: int = 0) -> Path:
-    """A fastText supervised model with labels ``__label__en`` and ``__label__xx`` (a fraction of a second)."""
-    import fasttext
+_TRAIN = """
+import sys, fasttext
+train, out, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for attempt in range(6):  # fastText's SGD now and then diverges on tiny data ("Encountered NaN"): reseed, slower
+    try:
+        model = fasttext.train_supervised(
+            train, epoch=10, lr=0.1 / 2**attempt, dim=16, minn=2, maxn=4, bucket=20_000, thread=1,
+            seed=seed + attempt, verbose=0,
+        )
+        break
+    except RuntimeError as exc:
+        if "NaN" not in str(exc) or attempt == 5:
+            raise
+model.save_model(out)
+"""
 
+
+def train_lang_id(path: Path, seed: int = 0) -> Path:
+    """A fastText supervised model with labels ``__label__en`` and ``__label__xx`` (about a second)."""
     rng = random.Random(seed)
     english = [w for sentence in ENGLISH for w in sentence.split()]
     foreign = foreign_words()
@@ -47,27 +64,11 @@ def train_lang_id(path: Path, seed: int = 0) -> Path:
         for _ in range(600):
             f.write("__label__en " + " ".join(rng.choice(english) for _ in range(rng.randint(5, 20))) + "\n")
             f.write("__label__xx " + " ".join(rng.choice(foreign) for _ in range(rng.randint(5, 20))) + "\n")
-    model = None
-    for attempt in range(6):  # fastText's SGD now and then diverges on tiny data ("Encountered NaN"): reseed, slower
-        try:
-            model = fasttext.train_supervised(
-                str(train),
-                epoch=10,
-                lr=0.1 / 2**attempt,
-                dim=16,
-                minn=2,
-                maxn=4,
-                bucket=20_000,
-                thread=1,
-                seed=seed + attempt,
-                verbose=0,
-            )
-            break
-        except RuntimeError as exc:
-            if "NaN" not in str(exc) or attempt == 5:
-                raise
-    assert model is not None
-    model.save_model(str(path))
+    # Trained in a fresh interpreter: in a long-lived xdist worker, fastText's training has failed with
+    # "Encountered NaN" on every try (even at a 32x smaller learning rate) after other tests ran in the process.
+    cmd = [sys.executable, "-c", _TRAIN, str(train), str(path), str(seed)]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
     train.unlink()
     return path
 
