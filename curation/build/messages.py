@@ -9,6 +9,7 @@ commit.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -56,6 +57,14 @@ class WorkChannel(Protocol):
         """Hand the finished partition ``folder`` over (the driver copies it into its ``work`` if it lacks it)."""
         ...
 
+    def share(self, paths: Iterable[str]) -> dict[str, str]:
+        """In the driver: hand the plan's files over; {path: the key a node fetches it by}."""
+        ...
+
+    def fetch(self, path: str, key: str) -> str:
+        """On a node: where to read the plan's file ``path`` here (itself when this node sees it)."""
+        ...
+
 
 @dataclass(frozen=True)
 class PartitionTask:
@@ -69,6 +78,7 @@ class PartitionTask:
     where: Relocator = field(default_factory=lambda: Relocator(None))  # origins are recorded relative to the input root
     channel: WorkChannel | None = None  # set: the task publishes its finished partition (the driver's disk not needed)
     copies: dict[str, str] = field(default_factory=dict)  # URL -> the driver's copy (a node without it makes its own)
+    plan_files: dict[str, str] = field(default_factory=dict)  # with a channel: the plan's files -> their keys there
 
     @property
     def label(self) -> str:

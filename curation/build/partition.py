@@ -52,6 +52,9 @@ def process_partition(task: PartitionTask, progress: ProgressFn | None = None) -
     set_input_options(recipe.storage)  # inputs in a bucket: this worker's own connection, its own credentials
     localize_on_this_node(recipe, task.copies)  # recipe files from a bucket, where this node lacks the driver's copy
     reader = make_reader(source)
+    if task.channel is not None:  # files of the plan in the driver's cache: here, or copied from the bucket
+        for name in (n for n in reader.plan_file_fields if n in part.spec):
+            part.spec[name] = task.channel.fetch(part.spec[name], task.plan_files[part.spec[name]])
     steps = build_steps(recipe.steps, work, (recipe.tokenizer.type, recipe.tokenizer.path), recipe.models)
     acc = Accounting(record_step_names(recipe))
     out = recipe.output

@@ -53,7 +53,7 @@ def recipe_identity(recipe: BuildRecipe, limit: int | None) -> str:
 
 
 def plan_build(recipe: BuildRecipe, limit: int | None) -> BuildPlan:
-    check_url_inputs(recipe)  # URLs only where a reader streams them; the recipe's storage options for the reads
+    recipe = check_url_inputs(recipe)  # the storage options for the reads; recipe files in a bucket copied
     partitions = plan_partitions(recipe, limit)
     rhash = recipe_identity(recipe, limit)
     where = relocator(recipe)

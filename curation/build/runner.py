@@ -85,7 +85,7 @@ def build(
     check_executor(executor, address)
     started = time.perf_counter()
     target = OutputDir(Path(out))
-    check_url_inputs(recipe)  # before the recipe's identity, which locates URL inputs
+    recipe = check_url_inputs(recipe)  # before the recipe's identity: it records the copies of recipe files
     check_sources_outside(recipe, target.root)
     state = target.state(recipe_identity(recipe, limit), overwrite)
     plan = plan or plan_build(recipe, limit)
@@ -174,10 +174,16 @@ def process_partitions(
     for stale in stale_staging(work):
         shutil.rmtree(stale, ignore_errors=True)
     copies = copies_in(recipe)
+    pending_parts = [(gid, p) for gid, p in enumerate(plan.partitions) if not PartitionStats.is_done(work, gid)]
+    readers = {src.name: make_reader(src) for src in recipe.sources}
+    shared = (  # the nodes may not see the driver's disk: the plan's files go through the bucket
+        channel.share(p.spec[f] for _, p in pending_parts for f in readers[p.source].plan_file_fields if f in p.spec)
+        if channel is not None
+        else {}
+    )
     tasks = [
-        PartitionTask(recipe, p, gid, work, plan.resources, plan.where, channel, copies)
-        for gid, p in enumerate(plan.partitions)
-        if not PartitionStats.is_done(work, gid)
+        PartitionTask(recipe, p, gid, work, plan.resources, plan.where, channel, copies, shared)
+        for gid, p in pending_parts
     ]
     pending = {t.gid for t in tasks}
     results: list[PartitionResult] = []
@@ -187,8 +193,9 @@ def process_partitions(
         if on_staged is not None:
             on_staged(partition_dir(work, result.gid))
 
-    for src in recipe.sources:  # downloads that the executor distributes itself (img2dataset on Ray)
-        ex.download(make_reader(src), [t.partition for t in tasks if t.partition.source == src.name])
+    for src in recipe.sources:  # downloads that the executor distributes itself (img2dataset on Ray) ...
+        if channel is None:  # ... into the driver's cache: into a bucket, each partition downloads on its node
+            ex.download(readers[src.name], [t.partition for t in tasks if t.partition.source == src.name])
     with BuildProgress(plan.rows, recipe.name, enabled=progress) as bar:
         bar.skip(sum(p.rows for g, p in enumerate(plan.partitions) if g not in pending))
         ex.run(tasks, bar.advance, done)

@@ -34,6 +34,7 @@ from curation.mixture.sampling import ComponentPlan, one_kind, plan_components, 
 from curation.mixture.shuffle import BUCKETS, SCATTERED, WRITTEN, shuffle_and_write
 from curation.recipe import MixtureRecipe, recipe_hash
 from curation.recipe.loading import recipe_doc
+from curation.storage.copies import fetch_recipe_files
 from shards import read_manifest
 from shards.atomic import atomic_write_json, content_sha256
 from shards.manifest import STATS_NAME, DatasetManifest, write_wids_index
@@ -67,12 +68,13 @@ def build_mixture(
             return BuildResult(target.root, read_manifest(target.root), BuildState.COMPLETE)
         target.start(state, {"recipe_sha256": rhash, "prefix": recipe.shard_prefix()}, keep=(DATASETS,))
         _clean_mixing(target)
-        check_tokenizer(recipe.tokenizer)
-        dirs = resolve_datasets(recipe, target.root, workers, progress, executor, address, overwrite, build_one)
-        plans, total_tokens, identities = plan_components(recipe, dirs, target.root)
-        selection = selection_table(recipe, plans, dirs)
-        shards = shuffle_and_write(recipe, selection, target.work, target.root)
-        manifest = _manifest(recipe, rhash, target.root, shards, plans, total_tokens, identities, dirs)
+        run = fetch_recipe_files(recipe)  # a tokenizer in a bucket: copied (the recipe as given is recorded)
+        check_tokenizer(run.tokenizer)
+        dirs = resolve_datasets(run, target.root, workers, progress, executor, address, overwrite, build_one)
+        plans, total_tokens, identities = plan_components(run, dirs, target.root)
+        selection = selection_table(run, plans, dirs)
+        shards = shuffle_and_write(run, selection, target.work, target.root)
+        manifest = _manifest(run, recipe_doc(recipe), rhash, target.root, shards, plans, total_tokens, identities, dirs)
         manifest.wids_index = write_wids_index(target.root, manifest.name, shards)
         atomic_write_json(target.root / STATS_NAME, {"accounting": manifest.accounting, "mixture": manifest.mixture})
         manifest.write(target.root)
@@ -100,6 +102,7 @@ def _clean_mixing(target: OutputDir) -> None:
 
 def _manifest(
     recipe: MixtureRecipe,
+    recorded: dict[str, Any],
     rhash: str,
     out: Path,
     shards: list[Any],
@@ -159,7 +162,7 @@ def _manifest(
         name=recipe.shard_prefix(),
         kind=one_kind(dirs),
         tool_version=__version__,
-        recipe=recipe_doc(recipe),
+        recipe=recorded,
         recipe_sha256=rhash,
         tokenizer_fingerprint=check_tokenizer(recipe.tokenizer),
         shards=shards,

@@ -10,8 +10,9 @@ from typing import Any, Protocol
 from curation.build.output_dir import DATASETS, OutputDir
 from curation.build.plan import recipe_identity
 from curation.build.runner import build
-from curation.errors import CurationError
+from curation.errors import CurationError, RecipeError
 from curation.recipe import BuildRecipe, DatasetRef, load_recipe
+from curation.storage.inputs import check_inputs as check_url_inputs
 from curation.storage.urls import is_url
 from shards.manifest import MANIFEST_NAME
 
@@ -56,6 +57,11 @@ def resolve_datasets(
             dirs[alias] = path
             continue
         assert ref.build is not None or ref.recipe is not None  # DatasetRef holds exactly one of path, recipe, build
+        if ref.recipe is not None and is_url(str(ref.recipe)):
+            raise RecipeError(
+                f"datasets.{alias}.recipe: {ref.recipe}: a recipe file is read from a local path (its relative "
+                "paths are relative to its folder); copy it first, or give the build inline (datasets.<name>.build)"
+            )
         sub = ref.build if ref.build is not None else load_recipe(str(ref.recipe), ref.set)
         if sub.kind != "build":
             raise CurationError(f"datasets.{alias}.recipe: {ref.recipe} is a {sub.kind} recipe; expected a build")
@@ -65,6 +71,7 @@ def resolve_datasets(
                 f"datasets.{alias}: {target} resolves to {target.resolve()}, outside {out}; a mixture builds its "
                 "datasets only inside its own --out"
             )
+        sub = check_url_inputs(sub)  # recipe files in a bucket copied: what the build records and identifies
         try:  # an up-to-date sub-build is kept even with overwrite; only another version is replaced
             OutputDir(target).state(recipe_identity(sub, None), overwrite=False)  # as the build records it
             replace = False

@@ -29,7 +29,7 @@ from shards.codec import decode_sample
 from shards.manifest import ShardInfo
 from shards.reader import iter_members
 from shards.tarstream import TarStream
-from shards.tokens import make_token_counter
+from shards.tokens import make_token_counter, tokenizer_fingerprint
 
 
 def mixture_key(component: str, key: str, repeat: int) -> str:
@@ -58,9 +58,11 @@ def shuffle_and_write(recipe: MixtureRecipe, selection: pa.Table, work: Path, ou
     copy_bytes = sum(Path(t).stat().st_size * copies_per_tar[t] / max(1, _samples_in(t)) for t in tars)
     buckets = max(1, math.ceil(copy_bytes / recipe.output.bucket_bytes))
     bucket_dir = work / BUCKETS
-    scattered = {"selection": _fingerprint(selection, tars), "buckets": buckets, "total": total}
+    tokenizer = tokenizer_fingerprint(recipe.tokenizer.type, recipe.tokenizer.path)  # the shards' token counts
+    scattered = {"selection": _fingerprint(selection, tars), "buckets": buckets, "total": total, "tokenizer": tokenizer}
     if _read_json(work / SCATTERED) != scattered:  # pass 1 (again): nothing of an earlier scatter is kept
-        (work / WRITTEN).unlink(missing_ok=True)
+        for record in (SCATTERED, WRITTEN):  # first: a pass 1 killed half-way is never taken for a whole one
+            (work / record).unlink(missing_ok=True)
         shutil.rmtree(bucket_dir, ignore_errors=True)
         _scatter(con, tars, total, buckets, bucket_dir)
         atomic_write_json(work / SCATTERED, scattered)

@@ -92,8 +92,8 @@ def run_ablation(
     target.create()
     with target.lock():
         dirs = resolve_datasets(base, out, workers, True, executor, address)
-        for *_, cfg in configs:
-            fetch_recipe_files(cfg)  # a trainer model or benchmarks in a bucket: copied into the cache
+        # a trainer model or benchmarks in a bucket: copied into the cache
+        configs = [(name, part, replacement, fetch_recipe_files(cfg)) for name, part, replacement, cfg in configs]
         store = TrialStore(out / STORE_NAME)
         launcher = make_launcher(base.launcher, out, ray_address=address)
         tasks, rows = {}, []

@@ -55,7 +55,7 @@ def run_selection(
     target.create()
     with target.lock():
         dirs = resolve_datasets(recipe, out, workers, progress, executor, address)
-        fetch_recipe_files(recipe)  # a trainer model or benchmarks in a bucket: copied into the cache
+        recipe = fetch_recipe_files(recipe)  # a trainer model or benchmarks in a bucket: copied into the cache
         store = TrialStore(out / STORE_NAME)
         launcher = make_launcher(recipe.launcher, out, ray_address=address)
         runner = TrialRunner(recipe, out, dirs, launcher, store, console_events(console))

@@ -102,6 +102,9 @@ class Reader(ABC):
     # Whether ``path`` and ``image_root`` may be ``s3://`` URLs: the reader lists and streams its inputs from object
     # storage (``curation.storage.inputs``). Any other reader given a URL is a one-line RecipeError (``make_reader``).
     reads_urls: ClassVar[bool] = False
+    # The spec fields of a partition that name a file ``plan()`` made in the driver's cache and ``read()`` opens
+    # (LAION's selection, OBELICS's overused URLs): on Ray into a bucket they reach the nodes through the bucket.
+    plan_file_fields: ClassVar[tuple[str, ...]] = ()
     # Every drop reason ``read()`` can emit, with a one-line meaning (a key ending in ":" is a prefix:
     # ``invalid_record:`` stands for ``invalid_record:<field>``); a reader adds those of the shared helpers it
     # uses (``BUILD_RECORD_DROP_REASONS``, ...). No reason is common to all readers: ``reader_error`` and
@@ -310,7 +313,7 @@ def in_order(calls: Iterable[Callable[[], T]], at_once: int) -> Iterator[T]:
                         yield pending.popleft().result()
                     raise
                 pending.append(pool.submit(call))
-                if len(pending) > 2 * at_once:
+                if len(pending) >= at_once:  # at most at_once items held: each may hold its images
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()

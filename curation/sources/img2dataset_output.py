@@ -423,7 +423,7 @@ class _ObjectImages(_Images):
 
     def get(self, key: str, row: dict[str, Any]) -> bytes:
         if self.names is None:
-            self.names = set(list_top(f"{self.root}/{self.shard}")[0])
+            self.names = set(list_top(f"{self.root}/{self.shard}", remember=False)[0])
         for ext in IMAGE_EXTS:
             name = f"{key}.{ext}"
             if name not in self.names:
@@ -509,9 +509,9 @@ class _TarImages(_Images):
                 self._damaged(exc)
                 return None
             if info.name in self.wanted:
-                self.members[info.name] = info
+                self.members.setdefault(info.name, info)  # a name twice (img2dataset writes it once): the first
                 if info.name in names:
-                    return info
+                    return self.members[info.name]
         return None
 
     def get(self, key: str, row: dict[str, Any]) -> bytes:

@@ -17,51 +17,79 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
-import uuid
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from curation.build.output_dir import LOGS, WORK
 from curation.cache import cache_root
-from curation.errors import RecipeError
-from curation.storage.inputs import GLOB_CHARS, list_url, open_url
+from curation.errors import CurationError, RecipeError
+from curation.storage.inputs import GLOB_CHARS, Listed, list_url, open_url
 from curation.storage.lock import LOCK
 from curation.storage.urls import is_url
 from shards.atomic import content_sha256
 from shards.manifest import MANIFEST_NAME
 
 COPIES = "objects"  # under the cache root
+R = TypeVar("R", bound=BaseModel)
 COPY_BLOCK = 8 << 20  # read-ahead of each object's streamed copy
 # What the readers stream instead: a source's inputs, the build's input root, a mixture's datasets (mirrored).
 STREAMED = ("inputs_root",)
 
 
-def copy_of(url: str, what: str) -> Path:
-    """The local copy of what ``url`` names (one object, or every object under a prefix, hidden names left out),
-    made now unless it exists. A glob is a RecipeError: these fields name one file or one folder."""
+@dataclass(frozen=True)
+class _Listed:
+    """What a URL names, as its copy will hold it: (name under the copy's folder, object) pairs."""
+
+    key: str  # the copy's content key
+    name: str  # the copy's folder or file name (the URL's last part)
+    single: bool  # one object (the copy is a file) or a prefix (a folder)
+    objects: list[tuple[str, Listed]]
+
+
+def _listing(url: str, what: str) -> _Listed:
     if any(ch in url.split("://", 1)[1] for ch in GLOB_CHARS):
         raise RecipeError(f"{what}: {url}: a glob; name one object or one folder (prefix)")
     found, single = list_url(url, what, hidden_folders=False)
     base = url.rstrip("/")
+    name = posixpath.basename(base) or "bucket"
     if single:
-        objects = [(posixpath.basename(base), found[0])]
+        objects = [(name, found[0])]
     else:  # hidden names (.cache/, .gitattributes) are not part of a model or a benchmark
         objects = [(f.url[len(base) + 1 :], f) for f in found]
         objects = [(rel, f) for rel, f in objects if not any(p.startswith(".") for p in rel.split("/"))]
         if any(rel == MANIFEST_NAME for rel, _ in objects):  # a built dataset: its run logs and lock are not it
             objects = [(rel, f) for rel, f in objects if rel != LOCK and not rel.startswith((f"{WORK}/", f"{LOGS}/"))]
-    key = content_sha256([single, [(rel, f.size, f.etag) for rel, f in objects]])[:16]
-    name = posixpath.basename(base) or "bucket"
+    for rel, f in objects:
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\x00" in rel:  # "a//b", "../x": not a file under the copy
+            raise CurationError(f"{what}: {f.url}: an object name that cannot be a file under {url}")
+    key = content_sha256([name, single, [(rel, f.size, f.etag) for rel, f in objects]])[:16]
+    return _Listed(key, name, single, objects)
+
+
+def copy_of(url: str, what: str, expect_key: str | None = None) -> Path:
+    """The local copy of what ``url`` names (one object, or every object under a prefix, hidden names left out),
+    made now unless it exists. A glob is a RecipeError: these fields name one file or one folder. With
+    ``expect_key``, objects that changed since that copy was made are an error (a node must read what the
+    driver planned with)."""
+    listed = _listing(url, what)
+    if expect_key is not None and listed.key != expect_key:
+        raise CurationError(f"{what}: {url} changed in the bucket since the build began; run the build again")
     root = cache_root() / COPIES
-    done = root / key
+    done = root / listed.key
     if not done.is_dir():
-        tmp = root / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{listed.key}.", suffix=".tmp", dir=root))
         try:
-            for rel, f in objects:
-                local = tmp / name if single else tmp / name / rel
+            for rel, f in listed.objects:
+                local = tmp / listed.name if listed.single else tmp / listed.name / rel
+                if not local.resolve().is_relative_to(tmp.resolve()):  # bounded: never a file outside the copy
+                    raise CurationError(f"{what}: {f.url}: an object name that cannot be a file under {url}")
                 local.parent.mkdir(parents=True, exist_ok=True)
                 with open_url(f.url, COPY_BLOCK, etag=f.etag) as src, open(local, "wb") as dst:
                     shutil.copyfileobj(src, dst, COPY_BLOCK)
@@ -72,7 +100,7 @@ def copy_of(url: str, what: str) -> Path:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return done / name
+    return done / listed.name
 
 
 def _slots(recipe: BaseModel) -> Iterator[tuple[Any, str, str]]:
@@ -131,24 +159,29 @@ def copied_fields(recipe: BaseModel) -> Iterator[tuple[Any, str, str, str]]:
 _origins: dict[str, str] = {}  # local copy -> the URL it is a copy of (this process's copies)
 
 
-def localize(recipe: BaseModel) -> None:
-    """Replace, in place, each URL of ``recipe`` read whole by its local copy (:func:`copy_of`). A recipe with
-    none is left as it is; so is one already localized."""
-    for owner, key, dotted, url in list(copied_fields(recipe)):
+def localize(recipe: R) -> R:
+    """``recipe`` with each URL read whole replaced by its local copy (:func:`copy_of`): a copy of the recipe
+    (the caller's keeps its URLs, as a mixture records its inline builds), or ``recipe`` itself when it has none."""
+    fields = list(copied_fields(recipe))
+    if not fields:
+        return recipe
+    local_recipe = recipe.model_copy(deep=True)
+    for owner, key, dotted, url in copied_fields(local_recipe):
         if key == "cache_dir":
             raise RecipeError(f"{dotted}: {url}: a cache is a local folder (or give none: $VLM_CURATION_CACHE)")
         local = str(copy_of(url, dotted))
         _origins[local] = url
         _set(owner, key, local)
+    return local_recipe
 
 
-def fetch_recipe_files(recipe: BaseModel) -> None:
+def fetch_recipe_files(recipe: R) -> R:
     """:func:`localize` with the recipe's ``storage:`` options, for commands that read no sources (a selection
-    sweep's trainer model and benchmarks, an ablation's)."""
+    sweep's trainer model and benchmarks, an ablation's, a mixture's tokenizer)."""
     from curation.storage.inputs import set_options
 
     set_options(getattr(recipe, "storage", None))
-    localize(recipe)
+    return localize(recipe)
 
 
 def copies_in(recipe: BaseModel) -> dict[str, str]:
@@ -162,9 +195,13 @@ def copies_in(recipe: BaseModel) -> dict[str, str]:
 
 
 def localize_on_this_node(recipe: BaseModel, copies: dict[str, str]) -> None:
-    """In a partition task: where this node does not see the driver's copy of a URL, make its own (the same key
-    under this node's cache) and point ``recipe`` at it."""
-    moved = {local: str(copy_of(url, "a recipe path")) for url, local in copies.items() if not os.path.exists(local)}
+    """In a partition task (``recipe`` is its own copy): where this node does not see the driver's copy of a URL,
+    make its own, of the same objects (the same key, under this node's cache), and point ``recipe`` at it."""
+    moved = {
+        local: str(copy_of(url, "a recipe file", expect_key=Path(local).parent.name))
+        for url, local in copies.items()
+        if not os.path.exists(local)
+    }
     if not moved:
         return
     for owner, key, _ in _slots(recipe):

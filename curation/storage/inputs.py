@@ -29,6 +29,7 @@ import hashlib
 import io
 import os
 import posixpath
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,7 @@ _CHANGED = ("PreconditionFailed", "412", "InvalidRange", "416")
 
 _options: Any = None  # the recipe's ``storage:`` block (curation.recipe.storage.Storage) or None
 _stores: dict[tuple[Any, ...], Store] = {}
+_stores_lock = threading.Lock()
 _known: dict[str, ObjectInfo] = {}  # URL -> what a listing or a HEAD said of it, in this process
 
 
@@ -70,9 +72,10 @@ def store_for(url: StoreURL) -> Store:
     env = hashlib.sha256(repr(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))).encode())
     opts = _options.model_dump_json() if _options is not None else None
     key = (os.getpid(), url.scheme, url.bucket, opts, env.hexdigest())  # s3fs is not fork-safe: one per process
-    store = _stores.get(key)
-    if store is None:
-        store = _stores[key] = Store(StoreURL(url.scheme, url.bucket, ""), _options)
+    with _stores_lock:  # the threads of a reader's ``in_order`` ask at once: one connection for all of them
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = Store(StoreURL(url.scheme, url.bucket, ""), _options)
     return store
 
 
@@ -416,14 +419,15 @@ def url_paths(recipe: Any) -> list[tuple[str, str]]:
     return found
 
 
-def check_inputs(recipe: Any) -> None:
+def check_inputs(recipe: Any) -> Any:
     """Before anything is read or written: the recipe's ``storage:`` options become this process's, and every
     recipe path that is a URL is one the build can read, with a supported scheme (never taken for a relative
     path): a source's ``path`` or ``image_root``, streamed by its reader; ``inputs_root``; any other path (a
-    tokenizer, a model, benchmark files, a word list) is read whole, so it is copied into the cache and the recipe
-    points at the copy (``curation.storage.copies``). Each URL gets a request first: wrong credentials, a missing
-    bucket or a missing input are one line naming the recipe field, before anything is written (an ``image_root``
-    prefix may be empty: its images are then missing, as under an empty local folder)."""
+    tokenizer, a model, benchmark files, a word list) is read whole, so it is copied into the cache. Returns the
+    recipe to build, which points at the copies (``curation.storage.copies.localize``). Each URL gets a request
+    first: wrong credentials, a missing bucket or a missing input are one line naming the recipe field, before
+    anything is written (an ``image_root`` prefix may be empty: its images are then missing, as under an empty
+    local folder)."""
     from curation.storage.copies import localize
 
     set_options(getattr(recipe, "storage", None))
@@ -439,7 +443,7 @@ def check_inputs(recipe: Any) -> None:
             continue  # read whole: copied into the cache below
         refuse_urls(src)
         _check_url(key, value, must_exist=parts[2] == "path")
-    localize(recipe)
+    return localize(recipe)
 
 
 def _check_url(key: str, value: str, must_exist: bool) -> None:
@@ -476,7 +480,7 @@ def url_readers() -> list[str]:
     return sorted(name for name, cls in reader_classes().items() if cls.reads_urls)
 
 
-def list_top(url: str) -> tuple[list[str], list[str]]:
+def list_top(url: str, remember: bool = True) -> tuple[list[str], list[str]]:
     """The names directly under the prefix ``url``: (objects, folders), each sorted. One paginated listing with a
     delimiter, never recursive (a folder of an img2dataset ``files`` download holds millions of images), bounded
     as :func:`_list` is; the objects' (size, ETag) are remembered for :func:`object_info`. Failing requests are
@@ -497,7 +501,8 @@ def list_top(url: str) -> tuple[list[str], list[str]]:
                 name = key[len(prefix) :]
                 if name:  # a folder marker (the prefix itself) is no object of it
                     names.append(name)
-                    _known[_url(u, key)] = ObjectInfo(int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+                    if remember:  # not a folder of images: this process would keep an entry per image
+                        _known[_url(u, key)] = ObjectInfo(int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
             for common in page.get("CommonPrefixes", []):
                 folder = str(common["Prefix"])[len(prefix) :].rstrip("/")
                 if folder:

@@ -88,7 +88,7 @@ def build_to_url(
 ) -> BuildResult:
     """Build ``recipe`` and publish it at ``url`` (see the module's docstring). ``before_publish`` may add files
     to the finished stage (the demo's audit report): they are published with the build."""
-    check_inputs(recipe)
+    recipe = check_inputs(recipe)
     store = open_store(url, recipe.storage)
     plan = plan_build(recipe, limit)  # the recipe and its inputs are checked before anything is written
     options = recipe.storage

@@ -8,7 +8,9 @@ renamed into place, so a stage never holds half a partition. Both directions ser
   rerun on another machine copies them back into its own stage;
 - **Ray across machines** (:class:`PartitionChannel`): with ``--executor ray`` into a bucket, each partition task
   stages its partition on its own node's disk and copies it up itself; the driver copies down each partition
-  it does not have, before the global steps and the commit. The nodes need the store, never the driver's disk.
+  it does not have, before the global steps and the commit. The files the plan made in the driver's cache that
+  partitions read (a LAION selection, OBELICS's overused URLs: ``Reader.plan_file_fields``) go the other way,
+  through ``_work/plan-files/<sha256>/<name>``. The nodes need the store, never the driver's disk.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from curation.build.messages import STATS_FILE, PartitionStats, partition_dir
 from curation.build.output_dir import WORK
+from curation.cache import cache_root
 from curation.errors import CurationError
 from curation.recipe.storage import Storage
 from curation.storage.store import Store, open_store
@@ -33,6 +36,7 @@ from curation.storage.urls import StoreURL
 from shards.atomic import sha256_file
 
 WORKER_STAGE_ENV = "VLM_CURATION_WORKER_STAGE"  # on a Ray node: where its partition tasks stage (never sent over)
+PLAN_FILES = "plan-files"  # under _work/ in the bucket, and under a node's cache
 DRIVER_MARK = "driver.json"  # in the driver's _work/: a node that sees it (the same token) shares its disk
 _TMP = re.compile(r"^p\d{5}\.tmp-(\d+)-[0-9a-f]+$")
 
@@ -133,6 +137,31 @@ class PartitionChannel:
     def publish(self, folder: Path) -> None:
         """Copy the finished partition ``folder`` to the bucket (``stats.json`` last)."""
         push_partition(open_store(self.url, self.options, check=False), folder)
+
+    def share(self, paths: Iterable[str]) -> dict[str, str]:
+        """In the driver: copy the plan's files (``paths``) to ``_work/plan-files/<sha256>/<name>``, each once
+        (an object already there is not copied again); {path: its key}."""
+        store = open_store(self.url, self.options, check=False)
+        present = set(store.list(f"{WORK}/{PLAN_FILES}"))
+        shared = {}
+        for path in sorted(set(paths)):
+            digest = sha256_file(Path(path))
+            key = f"{WORK}/{PLAN_FILES}/{digest}/{Path(path).name}"
+            if key not in present:
+                store.put_file(Path(path), key, digest)
+                present.add(key)
+            shared[path] = key
+        return shared
+
+    def fetch(self, path: str, key: str) -> str:
+        """On a node: ``path`` when it sees the driver's file, else the copy of it in the bucket (``key``), copied
+        once into this node's cache."""
+        if os.path.isfile(path):
+            return path
+        local = cache_root() / PLAN_FILES / key.split("/")[-2] / Path(path).name
+        if not local.is_file():
+            open_store(self.url, self.options, check=False).get_file(key, local)
+        return str(local)
 
 
 def _sweep_dead_attempts(work: Path) -> None:

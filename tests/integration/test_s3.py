@@ -565,3 +565,43 @@ def read_keys(directory: Path) -> list[str]:
     from shards import iter_dataset
 
     return [r.key for r in iter_dataset(directory)]
+
+
+def test_the_plans_files_reach_a_node_that_does_not_see_the_drivers_cache(s3, aws_env, tmp_path, monkeypatch):
+    """On Ray into a bucket, a partition reads what the plan made in the driver's cache (OBELICS's overused URLs,
+    LAION's selection) from the bucket when its node does not see that disk: once per node, the same bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation.build.messages import PartitionTask
+    from curation.build.partition import process_partition
+    from curation.build.plan import plan_build
+    from curation.storage.urls import parse_url
+    from curation.storage.work import PartitionChannel
+    from tests.integration.test_obelics_build import paragraph, row
+
+    monkeypatch.setenv("VLM_CURATION_CACHE", str(tmp_path / "driver-cache"))
+    (tmp_path / "docs").mkdir()
+    docs = [row([("text", paragraph(1)), ("image", "http://127.0.0.1:9/a.jpg")])] * 3  # one URL used 3 times
+    docs.append({"texts": ["not a document"], "images": [None], "metadata": "[]", "general_metadata": "{}"})
+    pq.write_table(pa.Table.from_pylist(docs), tmp_path / "docs" / "d.parquet")
+    source = {"name": "o", "reader": "obelics", "path": str(tmp_path / "docs"), "max_url_occurrences": 2}
+    recipe = validate_recipe({"name": "o", "sources": [source], "output": {"kind": "interleaved"}})
+    plan = plan_build(recipe, None)
+    (part,) = plan.partitions
+    driver_file = Path(part.spec["overused"])
+    assert pq.read_table(driver_file).column("url").to_pylist() == ["http://127.0.0.1:9/a.jpg"]
+    channel = PartitionChannel.new(parse_url(f"s3://{BUCKET}/plan-files"), None)
+    shared = channel.share([str(driver_file)])
+    assert channel.share([str(driver_file)]) == shared  # content-addressed: copied once
+    original = driver_file.read_bytes()
+    driver_file.rename(tmp_path / "elsewhere.parquet")  # this "node" does not see the driver's cache
+    monkeypatch.setenv("VLM_CURATION_CACHE", str(tmp_path / "node-cache"))
+    task = PartitionTask(recipe, part, 0, tmp_path / "work", channel=channel, plan_files=shared)
+    (tmp_path / "work").mkdir()
+    process_partition(task)  # every document dropped before any download: only the overused URLs are read
+    copied = Path(task.partition.spec["overused"])
+    assert copied.is_relative_to(tmp_path / "node-cache") and copied.read_bytes() == original
+    pushed = s3.objects(BUCKET, "plan-files/_work")
+    assert "p00000/stats.json" in pushed  # the partition handed over through the bucket
+    assert [k for k in pushed if k.startswith("plan-files/")] == [shared[str(driver_file)].removeprefix("_work/")]

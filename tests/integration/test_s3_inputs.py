@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from curation.recipe import validate_recipe
 from curation.sample import Drop, Sample
 from curation.sources import base, make_reader
 from curation.storage.inputs import PARQUET_BLOCK, check_inputs, open_url
-from tests.builds import demo_recipe, make_inputs, tree_digest
+from tests.builds import CLI, demo_recipe, make_inputs, tree_digest, write_recipe
 from tests.cauldron_data import make_cauldron
 from tests.laion_data import image_server, write_images, write_metadata
 from tests.llava_data import make_llava_tree
@@ -392,8 +393,9 @@ def test_a_node_without_the_drivers_copy_makes_its_own(s3, aws_env, tmp_path, mo
     doc = {"name": "r", "sources": [source], "output": {"kind": "pair"}}
     doc["tokenizer"] = {"type": "tokenizer_json", "path": f"s3://{BUCKET}/node/tok/tokenizer.json"}
     monkeypatch.setenv("VLM_CURATION_CACHE", str(tmp_path / "driver"))
-    recipe = validate_recipe(doc)
-    check_inputs(recipe)
+    given = validate_recipe(doc)
+    recipe = check_inputs(given)
+    assert given.tokenizer.path == doc["tokenizer"]["path"]  # the recipe given keeps its URL
     copies = copies_in(recipe)
     driver_copy = recipe.tokenizer.path
     assert copies == {f"s3://{BUCKET}/node/tok/tokenizer.json": driver_copy}
@@ -406,6 +408,57 @@ def test_a_node_without_the_drivers_copy_makes_its_own(s3, aws_env, tmp_path, mo
     localize_on_this_node(on_node, copies)
     assert on_node.tokenizer.path == str(tmp_path / "node") + driver_copy.removeprefix(str(tmp_path / "driver"))
     assert Path(on_node.tokenizer.path).read_bytes() == (tmp_path / "tok" / "tokenizer.json").read_bytes()
+    # replaced in the bucket since the driver copied it: a node never reads other bytes than the driver planned with
+    _word_tokenizer(tmp_path / "tok2" / "tokenizer.json", ["c"])
+    _upload(s3, tmp_path / "tok2", BUCKET, "node/tok")
+    shutil.rmtree(tmp_path / "node")
+    with pytest.raises(CurationError, match=r"changed in the bucket since the build began"):
+        localize_on_this_node(recipe.model_copy(deep=True), copies)
+    # an object whose name cannot be a file under the copy
+    s3.client().put_object(Bucket=BUCKET, Key="node/bad/a//b.json", Body=b"{}")
+    doc["tokenizer"] = {"type": "transformers", "path": f"s3://{BUCKET}/node/bad"}
+    with pytest.raises(CurationError, match=r"cannot be a file under"):
+        check_inputs(validate_recipe(doc))
+    assert not list((tmp_path / "node").rglob("b.json"))
+
+
+def test_a_mixture_with_a_tokenizer_in_a_bucket_records_its_url_and_is_complete_when_rerun(
+    s3, aws_env, inputs, tmp_path, monkeypatch
+):
+    """A mixture (and its inline build) whose tokenizer is named by URL: the sub-build records the copy and is
+    found complete again (its identity is computed from the copy, as it records it); the mixture records the URL
+    it was given."""
+
+    monkeypatch.setenv("VLM_CURATION_CACHE", str(tmp_path / "cache"))
+    _word_tokenizer(tmp_path / "tok" / "tokenizer.json", ["describe", "the", "image", "a", "shape"])
+    _upload(s3, tmp_path / "tok", BUCKET, "mixtok")
+    tokenizer = {"type": "tokenizer_json", "path": f"s3://{BUCKET}/mixtok/tokenizer.json"}
+    sub = {k: v for k, v in _local_recipe(inputs).items() if k != "kind"} | {"tokenizer": tokenizer}
+    doc = {
+        "kind": "mixture",
+        "name": "mix",
+        "datasets": {"d": {"build": sub}},
+        "components": [
+            {"name": "captions", "dataset": "d", "target": {"epochs": 1}},
+            {"name": "conversations", "dataset": "d", "target": {"epochs": 1}},
+        ],
+        "tokenizer": tokenizer,
+    }
+    recipe_file = write_recipe(tmp_path / "mix.yaml", doc)
+    cmd = [*CLI, "build", str(recipe_file), "--out", str(tmp_path / "mix"), "-q"]
+    crash = {**os.environ, "VLM_CURATION_CRASH_AT": "mixture_bucket"}
+    killed = subprocess.run(cmd, capture_output=True, text=True, env=crash)
+    assert killed.returncode != 0 and not (tmp_path / "mix" / "dataset.json").exists()
+    sub_file = tmp_path / "mix" / "_datasets" / "d" / "dataset.json"
+    sub_manifest, built_at = json.loads(sub_file.read_text()), sub_file.stat().st_mtime_ns
+    assert sub_manifest["recipe"]["tokenizer"]["path"].startswith("$cache/objects/")
+    rerun = subprocess.run(cmd, capture_output=True, text=True)  # the sub-build is found complete, as recorded
+    assert rerun.returncode == 0, rerun.stderr
+    assert sub_file.stat().st_mtime_ns == built_at
+    manifest = json.loads((tmp_path / "mix" / "dataset.json").read_text())
+    assert manifest["recipe"]["tokenizer"]["path"] == tokenizer["path"]  # the mixture records what it was given
+    assert manifest["recipe"]["datasets"]["d"]["build"]["tokenizer"]["path"] == tokenizer["path"]
+    assert manifest["totals"]["text_tokens"] == sub_manifest["totals"]["text_tokens"]
 
 
 def test_a_sweeps_trainer_model_and_benchmark_in_a_bucket_are_copied(s3, aws_env, reference, tmp_path, monkeypatch):
@@ -427,8 +480,7 @@ def test_a_sweeps_trainer_model_and_benchmark_in_a_bucket_are_copied(s3, aws_env
     doc = selection_recipe(tmp_path, tmp_path / "trained.txt")
     doc["trainer"] = {"type": "reference", "model": f"s3://{BUCKET}/sweep/model"}
     doc["evaluator"] = {"type": "builtin", "benchmarks": [{"name": "b", "shards": f"s3://{BUCKET}/sweep/bench"}]}
-    recipe = validate_recipe(doc)
-    fetch_recipe_files(recipe)
+    recipe = fetch_recipe_files(validate_recipe(doc))
     copied_model, copied_bench = Path(recipe.trainer.model), Path(recipe.evaluator.benchmarks[0].shards)
     assert copied_model.is_relative_to(tmp_path / "cache" / "objects") and copied_model.name == "model"
     assert sorted(p.relative_to(copied_model).as_posix() for p in copied_model.rglob("*") if p.is_file()) == [

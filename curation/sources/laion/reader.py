@@ -95,6 +95,7 @@ class LaionReader(Reader):
     downloads_with_ray = True
     # Metadata in a bucket is copied into the cache for the selection, then deleted (``_selection``).
     reads_urls = True
+    plan_file_fields = ("selection",)  # the selected rows, in the driver's cache
     drop_reasons: ClassVar[dict[str, str]] = {
         **METADATA_DROP_REASONS,
         **DOWNLOAD_DROP_REASONS,

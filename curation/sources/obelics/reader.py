@@ -56,6 +56,7 @@ class ObelicsReader(Reader):
     config = ObelicsSource
     input_suffixes = (".parquet",)
     reads_urls = True  # row groups read by ranges; the URL count reads the ``images`` column only
+    plan_file_fields = ("overused",)  # the overused URLs, in the driver's cache
     drop_reasons: ClassVar[dict[str, str]] = {
         "invalid_document": (
             "a row that is not an OBELICS document (a missing column, texts and images not parallel, metadata "

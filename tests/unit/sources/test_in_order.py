@@ -29,7 +29,7 @@ def test_results_come_in_input_order_with_at_most_at_once_running(at_once):
     calls = (partial(_slow, i, running, peak, lock) for i in range(60))
     assert list(in_order(calls, at_once)) == list(range(60))
     assert peak[0] <= at_once
-    assert peak[0] == at_once or (at_once == 1 and peak[0] == 1)
+    assert (peak[0] > 1) == (at_once > 1)  # several at once only when asked
 
 
 def test_a_failing_call_raises_in_its_place():
@@ -71,7 +71,7 @@ def test_a_consumer_that_stops_early_leaves_nothing_running():
     items.close()
     settled = len(started)
     time.sleep(0.1)
-    assert len(started) == settled <= 3 + 2 * 4 + 1  # what was submitted, no more
+    assert len(started) == settled <= 3 + 4  # what was submitted, no more
 
 
 def test_rows_are_made_at_once_only_when_their_images_are_in_a_bucket():
