@@ -193,9 +193,8 @@ def process_partitions(
         if on_staged is not None:
             on_staged(partition_dir(work, result.gid))
 
-    for src in recipe.sources:  # downloads that the executor distributes itself (img2dataset on Ray) ...
-        if channel is None:  # ... into the driver's cache: into a bucket, each partition downloads on its node
-            ex.download(readers[src.name], [t.partition for t in tasks if t.partition.source == src.name])
+    for src in recipe.sources:  # downloads that the executor distributes itself (img2dataset on Ray)
+        ex.download(readers[src.name], [t.partition for t in tasks if t.partition.source == src.name])
     with BuildProgress(plan.rows, recipe.name, enabled=progress) as bar:
         bar.skip(sum(p.rows for g, p in enumerate(plan.partitions) if g not in pending))
         ex.run(tasks, bar.advance, done)

@@ -72,10 +72,11 @@ class LocalExecutor:
         return fn(*args)
 
 
-class PartitionsOnly:
+class PartitionsOnly(LocalExecutor):
     """``executor`` for the partition tasks only; everything else (step preparation, global-step tasks, the
-    commit, downloads ahead) runs in this process, on the driver's own disk. For a build into a bucket on Ray:
-    the partitions reach the driver through the bucket, and nothing else needs the nodes to see its disk."""
+    commit) runs in this process, on the driver's own disk, and nothing is downloaded ahead: each partition task
+    downloads its own slice, on its node. For a build into a bucket on Ray: the partitions reach the driver
+    through the bucket, and nothing else needs the nodes to see its disk."""
 
     def __init__(self, executor: Executor) -> None:
         self.inner = executor
@@ -92,15 +93,6 @@ class PartitionsOnly:
 
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "partitions_only": True}
-
-    def download(self, reader: Reader, partitions: list[Partition]) -> None:
-        """Nothing ahead: each partition task downloads its own slice, on its node."""
-
-    def imap(self, fn: Callable[..., Any], args: list[tuple], label: Callable[[tuple], str]) -> Iterator[Any]:
-        return (fn(*a) for a in args)
-
-    def call(self, fn: Callable[..., Any], args: tuple, resources: Resources) -> Any:
-        return fn(*args)
 
 
 def check_executor(kind: str, address: str | None) -> None:
